@@ -1,0 +1,96 @@
+"""The application factory: the shell every part plugs into, and the whole URL map in one place.
+
+Parts (`launch`, later `presence` and `config_portal`) sit above the shell: they import `gateway`, and
+the shell names them only here, by module name, so no import ever points up.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from . import db
+from .appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
+from .meetings import default_providers
+from .security import Sealer, SigningKey
+from .settings import Settings
+from .web import error_middleware, security_headers_middleware
+
+log = logging.getLogger(__name__)
+
+# Each part's setup(app) adds its routes; read them in <part>/routes.py.
+PARTS = ("launch",)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the whole gateway from its settings."""
+    app = web.Application(middlewares=[security_headers_middleware, error_middleware],
+                          client_max_size=256 * 1024)
+    app[SETTINGS] = settings
+    app[SEALER] = Sealer(settings.secret_key)
+    app[SIGNING_KEY] = SigningKey.from_pem(settings.signing_key_pem)
+    app[MEETINGS] = default_providers()
+    aiohttp_jinja2.setup(app, loader=jinja2.ChoiceLoader([jinja2.PackageLoader("gateway")]),
+                         autoescape=True)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_http_client)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_static("/static/", Path(__file__).parent / "static", append_version=False)
+    for name in PARTS:
+        importlib.import_module(name).setup(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded, dsn = await db.start_embedded_async(settings.data_dir)
+    pool = await db.create_pool(dsn, settings.db_pool_max)
+    async with pool.acquire() as conn:
+        await db.migrate(conn)
+    app[DB] = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+        # An embedded server is left running for the next start; `visitgate demo` stops it on exit.
+        del embedded
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    timeout = aiohttp.ClientTimeout(total=app[SETTINGS].http_timeout, connect=5)
+    async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False,
+                                     headers={"User-Agent": "visitgate"}) as session:
+        app[HTTP] = session
+        yield
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the database answers too."""
+    try:
+        async with request.app[DB].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:  # any failure means "not ready", and the reason is worth logging
+        log.warning("not ready: %s", type(exc).__name__)
+        return web.json_response({"status": "unavailable", "database": "down"}, status=503)
+    return web.json_response({"status": "ok", "database": "ok"})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """Our public keys, for EHRs verifying private_key_jwt assertions."""
+    return web.json_response(request.app[SIGNING_KEY].jwks(), headers={"Cache-Control": "public, max-age=3600"})

@@ -1,0 +1,17 @@
+"""Typed application keys of the gateway shell; each part declares its own in its own module."""
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from .meetings import MeetingProvider
+from .security import Sealer, SigningKey
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", asyncpg.Pool)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+SEALER = web.AppKey("sealer", Sealer)
+SIGNING_KEY = web.AppKey("signing_key", SigningKey)
+MEETINGS = web.AppKey("meetings", dict[str, MeetingProvider])

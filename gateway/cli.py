@@ -1,0 +1,145 @@
+"""The `visitgate` command: serve, migrate, config, demo."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import ConfigError
+from .settings import Settings
+
+
+def configure_logging(level: str) -> None:
+    """One line per record, to stderr."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on this platform; the standard loop works, only slower
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .web import AccessLogger
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    _install_uvloop()
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log_class=AccessLogger,
+                shutdown_timeout=10, print=lambda _: logging.getLogger("visitgate").info(
+                    "serving on %s:%s as %s", settings.host, settings.port, settings.public_url))
+    return 0
+
+
+async def _with_connection(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    import asyncpg
+
+    from . import db
+
+    dsn = settings.database_url
+    if dsn is None:
+        _, dsn = await db.start_embedded_async(settings.data_dir)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await db.migrate(conn)
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from . import db
+
+    dsn = os.environ.get("DATABASE_URL")
+    if not dsn:
+        _, dsn = db.start_embedded(Settings.from_env().data_dir)
+    configure_logging("INFO")
+    applied = asyncio.run(db.migrate_dsn(dsn))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _config_add(args: argparse.Namespace) -> int:
+    from .configurations import NewConfiguration, add_approved
+    from .security import Sealer
+
+    settings = Settings.from_env()
+    secret = os.environ.get(args.client_secret_env) if args.client_secret_env else None
+    new = NewConfiguration(fhir_base_url=args.fhir_base_url.rstrip("/"), environment=args.environment,
+                           client_id=args.client_id, client_auth=args.client_auth, scopes=args.scopes,
+                           client_secret=secret, meeting_provider=args.meeting_provider)
+
+    async def work(conn: Any) -> int:
+        config_id = await add_approved(conn, Sealer(settings.secret_key), new, args.approved_by)
+        print(f"configuration {config_id} added and approved by {args.approved_by}: {new.fhir_base_url}")
+        return 0
+
+    return asyncio.run(_with_connection(settings, work))
+
+
+def _config_list(args: argparse.Namespace) -> int:
+    from .configurations import list_all
+
+    async def work(conn: Any) -> int:
+        for row in await list_all(conn):
+            print(f"{row['id']}\t{row['environment']}\t{row['status']}\t{row['fhir_base_url']}\t"
+                  f"{row['client_id']}\t{row['client_auth']}")
+        return 0
+
+    return asyncio.run(_with_connection(Settings.from_env(), work))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # The demo composes the gateway with the sandbox EHR; it lives with the sandbox, which sits above us.
+    run: Callable[[argparse.Namespace], int] = importlib.import_module("sandbox.demo").run
+    return run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    from .configurations import DEFAULT_SCOPES
+
+    top = argparse.ArgumentParser(prog="visitgate", description="Video visits straight out of the EHR.")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway (settings from the environment)").set_defaults(func=_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    demo = sub.add_parser("demo", help="run the gateway with the sandbox EHR on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (the sandbox takes the next one)")
+    demo.set_defaults(func=_demo)
+    config = sub.add_parser("config", help="EHR configurations").add_subparsers(dest="action", required=True)
+    add = config.add_parser("add", help="register an approved FHIR base URL")
+    add.add_argument("--fhir-base-url", required=True)
+    add.add_argument("--environment", choices=["test", "production"], required=True)
+    add.add_argument("--client-id", required=True)
+    add.add_argument("--client-auth", choices=["public", "client_secret_basic", "private_key_jwt"],
+                     default="private_key_jwt")
+    add.add_argument("--client-secret-env", help="name of the environment variable holding the client secret")
+    add.add_argument("--scopes", default=DEFAULT_SCOPES)
+    add.add_argument("--meeting-provider", default="builtin")
+    add.add_argument("--approved-by", required=True, help="who approves it (recorded in the audit log)")
+    add.set_defaults(func=_config_add)
+    config.add_parser("list", help="list configurations").set_defaults(func=_config_list)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `visitgate` console script."""
+    args = parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"visitgate: {exc}", file=sys.stderr)
+        return 2

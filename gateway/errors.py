@@ -1,0 +1,89 @@
+"""The gateway's exception tree. Parts raise these; one middleware turns them into pages."""
+from __future__ import annotations
+
+
+class VisitgateError(Exception):
+    """Base of every error the gateway knows how to explain."""
+
+    status = 500
+    reason = "internal_error"
+    title = "Something went wrong"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        if reason:
+            self.reason = reason
+
+
+class ConfigError(VisitgateError):
+    """The gateway is misconfigured (missing or malformed setting)."""
+
+    reason = "config_error"
+
+
+class LaunchRefused(VisitgateError):
+    """A launch request we will not act on: bad input from the browser or the EHR."""
+
+    status = 400
+    reason = "launch_refused"
+    title = "This visit could not be started"
+
+
+class UnknownIssuer(LaunchRefused):
+    """The `iss` is not an approved FHIR base URL."""
+
+    status = 403
+    reason = "unknown_iss"
+
+
+class StateInvalid(LaunchRefused):
+    """The OAuth `state` is missing, already used, expired or unknown."""
+
+    reason = "invalid_state"
+
+
+class UpstreamError(VisitgateError):
+    """An outside service (EHR authorization server, FHIR server) failed or answered nonsense."""
+
+    status = 502
+    reason = "upstream_error"
+    title = "The EHR did not answer as expected"
+
+
+class AuthServerError(UpstreamError):
+    """The EHR's authorization server refused or failed."""
+
+    reason = "token_error"
+
+
+class IdTokenInvalid(UpstreamError):
+    """The id_token failed validation (signature, issuer, audience, expiry, nonce)."""
+
+    reason = "invalid_id_token"
+
+
+class FhirError(UpstreamError):
+    """A FHIR call failed; carries the HTTP status and any OperationOutcome text."""
+
+    reason = "fhir_error"
+
+    def __init__(self, detail: str = "", *, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.http_status = status
+
+
+class NotFound(VisitgateError):
+    """The thing asked for does not exist or is not the caller's to see."""
+
+    status = 404
+    reason = "not_found"
+    title = "Not found"
+
+
+class SessionExpired(VisitgateError):
+    """The browser's session is unknown or has expired."""
+
+    status = 401
+    reason = "session_expired"
+    title = "This session has ended"

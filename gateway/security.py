@@ -1,0 +1,116 @@
+"""Keys and secrets: sealing identifiers at rest, keyed lookups, opaque handles, our signing key and JWKS."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import ConfigError
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def new_token(nbytes: int = 32) -> str:
+    """A random URL-safe token (default 256 bits) for states and session handles."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def token_hash(token: str) -> bytes:
+    """What the database keeps of a bearer token: its SHA-256, so a leaked table grants nothing."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Sealer:
+    """Seals values at rest (AES-256-GCM) and derives keyed lookups and per-launch secrets (HMAC)."""
+
+    def __init__(self, secret_key: bytes) -> None:
+        def derive(label: bytes) -> bytes:
+            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret_key)
+
+        self._aead = AESGCM(derive(b"visitgate seal v1"))
+        self._lookup_key = derive(b"visitgate lookup v1")
+        self._launch_key = derive(b"visitgate launch v1")
+
+    def seal(self, value: str, context: str) -> bytes:
+        """Encrypt value; context (e.g. the column name) is bound so ciphertexts cannot be swapped."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, value.encode(), context.encode())
+
+    def unseal(self, blob: bytes, context: str) -> str:
+        """Decrypt what seal() produced for the same context."""
+        return self._aead.decrypt(blob[:12], blob[12:], context.encode()).decode()
+
+    def lookup(self, namespace: str, value: str) -> bytes:
+        """A keyed, deterministic digest of value: lets us find a row by an identifier without storing it."""
+        return hmac.new(self._lookup_key, f"{namespace}\0{value}".encode(), hashlib.sha256).digest()
+
+    def launch_secret(self, purpose: str, state: str) -> str:
+        """Derive the PKCE verifier or nonce of a launch from its state, so neither needs storing.
+
+        The state travels through the browser; without our key it reveals neither secret.
+        """
+        digest = hmac.new(self._launch_key, f"{purpose}\0{state}".encode(), hashlib.sha256).digest()
+        return _b64url(digest + digest[:16])  # 64 chars: inside PKCE's 43..128
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 code challenge of a PKCE verifier."""
+    return _b64url(hashlib.sha256(verifier.encode()).digest())
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """Our RSA key for private_key_jwt client assertions, and its public JWKS."""
+
+    private_key: rsa.RSAPrivateKey
+    kid: str
+    alg: str = "RS384"
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> "SigningKey":
+        """Load a PEM RSA private key; the key ID is its RFC 7638 thumbprint."""
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("the signing key is not a PEM private key") from exc
+        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+            raise ConfigError("the signing key must be an RSA key of at least 2048 bits")
+        numbers = key.public_key().public_numbers()
+        n = _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))
+        e = _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"))
+        thumb = json.dumps({"e": e, "kty": "RSA", "n": n}, separators=(",", ":"), sort_keys=True)
+        return cls(private_key=key, kid=_b64url(hashlib.sha256(thumb.encode()).digest()))
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWKS served at /.well-known/jwks.json."""
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private_key.public_key()))
+        jwk.update(kid=self.kid, alg=self.alg, use="sig", key_ops=["verify"])
+        return {"keys": [jwk]}
+
+    def client_assertion(self, client_id: str, audience: str) -> str:
+        """A private_key_jwt client assertion for the token endpoint at audience (5-minute life)."""
+        now = int(time.time())
+        claims = {"iss": client_id, "sub": client_id, "aud": audience, "jti": str(uuid.uuid4()),
+                  "iat": now, "exp": now + 300}
+        return jwt.encode(claims, self.private_key, algorithm=self.alg, headers={"kid": self.kid, "typ": "JWT"})
+
+
+def generate_signing_key_pem() -> bytes:
+    """A fresh 2048-bit RSA key in PEM (for the demo and the tests only)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())

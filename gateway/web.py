@@ -1,0 +1,78 @@
+"""Web edges shared by every part: error pages, security headers, templates, the access log."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from .appkeys import SETTINGS
+from .errors import VisitgateError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def render_error(request: web.Request, status: int, reason: str, title: str, detail: str = "") -> web.Response:
+    """A plain page that names what went wrong and its reason code, at the given status."""
+    response = aiohttp_jinja2.render_template(
+        "error.html", request, {"title": title, "reason": reason, "detail": detail}, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate our exception tree into pages; anything unexpected is logged and shown as a 500 page."""
+    try:
+        return await handler(request)
+    except VisitgateError as exc:
+        log.info("refused %s %s: %s", request.method, request.path, exc.reason)
+        return render_error(request, exc.status, exc.reason, exc.title, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return render_error(request, exc.status, f"http_{exc.status}", exc.reason)
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return render_error(request, 500, "internal_error", "Something went wrong")
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Headers every response carries: no referrers (URLs may hold handles), no sniffing, framing by EHRs only."""
+    response = await handler(request)
+    ancestors = " ".join(("'self'", *request.app[SETTINGS].frame_ancestors))
+    headers = response.headers
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Content-Security-Policy",
+                       f"default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+                       f"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                       f"frame-ancestors {ancestors}")
+    return response
+
+
+def add_templates(app: web.Application, package: str) -> None:
+    """Let a part's templates/ folder be found by name, after the shell's."""
+    env = aiohttp_jinja2.get_env(app)
+    loader = env.loader
+    assert isinstance(loader, jinja2.ChoiceLoader)
+    loader.loaders = [*loader.loaders, jinja2.PackageLoader(package)]
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Logs method, path, status and time, and never the query string: codes, states and tokens live there."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write one access line."""
+        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+
+    @property
+    def enabled(self) -> bool:
+        """Only when someone listens."""
+        return self.logger.isEnabledFor(logging.INFO)

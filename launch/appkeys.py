@@ -1,0 +1,8 @@
+"""Typed application keys of the launch part."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from .smart import SmartClient
+
+SMART = web.AppKey("smart", SmartClient)

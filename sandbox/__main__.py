@@ -1,0 +1,43 @@
+"""Run the sandbox EHR on its own: `python -m sandbox --port 8081 --app-launch-url URL ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from aiohttp import web
+
+from .app import create_sandbox_app
+from .config import SandboxClient, SandboxSettings
+
+
+def parse_args(argv: list[str]) -> SandboxSettings:
+    """Settings from the command line."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description="Run the Visitgate sandbox EHR.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--base-url", required=True, help="public origin, e.g. http://localhost:8081")
+    parser.add_argument("--app-launch-url", required=True, help="the gateway's provider launch URL")
+    parser.add_argument("--patient-launch-url", help="the gateway's patient launch URL")
+    parser.add_argument("--client-json", default="[]", help="JSON list of registered clients")
+    parser.add_argument("--access-token-lifetime", type=int, default=3600)
+    parser.add_argument("--test-controls", action="store_true", help="expose /_sandbox/* (tests only)")
+    args = parser.parse_args(argv)
+    try:
+        raw_clients = json.loads(args.client_json)
+        if not isinstance(raw_clients, list):
+            raise ValueError("--client-json must be a JSON list")
+        clients = tuple(SandboxClient.from_json(c) for c in raw_clients)
+    except (ValueError, KeyError, TypeError) as exc:
+        parser.error(f"--client-json: {exc}")
+    settings = SandboxSettings(
+        base_url=args.base_url.rstrip("/"),
+        app_launch_url=args.app_launch_url,
+        patient_launch_url=args.patient_launch_url,
+        clients=clients,
+        access_token_lifetime=args.access_token_lifetime,
+        test_controls=args.test_controls,
+    )
+    # Host and port are not settings of the EHR itself; keep them on the side for main().
+    setattr(parse_args, "_listen", (args.host, args.port))
+    return settings

@@ -1,0 +1,19 @@
+"""Typed keys for everything the sandbox application holds; there is no module-level state."""
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .config import Faults, SandboxSettings
+from .grants import LaunchRegistry, OAuthState
+from .keys import ClientKeyCache, KeyRing
+from .store import FhirStore
+
+SETTINGS = web.AppKey("sandbox_settings", SandboxSettings)
+FAULTS = web.AppKey("sandbox_faults", Faults)
+STORE = web.AppKey("sandbox_store", FhirStore)
+LAUNCHES = web.AppKey("sandbox_launches", LaunchRegistry)
+OAUTH = web.AppKey("sandbox_oauth", OAuthState)
+KEYS = web.AppKey("sandbox_keys", KeyRing)
+CLIENT_KEYS = web.AppKey("sandbox_client_keys", ClientKeyCache)
+HTTP_SESSION = web.AppKey("sandbox_http_session", aiohttp.ClientSession)

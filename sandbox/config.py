@@ -1,0 +1,127 @@
+"""Settings of the sandbox EHR and the switches that make it misbehave on purpose.
+
+`SandboxSettings` is fixed when the application is built; `Faults` is the one mutable object, kept in
+`app[FAULTS]`, that tests and benchmarks flip to see how the gateway copes with a failing EHR.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+AUTH_METHODS = ("none", "client_secret_basic", "private_key_jwt")
+ID_TOKEN_FAULTS = ("bad_signature", "wrong_aud", "wrong_nonce", "expired", "wrong_iss")
+
+
+@dataclass(frozen=True)
+class SandboxClient:
+    """One registered SMART client, as an EHR analyst would have entered it in the EHR's build."""
+
+    client_id: str
+    redirect_uris: tuple[str, ...]
+    auth_method: str  # "none" | "client_secret_basic" | "private_key_jwt"
+    client_secret: str | None = None
+    jwks_url: str | None = None  # where the client's public keys are (for private_key_jwt)
+
+    def __post_init__(self) -> None:
+        if self.auth_method not in AUTH_METHODS:
+            raise ValueError(f"client {self.client_id!r}: auth_method must be one of {AUTH_METHODS}")
+        if self.auth_method == "client_secret_basic" and not self.client_secret:
+            raise ValueError(f"client {self.client_id!r}: client_secret_basic needs a client_secret")
+        if self.auth_method == "private_key_jwt" and not self.jwks_url:
+            raise ValueError(f"client {self.client_id!r}: private_key_jwt needs a jwks_url")
+        # A list given by a caller would make the frozen dataclass unhashable and mutable underneath.
+        object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxClient:
+        """Build a client from the JSON shape the command line accepts."""
+        return cls(
+            client_id=str(data["client_id"]),
+            redirect_uris=tuple(str(u) for u in data.get("redirect_uris", ())),
+            auth_method=str(data.get("auth_method", "none")),
+            client_secret=data.get("client_secret"),
+            jwks_url=data.get("jwks_url"),
+        )
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """Everything the sandbox needs to know at start-up."""
+
+    base_url: str  # public origin, e.g. "http://localhost:8081", no trailing slash
+    app_launch_url: str  # the gateway's provider launch URL
+    patient_launch_url: str | None = None  # the gateway's patient launch URL
+    clients: tuple[SandboxClient, ...] = ()
+    access_token_lifetime: int = 3600
+    test_controls: bool = False  # exposes /_sandbox/* control endpoints
+
+    def __post_init__(self) -> None:
+        if self.base_url.endswith("/"):
+            raise ValueError("base_url must not end with '/'")
+        object.__setattr__(self, "clients", tuple(self.clients))
+
+    @property
+    def fhir_base(self) -> str:
+        """The FHIR base URL; also the OAuth issuer and the SMART `iss`."""
+        return self.base_url + "/fhir"
+
+    @property
+    def token_endpoint(self) -> str:
+        """Absolute URL of the token endpoint, the only audience accepted in client assertions."""
+        return self.base_url + "/oauth/token"
+
+    def client(self, client_id: str | None) -> SandboxClient | None:
+        """The registered client with this id, or None."""
+        for c in self.clients:
+            if c.client_id == client_id:
+                return c
+        return None
+
+
+@dataclass
+class Faults:
+    """Ways to make the EHR misbehave; all off by default."""
+
+    discovery_without_s256: bool = False  # smart-configuration advertises only ["plain"]
+    token_error: str | None = None  # OAuth error code the token endpoint answers with
+    id_token: str | None = None  # one of ID_TOKEN_FAULTS
+    callback_iss: str | None = None  # replaces the RFC 9207 `iss` on the authorize redirect
+    fhir_status: int | None = None  # every FHIR REST call answers this status
+    fhir_delay: float = 0.0  # seconds to wait before each FHIR answer
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Set several fields at once, refusing unknown names and wrong types before changing anything."""
+        known = {f.name: f for f in fields(self)}
+        checked: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault {name!r}")
+            checked[name] = _check_fault(name, value)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The current switches, as JSON-ready values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_fault(name: str, value: Any) -> Any:
+    """Validate one fault value against the field's meaning."""
+    if name == "discovery_without_s256":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a boolean")
+        return value
+    if name == "fhir_delay":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative number")
+        return float(value)
+    if name == "fhir_status":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599):
+            raise ValueError(f"{name} must be an HTTP status or null")
+        return value
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string or null")
+    if name == "id_token" and value is not None and value not in ID_TOKEN_FAULTS:
+        raise ValueError(f"id_token must be one of {ID_TOKEN_FAULTS}")
+    return value
+

@@ -1,0 +1,74 @@
+"""Control endpoints for tests and benchmarks running the sandbox in another process.
+
+They exist only when `SandboxSettings.test_controls` is true; a demo or a shared sandbox never has them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .appkeys import FAULTS, STORE
+from .launches import create_launch
+from .store import StoreError
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise web.HTTPBadRequest(text=f"{name} must be a string or null")
+    return value
+
+
+async def post_launch(request: web.Request) -> web.Response:
+    """POST /_sandbox/launches: create a launch context and answer its id."""
+    body = await _json_object(request)
+    banner = body.get("need_patient_banner", True)
+    if not isinstance(banner, bool):
+        raise web.HTTPBadRequest(text="need_patient_banner must be a boolean")
+    launch = create_launch(
+        request.app,
+        practitioner_id=_optional_str(body, "practitioner_id"),
+        patient_id=_optional_str(body, "patient_id"),
+        encounter_id=_optional_str(body, "encounter_id"),
+        appointment_id=_optional_str(body, "appointment_id"),
+        need_patient_banner=banner,
+    )
+    return web.json_response({"launch": launch})
+
+
+async def post_faults(request: web.Request) -> web.Response:
+    """POST /_sandbox/faults: set fault switches; answers all of them."""
+    body = await _json_object(request)
+    try:
+        request.app[FAULTS].update(body)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response(request.app[FAULTS].as_dict())
+
+
+async def post_resource(request: web.Request) -> web.Response:
+    """POST /_sandbox/resources: store a resource as-is (new version) and answer what was stored."""
+    body = await _json_object(request)
+    try:
+        stored = request.app[STORE].put(body)
+    except StoreError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response(stored)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Add the control routes."""
+    app.router.add_post("/_sandbox/launches", post_launch)
+    app.router.add_post("/_sandbox/faults", post_faults)
+    app.router.add_post("/_sandbox/resources", post_resource)

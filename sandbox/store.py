@@ -1,0 +1,83 @@
+"""In-memory FHIR R4 resource store with versions, as the sandbox EHR's database.
+
+Every `put` writes a new version: `meta.versionId` counts up from "1" and `meta.lastUpdated` is the
+write time, and every earlier version stays readable (`history`, `version`). Callers get deep copies,
+so a test that edits what it read cannot change the store behind the server's back.
+"""
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+SUPPORTED_TYPES = ("Patient", "Practitioner", "PractitionerRole", "Encounter", "Appointment")
+
+Resource = dict[str, Any]
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class VersionConflict(StoreError):
+    """The caller's expected version is not the current one (HTTP 412)."""
+
+
+class UnsupportedType(StoreError):
+    """The sandbox does not hold resources of this type."""
+
+
+def _now_instant() -> str:
+    """Current time as a FHIR instant with milliseconds, in UTC."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FhirStore:
+    """Resources by type and logical id, each with its full version history."""
+
+    def __init__(self) -> None:
+        # (type, id) -> versions, oldest first; the last one is current.
+        self._versions: dict[tuple[str, str], list[Resource]] = {}
+
+    def put(self, resource: Resource, *, if_match: str | None = None) -> Resource:
+        """Create or update a resource and return the stored copy with its new meta."""
+        rtype = resource.get("resourceType")
+        if rtype not in SUPPORTED_TYPES:
+            raise UnsupportedType(f"resource type {rtype!r} is not supported")
+        stored = copy.deepcopy(resource)
+        rid = stored.get("id") or str(uuid.uuid4())
+        stored["id"] = rid
+        versions = self._versions.setdefault((rtype, rid), [])
+        current = versions[-1]["meta"]["versionId"] if versions else None
+        # Checked and written with no await in between, so concurrent requests cannot interleave here.
+        if if_match is not None and if_match != current:
+            if not versions:
+                del self._versions[(rtype, rid)]
+            raise VersionConflict(f"{rtype}/{rid} is at version {current}, not {if_match}")
+        meta = dict(stored.get("meta") or {})
+        meta["versionId"] = str(len(versions) + 1)
+        meta["lastUpdated"] = _now_instant()
+        stored["meta"] = meta
+        versions.append(stored)
+        return copy.deepcopy(stored)
+
+    def get(self, rtype: str, rid: str) -> Resource | None:
+        """The current version of a resource, or None."""
+        versions = self._versions.get((rtype, rid))
+        return copy.deepcopy(versions[-1]) if versions else None
+
+    def version(self, rtype: str, rid: str, version_id: str) -> Resource | None:
+        """One version of a resource, or None."""
+        for v in self._versions.get((rtype, rid), ()):
+            if v["meta"]["versionId"] == version_id:
+                return copy.deepcopy(v)
+        return None
+
+    def history(self, rtype: str, rid: str) -> list[Resource]:
+        """All versions of a resource, newest first (the order of FHIR's _history)."""
+        return [copy.deepcopy(v) for v in reversed(self._versions.get((rtype, rid), []))]
+
+    def all(self, rtype: str) -> list[Resource]:
+        """Current versions of every resource of a type, in creation order."""
+        return [copy.deepcopy(v[-1]) for (t, _), v in self._versions.items() if t == rtype]

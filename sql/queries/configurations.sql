@@ -1,0 +1,18 @@
+-- name: insert_configuration
+INSERT INTO configurations (fhir_base_url, environment, client_id, client_auth, client_secret, scopes,
+                            meeting_provider)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING id;
+
+-- name: approve_configuration
+UPDATE configurations SET status = 'approved', approved_by = $2, approved_at = now()
+WHERE id = $1
+RETURNING approved_at;
+
+-- name: list_configurations
+SELECT id, fhir_base_url, environment, client_id, client_auth, scopes, meeting_provider, status,
+       approved_by, approved_at
+FROM configurations ORDER BY id;
+
+-- name: append_audit
+INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4::jsonb);

@@ -1,0 +1,56 @@
+-- name: start_launch
+-- One round trip: keep the state only if `iss` is exactly an approved FHIR base URL.
+WITH c AS (
+    SELECT id, client_id, client_auth, scopes FROM configurations
+    WHERE fhir_base_url = $2 AND status = 'approved'
+), kept AS (
+    INSERT INTO launch_states (state_hash, configuration_id, expires_at)
+    SELECT $1, c.id, now() + make_interval(secs => $3) FROM c
+    RETURNING configuration_id
+)
+SELECT c.client_id, c.client_auth, c.scopes FROM c JOIN kept ON kept.configuration_id = c.id;
+
+-- name: take_launch_state
+-- Single use: the row is gone whether or not it had expired.
+DELETE FROM launch_states s
+USING configurations c
+WHERE s.state_hash = $1 AND c.id = s.configuration_id
+RETURNING s.expires_at > now() AS fresh, c.id, c.fhir_base_url, c.client_id, c.client_auth,
+          c.client_secret, c.scopes, c.meeting_provider, c.status;
+
+-- name: purge_expired_states
+DELETE FROM launch_states WHERE expires_at < now();
+
+-- name: find_or_create_visit_with_session
+-- Atomic under concurrent launches of one encounter: the unique index makes them meet on one row.
+WITH visit AS (
+    INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (configuration_id, encounter_key)
+        DO UPDATE SET configuration_id = EXCLUDED.configuration_id
+    RETURNING id, meeting_id, meeting_provider
+), session AS (
+    INSERT INTO provider_sessions (handle_hash, visit_id, fhir_user, access_token, token_expires_at, scopes,
+                                   need_patient_banner, smart_style_url, expires_at)
+    SELECT $6, visit.id, $7, $8, now() + make_interval(secs => $9), $10, $11, $12,
+           now() + make_interval(secs => $13)
+    FROM visit
+    RETURNING visit_id
+)
+SELECT visit.id, visit.meeting_id, visit.meeting_provider FROM visit JOIN session ON session.visit_id = visit.id;
+
+-- name: set_meeting
+-- The first launch to get here names the meeting; later ones read the winner's.
+UPDATE visits SET meeting_id = COALESCE(meeting_id, $2) WHERE id = $1 RETURNING meeting_id;
+
+-- name: get_provider_session
+SELECT s.visit_id, s.fhir_user, s.access_token, s.token_expires_at, s.scopes, s.need_patient_banner,
+       s.smart_style_url, v.encounter_ref, v.patient_ref, v.meeting_provider, v.meeting_id,
+       c.fhir_base_url, c.environment
+FROM provider_sessions s
+JOIN visits v ON v.id = s.visit_id
+JOIN configurations c ON c.id = v.configuration_id
+WHERE s.handle_hash = $1 AND s.expires_at > now();
+
+-- name: purge_expired_sessions
+DELETE FROM provider_sessions WHERE expires_at < now();

@@ -1,0 +1,75 @@
+"""Operator commands, settings, migrations and the audit trail."""
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import asyncpg
+import pytest
+
+from gateway.cli import main
+from gateway.db import migrate
+from gateway.errors import ConfigError
+from gateway.security import generate_signing_key_pem
+from gateway.settings import Settings
+
+
+def test_missing_required_setting_is_named() -> None:
+    with pytest.raises(ConfigError, match="VISITGATE_PUBLIC_URL"):
+        Settings.from_env({"VISITGATE_SECRET_KEY": base64.b64encode(b"k" * 32).decode(),
+                           "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode()})
+    with pytest.raises(ConfigError, match="VISITGATE_SECRET_KEY"):
+        Settings.from_env({"VISITGATE_PUBLIC_URL": "https://visits.example.org"})
+
+
+def test_settings_never_show_secrets() -> None:
+    settings = Settings(public_url="https://v.example.org", secret_key=b"s" * 32,
+                        signing_key_pem=generate_signing_key_pem())
+    assert "secret_key" not in repr(settings) and "PRIVATE KEY" not in repr(settings)
+
+
+async def test_config_add_registers_an_approved_configuration_and_audits_it(
+        database_url: str, monkeypatch: pytest.MonkeyPatch, signing_key_pem: bytes) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("VISITGATE_PUBLIC_URL", "https://visits.example.org")
+    monkeypatch.setenv("VISITGATE_SECRET_KEY", base64.b64encode(b"x" * 32).decode())
+    monkeypatch.setenv("VISITGATE_SIGNING_KEY", signing_key_pem.decode())
+    code = await asyncio.to_thread(main, [
+        "config", "add", "--fhir-base-url", "https://ehr.example.org/fhir/r4", "--environment", "production",
+        "--client-id", "abc", "--approved-by", "ops@example.org"])
+    assert code == 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM configurations")
+        assert row["status"] == "approved" and row["approved_by"] == "ops@example.org"
+        assert row["fhir_base_url"] == "https://ehr.example.org/fhir/r4"
+        actions = [r["action"] for r in await conn.fetch("SELECT action FROM audit_log ORDER BY id")]
+        assert actions == ["configuration.add", "configuration.approve"]
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await conn.execute("UPDATE audit_log SET actor = 'someone else'")
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await conn.execute("DELETE FROM audit_log")
+    finally:
+        await conn.close()
+
+
+async def test_config_add_refuses_a_malformed_fhir_base_url(database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                           signing_key_pem: bytes, capsys) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("VISITGATE_PUBLIC_URL", "https://visits.example.org")
+    monkeypatch.setenv("VISITGATE_SECRET_KEY", base64.b64encode(b"x" * 32).decode())
+    monkeypatch.setenv("VISITGATE_SIGNING_KEY", signing_key_pem.decode())
+    code = await asyncio.to_thread(main, [
+        "config", "add", "--fhir-base-url", "ftp://ehr.example.org/fhir?x=1", "--environment", "test",
+        "--client-id", "abc", "--approved-by", "ops"])
+    assert code == 2 and "FHIR base URL" in capsys.readouterr().err
+
+
+async def test_migrations_apply_once(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await migrate(conn) == []  # the template was migrated already
+        versions = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        assert versions >= 1
+    finally:
+        await conn.close()

@@ -1,0 +1,62 @@
+"""No patient data in the database or the logs: canary values seeded in the EHR must never land."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gateway.appkeys import DB
+from tests.conftest import Stack
+
+CANARIES = {
+    "given": "Zephyrinacanary",
+    "family": "Quillfeathercanary",
+    "birth_date": "1931-02-03",
+    "phone": "+1-555-0142-7319",
+    "email": "zephyrina.canary@example.invalid",
+    "mrn": "MRN-CANARY-77310",
+    "patient_id": "canarypat-5d2e",
+    "encounter_id": "canaryenc-8f1a",
+}
+
+
+def _seed_canary_patient(stack: Stack) -> None:
+    from sandbox.appkeys import STORE
+
+    store = stack.sandbox_app[STORE]
+    store.put({"resourceType": "Patient", "id": CANARIES["patient_id"],
+               "name": [{"use": "official", "family": CANARIES["family"], "given": [CANARIES["given"]]}],
+               "birthDate": CANARIES["birth_date"], "gender": "female",
+               "identifier": [{"system": "urn:oid:1.2.3.4", "value": CANARIES["mrn"]}],
+               "telecom": [{"system": "phone", "value": CANARIES["phone"]},
+                           {"system": "email", "value": CANARIES["email"]}]})
+    store.put({"resourceType": "Encounter", "id": CANARIES["encounter_id"], "status": "planned",
+               "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+               "subject": {"reference": f"Patient/{CANARIES['patient_id']}"},
+               "appointment": [{"reference": "Appointment/appt-1"}]})
+
+
+async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    _seed_canary_patient(stack)
+    for _ in range(2):
+        response, _visited = await stack.launch(stack.new_launch(patient=CANARIES["patient_id"],
+                                                                 encounter=CANARIES["encounter_id"]))
+        body = await response.text()
+        assert response.status == 200, body
+        assert CANARIES["family"] in body  # the banner did read it live
+    async with stack.gateway_app[DB].acquire() as conn:
+        tables = [r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        assert {"visits", "provider_sessions", "launch_states", "audit_log", "configurations"} <= set(tables)
+        dump = []
+        for table in tables:
+            rows = await conn.fetch(f'SELECT t::text AS row FROM "{table}" t')
+            dump.extend(r["row"] for r in rows)
+        assert await conn.fetchval("SELECT count(*) FROM visits") == 1
+    database_text = "\n".join(dump).lower()
+    logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in caplog.records).lower()
+    assert logs, "expected some log records to scan"
+    for name, value in CANARIES.items():
+        assert value.lower() not in database_text, f"{name} landed in the database"
+        assert value.lower() not in logs, f"{name} landed in the logs"
