@@ -5,6 +5,7 @@ the shell names them only here, by module name, so no import ever points up.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -63,8 +64,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await pool.close()
-        # An embedded server is left running for the next start; `visitgate demo` stops it on exit.
-        del embedded
+        if embedded is not None:
+            # Stops the embedded server unless another process still holds it.
+            await asyncio.to_thread(embedded.cleanup)
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:

@@ -32,12 +32,13 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
-    from .web import AccessLogger
+    from .web import runner_options
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     _install_uvloop()
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log_class=AccessLogger,
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, **runner_options(),  # type: ignore[arg-type]
+               
                 shutdown_timeout=10, print=lambda _: logging.getLogger("visitgate").info(
                     "serving on %s:%s as %s", settings.host, settings.port, settings.public_url))
     return 0

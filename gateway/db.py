@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ _MIGRATION_LOCK = 0x76697369
 
 def start_embedded(data_dir: Path) -> tuple[Any, str]:
     """Start (or reuse) an embedded PostgreSQL in data_dir/pg; returns the server handle and its DSN."""
-    import pgserver  # imported here: production with DATABASE_URL never needs it
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir it never uses; servers rarely set XDG_RUNTIME_DIR.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported here: production with DATABASE_URL never needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str((data_dir / "pg").resolve()), cleanup_mode="stop")

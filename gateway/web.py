@@ -65,6 +65,14 @@ def add_templates(app: web.Application, package: str) -> None:
     loader.loaders = [*loader.loaders, jinja2.PackageLoader(package)]
 
 
+ACCESS_LOG = logging.getLogger("visitgate.access")
+
+
+def runner_options() -> dict[str, object]:
+    """Keyword arguments for AppRunner/run_app: our access log, which never writes query strings."""
+    return {"access_log_class": AccessLogger, "access_log": ACCESS_LOG}
+
+
 class AccessLogger(AbstractAccessLogger):
     """Logs method, path, status and time, and never the query string: codes, states and tokens live there."""
 

@@ -11,8 +11,8 @@ from .app import create_sandbox_app
 from .config import SandboxClient, SandboxSettings
 
 
-def parse_args(argv: list[str]) -> SandboxSettings:
-    """Settings from the command line."""
+def parse_args(argv: list[str]) -> tuple[SandboxSettings, str, int]:
+    """Settings, host and port from the command line."""
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="Run the Visitgate sandbox EHR.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
@@ -38,6 +38,14 @@ def parse_args(argv: list[str]) -> SandboxSettings:
         access_token_lifetime=args.access_token_lifetime,
         test_controls=args.test_controls,
     )
-    # Host and port are not settings of the EHR itself; keep them on the side for main().
-    setattr(parse_args, "_listen", (args.host, args.port))
-    return settings
+    return settings, args.host, args.port
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the sandbox until interrupted."""
+    settings, host, port = parse_args(sys.argv[1:] if argv is None else argv)
+    web.run_app(create_sandbox_app(settings), host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()

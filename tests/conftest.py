@@ -25,6 +25,7 @@ from gateway.appkeys import DB, SEALER
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.db import migrate
 from gateway.security import generate_signing_key_pem
+from gateway.web import runner_options
 
 CLIENT_ID = "visitgate-test"
 
@@ -157,8 +158,8 @@ async def stack(database_url: str, signing_key_pem: bytes) -> AsyncIterator[Stac
     gateway_app = create_app(settings)
     sandbox_server = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
     gateway_server = TestServer(gateway_app, host="127.0.0.1", port=gw_port)
-    await sandbox_server.start_server()
-    await gateway_server.start_server()
+    await sandbox_server.start_server(access_log=logging.getLogger("sandbox.access"))
+    await gateway_server.start_server(**runner_options())
     async with gateway_app[DB].acquire() as conn:
         config_id = await add_approved(conn, gateway_app[SEALER], NewConfiguration(
             fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,

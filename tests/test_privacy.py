@@ -55,8 +55,10 @@ async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, 
             dump.extend(r["row"] for r in rows)
         assert await conn.fetchval("SELECT count(*) FROM visits") == 1
     database_text = "\n".join(dump).lower()
-    logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in caplog.records).lower()
-    assert logs, "expected some log records to scan"
+    # The sandbox is the EHR: it may log its own patients. Everything else is ours and must not.
+    ours = [r for r in caplog.records if not r.name.startswith("sandbox")]
+    assert any(r.name == "visitgate.access" for r in ours), "the gateway's access log should be captured"
+    logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in ours).lower()
     for name, value in CANARIES.items():
         assert value.lower() not in database_text, f"{name} landed in the database"
         assert value.lower() not in logs, f"{name} landed in the logs"

@@ -1,0 +1,90 @@
+"""`visitgate demo`: the gateway, the sandbox EHR and an embedded PostgreSQL, on 127.0.0.1, until Ctrl-C.
+
+The sandbox is served as `localhost` and the gateway as `127.0.0.1`, so the EHR page embeds the gateway
+cross-site, as a real EHR does.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import Settings, create_app
+from gateway.appkeys import DB, SEALER
+from gateway.cli import configure_logging
+from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved, list_all
+from gateway.security import generate_signing_key_pem
+from gateway.web import runner_options
+
+from . import SandboxClient, SandboxSettings, create_sandbox_app
+
+DEMO_CLIENT_ID = "visitgate-demo"
+
+
+def _demo_secret(path: Path, make: bytes) -> bytes:
+    # Demo only: production takes its secrets from the environment and has no defaults.
+    if not path.exists():
+        path.write_bytes(make)
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+def demo_settings(data_dir: Path, port: int, sandbox_url: str) -> Settings:
+    """Gateway settings for the demo, with secrets generated once into the data folder."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = _demo_secret(data_dir / "demo-secret-key", base64.b64encode(os.urandom(32)))
+    pem = _demo_secret(data_dir / "demo-signing-key.pem", generate_signing_key_pem())
+    return Settings(public_url=f"http://127.0.0.1:{port}", secret_key=base64.b64decode(secret),
+                    signing_key_pem=pem, database_url=os.environ.get("DATABASE_URL") or None,
+                    data_dir=data_dir, host="127.0.0.1", port=port, frame_ancestors=(sandbox_url,))
+
+
+async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> None:
+    sandbox_app = create_sandbox_app(SandboxSettings(
+        base_url=sandbox_url, app_launch_url=f"{settings.public_url}/launch",
+        clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
+                               auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
+    gateway_app = create_app(settings)
+    runners = [web.AppRunner(gateway_app, **runner_options())  # type: ignore[arg-type], web.AppRunner(sandbox_app)]
+    for runner in runners:
+        await runner.setup()
+    try:
+        await web.TCPSite(runners[0], "127.0.0.1", settings.port).start()
+        await web.TCPSite(runners[1], "127.0.0.1", sandbox_port).start()
+        fhir_base = f"{sandbox_url}/fhir"
+        async with gateway_app[DB].acquire() as conn:
+            if not any(c["fhir_base_url"] == fhir_base for c in await list_all(conn)):
+                await add_approved(conn, gateway_app[SEALER], NewConfiguration(
+                    fhir_base_url=fhir_base, environment="test", client_id=DEMO_CLIENT_ID,
+                    client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="visitgate demo")
+        print(f"\nVisitgate demo is running.\n"
+              f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
+              f"  The sandbox EHR's FHIR base URL: {fhir_base}\n"
+              f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping...", flush=True)
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo until interrupted."""
+    configure_logging(os.environ.get("VISITGATE_LOG_LEVEL", "INFO"))
+    port = int(args.port)
+    sandbox_port = port + 1
+    sandbox_url = f"http://localhost:{sandbox_port}"
+    settings = demo_settings(Path(os.environ.get("VISITGATE_DATA_DIR", ".visitgate")), port, sandbox_url)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(settings, sandbox_port, sandbox_url))
+    return 0
