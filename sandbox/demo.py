@@ -51,7 +51,8 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> Non
         clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
     gateway_app = create_app(settings)
-    runners = [web.AppRunner(gateway_app, **runner_options())  # type: ignore[arg-type], web.AppRunner(sandbox_app)]
+    runners = [web.AppRunner(gateway_app, **runner_options()),  # type: ignore[arg-type]
+               web.AppRunner(sandbox_app)]
     for runner in runners:
         await runner.setup()
     try:

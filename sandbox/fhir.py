@@ -20,7 +20,7 @@ from .appkeys import FAULTS, OAUTH, SETTINGS, STORE
 from .grants import AccessToken
 from .jsonpatch import PatchError, apply_patch
 from .scopes import allowing_levels
-from .store import SUPPORTED_TYPES, Resource, VersionConflict
+from .store import SUPPORTED_TYPES, Resource, VersionConflict, now_instant
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
@@ -174,10 +174,6 @@ async def _json_body(request: web.Request, allowed_types: tuple[str, ...]) -> An
         raise FhirError(400, "invalid", "the body is not valid JSON") from exc
 
 
-def _now_instant() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _full_url(request: web.Request, resource: Resource) -> str:
     return f"{request.app[SETTINGS].fhir_base}/{resource['resourceType']}/{resource['id']}"
 
@@ -296,7 +292,7 @@ async def search(request: web.Request) -> web.Response:
     bundle = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": _now_instant()},
+        "meta": {"lastUpdated": now_instant()},
         "type": "searchset",
         "total": len(found),
         "link": [{"relation": "self", "url": settings.base_url + str(request.rel_url)}],
@@ -363,7 +359,7 @@ async def history(request: web.Request) -> web.Response:
     bundle = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": _now_instant()},
+        "meta": {"lastUpdated": now_instant()},
         "type": "history",
         "total": len(entries),
         "entry": entries,
@@ -464,7 +460,7 @@ async def metadata(request: web.Request) -> web.Response:
     body = {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": _now_instant(),
+        "date": now_instant(),
         "kind": "instance",
         "software": {"name": "Visitgate sandbox EHR"},
         "implementation": {"description": "Synthetic SMART on FHIR EHR for demos and tests", "url": settings.fhir_base},

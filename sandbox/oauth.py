@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import re
 import time
 from typing import Any
@@ -28,6 +29,9 @@ from .config import SandboxClient, SandboxSettings
 from .grants import CODE_LIFETIME, AuthorizationCode, Grant, LaunchContext
 from .keys import CLIENT_ASSERTION_ALGS, KeyFetchError
 from .scopes import known_scopes, parse_resource_scope
+
+# Refusals are logged with their reason, so a failing gateway test shows why the EHR said no.
+log = logging.getLogger("sandbox.oauth")
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ID_TOKEN_LIFETIME = 300
@@ -122,6 +126,7 @@ def _redirect(redirect_uri: str, params: dict[str, str]) -> web.Response:
 
 def _refuse_page(request: web.Request, message: str) -> web.Response:
     """The page shown when the sandbox cannot safely redirect back to the client."""
+    log.info("authorize refused without redirect: %s", message)
     return aiohttp_jinja2.render_template(
         "error.html", request, {"title": "Sign-in request refused", "message": message}, status=400
     )
@@ -153,6 +158,7 @@ async def authorize(request: web.Request) -> web.Response:
     iss = faults.callback_iss if faults.callback_iss is not None else settings.fhir_base
 
     def error(code: str, description: str) -> web.Response:
+        log.info("authorize refused: %s (%s)", code, description)
         params = {"error": code, "error_description": description}
         if state is not None:
             params["state"] = state
@@ -469,6 +475,7 @@ async def token(request: web.Request) -> web.Response:
         else:
             raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
     except OAuthError as exc:
+        log.info("token request refused: %s (%s)", exc.error, exc.description)
         return _oauth_error_response(exc)
     return _no_store(web.json_response(body))
 

@@ -28,7 +28,7 @@ class UnsupportedType(StoreError):
     """The sandbox does not hold resources of this type."""
 
 
-def _now_instant() -> str:
+def now_instant() -> str:
     """Current time as a FHIR instant with milliseconds, in UTC."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -57,7 +57,7 @@ class FhirStore:
             raise VersionConflict(f"{rtype}/{rid} is at version {current}, not {if_match}")
         meta = dict(stored.get("meta") or {})
         meta["versionId"] = str(len(versions) + 1)
-        meta["lastUpdated"] = _now_instant()
+        meta["lastUpdated"] = now_instant()
         stored["meta"] = meta
         versions.append(stored)
         return copy.deepcopy(stored)
