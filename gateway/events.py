@@ -1,0 +1,130 @@
+"""Visits' participants and the presence event log: the one place events are written and read.
+
+Events are appended in the caller's transaction; a notification carrying only the id goes out after
+commit (notify_after_commit), because a NOTIFY inside the writing transaction serialises every
+committing writer on one lock. Readers that miss a notification catch up by id.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+import sql
+
+Q = sql.queries("events")
+
+EVENT_KINDS = frozenset({"lobby_entered", "device_test_passed", "device_test_failed", "admitted", "denied",
+                         "connected", "disconnected", "left", "removed", "visit_ended"})
+CHANNEL = "presence_events"
+
+
+@dataclass(frozen=True)
+class PresenceEvent:
+    """One thing that happened in a visit."""
+
+    id: int
+    visit_id: UUID
+    participant_id: UUID | None
+    kind: str
+    at: dt.datetime
+    role: str | None
+    guest_kind: str | None
+
+    def to_json(self) -> str:
+        """The wire form sent to subscribers (serialised once per event, for all of them)."""
+        return json.dumps({
+            "type": "event", "id": self.id, "visit": str(self.visit_id),
+            "participant": str(self.participant_id) if self.participant_id else None,
+            "kind": self.kind, "at": self.at.isoformat(), "role": self.role, "guest_kind": self.guest_kind,
+        }, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Someone in a visit, known only by an opaque id and a role."""
+
+    id: UUID
+    visit_id: UUID
+    role: str
+    guest_kind: str | None
+    fhir_user: str | None
+
+
+async def append_event(conn: asyncpg.Connection, visit_id: UUID, participant_id: UUID | None, kind: str) -> int:
+    """Append an event in the caller's transaction; returns its id. Call notify_after_commit once committed."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown presence event kind {kind!r}")
+    row = await conn.fetchrow(Q["append_event"], visit_id, participant_id, kind)
+    assert row is not None
+    event_id: int = row["id"]
+    return event_id
+
+
+async def notify_after_commit(conn: asyncpg.Connection, event_id: int) -> None:
+    """Tell other processes (ids only) that events up to event_id exist."""
+    await conn.execute(Q["notify_events"], str(event_id))
+
+
+async def record_event(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID | None, kind: str) -> int:
+    """Append one event in its own short transaction, then notify."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            event_id = await append_event(conn, visit_id, participant_id, kind)
+        await notify_after_commit(conn, event_id)
+    return event_id
+
+
+def _event(row: asyncpg.Record) -> PresenceEvent:
+    return PresenceEvent(id=row["id"], visit_id=row["visit_id"], participant_id=row["participant_id"],
+                         kind=row["kind"], at=row["at"], role=row["role"], guest_kind=row["guest_kind"])
+
+
+async def events_after(conn: asyncpg.Connection, visit_id: UUID, after_id: int, limit: int = 1000) -> list[PresenceEvent]:
+    """A visit's events after after_id, oldest first."""
+    return [_event(r) for r in await conn.fetch(Q["events_after"], visit_id, after_id, limit)]
+
+
+async def all_events_after(conn: asyncpg.Connection, after_id: int, limit: int = 1000) -> list[PresenceEvent]:
+    """Every visit's events after after_id, oldest first (for the bus catching up)."""
+    return [_event(r) for r in await conn.fetch(Q["events_by_id_after"], after_id, limit)]
+
+
+async def last_event_id(conn: asyncpg.Connection) -> int:
+    """The newest event id, or 0."""
+    value: int = await conn.fetchval(Q["last_event_id"])
+    return value
+
+
+async def _ensure(conn: asyncpg.Connection, query: str, *args: object) -> UUID:
+    # Two racing creators: the loser sees neither its own insert nor the winner's row; one retry does.
+    for _ in range(2):
+        value = await conn.fetchval(query, *args)
+        if value is not None:
+            return value  # type: ignore[no-any-return]
+    raise RuntimeError("participant could not be created")
+
+
+async def provider_participant(conn: asyncpg.Connection, visit_id: UUID, fhir_user: str | None) -> UUID:
+    """The participant of this clinician in this visit, created on first use."""
+    return await _ensure(conn, Q["ensure_provider_participant"], visit_id, fhir_user or "")
+
+
+async def patient_participant(conn: asyncpg.Connection, visit_id: UUID) -> UUID:
+    """The visit's patient participant, created on first use."""
+    return await _ensure(conn, Q["ensure_patient_participant"], visit_id)
+
+
+async def add_guest(conn: asyncpg.Connection, visit_id: UUID, guest_kind: str) -> UUID:
+    """A new guest (interpreter, family member, ...) in the visit."""
+    value: UUID = await conn.fetchval(Q["add_guest"], visit_id, guest_kind)
+    return value
+
+
+async def get_participant(conn: asyncpg.Connection, participant_id: UUID) -> Participant | None:
+    """A participant by id."""
+    row = await conn.fetchrow(Q["get_participant"], participant_id)
+    return Participant(**dict(row)) if row else None

@@ -1,0 +1,52 @@
+-- name: append_event
+INSERT INTO presence_events (visit_id, participant_id, kind) VALUES ($1, $2, $3)
+RETURNING id, at;
+
+-- name: events_after
+SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
+FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
+WHERE e.visit_id = $1 AND e.id > $2
+ORDER BY e.id
+LIMIT $3;
+
+-- name: events_by_id_after
+-- For the bus: every event after the last one a process has seen, across visits.
+SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
+FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
+WHERE e.id > $1
+ORDER BY e.id
+LIMIT $2;
+
+-- name: last_event_id
+SELECT coalesce(max(id), 0) FROM presence_events;
+
+-- name: notify_events
+SELECT pg_notify('presence_events', $1::text);
+
+-- name: ensure_provider_participant
+WITH found AS (
+    SELECT id FROM participants WHERE visit_id = $1 AND role = 'provider' AND fhir_user = $2
+), created AS (
+    INSERT INTO participants (visit_id, role, fhir_user)
+    SELECT $1, 'provider', $2 WHERE NOT EXISTS (SELECT 1 FROM found)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id FROM found UNION ALL SELECT id FROM created;
+
+-- name: ensure_patient_participant
+WITH found AS (
+    SELECT id FROM participants WHERE visit_id = $1 AND role = 'patient'
+), created AS (
+    INSERT INTO participants (visit_id, role)
+    SELECT $1, 'patient' WHERE NOT EXISTS (SELECT 1 FROM found)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id FROM found UNION ALL SELECT id FROM created;
+
+-- name: add_guest
+INSERT INTO participants (visit_id, role, guest_kind) VALUES ($1, 'guest', $2) RETURNING id;
+
+-- name: get_participant
+SELECT id, visit_id, role, guest_kind, fhir_user FROM participants WHERE id = $1;

@@ -1,0 +1,94 @@
+"""Fixtures for the browser tests: Debian's Chromium driven by Playwright's async API.
+
+The browser is always /usr/bin/chromium; Playwright's own browser download is never used. Each test gets
+its own browser (Playwright's connection belongs to the test's event loop), launched headless with fake
+camera and microphone so video pages can run without devices or permission prompts.
+
+Third-party cookies: every context here comes from `browser.new_context()`, which in Chromium is an
+off-the-record (incognito-like) profile, and Chromium blocks third-party cookies there whatever the
+flags. In Chromium 156 the old phase-out switches (`--test-third-party-cookie-phaseout`, the
+`ForceThirdPartyCookieBlockingEnabled` feature, CDP `Network.setCookieControls`) were measured to have no
+effect, so they are not passed. test_third_party_cookies.py proves the blocking on every run.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+)
+
+LAUNCH_TIMEOUT_MS = 20_000
+# Every wait in a browser test is bounded by these unless it says otherwise.
+ACTION_TIMEOUT_MS = 5_000
+NAVIGATION_TIMEOUT_MS = 8_000
+
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+PHONE = {"viewport": {"width": 390, "height": 844}, "screen": {"width": 390, "height": 844},
+         "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium for one test."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS), timeout=LAUNCH_TIMEOUT_MS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def _new_context(browser: Browser, options: dict[str, object]) -> BrowserContext:
+    context = await browser.new_context(**options)  # type: ignore[arg-type]
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
+    return context
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A desktop-sized context (third-party cookies blocked, see the module docstring)."""
+    ctx = await _new_context(browser, DESKTOP)
+    try:
+        yield ctx
+    finally:
+        await ctx.close()
+
+
+@pytest.fixture
+async def page(context: BrowserContext) -> AsyncIterator[Page]:
+    """A tab in the desktop context."""
+    tab = await context.new_page()
+    try:
+        yield tab
+    finally:
+        await tab.close()
+
+
+@pytest.fixture
+async def phone_context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A phone-sized touch context (390x844 CSS pixels, mobile viewport), third-party cookies blocked."""
+    ctx = await _new_context(browser, PHONE)
+    try:
+        yield ctx
+    finally:
+        await ctx.close()
