@@ -26,7 +26,7 @@ from .web import error_middleware, security_headers_middleware
 log = logging.getLogger(__name__)
 
 # Each part's setup(app) adds its routes; read them in <part>/routes.py.
-PARTS = ("launch",)
+PARTS = ("launch", "presence")
 
 
 def create_app(settings: Settings) -> web.Application:

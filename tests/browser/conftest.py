@@ -13,7 +13,8 @@ effect, so they are not passed. test_third_party_cookies.py proves the blocking 
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
@@ -38,9 +39,13 @@ LAUNCH_TIMEOUT_MS = 20_000
 ACTION_TIMEOUT_MS = 5_000
 NAVIGATION_TIMEOUT_MS = 8_000
 
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-PHONE = {"viewport": {"width": 390, "height": 844}, "screen": {"width": 390, "height": 844},
-         "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
+PROFILES: dict[str, dict[str, Any]] = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "screen": {"width": 390, "height": 844},
+              "device_scale_factor": 3, "is_mobile": True, "has_touch": True},
+}
+
+OpenContext = Callable[[str], Awaitable[BrowserContext]]
 
 
 @pytest.fixture
@@ -57,38 +62,39 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def _new_context(browser: Browser, options: dict[str, object]) -> BrowserContext:
-    context = await browser.new_context(**options)  # type: ignore[arg-type]
-    context.set_default_timeout(ACTION_TIMEOUT_MS)
-    context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
-    return context
+@pytest.fixture
+async def open_context(browser: Browser) -> AsyncIterator[OpenContext]:
+    """Opens contexts of a profile in PROFILES ("desktop" or "phone"), all closed after the test. Each is
+    off-the-record, so third-party cookies are blocked (see the module docstring)."""
+    opened: list[BrowserContext] = []
+
+    async def open_(profile: str) -> BrowserContext:
+        ctx = await browser.new_context(**PROFILES[profile])
+        opened.append(ctx)
+        ctx.set_default_timeout(ACTION_TIMEOUT_MS)
+        ctx.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
+        return ctx
+
+    try:
+        yield open_
+    finally:
+        for ctx in reversed(opened):
+            await ctx.close()
 
 
 @pytest.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    """A desktop-sized context (third-party cookies blocked, see the module docstring)."""
-    ctx = await _new_context(browser, DESKTOP)
-    try:
-        yield ctx
-    finally:
-        await ctx.close()
+async def context(open_context: OpenContext) -> BrowserContext:
+    """A desktop-sized context."""
+    return await open_context("desktop")
 
 
 @pytest.fixture
-async def page(context: BrowserContext) -> AsyncIterator[Page]:
-    """A tab in the desktop context."""
-    tab = await context.new_page()
-    try:
-        yield tab
-    finally:
-        await tab.close()
+async def page(context: BrowserContext) -> Page:
+    """A tab in the desktop context (closed with it)."""
+    return await context.new_page()
 
 
 @pytest.fixture
-async def phone_context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    """A phone-sized touch context (390x844 CSS pixels, mobile viewport), third-party cookies blocked."""
-    ctx = await _new_context(browser, PHONE)
-    try:
-        yield ctx
-    finally:
-        await ctx.close()
+async def phone_context(open_context: OpenContext) -> BrowserContext:
+    """A phone-sized touch context: 390x844 CSS pixels, mobile viewport, touch."""
+    return await open_context("phone")
