@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from . import db
-from .appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
+from .appkeys import DB, DSN, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
 from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
@@ -60,6 +60,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     async with pool.acquire() as conn:
         await db.migrate(conn)
     app[DB] = pool
+    app[DSN] = dsn
     try:
         yield
     finally:

@@ -83,9 +83,10 @@ def _event(row: asyncpg.Record) -> PresenceEvent:
                          kind=row["kind"], at=row["at"], role=row["role"], guest_kind=row["guest_kind"])
 
 
-async def events_after(conn: asyncpg.Connection, visit_id: UUID, after_id: int, limit: int = 1000) -> list[PresenceEvent]:
-    """A visit's events after after_id, oldest first."""
-    return [_event(r) for r in await conn.fetch(Q["events_after"], visit_id, after_id, limit)]
+async def events_after(conn: asyncpg.Connection, visit_id: UUID, after_id: int, up_to: int,
+                       limit: int = 1000) -> list[PresenceEvent]:
+    """A visit's events with after_id < id <= up_to, oldest first."""
+    return [_event(r) for r in await conn.fetch(Q["events_after"], visit_id, after_id, up_to, limit)]
 
 
 async def all_events_after(conn: asyncpg.Connection, after_id: int, limit: int = 1000) -> list[PresenceEvent]:

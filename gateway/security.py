@@ -47,12 +47,20 @@ class Sealer:
 
     def seal(self, value: str, context: str) -> bytes:
         """Encrypt value; context (e.g. the column name) is bound so ciphertexts cannot be swapped."""
-        nonce = secrets.token_bytes(12)
-        return nonce + self._aead.encrypt(nonce, value.encode(), context.encode())
+        return self.seal_bytes(value.encode(), context)
 
     def unseal(self, blob: bytes, context: str) -> str:
         """Decrypt what seal() produced for the same context."""
-        return self._aead.decrypt(blob[:12], blob[12:], context.encode()).decode()
+        return self.unseal_bytes(blob, context).decode()
+
+    def seal_bytes(self, value: bytes, context: str) -> bytes:
+        """seal() for bytes."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, value, context.encode())
+
+    def unseal_bytes(self, blob: bytes, context: str) -> bytes:
+        """unseal() for bytes; raises cryptography's InvalidTag when blob was not sealed by us for context."""
+        return self._aead.decrypt(blob[:12], blob[12:], context.encode())
 
     def lookup(self, namespace: str, value: str) -> bytes:
         """A keyed, deterministic digest of value: lets us find a row by an identifier without storing it."""

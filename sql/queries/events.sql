@@ -5,9 +5,9 @@ RETURNING id, at;
 -- name: events_after
 SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
 FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
-WHERE e.visit_id = $1 AND e.id > $2
+WHERE e.visit_id = $1 AND e.id > $2 AND e.id <= $3
 ORDER BY e.id
-LIMIT $3;
+LIMIT $4;
 
 -- name: events_by_id_after
 -- For the bus: every event after the last one a process has seen, across visits.

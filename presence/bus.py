@@ -1,0 +1,164 @@
+"""The PostgreSQL bus: events and relayed messages cross gateway processes through LISTEN/NOTIFY.
+
+Notifications carry only event ids; the bus reads the events themselves in id order and hands them to
+the hub. A notification that is lost (the listening connection dropped) costs nothing: on reconnect the
+bus catches up from the last id it published. Ids are allocated before commit, so a later id can become
+visible before an earlier one: the bus waits briefly at such a gap and skips it only when it outlives the
+wait (a rolled-back insert leaves a gap forever).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import time
+import zlib
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from gateway.events import CHANNEL, all_events_after, last_event_id
+from gateway.security import Sealer
+
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+RELAY_CHANNEL = "presence_relay"
+RELAY_MAX = 7900  # NOTIFY payloads must stay under 8000 bytes
+GAP_WAIT = 0.5
+BATCH = 500
+
+
+class RelayTooLarge(ValueError):
+    """A relayed message does not fit in one notification."""
+
+
+class PresenceBus:
+    """Listens on PostgreSQL and feeds the hub; publishes relayed messages for other processes."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, hub: Hub, sealer: Sealer) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._hub = hub
+        self._sealer = sealer
+        self.position = 0
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._gap_since: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Begin at the newest event (older ones are read by subscribers' snapshots) and start listening."""
+        async with self._pool.acquire() as conn:
+            self.position = await last_event_id(conn)
+        self._tasks = [asyncio.create_task(self._listen_forever()), asyncio.create_task(self._drain_forever())]
+        # Bounded wait so a broken database does not hang start-up; the listener keeps retrying.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), 10)
+
+    async def stop(self) -> None:
+        """Cancel and await the bus's tasks."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def poke(self) -> None:
+        """Look for new events now (a local write, a notification)."""
+        self._wake.set()
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(CHANNEL, self._on_event_notice)
+                await conn.add_listener(RELAY_CHANNEL, self._on_relay_notice)
+                self._connected.set()
+                delay = 0.1
+                self.poke()  # catch up on whatever was written while we were not listening
+                await lost.wait()
+                log.warning("presence bus lost its database connection; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("presence bus cannot listen (%s); retrying in %.1fs", type(exc).__name__, delay)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(delay + random.uniform(0, delay / 2))
+            delay = min(delay * 2, 5.0)
+
+    def _on_event_notice(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+    def _on_relay_notice(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            data = json.loads(zlib.decompress(self._sealer.unseal_bytes(base64.b64decode(payload), "relay")))
+            visit_id = UUID(data["visit"])
+            to = UUID(data["to"]) if data.get("to") else None
+            text = data["text"]
+        except Exception:  # a foreign or corrupt payload is ignored, never fatal
+            log.warning("ignored an unreadable relay notification")
+            return
+        if self._hub.connections(visit_id):
+            task = asyncio.create_task(self._hub.relay(visit_id, text, to))
+            self._tasks.append(task)
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
+        """Send a message (sealed, never stored) to the visit's sockets in every process."""
+        message = {"visit": str(visit_id), "to": str(to) if to else None, "text": text}
+        blob = self._sealer.seal_bytes(zlib.compress(json.dumps(message).encode()), "relay")
+        payload = base64.b64encode(blob).decode()
+        if len(payload) > RELAY_MAX:
+            raise RelayTooLarge(len(payload))
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", RELAY_CHANNEL, payload)
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                more = await self._drain_once()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("presence bus could not read events (%s)", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                more = True
+            if more:
+                self._wake.set()
+                await asyncio.sleep(0.005 if self._gap_since else 0)
+
+    async def _drain_once(self) -> bool:
+        """Publish events after position in id order; True when there may be more to read soon."""
+        async with self._pool.acquire() as conn:
+            events = await all_events_after(conn, self.position, BATCH)
+        for event in events:
+            if event.id != self.position + 1:
+                now = time.monotonic()
+                if self._gap_since is None:
+                    self._gap_since = now
+                if now - self._gap_since < GAP_WAIT:
+                    return True  # an earlier id may still commit: wait for it
+                log.info("presence bus skipping ids %d..%d (rolled back)", self.position + 1, event.id - 1)
+            self._gap_since = None
+            self.position = event.id
+            await self._hub.publish(event)
+        return len(events) == BATCH

@@ -1,0 +1,144 @@
+"""The in-process hub: which sockets watch which visit, and fan-out of events and relayed messages.
+
+Each event is serialised once for all its receivers. A socket whose unsent bytes pile up past a bound is
+dropped rather than waited for, so one slow phone never delays the others; its transport's write buffer
+is the bounded send queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from uuid import UUID
+
+from aiohttp import web
+
+from gateway.events import PresenceEvent
+
+log = logging.getLogger(__name__)
+
+# Below asyncio's default high-water mark (64 KiB), so a send never has to wait for a drain.
+MAX_UNSENT_BYTES = 32 * 1024
+PENDING_LIMIT = 1000
+
+
+class Connection:
+    """One authenticated socket subscribed (or about to be) to one visit."""
+
+    __slots__ = ("ws", "transport", "visit_id", "participant_id", "role", "where", "floor", "ready", "pending", "closing")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, visit_id: UUID,
+                 participant_id: UUID, role: str, where: str) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.visit_id = visit_id
+        self.participant_id = participant_id
+        self.role = role
+        self.where = where
+        self.floor = 0          # events with ids up to here were already sent (snapshot or replay)
+        self.ready = False      # False while the snapshot is being read: live events wait in pending
+        self.pending: list[tuple[int, str]] | None = None
+        self.closing = False
+
+
+class Hub:
+    """Subscriptions of this process, by visit."""
+
+    def __init__(self) -> None:
+        self._visits: dict[UUID, set[Connection]] = {}
+        self.display_names: dict[UUID, dict[UUID, str]] = {}
+        self._closers: set[asyncio.Task[None]] = set()
+
+    def add(self, conn: Connection) -> None:
+        """Start delivering the visit's events to conn (held back until mark_ready)."""
+        conn.pending = []
+        self._visits.setdefault(conn.visit_id, set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        """Stop delivering to conn; safe to call twice."""
+        subs = self._visits.get(conn.visit_id)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self._visits[conn.visit_id]
+                self.display_names.pop(conn.visit_id, None)
+
+    def connections(self, visit_id: UUID) -> Iterable[Connection]:
+        """The sockets watching a visit in this process."""
+        return tuple(self._visits.get(visit_id, ()))
+
+    def count(self) -> int:
+        """How many sockets are subscribed."""
+        return sum(len(s) for s in self._visits.values())
+
+    async def mark_ready(self, conn: Connection, floor: int) -> None:
+        """The snapshot up to floor was sent: deliver what arrived meanwhile, then go live."""
+        conn.floor = floor
+        pending, conn.pending = conn.pending or [], None
+        for event_id, text in pending:
+            if event_id > conn.floor:
+                conn.floor = event_id
+                await self.send(conn, text)
+        conn.ready = True
+
+    async def publish(self, event: PresenceEvent) -> None:
+        """Deliver one event to every socket of its visit, in id order."""
+        subs = self._visits.get(event.visit_id)
+        if not subs:
+            return
+        text = event.to_json()
+        for conn in tuple(subs):
+            if not conn.ready:
+                if conn.pending is not None and len(conn.pending) < PENDING_LIMIT:
+                    conn.pending.append((event.id, text))
+                else:
+                    self.drop(conn, "backlog while subscribing")
+                continue
+            if event.id > conn.floor:
+                conn.floor = event.id
+                await self.send(conn, text)
+
+    async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
+        """Deliver a relayed message to the visit's ready sockets (or only to one participant's)."""
+        for conn in self.connections(visit_id):
+            if conn.ready and (to is None or conn.participant_id == to):
+                await self.send(conn, text)
+
+    async def send(self, conn: Connection, text: str) -> None:
+        """Send, or drop the socket if it cannot keep up."""
+        if conn.closing:
+            return
+        transport = conn.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            self.drop(conn, "gone")
+            return
+        if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self.drop(conn, "slow consumer")
+            return
+        try:
+            await conn.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            self.drop(conn, "send failed")
+
+    def drop(self, conn: Connection, why: str) -> None:
+        """Unsubscribe conn and close it with 1013 (try again later), without waiting for it."""
+        if conn.closing:
+            return
+        conn.closing = True
+        self.remove(conn)
+        log.info("dropping presence socket of visit %s: %s", conn.visit_id, why)
+        task = asyncio.create_task(conn.ws.close(code=1013, message=b"cannot keep up"))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def close_all(self) -> None:
+        """Close every socket with 1001 (going away), for shutdown."""
+        closing = []
+        for subs in list(self._visits.values()):
+            for conn in list(subs):
+                conn.closing = True
+                closing.append(conn.ws.close(code=1001, message=b"server shutdown"))
+        self._visits.clear()
+        await asyncio.gather(*closing, return_exceptions=True)
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)

@@ -1,0 +1,254 @@
+"""Presence over the websocket: authentication, snapshot, live events, resume, refusals, slow consumers."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import aiohttp
+import pytest
+
+from gateway import events
+from gateway.appkeys import DB
+from presence.appkeys import BUS, HUB
+from tests.conftest import Stack
+
+TIMEOUT = 5.0
+
+
+async def _provider(stack: Stack, encounter: str = "enc-1", patient: str = "pat-1") -> str:
+    response, visited = await stack.launch(stack.new_launch(patient=patient, encounter=encounter))
+    assert response.status == 200, await response.text()
+    return urlsplit(visited[-1]).path.rsplit("/", 1)[1]
+
+
+async def _connect(stack: Stack, origin: str | None = None) -> aiohttp.ClientWebSocketResponse:
+    return await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=origin or stack.gateway_url,
+                                          autoping=True)
+
+
+async def _recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)
+
+
+async def _recv_until(ws: aiohttp.ClientWebSocketResponse, want: str, limit: int = 50) -> dict[str, Any]:
+    for _ in range(limit):
+        frame = await _recv(ws)
+        if frame["type"] == want:
+            return frame
+    raise AssertionError(f"no {want} frame")
+
+
+async def _recv_event(ws: aiohttp.ClientWebSocketResponse, kind: str, limit: int = 50) -> dict[str, Any]:
+    for _ in range(limit):
+        frame = await _recv(ws)
+        if frame["type"] == "event" and frame["kind"] == kind:
+            return frame
+    raise AssertionError(f"no {kind} event")
+
+
+async def _provider_socket(stack: Stack, handle: str, after: int | None = None) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any], dict[str, Any]]:
+    ws = await _connect(stack)
+    await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+    auth = await _recv(ws)
+    assert auth["type"] == "auth_ok", auth
+    await ws.send_json({"type": "subscribe", "id": 2, "after": after})
+    if after is None:
+        first = await _recv_until(ws, "snapshot")
+    else:
+        first = {}
+    return ws, auth, first
+
+
+async def _visit_id(stack: Stack) -> UUID:
+    async with stack.gateway_app[DB].acquire() as conn:
+        return await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
+
+
+async def test_provider_view_socket_gets_a_snapshot_with_its_own_connection(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws, auth, snapshot = await _provider_socket(stack, handle)
+    assert auth["role"] == "provider"
+    kinds = [(e["kind"], e["participant"]) for e in snapshot["events"]]
+    if ("connected", auth["participant"]) not in kinds:
+        # Written just before the snapshot was read: it may come right after it, live.
+        live = await _recv_event(ws, "connected")
+        assert live["participant"] == auth["participant"] and live["id"] > snapshot["last_id"]
+    assert all(e["id"] <= snapshot["last_id"] for e in snapshot["events"])
+    await ws.close()
+
+
+async def test_patient_events_reach_the_provider_live(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws, auth, _ = await _provider_socket(stack, handle)
+    visit_id = UUID(auth["visit"])
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
+        patient = await events.patient_participant(conn, visit_id)
+    await events.record_event(pool, visit_id, patient, "lobby_entered")
+    frame = await _recv_event(ws, "lobby_entered")
+    assert frame["kind"] == "lobby_entered" and frame["participant"] == str(patient) and frame["role"] == "patient"
+    await ws.close()
+
+
+async def test_resume_after_reconnect_loses_and_repeats_nothing(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws, auth, snapshot = await _provider_socket(stack, handle)
+    visit_id = UUID(auth["visit"])
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
+        patient = await events.patient_participant(conn, visit_id)
+    await events.record_event(pool, visit_id, patient, "lobby_entered")
+    seen = [(await _recv_event(ws, "lobby_entered"))["id"]]
+    last = seen[-1]
+    await ws.close()
+    # While the provider is away: the disconnect itself, then three patient events.
+    missed = [await events.record_event(pool, visit_id, patient, kind)
+              for kind in ("device_test_passed", "left", "lobby_entered")]
+    ws2 = await _connect(stack)
+    await ws2.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+    assert (await _recv(ws2))["type"] == "auth_ok"
+    await ws2.send_json({"type": "subscribe", "id": 2, "after": last})
+    replayed: list[int] = []
+    for _ in range(20):
+        frame = await _recv(ws2)
+        if frame["type"] == "result":
+            break
+        replayed.append(frame["id"])
+    async with pool.acquire() as conn:
+        expected = [e.id for e in await events.events_after(conn, visit_id, last, 10**12)]
+    assert set(missed) <= set(expected)
+    # The new socket's own "connected" may arrive live rather than in the replay; together, each once.
+    live_id = await events.record_event(pool, visit_id, patient, "device_test_passed")
+    for _ in range(20):
+        frame = await _recv(ws2)
+        if frame["type"] == "event":
+            replayed.append(frame["id"])
+            if frame["id"] == live_id:
+                break
+    assert len(replayed) == len(set(replayed)), "an event was repeated"
+    assert replayed == sorted(replayed)
+    async with pool.acquire() as conn:
+        everything = [e.id for e in await events.events_after(conn, visit_id, last, 10**12)]
+    assert replayed == everything, "an event was lost"
+    await ws2.close()
+
+
+async def test_socket_from_a_foreign_origin_is_refused(stack: Stack) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await _connect(stack, origin="https://evil.example")
+    assert caught.value.status == 403
+
+
+async def test_socket_with_a_forged_provider_handle_is_refused(stack: Stack) -> None:
+    ws = await _connect(stack)
+    await ws.send_json({"type": "auth", "id": 1, "provider": "forged", "where": "view"})
+    assert (await _recv(ws))["code"] == "auth_failed"
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4401
+
+
+async def test_socket_that_does_not_authenticate_first_is_closed(stack: Stack) -> None:
+    ws = await _connect(stack)
+    await ws.send_json({"type": "subscribe", "id": 1, "after": None})
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4400
+
+
+async def test_a_socket_sees_only_its_own_visit(stack: Stack) -> None:
+    handle_a = await _provider(stack, encounter="enc-1", patient="pat-1")
+    handle_b = await _provider(stack, encounter="enc-2", patient="pat-2")
+    ws_a, auth_a, _ = await _provider_socket(stack, handle_a)
+    ws_b, auth_b, _ = await _provider_socket(stack, handle_b)
+    assert auth_a["visit"] != auth_b["visit"]
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
+        patient_b = await events.patient_participant(conn, UUID(auth_b["visit"]))
+        patient_a = await events.patient_participant(conn, UUID(auth_a["visit"]))
+    await events.record_event(pool, UUID(auth_b["visit"]), patient_b, "lobby_entered")
+    await events.record_event(pool, UUID(auth_a["visit"]), patient_a, "lobby_entered")
+    frame = await _recv_event(ws_a, "lobby_entered")
+    assert frame["visit"] == auth_a["visit"] and frame["participant"] == str(patient_a)
+    # Provider A may not admit visit B's patient.
+    await ws_a.send_json({"type": "admit", "id": 9, "participant": str(patient_b)})
+    refusal = await _recv_until(ws_a, "error")
+    assert refusal["code"] == "unknown_participant"
+    await ws_a.close()
+    await ws_b.close()
+
+
+async def test_provider_admits_a_waiting_patient(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws, auth, _ = await _provider_socket(stack, handle)
+    pool = stack.gateway_app[DB]
+    visit_id = UUID(auth["visit"])
+    async with pool.acquire() as conn:
+        patient = await events.patient_participant(conn, visit_id)
+    await ws.send_json({"type": "admit", "id": 5, "participant": str(patient)})
+    assert (await _recv_until(ws, "result"))["id"] == 5
+    event = await _recv_event(ws, "admitted")
+    assert event["participant"] == str(patient)
+    await ws.close()
+
+
+async def test_oversized_frame_closes_the_socket(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws, _, _ = await _provider_socket(stack, handle)
+    await ws.send_str(json.dumps({"type": "hello", "display_name": "x" * 20000}))
+    msg = await _recv_close(ws)
+    assert ws.close_code == 1009, msg
+
+
+async def _recv_close(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    for _ in range(50):
+        msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            return msg
+    raise AssertionError("socket stayed open")
+
+
+async def test_flooding_client_is_closed(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws, _, _ = await _provider_socket(stack, handle)
+    for i in range(100):
+        await ws.send_json({"type": "nonsense", "id": i})
+    await _recv_close(ws)
+    assert ws.close_code == 1008
+
+
+async def test_client_that_cannot_keep_up_is_dropped_not_waited_for(stack: Stack) -> None:
+    handle = await _provider(stack)
+    slow, auth, _ = await _provider_socket(stack, handle)
+    fast, _, _ = await _provider_socket(stack, handle)
+    hub = stack.gateway_app[HUB]
+    visit_id = UUID(auth["visit"])
+    bus = stack.gateway_app[BUS]
+    # The slow client stops reading; the hub keeps publishing (large frames, to fill the socket buffers).
+    import datetime as dt
+
+    big_kind = "device_test_passed"
+    base = bus.position + 1000
+    sent = 0
+    for i in range(4000):
+        event = events.PresenceEvent(id=base + i, visit_id=visit_id, participant_id=None, kind=big_kind,
+                                     at=dt.datetime.now(dt.timezone.utc), role="x" * 4000, guest_kind=None)
+        await hub.publish(event)
+        sent += 1
+        if len(list(hub.connections(visit_id))) < 2:
+            break
+        if i % 50 == 0:
+            # Let the fast client read what it was sent.
+            for _ in range(50):
+                try:
+                    await asyncio.wait_for(fast.receive(), 0.05)
+                except TimeoutError:
+                    break
+    remaining = list(hub.connections(visit_id))
+    assert len(remaining) == 1, "the slow client should have been dropped"
+    assert sent < 4000
+    await fast.close()
+    await slow.close()
