@@ -51,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The working tree's packages, whatever the editable install lists (a part added since would be missing).
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 CLIENT_ID = "bench"
@@ -59,6 +62,7 @@ OK_AUTHORIZE = 302
 OK_CALLBACK = 303
 REQUEST_TIMEOUT = 10.0  # seconds, per request in the load generator
 MAX_IN_FLIGHT = 2000  # open loop: arrivals beyond this many outstanding ones are counted as errors
+NOISY_SHARE = 0.15  # a phase where processes not ours took more than this share of the machine is flagged
 TOTAL_DEADLINE = 300.0  # the whole run, start-up included, never takes longer than this
 
 
@@ -261,6 +265,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             await run_op(now)
 
     await asyncio.sleep(max(0.0, start - perf()))
+    cpu_start = time.process_time()
     late_max = 0.0
     if kind == "closed":
         workers = [asyncio.create_task(closed_worker()) for _ in range(spec["concurrency"])]
@@ -282,7 +287,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 scheduled = start + (i + phase) / rate
                 late_max = max(late_max, now - scheduled)
                 if len(in_flight) >= MAX_IN_FLIGHT:
-                    errors.add("overload", "too many launches outstanding")
+                    errors.add("overload", f"more than {MAX_IN_FLIGHT} requests outstanding")
                 else:
                     task = asyncio.create_task(run_op(scheduled))
                     in_flight.add(task)
@@ -295,13 +300,14 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             for task in in_flight:
                 task.cancel()
                 errors.add("unfinished", "still outstanding at the end")
+    cpu_s = time.process_time() - cpu_start  # the generator's own CPU, measured phase (and its tail)
     await session.close()
     in_window = sum(1 for t in done_at if start <= t <= end)
     return {
         "ok": len(done_at), "in_window": in_window, "duration": duration,
         "errors": errors.count, "error_kinds": errors.kinds, "error_samples": errors.samples,
         "total_ms": [round(x, 3) for x in total_ms], "gateway_ms": [round(x, 3) for x in gateway_ms],
-        "late_max_ms": round(late_max * 1000.0, 2),
+        "late_max_ms": round(late_max * 1000.0, 2), "cpu_s": cpu_s,
     }
 
 
@@ -336,6 +342,8 @@ class Run:
             raise Deadline(f"stopping: the next step needs ~{need:.0f}s, {self.left():.0f}s are left")
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
         with log.open("wb") as sink:
@@ -423,6 +431,36 @@ def wait_ready(run: Run, name: str, proc: subprocess.Popen[bytes], url: str, tim
     raise RuntimeError(f"{name} not ready at {url} after {timeout:.0f}s ({last})\n{run.tail(name)}")
 
 
+def cpu_snapshot(run: Run) -> dict[str, float]:
+    """CPU seconds so far of the gateway, the sandbox, the bare server, PostgreSQL (all its processes) and
+    the machine as a whole, so a phase can say where the cores went and how much went to strangers."""
+    import psutil
+
+    def tree(pid: int) -> float:
+        total = 0.0
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+        except psutil.Error:
+            pass
+        return total
+
+    snap: dict[str, float] = {}
+    for name, proc in run.procs:
+        if name in ("gateway", "sandbox", "bare"):
+            snap[name] = tree(proc.pid)
+        elif name.startswith("py-spy"):
+            snap["profiler"] = snap.get("profiler", 0.0) + tree(proc.pid)
+    with contextlib.suppress(Exception):
+        snap["postgres"] = tree(run.pg.get_pid())
+    machine = psutil.cpu_times()
+    snap["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+    return snap
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -453,8 +491,14 @@ def run_phase(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         name = f"load-{label}-{k}"
         children.append((name, out_path, run.spawn(name, [sys.executable, __file__, "_load", str(spec_path),
                                                           str(out_path)])))
+    # CPU of each of our servers and of the whole machine across the measured window.
+    time.sleep(max(0.0, start_at - time.time()))
+    before = cpu_snapshot(run)
+    time.sleep(max(0.0, start_at + duration - time.time()))
+    after = cpu_snapshot(run)
     merged: dict[str, Any] = {"ok": 0, "in_window": 0, "errors": 0, "error_kinds": {}, "error_samples": [],
-                              "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0}
+                              "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0,
+                              "cpu_generator_s": 0.0}
     for name, out_path, proc in children:
         try:
             proc.wait(timeout=duration + 2 * REQUEST_TIMEOUT + 20)
@@ -474,11 +518,17 @@ def run_phase(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         merged["total_ms"] += part["total_ms"]
         merged["gateway_ms"] += part["gateway_ms"]
         merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
+        merged["cpu_generator_s"] += part["cpu_s"]
     merged["rate"] = merged["in_window"] / duration
     merged["p50_ms"] = percentile(merged["total_ms"], 50)
     merged["p99_ms"] = percentile(merged["total_ms"], 99)
     merged["gw_p50_ms"] = percentile(merged["gateway_ms"], 50)
     merged["gw_p99_ms"] = percentile(merged["gateway_ms"], 99)
+    cpu = {name: max(0.0, after[name] - before.get(name, after[name])) for name in after}
+    cpu["generator"] = merged["cpu_generator_s"]
+    ours = sum(v for k, v in cpu.items() if k != "machine")
+    cpu["other"] = max(0.0, cpu["machine"] - ours)
+    merged["cpu"] = cpu
     run.phases.append((label, spec, merged))
     describe(label, spec, merged)
     return merged
@@ -495,6 +545,18 @@ def describe(label: str, spec: dict[str, Any], m: dict[str, Any]) -> None:
     if m["errors"]:
         line += f"  ERRORS={m['errors']} {m['error_kinds']}"
     print(line, flush=True)
+    cpu, d = m["cpu"], spec["duration"]
+    split = "  ".join(f"{k} {cpu[k] / d * 100:.0f}%" for k in
+                      ("gateway", "sandbox", "postgres", "bare", "generator", "profiler", "other") if k in cpu)
+    per_op = ""
+    if spec["mode"] == "launch" and m["in_window"]:
+        per_op = "  | CPU ms per launch: " + " ".join(
+            f"{k} {cpu[k] * 1000 / m['in_window']:.2f}" for k in ("gateway", "sandbox", "postgres") if k in cpu)
+    noisy = cpu["other"] / d > NOISY_SHARE * (os.cpu_count() or 1)
+    m["noisy"] = noisy
+    print(f"      CPU (% of one core; {100 * (os.cpu_count() or 1)}% = the machine): {split}  "
+          f"[machine {cpu['machine'] / d * 100:.0f}%]" + per_op
+          + ("  NOISY: other processes took a large share" if noisy else ""), flush=True)
     for sample in m["error_samples"][:3]:
         print(f"      e.g. {sample}", flush=True)
 
@@ -532,6 +594,7 @@ def start_everything(run: Run) -> dict[str, Any]:
         "PYTHONWARNINGS": "ignore",
     })
     visitgate = str(BIN / "visitgate")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     added = subprocess.run([visitgate, "config", "add", "--fhir-base-url", fhir_base, "--environment", "test",
                             "--client-id", CLIENT_ID, "--client-auth", "private_key_jwt", "--approved-by", "bench"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=min(60, run.left()))
@@ -543,12 +606,15 @@ def start_everything(run: Run) -> dict[str, Any]:
                 "auth_method": "private_key_jwt", "jwks_url": f"{gateway_origin}/.well-known/jwks.json"}]
     sandbox_args = ["--host", HOST, "--port", str(sandbox_port), "--base-url", sandbox_origin,
                     "--app-launch-url", f"{gateway_origin}/launch", "--client-json", json.dumps(clients),
-                    "--test-controls"]
+                    "--test-controls",
+                    # The sandbox scans every live access token on each issue (O(n)); a short lifetime keeps that
+                    # stand-in cost from growing through the run. Nothing here uses the tokens afterwards.
+                    "--access-token-lifetime", "60"]
     if args.sandbox_uvloop:
         sandbox = run.spawn("sandbox", [sys.executable, __file__, "_sandbox", *sandbox_args])
     else:
         sandbox = run.spawn("sandbox", [sys.executable, "-m", "sandbox", *sandbox_args])
-    if args.profile != "none":
+    if args.profile in ("cprofile", "yappi"):
         gateway = run.spawn("gateway", [sys.executable, __file__, "_gateway_profiled", args.profile,
                                         str(run.tmp / "gateway.prof")], env=env)
     else:
@@ -576,6 +642,22 @@ def start_everything(run: Run) -> dict[str, Any]:
         "warm_gateway": f"{gateway_origin}/healthz", "warm_bare": f"http://{HOST}:{bare_port}/healthz",
         "warm_sandbox": f"{sandbox_origin}/fhir/.well-known/smart-configuration",
     }
+
+
+def start_py_spy(run: Run, duration: float) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
+    """Sample the gateway and the sandbox with py-spy during the next phase (pip install py-spy)."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        print("  (py-spy is not installed in the environment; no samples)", flush=True)
+        return []
+    spies = []
+    for name, proc in run.procs:
+        if name in ("gateway", "sandbox"):
+            out = run.tmp / f"py-spy-{name}.txt"
+            spies.append((name, run.spawn(f"py-spy-{name}", [
+                str(spy), "record", "--pid", str(proc.pid), "--rate", "250", "--duration",
+                str(int(duration + 2)), "--format", "raw", "--nonblocking", "--output", str(out)]), out))
+    return spies
 
 
 def main_run(args: argparse.Namespace) -> int:
@@ -609,8 +691,18 @@ def main_run(args: argparse.Namespace) -> int:
                 if m["rate"] > best_rate:
                     best_c, best_rate = c, m["rate"]
             print(f"  -> {best_c} workers give the peak", flush=True)
+        spies = start_py_spy(run, D) if args.profile == "py-spy" else []
         launch_peak = run_phase(run, "launch peak", dict(launch_spec, kind="closed", concurrency=best_c,
                                                          duration=D))
+        for name, proc, out in spies:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.stop(proc, grace=2)
+            if out.exists():
+                kept = Path(f"{args.profile_out}.{name}.txt")
+                shutil.copy(out, kept)
+                print(f"  py-spy samples of the {name} (collapsed stacks) written to {kept}", flush=True)
         print("bare 302 peak, closed loop, same generator and concurrency:", flush=True)
         bare_peak = run_phase(run, "bare peak", dict(bare_spec, kind="closed", concurrency=best_c, duration=D))
 
@@ -634,13 +726,22 @@ def main_run(args: argparse.Namespace) -> int:
               f"{args.encounters} encounters; {args.procs} generator process(es); 2 cores shared by all, "
               f"so the generator and the neighbours take CPU from the server under test (the bare server "
               f"shares them only with the generator)")
+        bare_cpu = bare_peak["cpu"]
+        if bare_cpu["generator"] > bare_cpu.get("bare", 0.0):
+            print(f"the bare peak is bound by the load generator (generator {bare_cpu['generator'] / D * 100:.0f}% "
+                  f"of a core vs bare server {bare_cpu.get('bare', 0.0) / D * 100:.0f}%): bare_per_s understates "
+                  f"a bare aiohttp server, so the ratio flatters the gateway")
+        noisy = [label for label, _, m in run.phases if m.get("noisy")]
+        if noisy:
+            print(f"NOISY MACHINE: processes not started by this run took more than {NOISY_SHARE:.0%} of the cores "
+                  f"during: {', '.join(noisy)}; compare ratios only between quiet runs")
         if errors:
             print(f"THIS RUN HAD ERRORS: {errors} (see above); its figures are not clean")
         result_line = (f"RESULT launch ratio={ratio:.4f} p99_ratio={p99_ratio:.2f} "
                        f"launches_per_s={launch_peak['rate']:.1f} bare_per_s={bare_peak['rate']:.1f} "
                        f"launch_p99_ms={launch_half['p99_ms']:.2f} bare_p99_ms={bare_half['p99_ms']:.2f} "
                        f"errors={errors}")
-        if args.profile != "none":
+        if args.profile in ("cprofile", "yappi"):
             gateway = next(p for n, p in run.procs if n == "gateway")
             run.stop(gateway, grace=30)
             prof = run.tmp / "gateway.prof"
@@ -649,6 +750,10 @@ def main_run(args: argparse.Namespace) -> int:
                 print(f"gateway profile written to {args.profile_out}")
     except (KeyboardInterrupt, Deadline, RuntimeError) as exc:
         print(f"\naborted: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    except Exception:  # a bug here must still clean up and end with a RESULT line
+        import traceback
+
+        traceback.print_exc()
     finally:
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(KeyboardInterrupt):
@@ -676,7 +781,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--encounters", type=int, default=64)
     parser.add_argument("--log-level", default="INFO", help="the gateway's VISITGATE_LOG_LEVEL (INFO as shipped)")
     parser.add_argument("--no-sandbox-uvloop", dest="sandbox_uvloop", action="store_false")
-    parser.add_argument("--profile", choices=["none", "cprofile", "yappi"], default="none")
+    parser.add_argument("--profile", choices=["none", "py-spy", "cprofile", "yappi"], default="none")
     parser.add_argument("--profile-out", default="/tmp/visitgate-launch.prof")
     parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
     args = parser.parse_args(argv)

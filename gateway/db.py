@@ -31,9 +31,18 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
 
 async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
     """A pool of short-lived units of work; callers take a connection per unit, never per request."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30)
+    # Our connections keep no session state, so asyncpg's reset query on every release (a round trip,
+    # measured at ~9% of a launch) buys nothing.
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30,
+                                     reset=_no_reset)
     assert pool is not None
     return pool
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Connections go back to the pool as they are (no SET, LISTEN or advisory locks outlive a unit of work)."""
+    if conn.is_in_transaction():  # only after a cancelled unit of work
+        await conn.execute("ROLLBACK")
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
