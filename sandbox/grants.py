@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 LAUNCH_LIFETIME = 600.0
 CODE_LIFETIME = 120.0
 # Used codes are remembered longer than they are valid, so a late replay still revokes the grant.
 CODE_MEMORY = 3600.0
 ASSERTION_MAX_LIFETIME = 300.0
+
+
+def _purge_front(entries: dict[Any, Any], expired: Callable[[Any], bool]) -> None:
+    """Drop expired entries from the oldest end: entries are added in time order, so the scan stops at
+    the first live one instead of walking the whole dict on every call (which grew a benchmark's cost)."""
+    while entries:
+        key = next(iter(entries))
+        if not expired(entries[key]):
+            return
+        del entries[key]
 
 
 def new_secret() -> str:
@@ -69,8 +81,7 @@ class LaunchRegistry:
 
     def _purge(self) -> None:
         now = time.time()
-        for key in [k for k, v in self._launches.items() if v.expires_at <= now]:
-            del self._launches[key]
+        _purge_front(self._launches, lambda v: v.expires_at <= now)
 
 
 @dataclass
@@ -136,8 +147,7 @@ class OAuthState:
     def add_code(self, code: AuthorizationCode) -> str:
         """Store a new code and return it."""
         now = time.time()
-        for key in [k for k, v in self.codes.items() if v.issued_at + CODE_MEMORY <= now]:
-            del self.codes[key]
+        _purge_front(self.codes, lambda v: v.issued_at + CODE_MEMORY <= now)
         value = new_secret()
         self.codes[value] = code
         return value
@@ -145,8 +155,7 @@ class OAuthState:
     def issue_access_token(self, grant: Grant, scopes: tuple[str, ...], lifetime: int) -> str:
         """Create an access token for a grant."""
         now = time.time()
-        for key in [k for k, v in self.access_tokens.items() if v.expires_at <= now]:
-            del self.access_tokens[key]
+        _purge_front(self.access_tokens, lambda v: v.expires_at <= now)
         value = new_secret()
         self.access_tokens[value] = AccessToken(grant, scopes, now + lifetime)
         return value
@@ -171,8 +180,7 @@ class OAuthState:
     def remember_jti(self, client_id: str, jti: str, expires_at: float) -> bool:
         """Record an assertion id; False when it was already used (a replay)."""
         now = time.time()
-        for key in [k for k, v in self.seen_jtis.items() if v <= now]:
-            del self.seen_jtis[key]
+        _purge_front(self.seen_jtis, lambda v: v <= now)
         if (client_id, jti) in self.seen_jtis:
             return False
         self.seen_jtis[(client_id, jti)] = expires_at
