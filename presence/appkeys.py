@@ -8,3 +8,7 @@ from .hub import Hub
 
 HUB = web.AppKey("presence_hub", Hub)
 BUS = web.AppKey("presence_bus", PresenceBus)
+
+from .writeback import WritebackWorker  # noqa: E402  (write-back's keys, appended)
+
+WRITEBACK = web.AppKey("writeback_worker", WritebackWorker)

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway.appkeys import DB, DSN, SEALER
 
+from . import writeback
 from .appkeys import BUS, HUB
 from .bus import PresenceBus
 from .hub import Hub
@@ -19,6 +20,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_bus)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", presence_socket, name="presence_socket")
+    writeback.setup(app)  # the outbox to FHIR Encounter worker, in a cleanup_ctx
 
 
 async def _bus(app: web.Application) -> AsyncIterator[None]:

@@ -88,6 +88,10 @@ class Faults:
     callback_iss: str | None = None  # replaces the RFC 9207 `iss` on the authorize redirect
     fhir_status: int | None = None  # every FHIR REST call answers this status
     fhir_delay: float = 0.0  # seconds to wait before each FHIR answer
+    fhir_fail_next: int = 0  # the next N FHIR calls answer fhir_fail_status, then calls work again
+    fhir_fail_status: int = 500
+    fhir_retry_after: int | None = None  # Retry-After seconds on answers with a 429 or 503 fault status
+    fhir_412_next: int = 0  # the next N writes (PUT, PATCH) answer 412 Precondition Failed, a storm of conflicts
 
     def update(self, changes: dict[str, Any]) -> None:
         """Set several fields at once, refusing unknown names and wrong types before changing anything."""
@@ -115,6 +119,18 @@ def _check_fault(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number")
         return float(value)
+    if name in ("fhir_fail_next", "fhir_412_next"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
+        return value
+    if name == "fhir_retry_after":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or null")
+        return value
+    if name == "fhir_fail_status":
+        if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+            raise ValueError(f"{name} must be an HTTP error status")
+        return value
     if name == "fhir_status":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599):
             raise ValueError(f"{name} must be an HTTP status or null")

@@ -76,7 +76,17 @@ async def fhir_middleware(request: web.Request, handler: Handler) -> web.StreamR
         await asyncio.sleep(faults.fhir_delay)
     if faults.fhir_status is not None:
         code = _STATUS_ISSUE_CODES.get(faults.fhir_status, "exception" if faults.fhir_status >= 500 else "processing")
-        return operation_outcome(faults.fhir_status, code, "failure injected by the sandbox")
+        return operation_outcome(faults.fhir_status, code, "failure injected by the sandbox",
+                                 _retry_after(faults.fhir_status, faults.fhir_retry_after))
+    if faults.fhir_fail_next > 0:
+        faults.fhir_fail_next -= 1
+        status = faults.fhir_fail_status
+        code = _STATUS_ISSUE_CODES.get(status, "exception" if status >= 500 else "processing")
+        return operation_outcome(status, code, "failure injected by the sandbox",
+                                 _retry_after(status, faults.fhir_retry_after))
+    if faults.fhir_412_next > 0 and request.method in ("PUT", "PATCH"):
+        faults.fhir_412_next -= 1
+        return operation_outcome(412, "conflict", "version conflict injected by the sandbox")
     try:
         return await handler(request)
     except FhirError as exc:
@@ -86,6 +96,11 @@ async def fhir_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return operation_outcome(exc.status, _STATUS_ISSUE_CODES.get(exc.status, "exception"), exc.reason, headers)
+
+
+def _retry_after(status: int, seconds: int | None) -> dict[str, str] | None:
+    """A Retry-After header for injected 429 and 503 answers, when the fault names one."""
+    return {"Retry-After": str(seconds)} if seconds is not None and status in (429, 503) else None
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Benchmark: write-back drained per second with the FHIR server answering after 50 ms.
+
+Run from the repository root with the project's environment:
+
+    .venv/bin/python bench/writeback.py            # about a minute
+    .venv/bin/python bench/writeback.py --quick    # smaller, for a smoke test
+
+What runs, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh directory under
+/tmp); the sandbox EHR (`python -m sandbox`) in its own process; the gateway (its real write-back worker,
+`fhir-r4-put`) as an aiohttp server in this process. The sandbox answers every FHIR call after `fhir_delay` = 50 ms.
+
+Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): one FHIR request per event,
+every slot always busy. Phases:
+
+1. warm-up: one event per visit, drained (first writes read the Encounter, so they cost two requests);
+2. drain: write-back paused, one event queued per visit, write-back resumed; events/s is measured from the
+   database's own timestamps of the first and last attempt, so polling and start-up do not count;
+   `drain_ratio` = that rate / ideal;
+3. steady: events arrive at 70% of the ideal rate for a while; the outbox backlog is sampled, and must not
+   grow (`backlog_growth` = mean of the last third of samples minus mean of the first third).
+
+The last line is `RESULT writeback drain_ratio=... ...` (see BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+LATENCY = 0.05
+CLIENT_ID = "bench-writeback"
+
+
+async def _pending(pool: Any) -> int:
+    async with pool.acquire() as conn:
+        value: int = await conn.fetchval("SELECT count(*) FROM writeback_outbox WHERE state = 'pending'")
+    return value
+
+
+async def _wait_drained(pool: Any, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await _pending(pool) == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"write-back did not drain within {limit}s")
+
+
+async def run(args: argparse.Namespace) -> str:
+    import aiohttp
+    import asyncpg
+    import pgserver
+    from aiohttp import web
+
+    from gateway import Settings, create_app
+    from gateway.appkeys import DB, SEALER
+    from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
+    from gateway.events import append_event, patient_participant
+    from gateway.security import generate_signing_key_pem
+    from presence.writeback import set_strategy
+    from gateway.metrics import METRICS
+
+    tmp = Path(tempfile.mkdtemp(prefix="vg-bench-wb-", dir="/tmp"))
+    pg = pgserver.get_server(str(tmp / "pg"), cleanup_mode="delete")
+    runners: list[web.AppRunner] = []
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        admin = await asyncpg.connect(pg.get_uri())
+        await admin.execute("CREATE DATABASE bench")
+        await admin.close()
+        dsn = pg.get_uri("bench")
+
+        with socket.socket() as s1, socket.socket() as s2:
+            s1.bind(("127.0.0.1", 0))
+            s2.bind(("127.0.0.1", 0))
+            gw_port, sb_port = s1.getsockname()[1], s2.getsockname()[1]
+        gateway_url, sandbox_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{sb_port}"
+        settings = Settings(public_url=gateway_url, secret_key=secrets.token_bytes(32),
+                            signing_key_pem=generate_signing_key_pem(), database_url=dsn, port=gw_port,
+                            db_pool_max=20, writeback_concurrency=args.concurrency, writeback_poll_interval=0.05,
+                            writeback_lease_seconds=30.0, log_level="WARNING")
+        client = {"client_id": CLIENT_ID, "redirect_uris": [settings.redirect_uri], "auth_method": "private_key_jwt",
+                  "jwks_url": settings.jwks_url}
+        # The EHR in its own process, so its CPU is not the worker's.
+        sandbox = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(sb_port), "--base-url", sandbox_url,
+             "--app-launch-url", f"{gateway_url}/launch", "--client-json", json.dumps([client]), "--test-controls"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(sandbox)
+        gateway_app = create_app(settings)
+        runner = web.AppRunner(gateway_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", gw_port).start()
+        runners.append(runner)
+        pool = gateway_app[DB]
+        sealer = gateway_app[SEALER]
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{sandbox_url}/fhir/metadata") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            async with http.post(f"{sandbox_url}/_sandbox/faults", json={"fhir_delay": LATENCY}) as r:
+                assert r.status == 200, await r.text()
+            template = {"resourceType": "Encounter", "status": "planned",
+                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+                        "subject": {"reference": "Patient/pat-1"}, "period": {"start": "2025-01-01T09:00:00Z"},
+                        "participant": [{"individual": {"reference": "Practitioner/prac-1"}}]}
+            for n in range(args.visits):
+                async with http.post(f"{sandbox_url}/_sandbox/resources", json={**template, "id": f"bench-{n}"}) as r:
+                    assert r.status == 200, await r.text()
+        requests = gateway_app[METRICS].get_sample_value
+
+        def fhir_requests() -> float:
+            return sum(requests("visitgate_writeback_fhir_requests_total", {"method": m}) or 0.0
+                       for m in ("GET", "PUT", "PATCH"))
+
+        async with pool.acquire() as conn:
+            config_id = await add_approved(conn, sealer, NewConfiguration(
+                fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
+                client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="bench")
+            await set_strategy(conn, config_id, "fhir-r4-put")
+            visits: list[tuple[Any, Any]] = []
+            for n in range(args.visits):
+                encounter_id = f"bench-{n}"
+                visit_id = await conn.fetchval(
+                    "INSERT INTO visits (configuration_id, encounter_key, encounter_ref, meeting_provider)"
+                    " VALUES ($1, $2, $3, 'builtin') RETURNING id", config_id,
+                    sealer.lookup("encounter", f"{sandbox_url}/fhir|{encounter_id}"),
+                    sealer.seal(encounter_id, "visits.encounter_ref"))
+                visits.append((visit_id, await patient_participant(conn, visit_id)))
+
+        async def queue(kinds: list[tuple[int, str]]) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                for index, kind in kinds:
+                    await append_event(conn, visits[index][0], visits[index][1], kind)
+
+        ideal = args.concurrency / LATENCY
+        print(f"visits={args.visits} concurrency={args.concurrency} latency={LATENCY * 1000:.0f}ms "
+              f"ideal={ideal:.0f} writes/s", flush=True)
+
+        # 1. warm-up
+        t = time.monotonic()
+        await queue([(i, "lobby_entered") for i in range(args.visits)])
+        await _wait_drained(pool, 120)
+        print(f"warm-up: {args.visits} events drained in {time.monotonic() - t:.1f}s", flush=True)
+
+        # 2. drain
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE configurations SET writeback_disabled_reason = 'bench: paused' WHERE id = $1",
+                               config_id)
+            first_event = await conn.fetchval("SELECT coalesce(max(id), 0) FROM presence_events")
+        await asyncio.sleep(1.0)  # the worker re-reads configurations at least this often (poll x 10)
+        await queue([(i, "admitted") for i in range(args.visits)])
+        before = fhir_requests()
+        async with pool.acquire() as conn:
+            await set_strategy(conn, config_id, "fhir-r4-put")
+        await _wait_drained(pool, 120)
+        drain_requests = int(fhir_requests() - before)
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, count(*) FILTER (WHERE outcome = 'written') AS written,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,"
+                " percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99,"
+                " extract(epoch FROM max(at) - min(at - make_interval(secs => duration_ms / 1000.0))) AS span"
+                " FROM writeback_attempts WHERE up_to_event_id > $1", first_event)
+            events = await conn.fetchval("SELECT count(*) FROM writeback_outbox WHERE event_id > $1 AND state = 'done'",
+                                         first_event)
+        drain_rate = events / float(row["span"])
+        drain_ratio = drain_rate / ideal
+        print(f"drain: {events} events, {row['written']} writes, {drain_requests} FHIR requests in "
+              f"{float(row['span']):.2f}s = {drain_rate:.1f} events/s ({drain_ratio:.3f} of ideal); one attempt took "
+              f"p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms", flush=True)
+
+        # 3. steady input at 70% of the ideal rate
+        rate = 0.7 * ideal
+        samples: list[int] = []
+        tick = 0.1
+        sent = 0
+        kinds = ("connected", "disconnected")  # each one changes the Encounter
+        started = time.monotonic()
+        next_sample = started
+        while time.monotonic() - started < args.steady:
+            due = int((time.monotonic() - started) * rate) - sent
+            if due > 0:
+                await queue([((sent + k) % args.visits, kinds[((sent + k) // args.visits) % 2]) for k in range(due)])
+                sent += due
+            if time.monotonic() >= next_sample:
+                samples.append(await _pending(pool))
+                next_sample += 0.5
+            await asyncio.sleep(tick)
+        elapsed = time.monotonic() - started
+        await _wait_drained(pool, 60)
+        third = max(len(samples) // 3, 1)
+        growth = sum(samples[-third:]) / third - sum(samples[:third]) / third
+        print(f"steady: {sent} events in {elapsed:.1f}s ({sent / elapsed:.1f}/s); backlog samples {samples}",
+              flush=True)
+        return (f"RESULT writeback drain_ratio={drain_ratio:.3f} drain_per_s={drain_rate:.1f} ideal_per_s={ideal:.0f} "
+                f"requests_per_event={drain_requests / max(events, 1):.2f} steady_in_per_s={sent / elapsed:.1f} "
+                f"backlog_max={max(samples)} backlog_growth={growth:.1f}")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for process in processes:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        pg.cleanup()
+
+
+def main() -> int:
+    """Run the benchmark and print its RESULT line last."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    args.visits = 200 if args.quick else 800
+    args.steady = 4.0 if args.quick else 15.0
+    try:
+        line = asyncio.run(run(args))
+    except Exception as exc:  # still end with a RESULT line
+        print(f"bench failed: {type(exc).__name__}: {exc}", flush=True)
+        line = "RESULT writeback drain_ratio=nan"
+        print(line)
+        return 1
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,475 @@
+"""The write-back worker: presence events, through the transactional outbox, to the FHIR Encounter.
+
+Every gateway process may run it. A worker leases whole visits by their oldest pending outbox row
+(`FOR UPDATE SKIP LOCKED`), derives the Encounter from ALL the visit's events, compares it with what the
+EHR holds and writes only when something changes, with `If-Match`. So a process killed between a
+successful write and marking its rows done costs one extra read, never a second version.
+
+Failures: 429 (after Retry-After), 5xx, 401 and timeouts back off exponentially with jitter; 412 re-reads
+and re-applies a bounded number of times; any other 4xx, and anything that exhausts its attempts, goes to
+the dead letters (outbox state 'dead', with its reason, a log line and a metric). Every attempt is
+recorded in the append-only writeback_attempts table. Reasons hold status codes and OperationOutcome issue
+codes only, never a response body.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from prometheus_client import Counter
+
+import sql
+from gateway import metrics
+from gateway.appkeys import DB, HTTP, SEALER, SETTINGS, SIGNING_KEY
+from gateway.fhir import valid_id
+from gateway.security import Sealer
+from gateway.settings import Settings
+
+from .backend_auth import BackendClient, BackendTokens, TokenUnavailable, WritebackDisabled
+from .encounter_mapping import (EncounterChanges, VisitEvent, derive, desired_encounter, patch_operations,
+                                unchanged)
+
+log = logging.getLogger(__name__)
+Q = sql.queries("writeback")
+
+CONFIG_REFRESH = 5.0  # at most this many seconds between re-reads of which configurations write back
+CACHE_SIZE = 10_000  # Encounters remembered as we last wrote them, to skip a read before the next write
+RETRY_AFTER_MAX = 3600.0
+_ETAG = re.compile(r'^(?:W/)?"([^"]+)"$')
+_ISSUE_CODE = re.compile(r"^[a-z][a-z-]{0,39}$")
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class Retryable(Exception):
+    """A failure worth trying again later."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Permanent(Exception):
+    """A failure that will not go away by itself: the events go to the dead letters."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class WritebackConfig:
+    """A configuration that writes back, as the worker needs it."""
+
+    id: int
+    fhir_base_url: str
+    strategy: str
+    client: BackendClient
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt did."""
+
+    kind: str  # "written" | "unchanged"
+    up_to_event_id: int
+    version_id: str | None
+    status: int | None = None
+
+
+class WritebackMetrics:
+    """Counters of attempts, dead letters and configurations turned off."""
+
+    def __init__(self, app: web.Application) -> None:
+        reg = metrics.registry(app)
+        self.attempts = Counter("visitgate_writeback_attempts", "Write-back attempts by outcome",
+                                ["outcome"], registry=reg)
+        self.dead_letters = Counter("visitgate_writeback_dead_letters", "Events sent to the dead letters",
+                                    ["reason"], registry=reg)
+        self.requests = Counter("visitgate_writeback_fhir_requests", "FHIR requests made by write-back",
+                                ["method"], registry=reg)
+        self.disabled = Counter("visitgate_writeback_disabled", "Configurations whose write-back was turned off",
+                                registry=reg)
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Seconds before the next attempt: Retry-After when the server gave one, else exponential with jitter."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), RETRY_AFTER_MAX)
+    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _issue_codes(body: bytes) -> str:
+    """The OperationOutcome issue codes of an error body (codes only: diagnostics may hold patient data)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "OperationOutcome":
+        return ""
+    codes = [i.get("code") for i in doc.get("issue") or [] if isinstance(i, dict)]
+    return ",".join(sorted({c for c in codes if isinstance(c, str) and _ISSUE_CODE.match(c)}))[:120]
+
+
+def _failure(status: int, headers: Any, body: bytes) -> Exception:
+    codes = _issue_codes(body)
+    reason = f"fhir_{status}" + (f" {codes}" if codes else "")
+    if status == 429:
+        return Retryable(reason, status, parse_retry_after(headers.get("Retry-After")))
+    if status >= 500 or status in (401, 408):
+        return Retryable(reason, status)
+    return Permanent(reason, status)
+
+
+class WritebackWorker:
+    """Claims visits from the outbox and writes their Encounters back, per-server concurrency bounded."""
+
+    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, sealer: Sealer, tokens: BackendTokens,
+                 settings: Settings, counters: WritebackMetrics) -> None:
+        self._pool = pool
+        self._http = http
+        self._sealer = sealer
+        self._tokens = tokens
+        self._settings = settings
+        self._metrics = counters
+        self.worker_id = uuid.uuid4()
+        # Per FHIR server: visits claimed and not finished (up to twice the concurrency, so the next visit's
+        # events are already read when a slot frees), and the slots that bound FHIR requests in flight.
+        self._inflight: dict[str, int] = defaultdict(int)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._configs: list[WritebackConfig] = []
+        self._configs_read = -CONFIG_REFRESH
+        self._cache: OrderedDict[tuple[str, str], tuple[str, dict[str, Any]]] = OrderedDict()
+        self._timeout = aiohttp.ClientTimeout(total=settings.writeback_request_timeout)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and work until cancelled; then cancel the work in flight and give its visits back."""
+        poll = self._settings.writeback_poll_interval
+        outage = 0  # consecutive rounds without the database
+        try:
+            while True:
+                # Cleared before claiming, so a slot freed during the claim wakes the next round at once.
+                self._wake.clear()
+                try:
+                    claimed = await self._claim_round()
+                    if outage:
+                        log.info("write-back: database back after %d failed round(s)", outage)
+                    outage = 0
+                except _DB_ERRORS as exc:
+                    if not outage:
+                        log.warning("write-back: database unavailable (%s); trying again", type(exc).__name__)
+                    outage += 1
+                    await asyncio.sleep(min(poll * 2 ** min(outage, 10), 2.0))
+                    continue
+                if not claimed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), poll)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(*_DB_ERRORS):
+                async with asyncio.timeout(2):
+                    async with self._pool.acquire() as conn:
+                        await conn.execute(Q["release_mine"], self.worker_id)
+
+    def poke(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._wake.set()
+
+    async def _active_configs(self, conn: asyncpg.Connection) -> list[WritebackConfig]:
+        refresh = min(CONFIG_REFRESH, self._settings.writeback_poll_interval * 10)
+        if time.monotonic() - self._configs_read >= refresh:
+            rows = await conn.fetch(Q["active_configurations"])
+            self._configs = [WritebackConfig(r["id"], r["fhir_base_url"], r["writeback_strategy"],
+                                             BackendClient(r["id"], r["fhir_base_url"], r["client_id"],
+                                                           r["client_auth"], r["writeback_scopes"]))
+                             for r in rows]
+            self._configs_read = time.monotonic()
+        return self._configs
+
+    async def _claim_round(self) -> int:
+        settings = self._settings
+        claimed = 0
+        async with self._pool.acquire() as conn:
+            for config in await self._active_configs(conn):
+                held = self._inflight[config.fhir_base_url]
+                free = 2 * settings.writeback_concurrency - held
+                # Claim in batches: a round trip per freed slot would cost more than the slots are idle.
+                if free <= 0 or (held and free < max(settings.writeback_concurrency // 2, 1)):
+                    continue
+                rows = await conn.fetch(Q["claim_visits"], config.id, free, settings.writeback_lease_seconds,
+                                        self.worker_id)
+                for row in rows:
+                    self._inflight[config.fhir_base_url] += 1
+                    task = asyncio.create_task(self._work(config, row["event_id"], row["visit_id"], row["attempts"]))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                claimed += len(rows)
+        return claimed
+
+    # --- one visit --------------------------------------------------------------------------------
+
+    async def _work(self, config: WritebackConfig, head: int, visit_id: UUID, attempt: int) -> None:
+        started = time.monotonic()
+        settings = self._settings
+        up_to = head
+        try:
+            try:
+                if attempt > settings.writeback_max_attempts:
+                    raise Permanent("max_attempts")
+                # Stop well inside the lease, so another worker never works on the visit at the same time.
+                async with asyncio.timeout(settings.writeback_lease_seconds * 0.8):
+                    changes, encounter_ref = await self._changes(visit_id)
+                    up_to = max(up_to, changes.up_to_event_id)
+                    slots = self._slots.setdefault(config.fhir_base_url,
+                                                   asyncio.Semaphore(settings.writeback_concurrency))
+                    async with slots:  # only FHIR calls hold a slot; database work does not
+                        outcome = await self._write(config, changes, encounter_ref)
+            except TimeoutError as exc:
+                raise Retryable("lease_timeout") from exc
+            except (aiohttp.ClientError,) as exc:
+                raise Retryable(f"fhir_unreachable {type(exc).__name__}") from exc
+            await self._finish(config, visit_id, outcome, started)
+        except Retryable as exc:
+            if attempt >= settings.writeback_max_attempts:
+                await self._dead(config, visit_id, up_to, f"gave_up: {exc.reason}", exc.status, started)
+            else:
+                delay = backoff(attempt, settings.writeback_backoff_base, settings.writeback_backoff_max,
+                                exc.retry_after)
+                await self._retry(config, visit_id, head, up_to, exc, delay, started)
+        except Permanent as exc:
+            await self._dead(config, visit_id, up_to, exc.reason, exc.status, started)
+        except WritebackDisabled as exc:
+            await self._disable(config, visit_id, head, up_to, exc.reason, started)
+        except _DB_ERRORS as exc:
+            # The lease runs out and the visit is taken again; the write, if it happened, will not repeat.
+            log.warning("write-back of a visit interrupted by the database (%s)", type(exc).__name__)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("write-back failed unexpectedly; the visit will be retried after its lease")
+        finally:
+            self._inflight[config.fhir_base_url] -= 1
+            self._wake.set()
+
+    async def _changes(self, visit_id: UUID) -> tuple[EncounterChanges, bytes]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(Q["visit_with_events"], visit_id)
+        if not rows:
+            raise Permanent("visit_missing")
+        events = [VisitEvent(r["id"], r["kind"], r["at"], r["participant_id"], r["role"], r["guest_kind"],
+                             r["fhir_user"]) for r in rows if r["id"] is not None]
+        return derive(events, rows[0]["meeting_provider"]), rows[0]["encounter_ref"]
+
+    async def _write(self, config: WritebackConfig, changes: EncounterChanges, encounter_ref: bytes) -> Outcome:
+        encounter_id = self._sealer.unseal(encounter_ref, "visits.encounter_ref")
+        if not valid_id(encounter_id):
+            raise Permanent("encounter_id_invalid")
+        try:
+            token = await self._tokens.token(config.client)
+        except TokenUnavailable as exc:
+            raise Retryable(exc.reason) from exc
+        url = f"{config.fhir_base_url}/Encounter/{encounter_id}"
+        key = (config.fhir_base_url, encounter_id)
+        headers = {"Authorization": f"Bearer {token.access_token}", "Accept": "application/fhir+json"}
+        for _ in range(self._settings.writeback_max_conflict_rounds):
+            cached = self._cache.get(key)
+            version, current = cached if cached else await self._read(url, headers)
+            if config.strategy == "fhir-r4-patch":
+                ops = patch_operations(current, changes)
+                if not ops and cached:
+                    self._cache.pop(key, None)  # never skip a write on our memory alone: read and look again
+                    continue
+                if not ops:
+                    return Outcome("unchanged", changes.up_to_event_id, version)
+                body, content_type, method = json.dumps(ops).encode(), "application/json-patch+json", "PATCH"
+            else:
+                desired = desired_encounter(current, changes)
+                if unchanged(current, desired) and cached:
+                    self._cache.pop(key, None)
+                    continue
+                if unchanged(current, desired):
+                    return Outcome("unchanged", changes.up_to_event_id, version)
+                body, content_type, method = json.dumps(desired).encode(), "application/fhir+json", "PUT"
+            status, answer_headers, answer = await self._send(method, url, {
+                **headers, "Content-Type": content_type, "If-Match": f'W/"{version}"'}, body)
+            if status in (200, 201):
+                written = self._remember(key, answer_headers, answer)
+                return Outcome("written", changes.up_to_event_id, written, status)
+            self._cache.pop(key, None)
+            if status == 412:
+                continue  # someone else wrote in between: read again and re-apply
+            if status == 401:
+                self._tokens.forget(config.id)
+            raise _failure(status, answer_headers, answer)
+        raise Retryable("fhir_412 conflict_storm", 412)
+
+    async def _read(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        status, answer_headers, body = await self._send("GET", url, headers, None)
+        if status != 200:
+            raise _failure(status, answer_headers, body)
+        try:
+            resource = json.loads(body)
+        except ValueError as exc:
+            raise Retryable("fhir_malformed") from exc
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Encounter":
+            raise Permanent("fhir_not_an_encounter")
+        version = _version_of(answer_headers, resource)
+        if version is None:
+            raise Permanent("fhir_no_version")  # without a version there is no safe If-Match
+        return version, resource
+
+    async def _send(self, method: str, url: str, headers: dict[str, str],
+                    body: bytes | None) -> tuple[int, Any, bytes]:
+        self._metrics.requests.labels(method).inc()
+        try:
+            async with self._http.request(method, url, data=body, headers=headers, timeout=self._timeout) as r:
+                return r.status, r.headers, await r.read()
+        except TimeoutError as exc:
+            raise Retryable("fhir_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise Retryable(f"fhir_unreachable {type(exc).__name__}") from exc
+
+    def _remember(self, key: tuple[str, str], headers: Any, body: bytes) -> str | None:
+        try:
+            resource = json.loads(body)
+        except ValueError:
+            return None
+        version = _version_of(headers, resource) if isinstance(resource, dict) else None
+        if version is not None and isinstance(resource, dict) and resource.get("resourceType") == "Encounter":
+            self._cache[key] = (version, resource)
+            self._cache.move_to_end(key)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return version
+
+    # --- recording outcomes -----------------------------------------------------------------------
+
+    async def _attempt(self, conn: asyncpg.Connection, config: WritebackConfig, visit_id: UUID, up_to: int,
+                       outcome: str, status: int | None, reason: str | None, version: str | None,
+                       started: float) -> None:
+        await conn.execute(Q["record_attempt"], visit_id, config.id, up_to, config.strategy, outcome, status,
+                           reason, version, int((time.monotonic() - started) * 1000))
+        self._metrics.attempts.labels(outcome).inc()
+
+    async def _finish(self, config: WritebackConfig, visit_id: UUID, outcome: Outcome, started: float) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(Q["finish_visit"], visit_id, outcome.up_to_event_id, config.id, config.strategy,
+                               outcome.kind, outcome.status, outcome.version_id,
+                               int((time.monotonic() - started) * 1000))
+        self._metrics.attempts.labels(outcome.kind).inc()
+
+    async def _retry(self, config: WritebackConfig, visit_id: UUID, head: int, up_to: int, exc: Retryable,
+                     delay: float, started: float) -> None:
+        log.info("write-back of a visit will be retried in %.1fs: %s", delay, exc.reason)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["retry_visit"], head, delay, exc.reason)
+            await self._attempt(conn, config, visit_id, up_to, "retry", exc.status, exc.reason, None, started)
+
+    async def _dead(self, config: WritebackConfig, visit_id: UUID, up_to: int, reason: str, status: int | None,
+                    started: float) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            dead = await conn.fetch(Q["dead_letter_visit"], visit_id, up_to, reason)
+            await self._attempt(conn, config, visit_id, up_to, "dead", status, reason, None, started)
+        self._metrics.dead_letters.labels(reason.split(" ", 1)[0].split(":", 1)[0]).inc(len(dead))
+        log.warning("write-back gave up on %d event(s) of configuration %d: %s", len(dead), config.id, reason)
+
+    async def _disable(self, config: WritebackConfig, visit_id: UUID, head: int, up_to: int, reason: str,
+                       started: float) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            turned_off = await conn.fetchval(Q["disable"], config.id, reason)
+            await conn.execute(Q["release_visit"], head)
+            await self._attempt(conn, config, visit_id, up_to, "disabled", None, reason, None, started)
+        self._configs = [c for c in self._configs if c.id != config.id]
+        if turned_off:
+            self._metrics.disabled.inc()
+            log.warning("write-back turned off for configuration %d: %s", config.id, reason)
+
+
+def _version_of(headers: Any, resource: dict[str, Any]) -> str | None:
+    etag = headers.get("ETag") if headers is not None else None
+    match = _ETAG.match(etag.strip()) if isinstance(etag, str) else None
+    if match:
+        return match.group(1)
+    version = (resource.get("meta") or {}).get("versionId")
+    return version if isinstance(version, str) and version else None
+
+
+# --- wiring ---------------------------------------------------------------------------------------
+
+def setup(app: web.Application) -> None:
+    """Run the worker as a background task of the application (unless settings turn it off)."""
+    counters = WritebackMetrics(app)
+
+    async def worker(app: web.Application) -> AsyncIterator[None]:
+        from .appkeys import WRITEBACK
+
+        settings = app[SETTINGS]
+        tokens = BackendTokens(app[HTTP], app[SIGNING_KEY], settings.writeback_request_timeout)
+        app[WRITEBACK] = WritebackWorker(app[DB], app[HTTP], app[SEALER], tokens, settings, counters)
+        task = asyncio.create_task(app[WRITEBACK].run()) if settings.writeback_enabled else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(worker)
+
+
+# --- for operators, the portal and tests ----------------------------------------------------------
+
+
+async def set_strategy(conn: asyncpg.Connection, configuration_id: int, strategy: str) -> None:
+    """Choose a configuration's write-back strategy; this also turns write-back back on."""
+    if strategy not in ("fhir-r4-put", "fhir-r4-patch", "none"):
+        raise ValueError(f"unknown write-back strategy {strategy!r}")
+    await conn.execute(Q["set_strategy"], configuration_id, strategy)
+
+
+async def dead_letters(conn: asyncpg.Connection, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest dead-lettered events, with their reasons."""
+    return [dict(r) for r in await conn.fetch(Q["dead_letters"], limit)]
+
+
+async def backlog(conn: asyncpg.Connection, configuration_id: int) -> int:
+    """How many events of a configuration wait to be written back."""
+    value: int = await conn.fetchval(Q["backlog"], configuration_id)
+    return value

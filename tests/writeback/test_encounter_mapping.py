@@ -1,0 +1,141 @@
+"""The mapping from presence events to the Encounter, as pure functions (no database, no server)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from presence.backend_auth import allows_encounter_update
+from presence.encounter_mapping import (ALLOWED_PATCH, PRESENCE_URL, VIRTUAL_SERVICE_URL, VisitEvent, derive,
+                                        desired_encounter, patch_operations, unchanged)
+from presence.writeback import backoff, parse_retry_after
+from sandbox.jsonpatch import apply_patch
+
+from .conftest import validate_encounter
+
+T0 = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.timezone.utc)
+PATIENT, PROVIDER, GUEST = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+ROLES = {PATIENT: ("patient", None, None), GUEST: ("guest", "interpreter", None),
+         PROVIDER: ("provider", None, "https://ehr.example/fhir/Practitioner/prac-1")}
+
+
+def events(*spec: tuple[int, uuid.UUID | None, str]) -> list[VisitEvent]:
+    """Events from (seconds after T0, participant, kind), numbered in order."""
+    out = []
+    for n, (seconds, who, kind) in enumerate(spec, start=1):
+        role, guest_kind, fhir_user = ROLES[who] if who else (None, None, None)
+        out.append(VisitEvent(n, kind, T0 + dt.timedelta(seconds=seconds), who, role, guest_kind, fhir_user))
+    return out
+
+
+WHOLE = events((0, PATIENT, "lobby_entered"), (5, PROVIDER, "connected"), (60, PATIENT, "admitted"),
+               (61, PATIENT, "connected"), (70, GUEST, "connected"), (300, GUEST, "left"),
+               (400, PATIENT, "disconnected"), (410, PATIENT, "connected"), (600, None, "visit_ended"))
+
+
+def encounter(**extra: Any) -> dict[str, Any]:
+    """A planned virtual Encounter as an EHR holds it."""
+    return {"resourceType": "Encounter", "id": "enc-9", "meta": {"versionId": "1"}, "status": "planned",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+            "subject": {"reference": "Patient/pat-9"},
+            "participant": [{"individual": {"reference": "Practitioner/prac-1"}}],
+            "period": {"start": "2025-03-04T09:00:00Z"}, **extra}
+
+
+def test_a_visit_moves_the_encounter_along_planned_arrived_in_progress_finished() -> None:
+    result = desired_encounter(encounter(), derive(WHOLE, "builtin"))
+    validate_encounter(result)
+    assert result["status"] == "finished"
+    history = result["statusHistory"]
+    assert [h["status"] for h in history] == ["planned", "arrived", "in-progress", "finished"]
+    for before, after in zip(history, history[1:]):  # stretches touch but never overlap
+        assert before["period"]["end"] == after["period"]["start"]
+    assert result["period"] == {"start": "2025-03-04T09:01:00.000Z", "end": "2025-03-04T09:10:00.000Z"}
+
+
+def test_clinicians_get_participant_periods_and_patients_and_guests_our_extension() -> None:
+    result = desired_encounter(encounter(), derive(WHOLE, "builtin"))
+    assert result["participant"] == [{"individual": {"reference": "Practitioner/prac-1"},
+                                      "period": {"start": "2025-03-04T09:00:05.000Z",
+                                                 "end": "2025-03-04T09:10:00.000Z"}}]
+    presence = [x for x in result["extension"] if x["url"] == PRESENCE_URL]
+    assert [(p["extension"][0]["valueCode"], p["extension"][1]["valueString"]) for p in presence] == [
+        ("patient", "patient"), ("guest", "guest-1"), ("patient", "patient")]
+    assert not any(p.get("individual", {}).get("reference", "").startswith("Patient")
+                   for p in result["participant"])
+
+
+def test_the_meeting_is_named_in_the_virtual_service_extension_without_secrets() -> None:
+    result = desired_encounter(encounter(), derive(WHOLE, "teams"))
+    (service,) = [x for x in result["extension"] if x["url"] == VIRTUAL_SERVICE_URL]
+    assert service["extension"] == [{"url": "channelType", "valueCoding": {
+        "system": "http://hl7.org/fhir/virtual-service-type", "code": "ms-teams", "display": "Microsoft Teams"}}]
+
+
+@pytest.mark.parametrize("upto", range(len(WHOLE) + 1))
+def test_applying_the_same_events_twice_gives_the_same_encounter(upto: int) -> None:
+    changes = derive(WHOLE[:upto], "builtin")
+    once = desired_encounter(encounter(), changes)
+    assert unchanged(once, desired_encounter(once, changes))
+    validate_encounter(once)
+    patched = apply_patch(encounter(extension=[]), patch_operations(encounter(extension=[]), changes))
+    assert patch_operations(patched, changes) == []
+    validate_encounter(patched)
+
+
+def test_events_in_any_order_derive_the_same_changes() -> None:
+    assert derive(list(reversed(WHOLE)), "builtin") == derive(WHOLE, "builtin")
+
+
+def test_transitions_out_of_order_are_never_sent() -> None:
+    skipped = events((0, PATIENT, "admitted"), (10, None, "visit_ended"))
+    assert derive(skipped, "builtin").transitions == ()
+    assert desired_encounter(encounter(), derive(skipped, "builtin"))["status"] == "planned"
+    # The EHR cancelled the visit, or finished it already: our events do not move it anywhere.
+    for status in ("cancelled", "entered-in-error", "finished"):
+        current = encounter(status=status)
+        result = desired_encounter(current, derive(WHOLE[:3], "builtin"))
+        assert result["status"] == status and "statusHistory" not in result
+
+
+def test_the_ehrs_own_extensions_and_earlier_history_are_kept() -> None:
+    theirs = {"url": "https://ehr.example/ext", "valueString": "x"}
+    old = {"status": "planned", "period": {"start": "2025-03-01T00:00:00Z", "end": "2025-03-02T00:00:00Z"}}
+    result = desired_encounter(encounter(extension=[theirs], statusHistory=[old]), derive(WHOLE, "builtin"))
+    assert result["extension"][0] == theirs and result["statusHistory"][0] == old
+    assert unchanged(result, desired_encounter(result, derive(WHOLE, "builtin")))
+
+
+def test_patch_uses_only_the_operations_oracle_health_documents() -> None:
+    current = encounter(extension=[{"url": "https://ehr.example/ext", "valueString": "x"}])
+    ops = patch_operations(current, derive(WHOLE, "builtin"))
+    assert ops and all((op["op"], op["path"]) in ALLOWED_PATCH for op in ops)
+    assert {op["path"] for op in ops} == {"/period/start", "/extension"}
+    assert all(op["op"] == "add" and op["path"] == "/extension/-"
+               for op in patch_operations(encounter(), derive(WHOLE, "builtin")) if "extension" in op["path"])
+
+
+def test_nothing_in_the_mapping_carries_patient_data_or_participant_ids() -> None:
+    text = json.dumps(desired_encounter(encounter(), derive(WHOLE, "builtin")))
+    for participant in (PATIENT, PROVIDER, GUEST):
+        assert str(participant) not in text
+
+
+@pytest.mark.parametrize(("scopes", "allowed"), [
+    ("system/Encounter.read system/Encounter.write", True), ("system/Encounter.rus", True),
+    ("system/*.*", True), ("system/Encounter.read", False), ("system/Encounter.cu", False),
+    ("user/Encounter.read user/Encounter.write", False)])
+def test_write_back_needs_system_scopes_to_read_and_update_encounters(scopes: str, allowed: bool) -> None:
+    assert allows_encounter_update(frozenset(scopes.split())) is allowed
+
+
+def test_backoff_grows_with_jitter_is_capped_and_honours_retry_after() -> None:
+    for attempt in range(1, 12):
+        delay = backoff(attempt, 1.0, 60.0)
+        assert min(60.0, 2 ** (attempt - 1)) / 2 <= delay <= min(60.0, 2 ** (attempt - 1))
+    assert backoff(1, 1.0, 60.0, retry_after=120) == 120
+    assert parse_retry_after("7") == 7 and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0

@@ -1,0 +1,238 @@
+"""Write-back across real gateway processes: kill -9 in the middle, PostgreSQL restarted under load.
+
+The gateway runs as `visitgate serve` in a subprocess; the sandbox EHR runs in the test's process so the
+test can read what was written. After recovery every visit's Encounter `_history` must be its event log
+written exactly once, in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer, unused_port
+
+from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
+from gateway.events import record_event
+from gateway.security import Sealer, SigningKey
+from presence.writeback import set_strategy
+
+from .conftest import (CLIENT_ID, assert_history_is_event_log, attempts, drained, fhir_history_with_key,
+                       full_visit, make_visit, outbox_states, people, visit_events, wait_until)
+
+VISITGATE = Path(sys.executable).parent / "visitgate"
+ENCOUNTERS = [f"enc-{n}" for n in range(1, 7)]
+_DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
+
+
+@dataclass
+class Cluster:
+    """The sandbox EHR here, the gateway in a subprocess, and the database they share."""
+
+    dsn: str
+    sandbox_app: Any
+    sandbox_url: str
+    gateway_url: str
+    env: dict[str, str]
+    sealer: Sealer
+    key: SigningKey
+    pool: asyncpg.Pool
+    configuration_id: int
+    log_dir: Path
+    process: asyncio.subprocess.Process | None = None
+    runs: int = 0
+    logs: list[Any] = field(default_factory=list)
+
+    @property
+    def fhir_base(self) -> str:
+        """The sandbox's FHIR base URL."""
+        return f"{self.sandbox_url}/fhir"
+
+    async def start_gateway(self) -> None:
+        """Start `visitgate serve` and wait until it answers."""
+        self.runs += 1
+        log = open(self.log_dir / f"gateway-{self.runs}.log", "wb")  # noqa: SIM115 (closed with the cluster)
+        self.logs.append(log)
+        self.process = await asyncio.create_subprocess_exec(str(VISITGATE), "serve", env=self.env,
+                                                            stdout=log, stderr=log)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            for _ in range(150):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{self.gateway_url}/healthz") as r:
+                        if r.status == 200:
+                            return
+                assert self.process.returncode is None, (self.log_dir / f"gateway-{self.runs}.log").read_text()
+                await asyncio.sleep(0.1)
+        raise AssertionError("the gateway did not start")
+
+    async def kill9(self) -> None:
+        """SIGKILL: no shutdown, no cleanup, leases left behind."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop_gateway(self) -> None:
+        """SIGTERM and wait (bounded), then SIGKILL."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 15)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+    async def check_histories(self, visits: dict[str, UUID]) -> None:
+        """Each Encounter's _history is its visit's event log written exactly once."""
+        for encounter_id, visit in visits.items():
+            versions = await fhir_history_with_key(self.key, self.fhir_base, encounter_id, CLIENT_ID)
+            assert len(versions) > 1, encounter_id
+            assert_history_is_event_log(versions, await visit_events(self.pool, visit), "fhir-r4-put")
+
+
+@contextlib.asynccontextmanager
+async def cluster(dsn: str, signing_key_pem: bytes, tmp_path: Path, fhir_delay: float) -> AsyncIterator[Cluster]:
+    """Set up the sandbox, the configuration and the gateway's environment (the gateway is not started)."""
+    from sandbox import SandboxClient, SandboxSettings, create_sandbox_app
+    from sandbox.appkeys import FAULTS
+
+    gw_port, sb_port = unused_port(), unused_port()
+    gateway_url, sandbox_url = f"http://127.0.0.1:{gw_port}", f"http://localhost:{sb_port}"
+    secret = secrets.token_bytes(32)
+    sandbox_app = create_sandbox_app(SandboxSettings(
+        base_url=sandbox_url, app_launch_url=f"{gateway_url}/launch",
+        clients=(SandboxClient(client_id=CLIENT_ID, redirect_uris=(f"{gateway_url}/launch/callback",),
+                               auth_method="private_key_jwt", jwks_url=f"{gateway_url}/.well-known/jwks.json"),)))
+    sandbox_app[FAULTS].update({"fhir_delay": fhir_delay})
+    server = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
+    await server.start_server(access_log=logging.getLogger("sandbox.access"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VISITGATE_", "DATABASE_URL"))}
+    env.update({
+        "VISITGATE_PUBLIC_URL": gateway_url, "VISITGATE_SECRET_KEY": base64.b64encode(secret).decode(),
+        "VISITGATE_SIGNING_KEY": signing_key_pem.decode(), "DATABASE_URL": dsn, "VISITGATE_HOST": "127.0.0.1",
+        "VISITGATE_PORT": str(gw_port), "VISITGATE_DATA_DIR": str(tmp_path / "data"),
+        "VISITGATE_LOG_LEVEL": "INFO", "VISITGATE_DB_POOL_MAX": "4",
+        "VISITGATE_WRITEBACK_LEASE_SECONDS": "2", "VISITGATE_WRITEBACK_BACKOFF_BASE": "0.05",
+        "VISITGATE_WRITEBACK_BACKOFF_MAX": "0.5", "VISITGATE_WRITEBACK_POLL_INTERVAL": "0.05",
+        "VISITGATE_WRITEBACK_MAX_ATTEMPTS": "50", "VISITGATE_WRITEBACK_REQUEST_TIMEOUT": "1.5",
+    })
+    # The gateway migrates at start-up; the test needs the schema first, to register the configuration.
+    conn = await asyncpg.connect(dsn)
+    try:
+        from gateway.db import migrate
+
+        await migrate(conn)
+        sealer = Sealer(secret)
+        config_id = await add_approved(conn, sealer, NewConfiguration(
+            fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
+            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
+        await set_strategy(conn, config_id, "fhir-r4-put")
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    assert pool is not None
+    c = Cluster(dsn, sandbox_app, sandbox_url, gateway_url, env, sealer, SigningKey.from_pem(signing_key_pem),
+                pool, config_id, tmp_path)
+    try:
+        yield c
+    finally:
+        await c.stop_gateway()
+        for log in c.logs:
+            log.close()
+        await pool.close()
+        await server.close()
+
+
+async def _record_with_retries(pool: asyncpg.Pool, visit: UUID, participant: UUID | None, kind: str) -> None:
+    """Append one event, retrying while the database is away (bounded)."""
+    for _ in range(300):
+        try:
+            await record_event(pool, visit, participant, kind)
+            return
+        except _DB_DOWN:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the database did not come back")
+
+
+async def test_a_gateway_killed_in_the_middle_of_write_back_loses_and_repeats_nothing(
+        database_url: str, signing_key_pem: bytes, tmp_path: Path) -> None:
+    async with cluster(database_url, signing_key_pem, tmp_path, fhir_delay=0.3) as c:
+        visits = {e: await make_visit(c.pool, c.sealer, c.configuration_id, c.fhir_base, e) for e in ENCOUNTERS}
+        await c.start_gateway()
+        for visit in visits.values():
+            p = await people(c.pool, visit)
+            for participant, kind in full_visit(p):
+                await record_event(c.pool, visit, participant, kind)
+
+        async def some_written() -> bool:
+            return any(a["outcome"] == "written" for a in await attempts(c.pool))
+
+        await wait_until(some_written, timeout=20)
+        assert (await outbox_states(c.pool)).get("pending", 0) > 0, "nothing left to interrupt"
+        await c.kill9()
+        await c.start_gateway()  # a new process picks up what the dead one held, once its leases run out
+        await drained(c.pool, timeout=40)
+        assert (await outbox_states(c.pool)).keys() == {"done"}
+        await c.check_histories(visits)
+
+
+async def test_postgres_restarted_under_load_loses_and_repeats_nothing(signing_key_pem: bytes,
+                                                                       tmp_path: Path) -> None:
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    data = Path("/tmp") / f"vg-wbpg-{uuid.uuid4().hex[:8]}"
+    server = pgserver.get_server(str(data), cleanup_mode="delete")
+    try:
+        socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
+        admin = await asyncpg.connect(f"postgresql://postgres@/postgres?host={socket_dir}")
+        await admin.execute("CREATE DATABASE writeback")
+        await admin.close()
+        dsn = f"postgresql://postgres@/writeback?host={socket_dir}"
+        async with cluster(dsn, signing_key_pem, tmp_path, fhir_delay=0.02) as c:
+            visits = {e: await make_visit(c.pool, c.sealer, c.configuration_id, c.fhir_base, e)
+                      for e in ENCOUNTERS}
+            plans = {e: full_visit(await people(c.pool, v)) for e, v in visits.items()}
+            await c.start_gateway()
+            recorded = 0
+            restart: asyncio.Task[Any] | None = None
+            for step in range(len(plans[ENCOUNTERS[0]])):
+                for encounter_id, visit in visits.items():
+                    participant, kind = plans[encounter_id][step]
+                    await _record_with_retries(c.pool, visit, participant, kind)
+                    recorded += 1
+                    if recorded == 20:  # under load: events keep coming while the server goes down
+                        restart = asyncio.create_task(asyncio.to_thread(
+                            pg_ctl, ["-w", "-m", "immediate", "-l", str(server.log), "restart"],
+                            pgdata=server.pgdata, user=server.system_user, timeout=60))
+                    await asyncio.sleep(0.01)
+            assert restart is not None
+            await restart
+            await drained(c.pool, timeout=60)
+            await c.check_histories(visits)
+            assert c.process is not None and c.process.returncode is None, "the gateway survived the restart"
+    finally:
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+        server.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_console_script() -> None:
+    if not VISITGATE.exists():
+        pytest.skip("the visitgate console script is not installed in this environment")
