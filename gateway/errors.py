@@ -87,3 +87,27 @@ class SessionExpired(VisitgateError):
     status = 401
     reason = "session_expired"
     title = "This session has ended"
+
+
+class JoinLinkInvalid(VisitgateError):
+    """A join link we will not honour; the reason says why, the page says what to do, and nothing else."""
+
+    status = 400
+    reason = "link_invalid"
+    title = "This visit link cannot be used"
+    # Per reason: the status. link_invalid covers tampered, foreign, malformed and unknown links alike.
+    STATUSES = {"link_invalid": 400, "link_expired": 410, "link_revoked": 410, "link_in_use": 409}
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, title: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.status = self.STATUSES.get(self.reason, 400)
+        if title:
+            self.title = title
+
+
+class CrossSiteRequest(VisitgateError):
+    """A state-changing request that did not come from one of our own pages (CSRF)."""
+
+    status = 403
+    reason = "cross_site_request"
+    title = "This request was refused"

@@ -24,6 +24,8 @@ class LaunchConfiguration:
     scopes: str
     meeting_provider: str
     approved: bool
+    audience: str = "provider"
+    """Whose launch the state belonged to: "provider" or "patient"."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,12 @@ class ProviderSession:
 
 
 async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str,
-                       ttl: int) -> tuple[str, str, str] | None:
-    """Keep a launch state when iss is an approved FHIR base URL: (client id, client auth, scopes), else None."""
-    row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl))
+                       ttl: int, audience: str = "provider") -> tuple[str, str, str] | None:
+    """Keep a launch state when iss is an approved FHIR base URL: (client id, client auth, scopes), else None.
+
+    audience says whose launch it is ("provider" from the EHR, "patient" from the portal).
+    """
+    row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl), audience)
     return (row["client_id"], row["client_auth"], row["scopes"]) if row else None
 
 
@@ -61,7 +66,8 @@ async def take_launch_state(conn: asyncpg.Connection,
     return row["fresh"], LaunchConfiguration(
         id=row["id"], fhir_base_url=row["fhir_base_url"], client_id=row["client_id"],
         client_auth=row["client_auth"], client_secret=row["client_secret"], scopes=row["scopes"],
-        meeting_provider=row["meeting_provider"], approved=row["status"] == "approved")
+        meeting_provider=row["meeting_provider"], approved=row["status"] == "approved",
+        audience=row["audience"])
 
 
 async def find_or_create_visit_with_session(
@@ -76,6 +82,16 @@ async def find_or_create_visit_with_session(
         smart_style_url, float(session_ttl))
     assert row is not None
     return row["id"], row["meeting_id"], row["meeting_provider"]
+
+
+async def find_or_create_visit(conn: asyncpg.Connection, *, configuration_id: int, encounter_key: bytes,
+                               encounter_ref: bytes, patient_ref: bytes | None,
+                               meeting_provider: str) -> tuple[UUID, str | None, str, bytes | None]:
+    """The visit of an encounter, created if new: (visit id, meeting id, meeting provider, sealed patient)."""
+    row = await conn.fetchrow(Q["find_or_create_visit"], configuration_id, encounter_key, encounter_ref,
+                              patient_ref, meeting_provider)
+    assert row is not None
+    return row["id"], row["meeting_id"], row["meeting_provider"], row["patient_ref"]
 
 
 async def set_meeting(conn: asyncpg.Connection, visit_id: UUID, meeting_id: str) -> str:

@@ -4,8 +4,8 @@ WITH c AS (
     SELECT id, client_id, client_auth, scopes FROM configurations
     WHERE fhir_base_url = $2 AND status = 'approved'
 ), kept AS (
-    INSERT INTO launch_states (state_hash, configuration_id, expires_at)
-    SELECT $1, c.id, now() + make_interval(secs => $3) FROM c
+    INSERT INTO launch_states (state_hash, configuration_id, expires_at, audience)
+    SELECT $1, c.id, now() + make_interval(secs => $3), $4 FROM c
     RETURNING configuration_id
 )
 SELECT c.client_id, c.client_auth, c.scopes FROM c JOIN kept ON kept.configuration_id = c.id;
@@ -15,7 +15,7 @@ SELECT c.client_id, c.client_auth, c.scopes FROM c JOIN kept ON kept.configurati
 DELETE FROM launch_states s
 USING configurations c
 WHERE s.state_hash = $1 AND c.id = s.configuration_id
-RETURNING s.expires_at > now() AS fresh, c.id, c.fhir_base_url, c.client_id, c.client_auth,
+RETURNING s.expires_at > now() AS fresh, s.audience, c.id, c.fhir_base_url, c.client_id, c.client_auth,
           c.client_secret, c.scopes, c.meeting_provider, c.status;
 
 -- name: purge_expired_states
@@ -38,6 +38,14 @@ WITH visit AS (
     RETURNING visit_id
 )
 SELECT visit.id, visit.meeting_id, visit.meeting_provider FROM visit JOIN session ON session.visit_id = visit.id;
+
+-- name: find_or_create_visit
+-- The patient portal's launch: the same visit a provider launch of the encounter finds or creates.
+INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (configuration_id, encounter_key)
+    DO UPDATE SET configuration_id = EXCLUDED.configuration_id
+RETURNING id, meeting_id, meeting_provider, patient_ref;
 
 -- name: set_meeting
 -- The first launch to get here names the meeting; later ones read the winner's.

@@ -1,0 +1,324 @@
+"""Join links: signed, short-lived, revocable tokens that name one opaque participant of a visit, and the
+browser sessions (`vg_participant` cookies) they are exchanged for.
+
+A token is a JWT signed with EdDSA (Ed25519) and nothing else. The key is derived from the gateway's secret
+key with HKDF, so every gateway process signs and verifies alike with no new setting. The header carries
+`typ: vg-join+jwt`; `aud` is our /join endpoint, `iss` our public URL, `sub` the participant, `exp` the
+visit's window end plus a grace period (capped), and `jti` the row in `join_links` that makes the link
+revocable and lets it bind to the first browser session that exchanges it.
+
+Neither the token nor the session handle is ever stored or logged: the database keeps the jti and the
+SHA-256 of the handle.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+import sql
+
+from .appkeys import SETTINGS
+from .errors import FhirError, JoinLinkInvalid
+from .events import Participant
+from .fhir import FhirClient, parse_reference
+from .security import new_token, token_hash
+from .settings import Settings
+
+Q = sql.queries("join")
+
+PARTICIPANT_COOKIE = "vg_participant"
+ALGORITHM = "EdDSA"  # the only one accepted, and only with an Ed25519 key
+TOKEN_TYPE = "vg-join+jwt"
+GRACE = dt.timedelta(hours=1)
+"""How long after the visit's window a link and its session still work (visits run late)."""
+MAX_LIFETIME = dt.timedelta(days=7)
+"""No link lives longer than this, whatever the appointment says."""
+DEFAULT_WINDOW = dt.timedelta(hours=24)
+"""The visit's window end when the caller cannot read the Appointment: this long after issuing."""
+MAX_TOKEN_LENGTH = 2048
+MAX_HANDLE_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class JoinKeys:
+    """The join-link signing key (Ed25519, derived from the secret key) and the claims it vouches for."""
+
+    private_key: Ed25519PrivateKey
+    issuer: str
+    audience: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "JoinKeys":
+        """Derive the key from settings.secret_key: the same in every gateway process."""
+        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"visitgate join-link ed25519 v1").derive(settings.secret_key)
+        return cls(private_key=Ed25519PrivateKey.from_private_bytes(seed), issuer=settings.public_url,
+                   audience=f"{settings.public_url}/join")
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        """The verifying key."""
+        return self.private_key.public_key()
+
+    @property
+    def kid(self) -> str:
+        """RFC 7638 thumbprint of the public key, so a later key rotation can tell keys apart."""
+        raw = self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        thumb = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}, separators=(",", ":"),
+                           sort_keys=True)
+        return _b64url(hashlib.sha256(thumb.encode()).digest())
+
+    def link_url(self, token: str) -> str:
+        """The URL a patient opens: our /join page with the token in `t`."""
+        return f"{self.audience}?t={token}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# Declared here, beside the one thing it holds; launch's setup_join fills it at start-up.
+JOIN_KEYS = web.AppKey("join_keys", JoinKeys)
+
+
+def keys_of(app_or_keys: web.Application | JoinKeys) -> JoinKeys:
+    """The join keys of an application (derived on the spot when setup_join has not stored them)."""
+    if isinstance(app_or_keys, JoinKeys):
+        return app_or_keys
+    if JOIN_KEYS in app_or_keys:
+        stored: JoinKeys = app_or_keys[JOIN_KEYS]
+        return stored
+    return JoinKeys.from_settings(app_or_keys[SETTINGS])
+
+
+@dataclass(frozen=True)
+class JoinLink:
+    """A verified link: which participant of which visit it names, and until when."""
+
+    jti: UUID
+    participant_id: UUID
+    visit_id: UUID
+    expires_at: dt.datetime
+    bound_session_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class ParticipantSession:
+    """A browser's session in a visit: the handle for its cookie (never stored) and when it ends."""
+
+    handle: str
+    participant_id: UUID
+    visit_id: UUID
+    expires_at: dt.datetime
+
+
+def link_expiry(not_after: dt.datetime, now: dt.datetime | None = None) -> dt.datetime:
+    """When a link for a visit whose window ends at not_after expires: plus grace, capped, whole seconds."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if not_after.tzinfo is None:
+        raise ValueError("not_after must carry a time zone")
+    expires = min(not_after + GRACE, now + MAX_LIFETIME)
+    return expires.replace(microsecond=0)
+
+
+def default_not_after(now: dt.datetime | None = None) -> dt.datetime:
+    """The visit's window end to use when the Appointment cannot be read."""
+    return (now or dt.datetime.now(dt.timezone.utc)) + DEFAULT_WINDOW
+
+
+async def visit_window_end(fhir: FhirClient, encounter_id: str) -> dt.datetime | None:
+    """The `end` of the encounter's Appointment, read live from FHIR; None when it cannot be known."""
+    try:
+        encounter = await fhir.read("Encounter", encounter_id)
+        refs = encounter.get("appointment")
+        appointment_id = next((parse_reference(r.get("reference"), "Appointment")
+                               for r in (refs if isinstance(refs, list) else []) if isinstance(r, dict)), None)
+        if appointment_id is None:
+            return None
+        appointment = await fhir.read("Appointment", appointment_id)
+    except FhirError:
+        return None
+    end = appointment.get("end")
+    if not isinstance(end, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(end)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, participant_id: UUID,
+                     visit_id: UUID, not_after: dt.datetime) -> str:
+    """A new join link token for a participant of a visit whose window ends at not_after."""
+    keys = keys_of(app_or_keys)
+    now = dt.datetime.now(dt.timezone.utc)
+    expires = link_expiry(not_after, now)
+    if expires <= now:
+        raise ValueError("the visit's window has already passed")
+    jti = uuid.uuid4()
+    if await conn.fetchval(Q["insert_link"], jti, participant_id, visit_id, expires) is None:
+        raise ValueError("no such participant in this visit")
+    claims = {"iss": keys.issuer, "aud": keys.audience, "sub": str(participant_id), "jti": str(jti),
+              "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
+    token: str = jwt.encode(claims, keys.private_key, algorithm=ALGORITHM,
+                            headers={"typ": TOKEN_TYPE, "kid": keys.kid})
+    return token
+
+
+def _claims(keys: JoinKeys, token: str) -> tuple[UUID, UUID]:
+    """Check the token's form, signature and claims; returns (jti, participant id). Touches no database."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise JoinLinkInvalid(reason="link_invalid")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise JoinLinkInvalid(reason="link_invalid") from exc
+    # Checked before the signature: only our one algorithm and our one token type are ever considered.
+    if header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE or "crit" in header:
+        raise JoinLinkInvalid(reason="link_invalid")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, keys.public_key, algorithms=[ALGORITHM], audience=keys.audience, issuer=keys.issuer,
+            options={"require": ["iss", "aud", "sub", "jti", "iat", "exp"], "strict_aud": True})
+    except jwt.ExpiredSignatureError as exc:
+        raise JoinLinkInvalid(reason="link_expired") from exc
+    except jwt.PyJWTError as exc:
+        raise JoinLinkInvalid(reason="link_invalid") from exc
+    try:
+        return UUID(str(claims["jti"])), UUID(str(claims["sub"]))
+    except ValueError as exc:
+        raise JoinLinkInvalid(reason="link_invalid") from exc
+
+
+def _link(jti: UUID, participant_id: UUID, row: asyncpg.Record | None) -> JoinLink:
+    """Turn a join_links row into a JoinLink, or refuse with the reason that applies."""
+    if row is None or row["participant_id"] != participant_id:
+        raise JoinLinkInvalid(reason="link_invalid")  # signed with our key but not ours to honour
+    if row["revoked_at"] is not None:
+        raise JoinLinkInvalid(reason="link_revoked")
+    if row["expired"] or row["visit_ended"]:
+        raise JoinLinkInvalid(reason="link_expired")
+    return JoinLink(jti=jti, participant_id=row["participant_id"], visit_id=row["visit_id"],
+                    expires_at=row["expires_at"], bound_session_hash=row["bound_session_hash"])
+
+
+async def verify_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, token: str) -> JoinLink:
+    """Check a link without using it: signature, claims, and that it is neither revoked nor expired."""
+    jti, participant_id = _claims(keys_of(app_or_keys), token)
+    return _link(jti, participant_id, await conn.fetchrow(Q["get_link"], jti))
+
+
+def _handle_ok(handle: str | None) -> bool:
+    return bool(handle) and len(handle or "") <= MAX_HANDLE_LENGTH
+
+
+async def exchange_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, token: str,
+                        presented_handle: str | None) -> ParticipantSession:
+    """Exchange a link for a browser session, binding the link to the first session that uses it.
+
+    presented_handle is the browser's current `vg_participant` cookie, if any. The session the link is
+    bound to may exchange it again (and keeps its handle); any other session is refused (link_in_use).
+    """
+    jti, participant_id = _claims(keys_of(app_or_keys), token)
+    presented = presented_handle if _handle_ok(presented_handle) else None
+    async with conn.transaction():
+        link = _link(jti, participant_id, await conn.fetchrow(Q["lock_link"], jti))
+        if link.bound_session_hash is not None:
+            if presented is None or token_hash(presented) != link.bound_session_hash:
+                raise JoinLinkInvalid(reason="link_in_use")
+            handle = presented
+        else:
+            handle = new_token()
+            if presented is not None:
+                # A browser already in this participant's session keeps its handle rather than getting two.
+                current = await conn.fetchrow(Q["session_participant"], token_hash(presented))
+                if current is not None and current["participant_id"] == link.participant_id:
+                    handle = presented
+            await conn.execute(Q["bind_link"], jti, token_hash(handle))
+        await conn.execute(Q["insert_session"], token_hash(handle), link.participant_id, link.visit_id, jti,
+                           link.expires_at)
+    return ParticipantSession(handle=handle, participant_id=link.participant_id, visit_id=link.visit_id,
+                              expires_at=link.expires_at)
+
+
+async def revoke_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, token: str) -> bool:
+    """Revoke the link a token names (its session ends with it); False when it was not live."""
+    try:
+        jti, _participant = _claims(keys_of(app_or_keys), token)
+    except JoinLinkInvalid:
+        return False
+    return await revoke_jti(conn, jti)
+
+
+async def revoke_jti(conn: asyncpg.Connection, jti: UUID) -> bool:
+    """Revoke a link by its id; False when it was already revoked or unknown."""
+    return await conn.fetchval(Q["revoke_link"], jti) is not None
+
+
+async def revoke_links(conn: asyncpg.Connection, participant_id: UUID) -> None:
+    """Revoke every live link of a participant, and so the sessions that came from them."""
+    await conn.execute(Q["revoke_links_of_participant"], participant_id)
+
+
+async def reissue_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, participant_id: UUID,
+                       visit_id: UUID, not_after: dt.datetime) -> str:
+    """Revoke the participant's live links and issue a fresh one, in one transaction."""
+    async with conn.transaction():
+        await revoke_links(conn, participant_id)
+        return await issue_link(conn, app_or_keys, participant_id, visit_id, not_after)
+
+
+async def create_session(conn: asyncpg.Connection, participant_id: UUID, visit_id: UUID,
+                         expires_at: dt.datetime) -> ParticipantSession:
+    """A browser session for a participant without a link (after a patient portal launch)."""
+    handle = new_token()
+    expires_at = expires_at.replace(microsecond=0)
+    await conn.execute(Q["insert_session"], token_hash(handle), participant_id, visit_id, None, expires_at)
+    return ParticipantSession(handle=handle, participant_id=participant_id, visit_id=visit_id,
+                              expires_at=expires_at)
+
+
+async def session_for_handle(conn: asyncpg.Connection,
+                             session_handle: str | None) -> tuple[Participant, dt.datetime] | None:
+    """The participant of a live session and when the session ends, or None."""
+    if not _handle_ok(session_handle):
+        return None
+    assert session_handle is not None
+    row = await conn.fetchrow(Q["participant_for_session"], token_hash(session_handle))
+    if row is None:
+        return None
+    return Participant(id=row["id"], visit_id=row["visit_id"], role=row["role"], guest_kind=row["guest_kind"],
+                       fhir_user=row["fhir_user"]), row["expires_at"]
+
+
+async def participant_for_session(conn: asyncpg.Connection, session_handle: str) -> Participant | None:
+    """The participant behind a `vg_participant` handle; None when unknown, expired, revoked or the visit ended."""
+    found = await session_for_handle(conn, session_handle)
+    return found[0] if found else None
+
+
+def set_session_cookie(response: web.StreamResponse, settings: Settings, session: ParticipantSession) -> None:
+    """Put the session's handle in the `vg_participant` cookie, living as long as the session."""
+    max_age = max(0, int((session.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()))
+    response.set_cookie(PARTICIPANT_COOKIE, session.handle, max_age=max_age, path="/", httponly=True,
+                        samesite="Lax", secure=settings.public_url.startswith("https://"))
+
+
+async def purge_expired(conn: asyncpg.Connection) -> None:
+    """Forget sessions and links past their time."""
+    await conn.execute(Q["purge_expired_sessions"])
+    await conn.execute(Q["purge_expired_links"])

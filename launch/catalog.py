@@ -1,0 +1,44 @@
+"""Keeping the patient-facing catalog current: extract the messages of launch/ and merge them into every
+locale (`python -m launch.catalog`; see launch/i18n.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from babel.messages.catalog import Catalog
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po, write_po
+
+from .i18n import DOMAIN, LOCALE_DIR
+
+PACKAGE_DIR = Path(__file__).parent
+EXTRACT_METHODS = [("**/templates/**.html", "jinja2"), ("**.py", "python")]
+
+
+def extract_messages() -> Catalog:
+    """Every message marked in the launch part's templates (`_()`) and code (`_()`, `N_()`)."""
+    template = Catalog(project="visitgate", copyright_holder="Visitgate contributors", fuzzy=False)
+    for filename, lineno, message, comments, context in extract_from_dir(str(PACKAGE_DIR), EXTRACT_METHODS):
+        template.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
+    return template
+
+
+def refresh_catalog() -> None:
+    """Rewrite messages.pot from the sources and merge it into every locale (English translates itself)."""
+    template = extract_messages()
+    with (LOCALE_DIR / "messages.pot").open("wb") as out:
+        write_po(out, template, no_location=True, sort_output=True, width=100)
+    for po in sorted(LOCALE_DIR.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
+        locale = po.parent.parent.name
+        with po.open("rb") as source:
+            catalog = read_po(source, locale=locale, domain=DOMAIN)
+        catalog.update(template, no_fuzzy_matching=True)
+        if locale == "en":
+            for message in catalog:
+                if message.id and not message.string:
+                    message.string = message.id
+        with po.open("wb") as out:
+            write_po(out, catalog, no_location=True, sort_output=True, width=100, ignore_obsolete=True)
+
+
+if __name__ == "__main__":
+    refresh_catalog()
