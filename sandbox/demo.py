@@ -23,6 +23,7 @@ from gateway.security import generate_signing_key_pem
 from gateway.web import runner_options
 
 from . import SandboxClient, SandboxSettings, create_sandbox_app
+from .phone import with_demo_messaging
 
 DEMO_CLIENT_ID = "visitgate-demo"
 
@@ -48,8 +49,10 @@ def demo_settings(data_dir: Path, port: int, sandbox_url: str) -> Settings:
 async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> None:
     sandbox_app = create_sandbox_app(SandboxSettings(
         base_url=sandbox_url, app_launch_url=f"{settings.public_url}/launch",
+        patient_launch_url=f"{settings.public_url}/launch/patient",
         clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
+    settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=sandbox_port + 1)
     gateway_app = create_app(settings)
     runners = [web.AppRunner(gateway_app, **runner_options()),  # type: ignore[arg-type]
                web.AppRunner(sandbox_app)]

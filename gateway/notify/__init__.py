@@ -1,0 +1,91 @@
+"""Notifications: join links by email (SMTP) and SMS (a provider interface with a sink and ACS).
+
+The gateway builds one Notifier at start-up from its settings (`setup(app)` adds the cleanup_ctx that
+does it) and keeps it in `app[NOTIFIER]`. Addresses and numbers are given to it once, at send time, by
+callers that read them live from FHIR or from the clinician's form; nothing here stores or logs them.
+Messages carry no clinical detail: only the organisation's name and the link.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .email import EmailSender, SmtpConfig
+from .errors import NotConfigured, NotifyError
+from .sms import AcsSms, SinkSms, SmsProvider, to_e164
+
+__all__ = ["AcsSms", "EmailSender", "NotConfigured", "Notifier", "NotifyError", "SinkSms", "SmsProvider",
+           "SmtpConfig", "setup", "to_e164"]
+
+SMS_PROVIDERS = ("none", "sink", "acs")
+
+
+@dataclass
+class Notifier:
+    """Sends join links; the one object the rest of the gateway talks to."""
+
+    email: EmailSender
+    sms: SmsProvider | None
+    organisation_name: str
+
+    def join_text(self, link: str) -> str:
+        """The whole message: who it is from and the link, nothing clinical."""
+        return f"Your video visit with {self.organisation_name} is ready: {link}"
+
+    async def email_link(self, to: str, link: str) -> None:
+        """Email a join link to one address."""
+        body = (f"{self.join_text(link)}\n\n"
+                "Open the link on a phone or computer with a camera and microphone a few minutes before "
+                "the visit. If you did not expect this message, you can ignore it.\n")
+        await self.email.send(to, f"Your video visit with {self.organisation_name}", body)
+
+    async def sms_link(self, to: str, link: str) -> str:
+        """Text a join link to one number; answers the provider's message id."""
+        if self.sms is None:
+            raise NotConfigured("SMS is not set up on this gateway. Ask your administrator, or send the "
+                                "link by email or copy it.")
+        return await self.sms.send(to, self.join_text(link))
+
+
+def build_notifier(settings: Settings, http: aiohttp.ClientSession | None = None) -> Notifier:
+    """A Notifier from the settings; a misconfigured SMS provider stops start-up by name."""
+    email = EmailSender(SmtpConfig(
+        host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_from,
+        starttls=settings.smtp_starttls, tls=settings.smtp_tls, username=settings.smtp_username,
+        password=settings.smtp_password, timeout=settings.smtp_timeout))
+    sms: SmsProvider | None
+    if settings.sms_provider == "none":
+        sms = None
+    elif settings.sms_provider == "sink":
+        sms = SinkSms(http, settings.sms_sink_url) if settings.sms_sink_url else SinkSms()
+    elif settings.sms_provider == "acs":
+        missing = [name for name, value in (("VISITGATE_ACS_ENDPOINT", settings.acs_endpoint),
+                                            ("VISITGATE_ACS_ACCESS_KEY", settings.acs_access_key),
+                                            ("VISITGATE_SMS_FROM", settings.sms_from)) if not value]
+        if missing:
+            raise ConfigError(f"SMS provider acs needs: {', '.join(missing)}")
+        if http is None:
+            raise ConfigError("SMS provider acs needs the gateway's HTTP session")
+        assert settings.acs_endpoint and settings.acs_access_key and settings.sms_from
+        sms = AcsSms(http, settings.acs_endpoint, settings.acs_access_key, settings.sms_from)
+    else:
+        raise ConfigError(f"VISITGATE_SMS_PROVIDER must be one of {', '.join(SMS_PROVIDERS)}")
+    return Notifier(email=email, sms=sms, organisation_name=settings.organisation_name)
+
+
+def setup(app: web.Application) -> None:
+    """Add the cleanup_ctx that builds app[NOTIFIER]; call it after the HTTP session's cleanup_ctx."""
+    app.cleanup_ctx.append(_notifier)
+
+
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    # Imported here: gateway.appkeys imports this package for the Notifier type.
+    from ..appkeys import HTTP, NOTIFIER, SETTINGS
+
+    app[NOTIFIER] = build_notifier(app[SETTINGS], app[HTTP])
+    yield

@@ -1,0 +1,300 @@
+"""Sending the join link from the provider view: to the patient by email or SMS (contact details read live
+from FHIR `Patient.telecom`), to a guest (interpreter, family member, ...) at an address the clinician
+types, or shown for the clinician to copy.
+
+Addresses and numbers pass through one request: read or received, used to send, masked in the answer,
+and forgotten. They are never written to the database or the logs; neither is a link or its token.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from gateway import events, joinlinks
+from gateway.appkeys import DB, HTTP, NOTIFIER, SEALER, SETTINGS
+from gateway.errors import CrossSiteRequest, FhirError, SessionExpired
+from gateway.fhir import FhirClient
+from gateway.notify import NotConfigured, NotifyError, to_e164
+from gateway.security import token_hash
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("email", "sms", "copy")
+ROLES = ("patient", "guest")
+GUEST_KINDS = ("interpreter", "family", "caregiver", "other")
+_EMAIL = re.compile(r"^[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+_MAX_FIELD = 320
+
+
+def setup_invites(app: web.Application) -> None:
+    """Mount the invite endpoint (its script, static/invite.js, is served with launch's static files)."""
+    app.router.add_post("/provider/{handle}/invite", invite, name="provider_invite")
+
+
+class InviteRefused(Exception):
+    """An invite we answer with a clear message rather than an error page (the clinician can fix it)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InviteForm:
+    """What the clinician asked for."""
+
+    channel: str
+    role: str
+    guest_kind: str | None
+    address: str | None
+
+
+def parse_form(form: Mapping[str, Any]) -> InviteForm:
+    """Check the posted fields; InviteRefused (400) names the first that is wrong."""
+    def field(name: str) -> str:
+        value = form.get(name)
+        if not isinstance(value, str):
+            return ""
+        if len(value) > _MAX_FIELD:
+            raise InviteRefused(400, f"invalid_{name}", f"The {name.replace('_', ' ')} is too long.")
+        return value.strip()
+
+    channel, role = field("channel"), field("role") or "patient"
+    if channel not in CHANNELS:
+        raise InviteRefused(400, "invalid_channel", "Choose how to send the link: email, SMS or copy.")
+    if role not in ROLES:
+        raise InviteRefused(400, "invalid_role", "The link is for the patient or for a guest.")
+    if role == "patient":
+        return InviteForm(channel, role, None, None)
+    guest_kind = field("guest_kind")
+    if guest_kind not in GUEST_KINDS:
+        raise InviteRefused(400, "invalid_guest_kind",
+                            "Say who the guest is: interpreter, family member, caregiver or other.")
+    address = field("address") or None
+    if channel == "email" and (address is None or len(address) > 254 or not _EMAIL.match(address)):
+        raise InviteRefused(400, "invalid_address", "Enter the guest's email address, like name@example.org.")
+    if channel == "sms" and (address is None or to_e164(address) is None):
+        raise InviteRefused(400, "invalid_address",
+                            "Enter the guest's mobile number with its country code, like +1 555 010 0199.")
+    return InviteForm(channel, role, guest_kind, address if channel != "copy" else None)
+
+
+def _partial_now(value: str, now: dt.datetime) -> str:
+    """Today in the same precision as a partial FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)."""
+    return now.date().isoformat()[:len(value)]
+
+
+def _period_current(period: object, now: dt.datetime) -> bool:
+    """Whether a ContactPoint.period includes now; a malformed period counts as not current."""
+    if period is None:
+        return True
+    if not isinstance(period, dict):
+        return False
+    for key, started in (("start", True), ("end", False)):
+        value = period.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return False
+        if re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value):
+            # Partial dates compare as text at their own precision; the whole day/month/year counts.
+            today = _partial_now(value, now)
+            if (started and value > today) or (not started and value < today):
+                return False
+            continue
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        if (started and moment > now) or (not started and moment <= now):
+            return False
+    return True
+
+
+# Lower sorts first. Email: personal addresses before work ones. SMS: numbers that take texts first.
+_EMAIL_USE = {"home": 0, "mobile": 0, None: 1, "temp": 2, "work": 3}
+_SMS_USE = {"mobile": 0, None: 1, "temp": 2, "home": 3, "work": 4}
+
+
+def pick_contact(telecom: object, channel: str, now: dt.datetime | None = None) -> str | None:
+    """The patient's address for a channel ("email" or "sms") from Patient.telecom: current entries only
+    (no `old` use, no period that has ended or not begun), home/mobile preferred, then `rank`, then order."""
+    if not isinstance(telecom, list):
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    candidates: list[tuple[tuple[int, int, int], str]] = []
+    for index, point in enumerate(telecom):
+        if not isinstance(point, dict):
+            continue
+        value, system, use = point.get("value"), point.get("system"), point.get("use")
+        if not isinstance(value, str) or not value.strip() or use == "old":
+            continue
+        if not _period_current(point.get("period"), now):
+            continue
+        rank = point.get("rank")
+        rank_key = rank if isinstance(rank, int) and not isinstance(rank, bool) and rank > 0 else 1 << 30
+        if channel == "email" and system == "email":
+            use_key = _EMAIL_USE.get(use, 3)
+        elif channel == "sms" and system == "sms":
+            use_key = -1  # said outright to take texts
+        elif channel == "sms" and system == "phone":
+            use_key = _SMS_USE.get(use, 4)
+        else:
+            continue
+        candidates.append(((use_key, rank_key, index), value.strip()))
+    return min(candidates)[1] if candidates else None
+
+
+def mask_email(address: str) -> str:
+    """p***@example.org: enough for the clinician to recognise it, not enough to read it off the screen."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}" if local else "***"
+
+
+def mask_phone(number: str) -> str:
+    """*** ** 19: the last two digits only."""
+    digits = re.sub(r"\D", "", number)
+    return f"*** ** {digits[-2:]}" if len(digits) >= 4 else "***"
+
+
+def _same_origin(request: web.Request) -> None:
+    """Refuse state-changing requests that did not come from our own pages (CSRF).
+
+    fetch() sends our origin. A form post from a page with Referrer-Policy no-referrer sends `Origin: null`,
+    so for that case the browser's own Sec-Fetch-Site must say same-origin.
+    """
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() == request.app[SETTINGS].public_url.lower():
+        return
+    if origin in (None, "null") and request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return
+    raise CrossSiteRequest("Links can only be sent from the visit page itself.")
+
+
+def _wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _answer(request: web.Request, status: int, payload: dict[str, Any]) -> web.Response:
+    """JSON for the page's script; a small page for a browser posting the form itself."""
+    if _wants_json(request):
+        response = web.json_response(payload, status=status)
+    else:
+        response = aiohttp_jinja2.render_template("invite_result.html", request, payload, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def invite(request: web.Request) -> web.Response:
+    """POST /provider/{handle}/invite: make (or reuse) the participant, issue a join link, send or show it."""
+    _same_origin(request)
+    handle = request.match_info["handle"]
+    app = request.app
+    session = None
+    if len(handle) <= 128:
+        async with app[DB].acquire() as conn:
+            session = await store.get_provider_session(conn, token_hash(handle))
+    if session is None:
+        raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
+    try:
+        form = parse_form(await request.post())
+        return await _invite(request, session, form)
+    except InviteRefused as refused:
+        return _answer(request, refused.status, {"ok": False, "reason": refused.reason,
+                                                 "message": refused.message})
+
+
+async def _revoke(request: web.Request, token: str, participant_id: object) -> None:
+    """Take back a link that never reached anyone (the send failed)."""
+    try:
+        async with request.app[DB].acquire() as conn:
+            await joinlinks.revoke_link(conn, request.app, token)
+    except Exception as exc:  # the answer to the clinician matters more; the link expires on its own anyway
+        log.warning("revoking an unsent link for participant %s failed (%s)", participant_id, type(exc).__name__)
+
+
+async def _invite(request: web.Request, session: store.ProviderSession, form: InviteForm) -> web.Response:
+    app = request.app
+    sealer = app[SEALER]
+    fhir = FhirClient(app[HTTP], session.fhir_base_url,
+                      sealer.unseal(session.access_token, "provider_sessions.access_token"))
+    if form.channel == "sms" and app[NOTIFIER].sms is None:
+        raise InviteRefused(409, NotConfigured.reason, "SMS is not set up on this gateway. Send the link by "
+                                                       "email or copy it.")
+    address = form.address
+    if form.role == "patient" and form.channel != "copy":
+        patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
+        address = await _patient_contact(fhir, patient_id, form.channel)
+    encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
+    not_after = await joinlinks.visit_window_end(fhir, encounter_id) or joinlinks.default_not_after()
+    try:
+        async with app[DB].acquire() as conn:
+            async with conn.transaction():
+                if form.role == "patient":
+                    participant_id = await events.patient_participant(conn, session.visit_id)
+                else:
+                    assert form.guest_kind is not None
+                    participant_id = await events.add_guest(conn, session.visit_id, form.guest_kind)
+                token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
+    except ValueError:
+        # issue_link refuses a window that has passed: the appointment is over.
+        raise InviteRefused(409, "visit_over", "This visit's time has passed; no new link can be sent.") from None
+    link = joinlinks.keys_of(app).link_url(token)
+    person = "the patient" if form.role == "patient" else "the guest"
+    payload: dict[str, Any] = {"ok": True, "channel": form.channel, "role": form.role,
+                               "guest_kind": form.guest_kind, "participant": str(participant_id)}
+    if form.channel == "copy":
+        log.info("join link shown to copy for participant %s", participant_id)
+        payload.update(link=link, message=f"Copy this link and give it to {person}.")
+        return _answer(request, 200, payload)
+    assert address is not None
+    try:
+        if form.channel == "email":
+            await app[NOTIFIER].email_link(address, link)
+            masked = mask_email(address)
+            where = "email on file" if form.role == "patient" else "email"
+        else:
+            await app[NOTIFIER].sms_link(address, link)
+            masked = mask_phone(address)
+            where = "mobile number on file" if form.role == "patient" else "mobile number"
+    except NotifyError as exc:
+        await _revoke(request, token, participant_id)
+        log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
+        status = 422 if exc.reason == "sms_bad_number" else 502
+        raise InviteRefused(status, exc.reason, f"{exc.detail} The link was not sent; nothing was kept.") from None
+    log.info("sent %s for participant %s", form.channel, participant_id)
+    payload.update(masked=masked, message=f"Sent to {person}'s {where} ({masked}).")
+    return _answer(request, 200, payload)
+
+
+async def _patient_contact(fhir: FhirClient, patient_id: str | None, channel: str) -> str:
+    """The patient's email or SMS number, read live from FHIR for this one send."""
+    if patient_id is None:
+        raise InviteRefused(422, "no_patient", "The EHR did not say who the patient is for this visit, so "
+                                               "the link cannot be sent to them. Copy it instead.")
+    try:
+        patient = await fhir.read("Patient", patient_id)
+    except FhirError as exc:
+        log.info("invite could not read the patient: %s", exc.reason)
+        raise InviteRefused(502, exc.reason, "The EHR did not give us the patient's contact details right "
+                                             "now. Try again, or copy the link.") from None
+    found = pick_contact(patient.get("telecom"), channel)
+    if found is None:
+        what = "email address" if channel == "email" else "mobile number"
+        raise InviteRefused(422, f"no_{'email' if channel == 'email' else 'phone'}_on_file",
+                            f"The patient has no current {what} in the EHR. Add one in the EHR, use "
+                            f"another way, or copy the link.")
+    return found
