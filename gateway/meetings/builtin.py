@@ -1,9 +1,17 @@
 """The built-in meeting provider: a room on this gateway; browsers connect peer to peer (WebRTC)."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
+import time
+from typing import TYPE_CHECKING, Any
 
 from . import Meeting
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 class BuiltinRooms:
@@ -18,3 +26,23 @@ class BuiltinRooms:
     def join_path(self, meeting: Meeting) -> str:
         """The room page of the meeting."""
         return f"/room/{meeting.meeting_id}"
+
+
+def ice_servers(settings: Settings, participant_id: str, now: float | None = None) -> list[dict[str, Any]]:
+    """The RTCPeerConnection iceServers for one participant: STUN as configured, TURN with a credential of
+    coturn's shared-secret scheme (use-auth-secret) that expires after settings.turn_ttl.
+
+    username = "<expiry unix time>:<participant id>", credential = base64(HMAC-SHA1(secret, username)); coturn
+    recomputes the same from its static-auth-secret and refuses the username once the time has passed. The
+    participant id in it is opaque, so a TURN server's logs say nothing about who was in the visit.
+    """
+    servers: list[dict[str, Any]] = []
+    if settings.stun_urls:
+        servers.append({"urls": list(settings.stun_urls)})
+    if settings.turn_urls and settings.turn_secret:
+        expiry = int(time.time() if now is None else now) + settings.turn_ttl
+        username = f"{expiry}:{participant_id}"
+        digest = hmac.new(settings.turn_secret, username.encode(), hashlib.sha1).digest()
+        servers.append({"urls": list(settings.turn_urls), "username": username,
+                        "credential": base64.b64encode(digest).decode("ascii")})
+    return servers

@@ -1,0 +1,91 @@
+"""The built-in video room: the page where a visit's participants see and hear each other.
+
+Browsers connect peer to peer (WebRTC, a mesh of at most four) and signal over the presence websocket
+(docs/presence-protocol.md). This module only decides who may open the room and hands the page what it needs:
+who the browser is, how to authenticate its socket, and the ICE servers (STUN, and TURN with a credential that
+expires). A patient or guest comes from the lobby with a `vg_participant` session and must have been admitted;
+the clinician comes from the provider view with the handle in the path.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from gateway import events, joinlinks
+from gateway.appkeys import DB, SETTINGS
+from gateway.errors import SessionExpired
+from gateway.meetings.builtin import ice_servers
+from gateway.sessions import provider_identity
+
+log = logging.getLogger(__name__)
+
+LOBBY_URL = "/lobby"
+ROOM_SIZE = 4
+"""Participants in one room at most: each browser sends its video to every other one (a mesh)."""
+
+
+def setup_room(app: web.Application) -> None:
+    """Mount the room pages (their script and style are served with the launch part's static files)."""
+    app.router.add_get("/room", participant_room, name="room")
+    app.router.add_get("/provider/{handle}/room", provider_room, name="provider_room")
+
+
+def _no_store(response: web.Response) -> web.Response:
+    # The page carries a TURN credential and, for the clinician, the handle: never cached or indexed.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Robots-Tag"] = "noindex, nofollow"
+    return response
+
+
+def _to_lobby() -> web.Response:
+    return web.Response(status=303, headers={"Location": LOBBY_URL, "Cache-Control": "no-store"})
+
+
+async def participant_room(request: web.Request) -> web.Response:
+    """GET /room: the room for an admitted patient or guest; anyone else goes (back) to the lobby."""
+    handle = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
+    if not handle:
+        return _to_lobby()  # the lobby says, translated, that the session has ended and what to do
+    async with request.app[DB].acquire() as conn:
+        participant = await joinlinks.participant_for_session(conn, handle)
+        if participant is None:
+            return _to_lobby()
+        state = await events.admission_state(conn, participant.id)
+    if state != "admitted":
+        # Not admitted yet, or denied or removed since: the lobby is where one waits.
+        return _to_lobby()
+    return _render(request, participant.id, participant.role, {"where": "room"}, leave_url=None)
+
+
+async def provider_room(request: web.Request) -> web.Response:
+    """GET /provider/{handle}/room: the room for the clinician of the visit the handle names."""
+    handle = request.match_info["handle"]
+    async with request.app[DB].acquire() as conn:
+        found = await provider_identity(conn, handle)
+        if found is None:
+            raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
+        visit_id, fhir_user = found
+        participant_id = await events.provider_participant(conn, visit_id, fhir_user)
+    view_url = str(request.app.router["provider_view"].url_for(handle=handle))
+    return _render(request, participant_id, "provider", {"provider": handle, "where": "room"}, leave_url=view_url)
+
+
+def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[str, Any],
+            leave_url: str | None) -> web.Response:
+    config = {
+        "participant": str(participant_id),
+        "role": role,
+        "auth": auth,
+        "ws": "/ws",
+        "ice_servers": ice_servers(request.app[SETTINGS], str(participant_id)),
+        "room_size": ROOM_SIZE,
+        "lobby_url": LOBBY_URL if role != "provider" else None,
+        "back_url": leave_url,
+    }
+    response = aiohttp_jinja2.render_template("room.html", request, {"config": config, "role": role,
+                                                                     "back_url": leave_url})
+    return _no_store(response)
