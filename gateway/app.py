@@ -16,7 +16,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import db
+from . import db, notify
 from .appkeys import DB, DSN, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
 from .meetings import default_providers
 from .security import Sealer, SigningKey
@@ -38,11 +38,15 @@ def create_app(settings: Settings) -> web.Application:
     app[SIGNING_KEY] = SigningKey.from_pem(settings.signing_key_pem)
     app[MEETINGS] = default_providers()
     aiohttp_jinja2.setup(app, loader=jinja2.ChoiceLoader([jinja2.PackageLoader("gateway")]),
-                         autoescape=True)
+                         autoescape=True, extensions=["jinja2.ext.i18n"])
+    # `_()` works in every template; a part with a catalog (launch) installs its translations over this.
+    aiohttp_jinja2.get_env(app).install_null_translations(newstyle=True)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
+    notify.setup(app)  # app[NOTIFIER]: email and SMS, after the HTTP session it uses
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", importlib.import_module("gateway.metrics").metrics)  # counters, no ids
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_static("/static/", Path(__file__).parent / "static", append_version=False)
     for name in PARTS:

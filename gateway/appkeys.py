@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from .meetings import MeetingProvider
+from .notify import Notifier
 from .security import Sealer, SigningKey
 from .settings import Settings
 
@@ -16,3 +17,4 @@ SEALER = web.AppKey("sealer", Sealer)
 SIGNING_KEY = web.AppKey("signing_key", SigningKey)
 MEETINGS = web.AppKey("meetings", dict[str, MeetingProvider])
 DSN = web.AppKey("dsn", str)  # for connections outside the pool (the presence LISTEN connection)
+NOTIFIER = web.AppKey("notifier", Notifier)  # join links by email and SMS; built in gateway.notify's cleanup_ctx

@@ -129,3 +129,9 @@ async def get_participant(conn: asyncpg.Connection, participant_id: UUID) -> Par
     """A participant by id."""
     row = await conn.fetchrow(Q["get_participant"], participant_id)
     return Participant(**dict(row)) if row else None
+
+
+async def admission_state(conn: asyncpg.Connection, participant_id: UUID) -> str | None:
+    """The participant's latest admission decision: "admitted", "denied", "removed", or None if none yet."""
+    kind: str | None = await conn.fetchval(Q["admission_state"], participant_id)
+    return kind

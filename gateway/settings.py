@@ -4,8 +4,9 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -32,6 +33,50 @@ class Settings:
     launch_state_ttl: int = 600
     provider_session_ttl: int = 12 * 3600
     log_level: str = "INFO"
+    organisation_name: str = "your clinic"
+    """Named in join-link messages ("Your video visit with <organisation> is ready"); no clinical detail."""
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_from: str = "visits@localhost"
+    """The From address of join-link email."""
+    smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS (port 587); refuse to send if the server cannot."""
+    smtp_tls: bool = False
+    """Implicit TLS from the first byte (port 465)."""
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_timeout: float = 10.0
+    sms_provider: str = "none"
+    """Where SMS goes: "none", "sink" (POST {to, body} to sms_sink_url, or keep in memory) or "acs"."""
+    sms_sink_url: str | None = None
+    sms_from: str | None = None
+    """The sending number in E.164 (for carriers such as Azure Communication Services)."""
+    acs_endpoint: str | None = None
+    """The Azure Communication Services resource, e.g. https://contoso.communication.azure.com."""
+    acs_access_key: str | None = field(default=None, repr=False)
+    """The resource's access key (base64), used for HMAC-SHA256 request signing."""
+    writeback_enabled: bool = True
+    """Run the write-back worker in this process (any number of processes may)."""
+    writeback_concurrency: int = 8
+    """Write-backs in flight at once per FHIR server, in this process."""
+    writeback_max_attempts: int = 10
+    """Attempts at one visit's write-back before its events go to the dead letters."""
+    writeback_backoff_base: float = 1.0
+    writeback_backoff_max: float = 300.0
+    writeback_lease_seconds: float = 60.0
+    """How long a claimed visit stays with its worker; after a crash another process takes it after this."""
+    writeback_poll_interval: float = 0.5
+    writeback_request_timeout: float = 10.0
+    writeback_max_conflict_rounds: int = 5
+    """Re-reads and re-applies after 412 Precondition Failed before backing off."""
+    stun_urls: tuple[str, ...] = ()
+    """STUN servers offered to the built-in video room's browsers, e.g. stun:turn.example.org:3478."""
+    turn_urls: tuple[str, ...] = ()
+    """TURN servers (coturn) for browsers that cannot reach each other directly."""
+    turn_secret: bytes | None = field(default=None, repr=False)
+    """coturn's static-auth-secret: TURN credentials are HMAC-SHA1 of a time-limited username with it."""
+    turn_ttl: int = 3600
+    """How long, in seconds, a TURN credential handed to a browser stays valid."""
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:
@@ -77,4 +122,57 @@ class Settings:
             http_timeout=float(env.get("VISITGATE_HTTP_TIMEOUT", "10")),
             db_pool_max=int(env.get("VISITGATE_DB_POOL_MAX", "10")),
             log_level=env.get("VISITGATE_LOG_LEVEL", "INFO"),
+            organisation_name=env.get("VISITGATE_ORGANISATION_NAME", "your clinic"),
+            smtp_host=env.get("VISITGATE_SMTP_HOST", "localhost"),
+            smtp_port=int(env.get("VISITGATE_SMTP_PORT", "25")),
+            smtp_from=env.get("VISITGATE_SMTP_FROM", "visits@localhost"),
+            smtp_starttls=_flag(env.get("VISITGATE_SMTP_STARTTLS", "")),
+            smtp_tls=_flag(env.get("VISITGATE_SMTP_TLS", "")),
+            smtp_username=env.get("VISITGATE_SMTP_USERNAME") or None,
+            smtp_password=env.get("VISITGATE_SMTP_PASSWORD") or None,
+            smtp_timeout=float(env.get("VISITGATE_SMTP_TIMEOUT", "10")),
+            sms_provider=env.get("VISITGATE_SMS_PROVIDER", "none").strip().lower(),
+            sms_sink_url=env.get("VISITGATE_SMS_SINK_URL") or None,
+            sms_from=env.get("VISITGATE_SMS_FROM") or None,
+            acs_endpoint=(env.get("VISITGATE_ACS_ENDPOINT") or "").strip().rstrip("/") or None,
+            acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
+            **_writeback_from_env(env),
+            **_ice_from_env(env),
         )
+
+
+def _flag(value: str) -> bool:
+    """An environment switch: 1/true/yes/on, anything else is off."""
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _writeback_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Write-back settings given as VISITGATE_WRITEBACK_<NAME>; absent ones keep their defaults."""
+    found: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(f"VISITGATE_{f.name.upper()}", "").strip()
+        if not f.name.startswith("writeback_") or not raw:
+            continue
+        kind = type(f.default)
+        try:
+            found[f.name] = _flag(raw) if kind is bool else kind(raw)
+        except ValueError as exc:
+            raise ConfigError(f"VISITGATE_{f.name.upper()} must be a {kind.__name__}") from exc
+    return found
+
+
+def _ice_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The video room's STUN and TURN settings; TURN servers without their shared secret stop start-up."""
+    turn_urls = tuple(env.get("VISITGATE_TURN_URLS", "").split())
+    secret = env.get("VISITGATE_TURN_SECRET", "").strip()
+    if turn_urls and not secret:
+        raise ConfigError("VISITGATE_TURN_URLS is set but VISITGATE_TURN_SECRET (coturn's static-auth-secret) "
+                          "is not")
+    try:
+        ttl = int(env.get("VISITGATE_TURN_TTL", "3600"))
+    except ValueError as exc:
+        raise ConfigError("VISITGATE_TURN_TTL must be a whole number of seconds") from exc
+    if ttl <= 0:
+        raise ConfigError("VISITGATE_TURN_TTL must be a positive number of seconds")
+    return {"stun_urls": tuple(env.get("VISITGATE_STUN_URLS", "").split()), "turn_urls": turn_urls,
+            "turn_secret": secret.encode() if secret else None, "turn_ttl": ttl}

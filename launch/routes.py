@@ -1,8 +1,10 @@
-"""Routes of the launch part: /launch, /launch/callback and the provider view."""
+"""Routes of the launch part: /launch, /launch/patient, /launch/callback, the provider view, and (from
+join.py) join links and the lobby."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from gateway import joinlinks
 from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
 from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
                             UpstreamError)
@@ -20,7 +23,9 @@ from gateway.web import add_templates
 
 from . import store
 from .appkeys import SMART
-from .smart import Client, SmartClient
+from .join import PATIENT_SCOPES, open_patient_visit, patient_facing_errors, setup_join
+from .room import setup_room
+from .smart import Client, SmartClient, TokenGrant
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,13 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_smart_client)
     app.cleanup_ctx.append(_purge_expired)
     app.router.add_get("/launch", launch_start, name="launch")
+    app.router.add_get("/launch/patient", patient_launch_start, name="patient_launch")
     app.router.add_get("/launch/callback", launch_callback, name="launch_callback")
     app.router.add_get("/provider/{handle}", provider_view, name="provider_view")
+    from .invites import setup_invites  # "Send the link" from the provider view
+    setup_invites(app)
+    setup_join(app)
+    setup_room(app)
 
 
 async def _smart_client(app: web.Application) -> AsyncIterator[None]:
@@ -50,6 +60,7 @@ async def _purge_expired(app: web.Application) -> AsyncIterator[None]:
             try:
                 async with app[DB].acquire() as conn:
                     await store.purge_expired(conn)
+                    await joinlinks.purge_expired(conn)
             except Exception:  # a failed purge is retried next round; it must not end the loop
                 log.exception("purging expired launch state failed")
 
@@ -71,6 +82,16 @@ def _param(request: web.Request, name: str) -> str | None:
 
 async def launch_start(request: web.Request) -> web.Response:
     """EHR launch, first leg: vet `iss`, keep a single-use state, send the browser to the EHR's authorize."""
+    return await _start(request, "provider")
+
+
+async def patient_launch_start(request: web.Request) -> web.Response:
+    """Patient portal launch, first leg: as the EHR launch, with patient scopes."""
+    with patient_facing_errors(request):
+        return await _start(request, "patient")
+
+
+async def _start(request: web.Request, audience: str) -> web.Response:
     iss = _param(request, "iss")
     launch = _param(request, "launch")
     if iss is None:
@@ -81,11 +102,13 @@ async def launch_start(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     state = new_token()
     async with request.app[DB].acquire() as conn:
-        found = await store.start_launch(conn, token_hash(state), iss, settings.launch_state_ttl)
+        found = await store.start_launch(conn, token_hash(state), iss, settings.launch_state_ttl, audience)
     if found is None:
         raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "
                             "administrator to register and approve it.")
     client_id, client_auth, scopes = found
+    if audience == "patient":
+        scopes = PATIENT_SCOPES
     smart = request.app[SMART]
     conf = await smart.discover(iss)
     sealer = request.app[SEALER]
@@ -98,7 +121,11 @@ async def launch_start(request: web.Request) -> web.Response:
 
 
 async def launch_callback(request: web.Request) -> web.Response:
-    """EHR launch, second leg: check state and issuer, exchange the code, open the visit."""
+    """SMART launch, second leg: check state and issuer, exchange the code, open the visit.
+
+    The state says whose launch it was: a clinician's goes on to the provider view, a patient's (from the
+    portal) to the lobby.
+    """
     state = _param(request, "state")
     if state is None:
         raise StateInvalid("The sign-in answer carries no state. Start the visit again from the EHR.",
@@ -110,6 +137,40 @@ async def launch_callback(request: web.Request) -> web.Response:
         raise StateInvalid("This sign-in answer is unknown or was already used. Start the visit again from "
                            "the EHR.")
     fresh, config = taken
+    if config.audience == "patient":
+        with patient_facing_errors(request):
+            grant, _fhir_user = await _complete_sign_in(request, state, fresh, config)
+            return await open_patient_visit(request, config, grant)
+    grant, fhir_user = await _complete_sign_in(request, state, fresh, config)
+    if grant.encounter is None:
+        raise LaunchRefused("The EHR launched without an encounter. Start the visit from the appointment.",
+                            reason="no_encounter")
+    settings = app[SETTINGS]
+    sealer = app[SEALER]
+    handle = new_token()
+    async with app[DB].acquire() as conn:
+        visit_id, meeting_id, provider_name = await store.find_or_create_visit_with_session(
+            conn, configuration_id=config.id,
+            encounter_key=sealer.lookup("encounter", f"{config.fhir_base_url}|{grant.encounter}"),
+            encounter_ref=sealer.seal(grant.encounter, "visits.encounter_ref"),
+            patient_ref=sealer.seal(grant.patient, "visits.patient_ref") if grant.patient else None,
+            meeting_provider=config.meeting_provider, handle_hash=token_hash(handle), fhir_user=fhir_user,
+            access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
+            token_ttl=grant.expires_in, scopes=" ".join(sorted(grant.scopes)),
+            need_patient_banner=grant.need_patient_banner, smart_style_url=grant.smart_style_url,
+            session_ttl=settings.provider_session_ttl)
+        if meeting_id is None:
+            meeting = await app[MEETINGS][provider_name].create_meeting(str(visit_id))
+            await store.set_meeting(conn, visit_id, meeting.meeting_id)
+    log.info("provider launch opened visit %s (configuration %s)", visit_id, config.id)
+    location = str(app.router["provider_view"].url_for(handle=handle))
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def _complete_sign_in(request: web.Request, state: str, fresh: bool,
+                            config: store.LaunchConfiguration) -> tuple[TokenGrant, str | None]:
+    """Both audiences' second leg up to the grant: freshness, issuer, code exchange, id_token."""
+    app = request.app
     if not fresh:
         raise StateInvalid("This sign-in took too long. Start the visit again from the EHR.",
                            reason="expired_state")
@@ -133,34 +194,29 @@ async def launch_callback(request: web.Request) -> web.Response:
     client = Client(config.client_id, config.client_auth, secret)
     grant = await smart.exchange_code(conf, client, code, sealer.launch_secret("pkce", state))
     fhir_user: str | None = None
-    if "openid" in config.scopes.split():
+    scopes = PATIENT_SCOPES if config.audience == "patient" else config.scopes
+    if "openid" in scopes.split():
         if grant.id_token is None:
             raise UpstreamError("The EHR did not say who signed in (no id_token).", reason="id_token_missing")
         claims = await smart.validate_id_token(conf, grant.id_token, config.client_id,
                                                sealer.launch_secret("nonce", state))
         fhir_user = claims.get("fhirUser") if isinstance(claims.get("fhirUser"), str) else claims["sub"]
-    if grant.encounter is None:
-        raise LaunchRefused("The EHR launched without an encounter. Start the visit from the appointment.",
-                            reason="no_encounter")
-    settings = app[SETTINGS]
-    handle = new_token()
-    async with app[DB].acquire() as conn:
-        visit_id, meeting_id, provider_name = await store.find_or_create_visit_with_session(
-            conn, configuration_id=config.id,
-            encounter_key=sealer.lookup("encounter", f"{config.fhir_base_url}|{grant.encounter}"),
-            encounter_ref=sealer.seal(grant.encounter, "visits.encounter_ref"),
-            patient_ref=sealer.seal(grant.patient, "visits.patient_ref") if grant.patient else None,
-            meeting_provider=config.meeting_provider, handle_hash=token_hash(handle), fhir_user=fhir_user,
-            access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
-            token_ttl=grant.expires_in, scopes=" ".join(sorted(grant.scopes)),
-            need_patient_banner=grant.need_patient_banner, smart_style_url=grant.smart_style_url,
-            session_ttl=settings.provider_session_ttl)
-        if meeting_id is None:
-            meeting = await app[MEETINGS][provider_name].create_meeting(str(visit_id))
-            await store.set_meeting(conn, visit_id, meeting.meeting_id)
-    log.info("provider launch opened visit %s (configuration %s)", visit_id, config.id)
-    location = str(app.router["provider_view"].url_for(handle=handle))
-    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+    return grant, fhir_user
+
+
+def _when(start: object, end: object) -> str | None:
+    """"09:00–09:20" in the appointment's own time zone (the EHR's), or None when start is unreadable."""
+    def parse(value: object) -> dt.datetime | None:
+        try:
+            return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    first, last = parse(start), parse(end)
+    if first is None:
+        return None
+    text = f"{first:%Y-%m-%d %H:%M}"
+    return f"{text}–{last:%H:%M}" if last is not None and last.date() == first.date() else text
 
 
 def _patient_name(patient: dict[str, Any]) -> str:
@@ -229,12 +285,14 @@ async def provider_view(request: web.Request) -> web.Response:
         },
         "appointment": appointment and {
             "start": appointment.get("start"), "end": appointment.get("end"),
+            "when": _when(appointment.get("start"), appointment.get("end")),
             "description": appointment.get("description"),
             "status": appointment.get("status"),
         },
         "encounter_status": encounter.get("status") if encounter else None,
         "problems": sorted(set(problems)),
         "meeting": meeting,
+        "room_url": str(app.router["provider_room"].url_for(handle=handle)),
     }
     response = aiohttp_jinja2.render_template("provider.html", request, context)
     response.headers["Cache-Control"] = "no-store"

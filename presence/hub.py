@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 from uuid import UUID
 
 from aiohttp import web
@@ -27,7 +28,7 @@ class Connection:
 
     __slots__ = ("ws", "transport", "visit_id", "participant_id", "role", "where", "floor", "ready", "pending", "closing")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, visit_id: UUID,
+    def __init__(self, ws: web.WebSocketResponse, transport: Any, visit_id: UUID,
                  participant_id: UUID, role: str, where: str) -> None:
         self.ws = ws
         self.transport = transport
@@ -108,8 +109,8 @@ class Hub:
         """Send, or drop the socket if it cannot keep up."""
         if conn.closing:
             return
-        transport = conn.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        transport: Any = conn.transport  # uvloop's transports are not asyncio.WriteTransport subclasses
+        if transport is None or transport.is_closing():
             self.drop(conn, "gone")
             return
         if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from aiohttp import WSMsgType, web
 
-from gateway import events
+from gateway import events, joinlinks
 from gateway.appkeys import DB, SETTINGS
 from gateway.sessions import provider_identity
 
@@ -28,7 +28,6 @@ HEARTBEAT = 20.0
 RATE_PER_SECOND = 20.0
 RATE_BURST = 40.0
 SNAPSHOT_LIMIT = 5000
-PARTICIPANT_COOKIE = "vg_participant"
 ON_OPEN = {"lobby": "lobby_entered", "room": "connected", "view": "connected"}
 ON_CLOSE = {"lobby": "left", "room": "disconnected", "view": "disconnected"}
 PROVIDER_ACTIONS = {"admit": "admitted", "deny": "denied", "remove": "removed"}
@@ -117,7 +116,7 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
     handle = frame.get("provider")
     async with pool.acquire() as db:
         if isinstance(handle, str):
-            if where != "view":
+            if where == "lobby":
                 return None, where
             found = await provider_identity(db, handle)
             if found is None:
@@ -125,11 +124,9 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
             visit_id, fhir_user = found
             participant_id = await events.provider_participant(db, visit_id, fhir_user)
             return Identity(visit_id, participant_id, "provider"), where
-        cookie = request.cookies.get(PARTICIPANT_COOKIE)
+        cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
         if not cookie or where == "view":
             return None, where
-        from gateway import joinlinks  # written by the join-link work; resolves the browser's session
-
         participant = await joinlinks.participant_for_session(db, cookie)
         if participant is None:
             return None, where
@@ -228,6 +225,11 @@ async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any],
         bus.poke()
         return False
     if kind == "signal":
+        if conn.role != "provider":
+            # Only someone in the room may reach the others' browsers; the lobby may not.
+            async with app[DB].acquire() as db:
+                if await events.admission_state(db, conn.participant_id) != "admitted":
+                    raise Refusal("not_admitted")
         target = _participant_arg(frame)
         data = frame.get("data")
         if not isinstance(data, dict):

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway import events
 from gateway.appkeys import DB
@@ -252,3 +253,30 @@ async def test_client_that_cannot_keep_up_is_dropped_not_waited_for(stack: Stack
     assert sent < 4000
     await fast.close()
     await slow.close()
+
+
+async def test_a_participant_not_yet_admitted_cannot_signal_into_the_room(stack: Stack) -> None:
+    from gateway import joinlinks
+
+    handle = await _provider(stack)
+    ws, auth, _ = await _provider_socket(stack, handle)
+    visit_id = UUID(auth["visit"])
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
+        patient = await events.patient_participant(conn, visit_id)
+        session = await joinlinks.create_session(conn, patient, visit_id, joinlinks.default_not_after())
+    stack.browser.cookie_jar.update_cookies({joinlinks.PARTICIPANT_COOKIE: session.handle},
+                                            response_url=URL(stack.gateway_url))
+    lobby = await _connect(stack)
+    await lobby.send_json({"type": "auth", "id": 1, "where": "lobby"})
+    assert (await _recv(lobby))["type"] == "auth_ok"
+    await lobby.send_json({"type": "signal", "id": 2, "to": auth["participant"], "data": {"sdp": "x"}})
+    assert (await _recv_until(lobby, "error"))["code"] == "not_admitted"
+    await ws.send_json({"type": "admit", "id": 3, "participant": str(patient)})
+    await _recv_event(ws, "admitted")
+    await lobby.send_json({"type": "signal", "id": 4, "to": auth["participant"], "data": {"sdp": "x"}})
+    assert (await _recv_until(lobby, "result"))["id"] == 4
+    relayed = await _recv_until(ws, "signal")
+    assert relayed["from"] == str(patient) and relayed["data"] == {"sdp": "x"}
+    await lobby.close()
+    await ws.close()

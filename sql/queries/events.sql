@@ -1,6 +1,16 @@
 -- name: append_event
-INSERT INTO presence_events (visit_id, participant_id, kind) VALUES ($1, $2, $3)
-RETURNING id, at;
+-- The event and, when the visit's configuration writes back to FHIR, its outbox row: one statement, so
+-- one transaction (the write-back worker reads the outbox; see writeback.sql).
+WITH event AS (
+    INSERT INTO presence_events (visit_id, participant_id, kind) VALUES ($1, $2, $3)
+    RETURNING id, at, visit_id
+), outbox AS (
+    INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
+    SELECT event.id, event.visit_id, v.configuration_id
+    FROM event JOIN visits v ON v.id = event.visit_id JOIN configurations c ON c.id = v.configuration_id
+    WHERE c.writeback_strategy <> 'none'
+)
+SELECT id, at FROM event;
 
 -- name: events_after
 SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
@@ -50,3 +60,14 @@ INSERT INTO participants (visit_id, role, guest_kind) VALUES ($1, 'guest', $2) R
 
 -- name: get_participant
 SELECT id, visit_id, role, guest_kind, fhir_user FROM participants WHERE id = $1;
+
+-- name: admission_state
+-- The participant's latest admission decision (admitted, denied or removed), or no row: read newest first
+-- through presence_events_visit (visit_id, id), within the participant's own visit.
+SELECT e.kind
+FROM presence_events e
+WHERE e.visit_id = (SELECT p.visit_id FROM participants p WHERE p.id = $1)
+  AND e.participant_id = $1
+  AND e.kind IN ('admitted', 'denied', 'removed')
+ORDER BY e.id DESC
+LIMIT 1;
