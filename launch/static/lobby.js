@@ -25,6 +25,7 @@
   var finished = false; // admitted, or the session ended: no more reconnecting
   var stream = null;
   var mediaOk = false;
+  var mediaSettled = false; // the camera/microphone check has answered, one way or the other
   var audioOnly = false;
   var audioContext = null;
   var meterFrame = null;
@@ -192,10 +193,12 @@
   function startDevices() {
     stopMedia();
     mediaOk = false;
+    mediaSettled = false;
     showProblem(null);
     $("retry-devices").hidden = true;
     if (!VG.canUseMedia()) {
       showProblem("no_media");
+      mediaSettled = true;
       updateReady();
       return;
     }
@@ -204,6 +207,7 @@
     navigator.mediaDevices.getUserMedia(constraints).then(function (got) {
       stream = got;
       mediaOk = true;
+      mediaSettled = true;
       var preview = $("preview");
       preview.hidden = audioOnly;
       if (!audioOnly) preview.srcObject = got;
@@ -223,6 +227,7 @@
       }
       setDeviceStatus(null);
       $("retry-devices").hidden = false;
+      mediaSettled = true;
       updateReady();
     });
   }
@@ -273,8 +278,9 @@
   }
 
   function updateReady() {
-    // Waiting makes sense only once the visit can hear from us; the devices may still have failed.
-    $("ready").disabled = finished || !connected;
+    // Waiting makes sense once the visit can hear from us and the device check has answered (passed or
+    // failed: a failed one still lets the patient wait, and the clinician sees the problem).
+    $("ready").disabled = finished || !connected || !mediaSettled;
   }
 
   function sendDeviceResult() {

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Benchmark: presence across two gateway processes through PostgreSQL LISTEN/NOTIFY (see BENCHMARKS.md).
+
+    .venv/bin/python bench/presence_cluster.py            # about a minute
+    .venv/bin/python bench/presence_cluster.py --quick
+
+Processes, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh /tmp directory), two
+`visitgate serve` processes A and B on that one database (same secret and signing key, own ports), and a load
+client process (bench/_common.py) holding the subscribers.
+
+Figures
+- p99_ms: 100 visits, one provider-view subscriber per visit on process A (real auth + subscribe). Events are
+  written by this benchmark process with gateway.events' own write path (append_event in its own transaction,
+  then notify_after_commit: record_event, step for step, with the commit time noted in between) at 1,000
+  events/s, open loop, round robin over the visits. So every event reaches A only through LISTEN/NOTIFY and
+  A's bus, never through a local poke. Latency: from the event's commit until A's subscriber received it.
+  Also printed: from the moment every smaller id had committed (the bus delivers in id order), and from the
+  scheduled write. Process B runs and listens as in production (its bus reads every event too).
+- notify_write_ratio: event writes/s with notifications (record_event) ÷ the same writes without the NOTIFY
+  (append_event in its own transaction only), 16 writers, closed loop, alternating phases in the same run,
+  with both gateways listening.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import secrets
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+HOST = C.HOST
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def closed_loop(pool: Any, visits: list[Any], patients: list[Any], writers: int, seconds: float,
+                      notify: bool) -> int:
+    stop_at = time.monotonic() + seconds
+    done = 0
+
+    async def writer(k: int) -> None:
+        nonlocal done
+        i = k
+        while time.monotonic() < stop_at:
+            v = i % len(visits)
+            await C.write_event(pool, visits[v], patients[v], "device_test_passed", notify=notify)
+            done += 1
+            i += writers
+
+    await asyncio.gather(*(writer(k) for k in range(writers)))
+    return done
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from gateway.db import migrate
+    from gateway.events import patient_participant
+    from gateway.security import generate_signing_key_pem
+
+    C.raise_nofile()
+    run = C.Procs("vg-bench-cluster-")
+    figures: dict[str, float] = {}
+    client: C.ClientDriver | None = None
+    pool = None
+    try:
+        say(f"presence_cluster benchmark: {os.cpu_count()} cores shared by PostgreSQL, two gateways, the client "
+            f"and the writers; temp dir {run.tmp}")
+        dsn = run.start_postgres()
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        await conn.close()
+        secret, pem = secrets.token_bytes(32), generate_signing_key_pem()
+        seeded = await C.seed(dsn, secret, args.visits, 1)
+        visits = [v for v, _ in seeded]
+        gateways = {}
+        for name in ("a", "b"):
+            port = C.free_port()
+            env = C.gateway_env(dsn, port, secret, pem, run.tmp / f"data-{name}", args.log_level, app_name=f"vg-{name}")
+            gateways[name] = (port, C.start_gateway(run, f"gateway-{name}", env, std_loop=args.loop == "asyncio"))
+        port_a, proc_a = gateways["a"]
+        say(f"  gateways up: A on {port_a}, B on {gateways['b'][0]}")
+        pool = await asyncpg.create_pool(dsn, min_size=args.pool, max_size=args.pool,
+                                         server_settings={"synchronous_commit": args.synchronous_commit})
+        assert pool is not None
+        durable = await asyncpg.create_pool(dsn, min_size=args.writers, max_size=args.writers)
+        assert durable is not None
+        async with pool.acquire() as conn:
+            patients = [await patient_participant(conn, v) for v in visits]
+
+        client = await C.ClientDriver.start("client", run.tmp / "client.log")
+        specs = [{"frames": C.auth_frames(handles[0]), "group": k} for k, (_, handles) in enumerate(seeded)]
+        opened = await client.call("open", host=HOST, port=port_a, path="/ws", origin=f"http://{HOST}:{port_a}",
+                                   sockets=specs, expect="snapshot", local_addr=None, concurrency=50, rate=1000.0,
+                                   timeout=60.0)
+        if opened["ok"] != len(specs):
+            raise RuntimeError(f"{opened['ok']} of {len(specs)} subscribers on A: {opened['errors']}")
+        await asyncio.sleep(0.5)
+
+        # Warm-up: connections, plans, the buses' first reads.
+        await C.write_open_loop(pool, visits, patients, args.rate / 4, 1.0)
+        await asyncio.sleep(0.5)
+
+        await client.call("reset", mode="record")
+        spy = None
+        if args.profile:
+            spy_out = run.tmp / "spy-a.txt"
+            spy = (C.py_spy(run, proc_a.pid, args.seconds + 1, spy_out), spy_out)
+        cpu0 = {n: C.cpu_seconds(p.pid) for n, (_, p) in gateways.items()}
+        t0 = time.monotonic()
+        written, overruns = await C.write_open_loop(pool, visits, patients, args.rate, args.seconds)
+        elapsed = time.monotonic() - t0
+        await client.call("wait_count", count=len(written), timeout=15.0)
+        cpu = {n: (C.cpu_seconds(p.pid) - cpu0[n]) / elapsed for n, (_, p) in gateways.items()}
+        received: dict[int, list[float]] = defaultdict(list)
+        for _sock, event_id, _kind, t in (await client.call("records"))["records"]:
+            received[event_id].append(t)
+        lat = C.latencies(written, received, 1)
+        commits = [(c - d) * 1000 for d, c, _n in written.values()]
+        achieved = len(written) / args.seconds
+        say(f"  {args.rate:,.0f} events/s asked, {achieved:,.0f}/s written ({len(written):,} events over "
+            f"{args.seconds:.0f}s, writer overruns {overruns}); events that never reached A: {lat['lost']}; "
+            f"gateway CPU: A {cpu['a'] * 100:.0f}%, B {cpu['b'] * 100:.0f}% of a core")
+        say(f"    commit -> received on A (the figure): {C.describe(lat['from_commit'])}")
+        say(f"    every earlier id committed -> received on A: {C.describe(lat['from_ready'])}")
+        say(f"    scheduled write -> received on A: {C.describe(lat['from_write'])}; the write's own transaction: "
+            f"{C.describe(commits)}")
+        if achieved < 0.9 * args.rate:
+            say(f"    NOTE: the writers could not sustain {args.rate:,.0f}/s (this machine: PostgreSQL, the writers and the gateways share 2 busy cores)")
+        figures["p99_ms"] = C.percentile(lat["from_commit"], 99) if not lat["lost"] else math.nan
+        if spy and spy[0] is not None:
+            await asyncio.to_thread(spy[0].wait, 30)
+            frames = C.top_frames(spy[1], 15)
+            say("  py-spy, gateway A during the p99 phase, hottest frames by own time:")
+            for share, frame in frames:
+                say(f"    {share * 100:5.1f}%  {frame}")
+
+        # Write throughput with and without the NOTIFY after commit, alternating; durable commits as deployed
+        # (the figure), then with synchronous_commit off to show what is the disk's share.
+        for label, writer_pool in (("synchronous_commit=on", durable), ("synchronous_commit=off", pool)):
+            counts = {True: 0, False: 0}
+            seconds = {True: 0.0, False: 0.0}
+            for r in range(args.rounds):
+                for notify in (True, False) if r % 2 == 0 else (False, True):
+                    t = time.monotonic()
+                    counts[notify] += await closed_loop(writer_pool, visits, patients, args.writers,
+                                                        args.phase_seconds, notify)
+                    seconds[notify] += time.monotonic() - t
+                    await asyncio.sleep(0.3)
+            with_rate = counts[True] / seconds[True]
+            without_rate = counts[False] / seconds[False]
+            ratio = with_rate / without_rate
+            figures.setdefault("notify_write_ratio", ratio)
+            say(f"  writes ({label}), {args.writers} writers, {args.rounds} alternating rounds of "
+                f"{args.phase_seconds:.0f}s: with NOTIFY after commit {with_rate:,.0f}/s, without {without_rate:,.0f}/s "
+                f"-> {ratio:.3f}")
+        await durable.close()
+        await client.call("close")
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        say(f"FAILED: {type(exc).__name__}: {exc}")
+    finally:
+        if client is not None:
+            await client.stop()
+        if pool is not None:
+            await pool.close()
+        run.close()
+
+    def f(key: str, fmt: str) -> str:
+        value = figures.get(key, math.nan)
+        return format(value, fmt) if not math.isnan(value) else "nan"
+
+    say("")
+    say(f"p99_ms {f('p99_ms', '.2f')} (goal <= 5), notify_write_ratio {f('notify_write_ratio', '.3f')} (goal >= 0.9); "
+        f"p99 writers: synchronous_commit={args.synchronous_commit}; notify_write_ratio: durable commits; servers' loop "
+        f"{args.loop}")
+    say(f"RESULT presence_cluster p99_ms={f('p99_ms', '.2f')} notify_write_ratio={f('notify_write_ratio', '.3f')}")
+    return 0 if len(figures) == 2 else 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--visits", type=int, default=100)
+    p.add_argument("--rate", type=float, default=1000.0, help="events/s for p99_ms")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--pool", type=int, default=48, help="writer connections (commits in flight) for the p99 phase")
+    p.add_argument("--writers", type=int, default=16, help="closed-loop writers for notify_write_ratio")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--phase-seconds", type=float, default=4.0)
+    p.add_argument("--synchronous-commit", default="off", choices=["on", "off"],
+                   help="for this benchmark's writers in the p99 phase only (the gateways' own writes and the "
+                        "notify_write_ratio figure stay durable): this machine's disk cannot flush 1,000 "
+                        "separate commits/s, so by default the p99 phase takes the flush out")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    p.add_argument("--profile", action="store_true", help="sample gateway A with py-spy during the p99 phase")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.phase_seconds = 4.0, 2, 1.5
+    return args
+
+
+def main() -> int:
+    args = parse_args(sys.argv[1:])
+    args.loop = C.choose_loop(args.loop)
+    import uvloop  # this process only writes and drives clients: uvloop whatever the servers run on
+
+    uvloop.install()
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

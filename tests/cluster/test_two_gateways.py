@@ -1,0 +1,344 @@
+"""Presence across two gateway processes on one PostgreSQL: events cross through LISTEN/NOTIFY (ids only),
+and a process whose listening connection is cut reconnects and catches up from the last id it saw.
+
+Two real `visitgate serve` processes (as deployed: uvloop, settings from the environment) share one fresh
+database, one secret key and one signing key, each on its own port and public origin. The sandbox EHR runs
+in this process. A provider launches through process A and watches the visit on A's /ws; the patient
+exchanges a join link on process B and waits in B's lobby.
+
+Set VISITGATE_TEST_GATEWAY_LOOP=asyncio to run both processes on asyncio's own loop instead of uvloop
+(diagnosis only: it tells a loop-specific fault from a cross-process one).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+from uuid import UUID
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer, unused_port
+
+from gateway import Settings, joinlinks
+from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
+from gateway.events import events_after, patient_participant
+from gateway.security import Sealer
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_ID = "visitgate-test"
+TIMEOUT = 10.0          # any one frame or request
+READY_TIMEOUT = 30.0    # a gateway process starting (imports, pool, migrations already applied)
+RECONNECT_TIMEOUT = 10.0
+_STD_LOOP = ("from gateway import cli; cli._install_uvloop = lambda: None; "
+             "raise SystemExit(cli.main(['serve']))")
+
+
+@dataclass
+class Gateway:
+    """One `visitgate serve` process."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    settings: Settings
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(f"{self.name}| {line}" for line in text[-lines:])
+
+
+@dataclass
+class Cluster:
+    """Two gateways on one database, the sandbox EHR, and a DSN to look at the database directly."""
+
+    a: Gateway
+    b: Gateway
+    dsn: str
+    sandbox_app: Any
+    sandbox_url: str
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.sandbox_url}/fhir"
+
+
+def _spawn(name: str, port: int, database_url: str, secret: bytes, pem: bytes, frame_ancestors: str,
+           tmp: Path) -> Gateway:
+    url = f"http://127.0.0.1:{port}"
+    # application_name tells the processes' database connections apart in pg_stat_activity.
+    dsn = f"{database_url}&application_name=vg-{name}"
+    env = dict(os.environ)
+    env.update({
+        "VISITGATE_PUBLIC_URL": url, "VISITGATE_HOST": "127.0.0.1", "VISITGATE_PORT": str(port),
+        "VISITGATE_SECRET_KEY": base64.b64encode(secret).decode(), "VISITGATE_SIGNING_KEY": pem.decode(),
+        "DATABASE_URL": dsn, "VISITGATE_DATA_DIR": str(tmp / f"data-{name}"),
+        "VISITGATE_FRAME_ANCESTORS": frame_ancestors, "VISITGATE_HTTP_TIMEOUT": "5",
+        "VISITGATE_LOG_LEVEL": "INFO", "VISITGATE_WRITEBACK_ENABLED": "false", "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    })
+    if os.environ.get("VISITGATE_TEST_GATEWAY_LOOP") == "asyncio":
+        argv = [sys.executable, "-c", _STD_LOOP]
+    else:
+        argv = [str(Path(sys.executable).parent / "visitgate"), "serve"]
+    log = tmp / f"gateway-{name}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    settings = Settings(public_url=url, secret_key=secret, signing_key_pem=pem)
+    return Gateway(name, url, proc, log, settings)
+
+
+async def _wait_ready(http: aiohttp.ClientSession, gateway: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT
+    while loop.time() < deadline:
+        if gateway.proc.poll() is not None:
+            raise AssertionError(f"gateway {gateway.name} exited ({gateway.proc.returncode})\n{gateway.tail()}")
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with http.get(f"{gateway.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway {gateway.name} not ready\n{gateway.tail()}")
+
+
+def _stop(gateway: Gateway) -> None:
+    if gateway.proc.poll() is None:
+        gateway.proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        gateway.proc.wait(10)
+
+
+@pytest.fixture
+async def cluster(database_url: str, signing_key_pem: bytes, tmp_path: Path) -> AsyncIterator[Cluster]:
+    from sandbox import SandboxClient, SandboxSettings, create_sandbox_app
+
+    port_a, port_b, sb_port = unused_port(), unused_port(), unused_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    sandbox_url = f"http://localhost:{sb_port}"
+    secret = secrets.token_bytes(32)
+    sandbox_app = create_sandbox_app(SandboxSettings(
+        base_url=sandbox_url, app_launch_url=f"{url_a}/launch",
+        clients=(SandboxClient(client_id=CLIENT_ID,
+                               redirect_uris=(f"{url_a}/launch/callback", f"{url_b}/launch/callback"),
+                               auth_method="private_key_jwt", jwks_url=f"{url_a}/.well-known/jwks.json"),)))
+    sandbox = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
+    await sandbox.start_server(access_log=logging.getLogger("sandbox.access"))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await add_approved(conn, Sealer(secret), NewConfiguration(
+            fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
+            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
+    finally:
+        await conn.close()
+    gateways: list[Gateway] = []
+    try:
+        for name, port in (("a", port_a), ("b", port_b)):
+            gateways.append(_spawn(name, port, database_url, secret, signing_key_pem, sandbox_url, tmp_path))
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(_wait_ready(http, g) for g in gateways))
+        yield Cluster(gateways[0], gateways[1], database_url, sandbox_app, sandbox_url)
+    finally:
+        for gateway in gateways:
+            _stop(gateway)
+        await sandbox.close()
+
+
+def _browser() -> aiohttp.ClientSession:
+    # unsafe: keep cookies for a bare IP address (127.0.0.1), as a browser does.
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 timeout=aiohttp.ClientTimeout(total=TIMEOUT))
+
+
+async def _launch(cluster: Cluster, browser: aiohttp.ClientSession, gateway: Gateway) -> str:
+    """A provider launch from the sandbox EHR through one gateway; returns the provider view's handle."""
+    from sandbox import create_launch
+
+    launch = create_launch(cluster.sandbox_app, practitioner_id="prac-1", patient_id="pat-1",
+                           encounter_id="enc-1")
+    url = f"{gateway.url}/launch?iss={cluster.fhir_base}&launch={launch}"
+    for _ in range(6):
+        async with browser.get(url, allow_redirects=False) as response:
+            await response.read()
+            if response.status not in (301, 302, 303, 307):
+                break
+            url = urljoin(url, response.headers["Location"])
+    assert response.status == 200, f"launch ended with {response.status} at {url}\n{gateway.tail()}"
+    return urlsplit(url).path.rsplit("/", 1)[1]
+
+
+async def _recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+    assert msg.type == aiohttp.WSMsgType.TEXT, f"{msg} (close code {ws.close_code})"
+    frame: dict[str, Any] = json.loads(msg.data)
+    return frame
+
+
+async def _recv_until(ws: aiohttp.ClientWebSocketResponse, want: str, limit: int = 50) -> dict[str, Any]:
+    for _ in range(limit):
+        frame = await _recv(ws)
+        if frame["type"] == want:
+            return frame
+    raise AssertionError(f"no {want} frame")
+
+
+async def _provider_view(browser: aiohttp.ClientSession, gateway: Gateway,
+                         handle: str) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any], dict[str, Any]]:
+    ws = await browser.ws_connect(f"{gateway.url}/ws", origin=gateway.url)
+    await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+    auth = await _recv(ws)
+    assert auth["type"] == "auth_ok" and auth["role"] == "provider", auth
+    await ws.send_json({"type": "subscribe", "id": 2, "after": None})
+    snapshot = await _recv_until(ws, "snapshot")
+    return ws, auth, snapshot
+
+
+async def _patient_in_lobby(cluster: Cluster, browser: aiohttp.ClientSession, gateway: Gateway,
+                            visit_id: UUID) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    """The real join flow on one gateway: a link for the visit's patient, POST /join, the lobby socket."""
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        patient = await patient_participant(conn, visit_id)
+        token = await joinlinks.issue_link(conn, joinlinks.JoinKeys.from_settings(gateway.settings), patient,
+                                           visit_id, dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
+    finally:
+        await conn.close()
+    async with browser.post(f"{gateway.url}/join", data={"t": token}, headers={"Origin": gateway.url},
+                            allow_redirects=False) as response:
+        await response.read()
+        assert response.status == 303, f"{response.status}\n{gateway.tail()}"
+    ws = await browser.ws_connect(f"{gateway.url}/ws", origin=gateway.url)
+    await ws.send_json({"type": "auth", "id": 1, "where": "lobby"})
+    auth = await _recv(ws)
+    assert auth["type"] == "auth_ok" and auth["role"] == "patient", auth
+    assert auth["participant"] == str(patient) and auth["visit"] == str(visit_id)
+    await ws.send_json({"type": "subscribe", "id": 2, "after": None})  # as the lobby page does
+    await _recv_until(ws, "snapshot")
+    return ws, auth
+
+
+async def _events_until(ws: aiohttp.ClientWebSocketResponse, last_id: int, limit: int = 200) -> list[dict[str, Any]]:
+    """Event frames until the one with id last_id (bounded)."""
+    seen: list[dict[str, Any]] = []
+    for _ in range(limit):
+        frame = await _recv(ws)
+        if frame["type"] != "event":
+            continue
+        seen.append(frame)
+        if frame["id"] >= last_id:
+            return seen
+    raise AssertionError(f"event {last_id} never came; saw {[f['id'] for f in seen]}")
+
+
+async def _visit_event_ids(dsn: str, visit_id: UUID, after: int) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [e.id for e in await events_after(conn, visit_id, after, 2**62, 10_000)]
+    finally:
+        await conn.close()
+
+
+async def test_a_provider_on_one_process_sees_a_patient_on_the_other(cluster: Cluster) -> None:
+    async with _browser() as provider_browser, _browser() as patient_browser:
+        handle = await _launch(cluster, provider_browser, cluster.a)
+        view, auth, snapshot = await _provider_view(provider_browser, cluster.a, handle)
+        visit_id = UUID(auth["visit"])
+        lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+
+        # Process B wrote the patient's lobby_entered; process A's bus reads it by id and A's hub sends it.
+        for _ in range(50):
+            frame = await _recv(view)
+            if frame["type"] == "event" and frame["kind"] == "lobby_entered":
+                break
+        else:
+            raise AssertionError("the provider on A never saw the patient enter B's lobby")
+        assert frame["participant"] == patient["participant"] and frame["role"] == "patient"
+        assert frame["visit"] == str(visit_id) and frame["id"] > snapshot["last_id"]
+
+        # And back: the provider admits on A, the patient's lobby on B hears it.
+        await view.send_json({"type": "admit", "id": 3, "participant": patient["participant"]})
+        for _ in range(50):
+            frame = await _recv(lobby)
+            if frame["type"] == "event" and frame["kind"] == "admitted":
+                break
+        else:
+            raise AssertionError("the patient on B never heard the admission made on A")
+        assert frame["participant"] == patient["participant"]
+        await lobby.close()
+        await view.close()
+
+
+async def _listen_backends(dsn: str, app_name: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+                                " AND query LIKE 'LISTEN%' AND datname = current_database()", app_name)
+        return [r["pid"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_a_process_whose_listener_is_cut_catches_up_in_order(cluster: Cluster) -> None:
+    async with _browser() as provider_browser, _browser() as patient_browser:
+        handle = await _launch(cluster, provider_browser, cluster.a)
+        view, auth, _snapshot = await _provider_view(provider_browser, cluster.a, handle)
+        visit_id = UUID(auth["visit"])
+        lobby, _patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+        entered = await _recv_until(view, "event")
+        while entered["kind"] != "lobby_entered":
+            entered = await _recv_until(view, "event")
+        last_seen = entered["id"]
+
+        # A's listening connection (its last statement was a LISTEN) dies under it.
+        listeners = await _listen_backends(cluster.dsn, "vg-a")
+        assert len(listeners) == 1, f"expected one LISTEN connection of process A, found {listeners}"
+        conn = await asyncpg.connect(cluster.dsn)
+        try:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", listeners[0])
+        finally:
+            await conn.close()
+
+        # While A is not listening, the patient acts on B: each device test appends an event on B.
+        for n in range(6):
+            await lobby.send_json({"type": "device_test", "id": 10 + n, "passed": n % 2 == 0})
+            answer = await _recv_until(lobby, "result")
+            assert answer["id"] == 10 + n
+        # A listens again (a new backend), without anyone restarting it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECONNECT_TIMEOUT
+        while True:
+            again = await _listen_backends(cluster.dsn, "vg-a")
+            if again and listeners[0] not in again:
+                break
+            assert loop.time() < deadline, f"process A never listened again\n{cluster.a.tail()}"
+            await asyncio.sleep(0.1)
+        # Written after the reconnect: these reach A live.
+        for n in range(3):
+            await lobby.send_json({"type": "device_test", "id": 20 + n, "passed": True})
+            assert (await _recv_until(lobby, "result"))["id"] == 20 + n
+
+        expected = await _visit_event_ids(cluster.dsn, visit_id, last_seen)
+        assert len(expected) == 9, expected
+        got = [frame["id"] for frame in await _events_until(view, expected[-1])]
+        assert got == expected, f"A's provider saw {got}, the visit's events are {expected}"
+        # Nothing more, and certainly nothing twice, is on its way.
+        with pytest.raises(asyncio.TimeoutError):
+            extra = await asyncio.wait_for(view.receive(), 0.5)
+            raise AssertionError(f"unexpected frame after catching up: {extra}")
+        await lobby.close()
+        await view.close()
