@@ -143,22 +143,30 @@ class PresenceBus:
                 await asyncio.sleep(0.5)
                 more = True
             if more:
+                if self._gap_since is not None:
+                    # The missing event's own notification ends this wait at once; else look again soon.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 0.005)
                 self._wake.set()
-                await asyncio.sleep(0.005 if self._gap_since else 0)
 
     async def _drain_once(self) -> bool:
         """Publish events after position in id order; True when there may be more to read soon."""
         async with self._pool.acquire() as conn:
             events = await all_events_after(conn, self.position, BATCH)
+        ready = []
+        gap = False
         for event in events:
             if event.id != self.position + 1:
                 now = time.monotonic()
                 if self._gap_since is None:
                     self._gap_since = now
                 if now - self._gap_since < GAP_WAIT:
-                    return True  # an earlier id may still commit: wait for it
+                    gap = True  # an earlier id may still commit: wait for it
+                    break
                 log.info("presence bus skipping ids %d..%d (rolled back)", self.position + 1, event.id - 1)
             self._gap_since = None
             self.position = event.id
-            await self._hub.publish(event)
-        return len(events) == BATCH
+            ready.append(event)
+        if ready:
+            self._hub.publish_many(ready)
+        return gap or len(events) == BATCH

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -21,6 +22,17 @@ log = logging.getLogger(__name__)
 # Below asyncio's default high-water mark (64 KiB), so a send never has to wait for a drain.
 MAX_UNSENT_BYTES = 32 * 1024
 PENDING_LIMIT = 1000
+
+
+def text_frame(text: str) -> bytes:
+    """A complete, unmasked, uncompressed websocket text frame (RFC 6455 section 5.2) holding text."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 class Connection:
@@ -76,38 +88,61 @@ class Hub:
         """The snapshot up to floor was sent: deliver what arrived meanwhile, then go live."""
         conn.floor = floor
         pending, conn.pending = conn.pending or [], None
+        frames = []
         for event_id, text in pending:
             if event_id > conn.floor:
                 conn.floor = event_id
-                await self.send(conn, text)
+                frames.append(text_frame(text))
+        if frames:
+            self._write(conn, b"".join(frames))
         conn.ready = True
 
     async def publish(self, event: PresenceEvent) -> None:
-        """Deliver one event to every socket of its visit, in id order."""
-        subs = self._visits.get(event.visit_id)
-        if not subs:
-            return
-        text = event.to_json()
-        for conn in tuple(subs):
-            if not conn.ready:
-                if conn.pending is not None and len(conn.pending) < PENDING_LIMIT:
-                    conn.pending.append((event.id, text))
+        """Deliver one event to every socket of its visit."""
+        self.publish_many([event])
+
+    def publish_many(self, events: list[PresenceEvent]) -> None:
+        """Deliver events (in id order) to the sockets of their visits: each event is serialised and framed
+        once for all its receivers, and each socket gets one write for the whole batch."""
+        by_visit: dict[UUID, list[PresenceEvent]] = {}
+        for event in events:
+            if event.visit_id in self._visits:
+                by_visit.setdefault(event.visit_id, []).append(event)
+        for visit_id, visit_events in by_visit.items():
+            texts = [(e.id, e.to_json()) for e in visit_events]
+            frames = [text_frame(text) for _, text in texts]
+            for conn in tuple(self._visits.get(visit_id, ())):
+                if not conn.ready:
+                    if conn.pending is not None and len(conn.pending) + len(texts) <= PENDING_LIMIT:
+                        conn.pending.extend(texts)
+                    else:
+                        self.drop(conn, "backlog while subscribing")
+                    continue
+                if texts[0][0] > conn.floor:
+                    chunk = frames if len(frames) > 1 else frames[0]
                 else:
-                    self.drop(conn, "backlog while subscribing")
-                continue
-            if event.id > conn.floor:
-                conn.floor = event.id
-                await self.send(conn, text)
+                    chunk = [f for (event_id, _), f in zip(texts, frames) if event_id > conn.floor]
+                    if not chunk:
+                        continue
+                conn.floor = texts[-1][0]
+                self._write(conn, chunk if isinstance(chunk, bytes) else b"".join(chunk))
 
     async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
         """Deliver a relayed message to the visit's ready sockets (or only to one participant's)."""
+        frame = text_frame(text)
         for conn in self.connections(visit_id):
             if conn.ready and (to is None or conn.participant_id == to):
-                await self.send(conn, text)
+                self._write(conn, frame)
 
     async def send(self, conn: Connection, text: str) -> None:
-        """Send, or drop the socket if it cannot keep up."""
-        if conn.closing:
+        """Send one message, or drop the socket if it cannot keep up."""
+        self._write(conn, text_frame(text))
+
+    def _write(self, conn: Connection, data: bytes) -> None:
+        # Server frames are unmasked, so one framed message serves every receiver; writing it straight to
+        # the transport skips three coroutine layers per receiver. A whole frame goes in one write, so it
+        # never interleaves with aiohttp's own frames (pings, close).
+        if conn.closing or conn.ws.closed:
             return
         transport: Any = conn.transport  # uvloop's transports are not asyncio.WriteTransport subclasses
         if transport is None or transport.is_closing():
@@ -116,10 +151,7 @@ class Hub:
         if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self.drop(conn, "slow consumer")
             return
-        try:
-            await conn.ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            self.drop(conn, "send failed")
+        transport.write(data)
 
     def drop(self, conn: Connection, why: str) -> None:
         """Unsubscribe conn and close it with 1013 (try again later), without waiting for it."""
