@@ -378,17 +378,23 @@ async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> 
 
 async def write_event(pool: Any, visit_id: uuid.UUID, participant_id: uuid.UUID | None, kind: str,
                       notify: bool = True) -> tuple[int, float]:
-    """gateway.events.record_event, step for step (append in its own transaction, notify after commit), with
-    the moment the commit returned (when the event became visible) noted in between."""
-    from gateway.events import append_event, notify_after_commit
+    """gateway.events.record_event, step for step (append, one statement, then announce through the
+    process's coalescing Announcer), with the moment the commit returned (the event became visible) noted."""
+    from gateway.events import Announcer, append_event
 
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            event_id = await append_event(conn, visit_id, participant_id, kind)
+        event_id = await append_event(conn, visit_id, participant_id, kind)
         committed = time.monotonic()
-        if notify:
-            await notify_after_commit(conn, event_id)
+    if notify:
+        announcer = _ANNOUNCERS.get(id(pool))
+        if announcer is None:
+            announcer = _ANNOUNCERS[id(pool)] = Announcer(pool)
+        announcer.announce(event_id)
     return event_id, committed
+
+
+# One announcer per writer pool, as each gateway process has one (gateway.events.Announcer).
+_ANNOUNCERS: dict[int, Any] = {}
 
 
 async def write_open_loop(pool: Any, visits: list[uuid.UUID], participants: list[uuid.UUID], rate: float,

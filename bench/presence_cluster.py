@@ -10,14 +10,14 @@ client process (bench/_common.py) holding the subscribers.
 
 Figures
 - p99_ms: 100 visits, one provider-view subscriber per visit on process A (real auth + subscribe). Events are
-  written by this benchmark process with gateway.events' own write path (append_event in its own transaction,
-  then notify_after_commit: record_event, step for step, with the commit time noted in between) at 1,000
+  written by this benchmark process with gateway.events' own write path (append_event, one statement, then the
+  process's coalescing Announcer: record_event, step for step, with the commit time noted in between) at 1,000
   events/s, open loop, round robin over the visits. So every event reaches A only through LISTEN/NOTIFY and
   A's bus, never through a local poke. Latency: from the event's commit until A's subscriber received it.
   Also printed: from the moment every smaller id had committed (the bus delivers in id order), and from the
   scheduled write. Process B runs and listens as in production (its bus reads every event too).
-- notify_write_ratio: event writes/s with notifications (record_event) ÷ the same writes without the NOTIFY
-  (append_event in its own transaction only), 16 writers, closed loop, alternating phases in the same run,
+- notify_write_ratio: event writes/s with notifications (record_event) ÷ the same writes without them
+  (append_event only), 16 writers, closed loop, alternating phases in the same run,
   with both gateways listening.
 """
 from __future__ import annotations

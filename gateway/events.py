@@ -6,8 +6,10 @@ committing writer on one lock. Readers that miss a notification catch up by id.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -20,6 +22,7 @@ Q = sql.queries("events")
 EVENT_KINDS = frozenset({"lobby_entered", "device_test_passed", "device_test_failed", "admitted", "denied",
                          "connected", "disconnected", "left", "removed", "visit_ended"})
 CHANNEL = "presence_events"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,59 @@ async def notify_after_commit(conn: asyncpg.Connection, event_id: int) -> None:
     await conn.execute(Q["notify_events"], str(event_id))
 
 
-async def record_event(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID | None, kind: str) -> int:
-    """Append one event in its own short transaction, then notify."""
+async def record_event(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID | None, kind: str,
+                       announcer: "Announcer | None" = None) -> int:
+    """Append one event (a single statement, so its own transaction), then announce it.
+
+    With an announcer the notification is coalesced with other writers' (see Announcer); without one it
+    is sent right away on the same connection.
+    """
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            event_id = await append_event(conn, visit_id, participant_id, kind)
-        await notify_after_commit(conn, event_id)
+        event_id = await append_event(conn, visit_id, participant_id, kind)
+        if announcer is None:
+            await notify_after_commit(conn, event_id)
+    if announcer is not None:
+        announcer.announce(event_id)
     return event_id
+
+
+class Announcer:
+    """Sends this process's event notifications, at most one at a time.
+
+    Writes that commit while a notification is in flight ride on the next one, which carries the
+    highest id: listeners read by id anyway, so one wake-up covers them all. This keeps NOTIFY (and its
+    global queue lock) off each writer's path; measured at ~0.5x write throughput when every write
+    sent its own.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._latest = 0
+        self._sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def announce(self, event_id: int) -> None:
+        """Make sure a notification covering event_id goes out soon."""
+        self._latest = max(self._latest, event_id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._sent < self._latest:
+            target = self._latest
+            try:
+                async with self._pool.acquire() as conn:
+                    await notify_after_commit(conn, target)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Listeners also catch up on their own every second, so a lost wake-up costs only latency.
+                log.warning("could not announce events (%s)", type(exc).__name__)
+                return
+            self._sent = target
+
+    async def close(self) -> None:
+        """Let the last notification go out (for shutdown)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _event(row: asyncpg.Record) -> PresenceEvent:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 RELAY_CHANNEL = "presence_relay"
 RELAY_MAX = 7900  # NOTIFY payloads must stay under 8000 bytes
 GAP_WAIT = 0.5
+CATCH_UP = 1.0
 BATCH = 500
 
 
@@ -132,7 +133,10 @@ class PresenceBus:
 
     async def _drain_forever(self) -> None:
         while True:
-            await self._wake.wait()
+            # A notification wakes us; without one we still look every CATCH_UP seconds, so a wake-up
+            # lost anywhere (a failed NOTIFY, a dropped listener) costs latency, never an event.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), CATCH_UP)
             self._wake.clear()
             try:
                 more = await self._drain_once()

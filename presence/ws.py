@@ -13,7 +13,7 @@ from uuid import UUID
 from aiohttp import WSMsgType, web
 
 from gateway import events, joinlinks
-from gateway.appkeys import DB, SETTINGS
+from gateway.appkeys import ANNOUNCER, DB, SETTINGS
 from gateway.sessions import provider_identity
 
 from .appkeys import BUS, HUB
@@ -135,7 +135,7 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
 
 async def _record(app: web.Application, conn: Connection, kind: str) -> None:
     try:
-        await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind)
+        await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind, app[ANNOUNCER])
     except Exception:  # the socket's life must not hang on a failed write; the failure is logged
         log.exception("could not record %s for visit %s", kind, conn.visit_id)
         return
@@ -221,7 +221,7 @@ async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any],
             participant = await events.get_participant(db, target)
         if participant is None or participant.visit_id != conn.visit_id or participant.role == "provider":
             raise Refusal("unknown_participant")
-        await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind])
+        await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind], app[ANNOUNCER])
         bus.poke()
         return False
     if kind == "signal":
