@@ -6,6 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY launch ./launch
+COPY presence ./presence
 COPY sandbox ./sandbox
 COPY sql ./sql
 RUN pip install . && useradd --system --uid 10001 --home /app visitgate

@@ -3,13 +3,14 @@ EHR as separate aiohttp servers on 127.0.0.1, and a cookie-keeping HTTP client p
 from __future__ import annotations
 
 import asyncio
-import base64
+import dataclasses
 import logging
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -95,7 +96,7 @@ class Stack:
     sandbox_app: web.Application
     browser: aiohttp.ClientSession
     configuration_id: int
-    pages: list[str] = field(default_factory=list)
+    settings: Settings
 
     @property
     def fhir_base(self) -> str:
@@ -141,9 +142,14 @@ def reason_code(body: str) -> str | None:
     return match.group(1) if match else None
 
 
-@pytest.fixture
-async def stack(database_url: str, signing_key_pem: bytes) -> AsyncIterator[Stack]:
-    """The gateway on 127.0.0.1 and the sandbox on localhost (different sites), each its own aiohttp app."""
+Overrides = Callable[[str, str], dict[str, Any]]
+
+
+@asynccontextmanager
+async def running_stack(database_url: str, signing_key_pem: bytes,
+                        overrides: Overrides | None = None) -> AsyncIterator[Stack]:
+    """The gateway on 127.0.0.1 and the sandbox on localhost (different sites), each its own aiohttp app,
+    with the sandbox's configuration approved. overrides(gateway_url, sandbox_url) adds gateway settings."""
     from sandbox import SandboxClient, SandboxSettings, create_sandbox_app
 
     gw_port, sb_port = unused_port(), unused_port()
@@ -151,24 +157,44 @@ async def stack(database_url: str, signing_key_pem: bytes) -> AsyncIterator[Stac
     settings = Settings(public_url=gateway_url, secret_key=secrets.token_bytes(32),
                         signing_key_pem=signing_key_pem, database_url=database_url, port=gw_port,
                         frame_ancestors=(sandbox_url,), http_timeout=5)
+    if overrides is not None:
+        settings = dataclasses.replace(settings, **overrides(gateway_url, sandbox_url))
     sandbox_app = create_sandbox_app(SandboxSettings(
         base_url=sandbox_url, app_launch_url=f"{gateway_url}/launch",
+        patient_launch_url=f"{gateway_url}/launch/patient",
         clients=(SandboxClient(client_id=CLIENT_ID, redirect_uris=(settings.redirect_uri,),
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
     gateway_app = create_app(settings)
     sandbox_server = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
     gateway_server = TestServer(gateway_app, host="127.0.0.1", port=gw_port)
     await sandbox_server.start_server(access_log=logging.getLogger("sandbox.access"))
-    await gateway_server.start_server(**runner_options())
-    async with gateway_app[DB].acquire() as conn:
-        config_id = await add_approved(conn, gateway_app[SEALER], NewConfiguration(
-            fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
-            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                     timeout=aiohttp.ClientTimeout(total=20)) as browser:
-        yield Stack(gateway_url, sandbox_url, gateway_app, sandbox_app, browser, config_id)
-    await gateway_server.close()
-    await sandbox_server.close()
+    try:
+        await gateway_server.start_server(**runner_options())
+        try:
+            async with gateway_app[DB].acquire() as conn:
+                config_id = await add_approved(conn, gateway_app[SEALER], NewConfiguration(
+                    fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
+                    client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                             timeout=aiohttp.ClientTimeout(total=20)) as browser:
+                yield Stack(gateway_url, sandbox_url, gateway_app, sandbox_app, browser, config_id, settings)
+        finally:
+            await gateway_server.close()
+    finally:
+        await sandbox_server.close()
+
+
+@pytest.fixture
+def stack_overrides() -> Overrides | None:
+    """Extra gateway settings for `stack`; a folder's conftest overrides this fixture to add its own."""
+    return None
+
+
+@pytest.fixture
+async def stack(database_url: str, signing_key_pem: bytes, stack_overrides: Overrides | None) -> AsyncIterator[Stack]:
+    """The running gateway and sandbox EHR for one test."""
+    async with running_stack(database_url, signing_key_pem, stack_overrides) as running:
+        yield running
 
 
 @pytest.fixture

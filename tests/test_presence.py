@@ -280,3 +280,39 @@ async def test_a_participant_not_yet_admitted_cannot_signal_into_the_room(stack:
     assert relayed["from"] == str(patient) and relayed["data"] == {"sdp": "x"}
     await lobby.close()
     await ws.close()
+
+
+async def test_per_message_compression_is_refused_even_when_offered(stack: Stack) -> None:
+    handle = await _provider(stack)
+    ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url, compress=15)
+    assert ws.compress == 0
+    await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+    assert (await _recv(ws))["type"] == "auth_ok"
+    await ws.close()
+
+
+async def test_a_dead_peer_is_dropped_by_heartbeat(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import presence.ws
+
+    monkeypatch.setattr(presence.ws, "HEARTBEAT", 0.5)
+    handle = await _provider(stack)
+    # A peer that never answers pings: it neither reads nor pongs.
+    ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url, autoping=False)
+    await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+    visit_id = UUID((await _recv(ws))["visit"])
+    await ws.send_json({"type": "subscribe", "id": 2, "after": None})
+    hub = stack.gateway_app[HUB]
+    for _ in range(50):  # bounded: the socket subscribes within 5 s
+        await asyncio.sleep(0.1)
+        if list(hub.connections(visit_id)):
+            break
+    assert list(hub.connections(visit_id)), "the socket should have subscribed"
+    for _ in range(100):  # bounded: dropped within 10 s (heartbeat 0.5 s here)
+        await asyncio.sleep(0.1)
+        if not list(hub.connections(visit_id)):
+            break
+    assert not list(hub.connections(visit_id)), "the dead peer should have been dropped"
+    async with stack.gateway_app[DB].acquire() as conn:
+        kinds = [e.kind for e in await events.events_after(conn, visit_id, 0, 10**12)]
+    assert kinds[-1] == "disconnected"
+    await ws.close()

@@ -72,6 +72,16 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     await phone.wait_for_function(ALL_PEERS_LIVE, arg=1, timeout=MESH_TIMEOUT_MS)
     await frame.wait_for_function(ALL_PEERS_LIVE, arg=1, timeout=MESH_TIMEOUT_MS)
 
+    # The patient never sees the clinician's personal details: the room calls them "Clinician".
+    from sandbox.appkeys import STORE
+
+    practitioner = stack.sandbox_app[STORE].get("Practitioner", "prac-1")
+    assert practitioner is not None
+    patient_sees = await phone.content()
+    for name in practitioner["name"]:
+        assert name["family"] not in patient_sees
+    assert practitioner["id"] not in patient_sees
+
     async with pool.acquire() as conn:
         kinds = [e.kind for e in await events.events_after(conn, visit_id, 0, 10**12)
                  if e.participant_id == patient_id]

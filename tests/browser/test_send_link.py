@@ -8,7 +8,7 @@ import pytest
 from playwright.async_api import BrowserContext, ConsoleMessage, expect
 
 from tests.conftest import Stack
-from tests.notify.conftest import SmtpServer, notify_settings, smtp  # noqa: F401 -- fixtures: SMTP + SMS sink
+from tests.notify.conftest import SmtpServer, smtp, stack_overrides  # noqa: F401 -- fixtures: SMTP + SMS sink
 
 pytestmark = pytest.mark.browser
 

@@ -3,7 +3,6 @@ configured to send email to it and SMS to the sandbox's phone (its /_sms sink)."
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email
 import email.policy
 from collections.abc import AsyncIterator
@@ -14,8 +13,6 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 
-import tests.conftest as root
-from gateway import Settings
 
 ORGANISATION = "Sandbox Family Clinic"
 
@@ -69,17 +66,13 @@ async def smtp() -> AsyncIterator[SmtpServer]:
         await server.wait_closed()
 
 
-@pytest.fixture(autouse=True)
-def notify_settings(smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the shared `stack` fixture build its gateway with our SMTP server and the sandbox's SMS sink."""
-    real_create_app = root.create_app
+@pytest.fixture
+def stack_overrides(smtp: SmtpServer) -> Any:
+    """The shared `stack`'s gateway sends mail to our SMTP server and texts to the sandbox's SMS sink."""
 
-    def create_app(settings: Settings) -> Any:
-        # The stack embeds the gateway in the sandbox EHR, so the sandbox's origin is the one frame ancestor.
-        sandbox_url = settings.frame_ancestors[0]
-        return real_create_app(dataclasses.replace(
-            settings, organisation_name=ORGANISATION, smtp_host="127.0.0.1", smtp_port=smtp.port,
-            smtp_from="visits@gateway.test", smtp_timeout=5, sms_provider="sink",
-            sms_sink_url=f"{sandbox_url}/_sms"))
+    def overrides(gateway_url: str, sandbox_url: str) -> dict[str, Any]:
+        return dict(organisation_name=ORGANISATION, smtp_host="127.0.0.1", smtp_port=smtp.port,
+                    smtp_from="visits@gateway.test", smtp_timeout=5, sms_provider="sink",
+                    sms_sink_url=f"{sandbox_url}/_sms")
 
-    monkeypatch.setattr(root, "create_app", create_app)
+    return overrides

@@ -4,12 +4,10 @@ written exactly once."""
 from __future__ import annotations
 
 import asyncio
-import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -17,19 +15,16 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer, unused_port
 
 import sql
-from gateway import Settings, create_app
+from gateway import Settings
 from gateway.appkeys import DB, SEALER
-from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.events import add_guest, patient_participant, provider_participant, record_event
 from gateway.security import Sealer, SigningKey
-from gateway.web import runner_options
 from presence.backend_auth import BackendClient, BackendTokens
 from presence.encounter_mapping import VisitEvent, derive, desired_encounter, patch_operations, unchanged
+from tests.conftest import CLIENT_ID, running_stack
 
-CLIENT_ID = "visitgate-writeback-test"
 Q = sql.queries("writeback")
 
 QUICK = dict(writeback_backoff_base=0.05, writeback_backoff_max=0.5, writeback_poll_interval=0.05,
@@ -240,29 +235,7 @@ def assert_history_is_event_log(versions: list[dict[str, Any]], events: list[Vis
 
 @pytest.fixture
 async def wb_stack(database_url: str, signing_key_pem: bytes) -> AsyncIterator[WritebackStack]:
-    """The gateway (quick write-back settings) and the sandbox EHR, each its own aiohttp server."""
-    from sandbox import SandboxClient, SandboxSettings, create_sandbox_app
-
-    gw_port, sb_port = unused_port(), unused_port()
-    gateway_url, sandbox_url = f"http://127.0.0.1:{gw_port}", f"http://localhost:{sb_port}"
-    settings = replace(Settings(public_url=gateway_url, secret_key=secrets.token_bytes(32),
-                                signing_key_pem=signing_key_pem, database_url=database_url, port=gw_port,
-                                http_timeout=5), **QUICK)
-    sandbox_app = create_sandbox_app(SandboxSettings(
-        base_url=sandbox_url, app_launch_url=f"{gateway_url}/launch",
-        clients=(SandboxClient(client_id=CLIENT_ID, redirect_uris=(settings.redirect_uri,),
-                               auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
-    gateway_app = create_app(settings)
-    sandbox_server = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
-    gateway_server = TestServer(gateway_app, host="127.0.0.1", port=gw_port)
-    await sandbox_server.start_server(access_log=logging.getLogger("sandbox.access"))
-    await gateway_server.start_server(**runner_options())
-    async with gateway_app[DB].acquire() as conn:
-        config_id = await add_approved(conn, gateway_app[SEALER], NewConfiguration(
-            fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
-            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
-    try:
-        yield WritebackStack(gateway_url, sandbox_url, gateway_app, sandbox_app, config_id, settings)
-    finally:
-        await gateway_server.close()
-        await sandbox_server.close()
+    """The shared running stack, with quick write-back settings."""
+    async with running_stack(database_url, signing_key_pem, lambda _gateway, _sandbox: dict(QUICK)) as running:
+        yield WritebackStack(running.gateway_url, running.sandbox_url, running.gateway_app, running.sandbox_app,
+                             running.configuration_id, running.settings)
