@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
+from importlib import metadata
 import logging
 import os
 import sys
@@ -102,12 +102,6 @@ def _config_list(args: argparse.Namespace) -> int:
     return asyncio.run(_with_connection(Settings.from_env(), work))
 
 
-def _demo(args: argparse.Namespace) -> int:
-    # The demo composes the gateway with the sandbox EHR; it lives with the sandbox, which sits above us.
-    run: Callable[[argparse.Namespace], int] = importlib.import_module("sandbox.demo").run
-    return run(args)
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     from .configurations import DEFAULT_SCOPES
@@ -116,9 +110,10 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway (settings from the environment)").set_defaults(func=_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
-    demo = sub.add_parser("demo", help="run the gateway with the sandbox EHR on 127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="gateway port (the sandbox takes the next one)")
-    demo.set_defaults(func=_demo)
+    # Commands of the parts above the shell (the sandbox's `demo`) plug in through package metadata, so
+    # the shell never imports them.
+    for entry in metadata.entry_points(group="visitgate.commands"):
+        entry.load()(sub)
     config = sub.add_parser("config", help="EHR configurations").add_subparsers(dest="action", required=True)
     add = config.add_parser("add", help="register an approved FHIR base URL")
     add.add_argument("--fhir-base-url", required=True)

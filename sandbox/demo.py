@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -80,6 +81,13 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> Non
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+def add_command(commands: Any) -> None:
+    """Add `visitgate demo` to the command line (registered under the visitgate.commands entry points)."""
+    demo = commands.add_parser("demo", help="run the gateway with the sandbox EHR on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (the sandbox takes the next one)")
+    demo.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
