@@ -80,7 +80,8 @@ def _config_add(args: argparse.Namespace) -> int:
     secret = os.environ.get(args.client_secret_env) if args.client_secret_env else None
     new = NewConfiguration(fhir_base_url=args.fhir_base_url.rstrip("/"), environment=args.environment,
                            client_id=args.client_id, client_auth=args.client_auth, scopes=args.scopes,
-                           client_secret=secret, meeting_provider=args.meeting_provider)
+                           client_secret=secret, meeting_provider=args.meeting_provider,
+                           writeback_strategy=args.writeback)
 
     async def work(conn: Any) -> int:
         config_id = await add_approved(conn, Sealer(settings.secret_key), new, args.approved_by)
@@ -96,7 +97,8 @@ def _config_list(args: argparse.Namespace) -> int:
     async def work(conn: Any) -> int:
         for row in await list_all(conn):
             print(f"{row['id']}\t{row['environment']}\t{row['status']}\t{row['fhir_base_url']}\t"
-                  f"{row['client_id']}\t{row['client_auth']}")
+                  f"{row['client_id']}\t{row['client_auth']}\twrite-back {row['writeback_strategy']}"
+                  + (f" (off: {row['writeback_disabled_reason']})" if row['writeback_disabled_reason'] else ""))
         return 0
 
     return asyncio.run(_with_connection(Settings.from_env(), work))
@@ -104,7 +106,7 @@ def _config_list(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    from .configurations import DEFAULT_SCOPES
+    from .configurations import DEFAULT_SCOPES, WRITEBACK_STRATEGIES
 
     top = argparse.ArgumentParser(prog="visitgate", description="Video visits straight out of the EHR.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -124,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--client-secret-env", help="name of the environment variable holding the client secret")
     add.add_argument("--scopes", default=DEFAULT_SCOPES)
     add.add_argument("--meeting-provider", default="builtin")
+    add.add_argument("--writeback", choices=list(WRITEBACK_STRATEGIES), default="none",
+                     help="write visits back to the FHIR Encounter (needs system/Encounter scopes; see docs/writeback.md)")
     add.add_argument("--approved-by", required=True, help="who approves it (recorded in the audit log)")
     add.set_defaults(func=_config_add)
     config.add_parser("list", help="list configurations").set_defaults(func=_config_list)

@@ -15,6 +15,7 @@ from .security import Sealer
 
 Q = sql.queries("configurations")
 
+WRITEBACK_STRATEGIES = ("fhir-r4-put", "fhir-r4-patch", "none")
 DEFAULT_SCOPES = ("launch openid fhirUser user/Patient.read user/Encounter.read user/Appointment.read "
                   "user/Practitioner.read")
 
@@ -30,6 +31,8 @@ class NewConfiguration:
     scopes: str = DEFAULT_SCOPES
     client_secret: str | None = None
     meeting_provider: str = "builtin"
+    writeback_strategy: str = "none"
+    """How visits are written back to the FHIR Encounter: fhir-r4-put, fhir-r4-patch or none."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.fhir_base_url)
@@ -42,6 +45,8 @@ class NewConfiguration:
             raise ConfigError("client auth must be public, client_secret_basic or private_key_jwt")
         if (self.client_auth == "client_secret_basic") != bool(self.client_secret):
             raise ConfigError("a client secret is needed for client_secret_basic, and only for it")
+        if self.writeback_strategy not in WRITEBACK_STRATEGIES:
+            raise ConfigError("write-back must be one of " + ", ".join(WRITEBACK_STRATEGIES))
         if not self.client_id or "launch" not in self.scopes.split():
             raise ConfigError("a client ID and the `launch` scope are required")
 
@@ -58,10 +63,11 @@ async def add_approved(conn: asyncpg.Connection, sealer: Sealer, new: NewConfigu
     async with conn.transaction():
         config_id: int = await conn.fetchval(
             Q["insert_configuration"], new.fhir_base_url, new.environment, new.client_id, new.client_auth,
-            secret, new.scopes, new.meeting_provider)
+            secret, new.scopes, new.meeting_provider, new.writeback_strategy)
         await append_audit(conn, approved_by, "configuration.add", f"configuration:{config_id}",
                            {"fhir_base_url": new.fhir_base_url, "environment": new.environment,
-                            "client_id": new.client_id, "client_auth": new.client_auth, "scopes": new.scopes})
+                            "client_id": new.client_id, "client_auth": new.client_auth, "scopes": new.scopes,
+                            "writeback_strategy": new.writeback_strategy})
         await conn.fetchval(Q["approve_configuration"], config_id, approved_by)
         await append_audit(conn, approved_by, "configuration.approve", f"configuration:{config_id}",
                            {"via": "operator command"})

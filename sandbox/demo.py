@@ -67,9 +67,12 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> Non
             if not any(c["fhir_base_url"] == fhir_base for c in await list_all(conn)):
                 await add_approved(conn, gateway_app[SEALER], NewConfiguration(
                     fhir_base_url=fhir_base, environment="test", client_id=DEMO_CLIENT_ID,
-                    client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="visitgate demo")
+                    client_auth="private_key_jwt", scopes=DEFAULT_SCOPES, writeback_strategy="fhir-r4-put"),
+                    approved_by="visitgate demo")
         print(f"\nVisitgate demo is running.\n"
               f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
+              f"  Play the patient: send the link from the visit, then open it from {sandbox_url}/mailbox\n"
+              f"    or {sandbox_url}/phone, or start from the patient portal at {sandbox_url}/portal\n"
               f"  The sandbox EHR's FHIR base URL: {fhir_base}\n"
               f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
         stop = asyncio.Event()

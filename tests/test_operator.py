@@ -36,13 +36,14 @@ async def test_config_add_registers_an_approved_configuration_and_audits_it(
     monkeypatch.setenv("VISITGATE_SIGNING_KEY", signing_key_pem.decode())
     code = await asyncio.to_thread(main, [
         "config", "add", "--fhir-base-url", "https://ehr.example.org/fhir/r4", "--environment", "production",
-        "--client-id", "abc", "--approved-by", "ops@example.org"])
+        "--client-id", "abc", "--approved-by", "ops@example.org", "--writeback", "fhir-r4-patch"])
     assert code == 0
     conn = await asyncpg.connect(database_url)
     try:
         row = await conn.fetchrow("SELECT * FROM configurations")
         assert row["status"] == "approved" and row["approved_by"] == "ops@example.org"
         assert row["fhir_base_url"] == "https://ehr.example.org/fhir/r4"
+        assert row["writeback_strategy"] == "fhir-r4-patch"
         actions = [r["action"] for r in await conn.fetch("SELECT action FROM audit_log ORDER BY id")]
         assert actions == ["configuration.add", "configuration.approve"]
         with pytest.raises(asyncpg.RaiseError, match="append-only"):

@@ -1,7 +1,7 @@
 -- name: insert_configuration
 INSERT INTO configurations (fhir_base_url, environment, client_id, client_auth, client_secret, scopes,
-                            meeting_provider)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+                            meeting_provider, writeback_strategy)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING id;
 
 -- name: approve_configuration
@@ -11,7 +11,7 @@ RETURNING approved_at;
 
 -- name: list_configurations
 SELECT id, fhir_base_url, environment, client_id, client_auth, scopes, meeting_provider, status,
-       approved_by, approved_at
+       approved_by, approved_at, writeback_strategy, writeback_disabled_reason
 FROM configurations ORDER BY id;
 
 -- name: append_audit
