@@ -66,9 +66,8 @@ class PresenceBus:
         """Cancel and await the bus's tasks."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
 
     def poke(self) -> None:
         """Look for new events now (a local write, a notification)."""

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Below asyncio's default high-water mark (64 KiB), so a send never has to wait for a drain.
 MAX_UNSENT_BYTES = 32 * 1024
 PENDING_LIMIT = 1000
+SHUTDOWN_WAIT = 5.0
 
 
 def text_frame(text: str) -> bytes:
@@ -172,6 +173,10 @@ class Hub:
                 conn.closing = True
                 closing.append(conn.ws.close(code=1001, message=b"server shutdown"))
         self._visits.clear()
-        await asyncio.gather(*closing, return_exceptions=True)
+        # Bounded: a peer that never answers the close handshake must not hold up shutdown.
+        done, stuck = await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=SHUTDOWN_WAIT) \
+            if closing else (set(), set())
+        for task in stuck:
+            task.cancel()
         if self._closers:
             await asyncio.gather(*self._closers, return_exceptions=True)

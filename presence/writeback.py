@@ -448,8 +448,9 @@ def setup(app: web.Application) -> None:
         yield
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: the worker hands its visits back within seconds; shutdown never waits longer.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 15)
 
     app.cleanup_ctx.append(worker)
 
