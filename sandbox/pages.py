@@ -144,13 +144,16 @@ async def ehr_visit(request: web.Request) -> web.Response:
         return _not_found(request, "No such clinician in this EHR.")
     patient_id = _participant(appointment, "Patient")
     patient = store.get("Patient", patient_id) if patient_id else None
+    # SMART's need_patient_banner: true when the EHR shows no banner of its own. `?banner=ehr` plays an EHR
+    # that shows one (as Hyperspace usually does); by default the app must show it.
+    ehr_banner = request.query.get("banner") == "ehr"
     launch = create_launch(
         request.app,
         practitioner_id=practitioner_id,
         patient_id=patient_id,
         encounter_id=_encounter_for(request, appointment["id"]),
         appointment_id=appointment["id"],
-        need_patient_banner=True,
+        need_patient_banner=not ehr_banner,
     )
     mrn = next((i.get("value") for i in (patient or {}).get("identifier", [])), "")
     context = {
@@ -159,6 +162,7 @@ async def ehr_visit(request: web.Request) -> web.Response:
         "mrn": mrn,
         "time": _time(appointment.get("start", "")),
         "practitioner_id": practitioner_id,
+        "ehr_banner": ehr_banner,
         "app_src": launch_url(settings.app_launch_url, settings.fhir_base, launch),
     }
     return aiohttp_jinja2.render_template("visit.html", request, context)

@@ -46,7 +46,18 @@ async def test_visit_page_embeds_the_app_with_a_fresh_launch(ehr: TestClient[Any
     assert (context.practitioner_id, context.patient_id, context.encounter_id, context.appointment_id) == (
         "prac-1", "pat-2", "enc-2", "appt-2")
     assert context.need_patient_banner is True
+    assert 'id="patient-banner"' not in text  # the EHR shows none, so it asks the app to
     assert 'allow="camera; microphone; display-capture; autoplay; fullscreen"' in text
+
+
+async def test_visit_page_with_the_ehrs_own_banner_tells_the_app_it_need_not_show_one(
+        ehr: TestClient[Any, Any]) -> None:
+    text = await (await ehr.get("/ehr/visit/appt-2", params={"practitioner": "prac-1", "banner": "ehr"})).text()
+    assert 'id="patient-banner"' in text
+    match = re.search(r'<iframe id="app"[^>]*src="([^"]+)"', text)
+    assert match, text
+    context = ehr.server.app[LAUNCHES].get(query_of(html.unescape(match.group(1)))["launch"])
+    assert context is not None and context.need_patient_banner is False
 
 
 async def test_visit_page_for_unknown_appointment_is_404(ehr: TestClient[Any, Any]) -> None:
