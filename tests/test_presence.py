@@ -70,6 +70,16 @@ async def _visit_id(stack: Stack) -> UUID:
         return await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
 
 
+async def _visit_with_patient(stack: Stack) -> tuple[str, aiohttp.ClientWebSocketResponse, dict[str, Any], UUID, UUID]:
+    """A provider's live socket on a visit and the visit's patient: (handle, socket, auth, visit, patient)."""
+    handle = await _provider(stack)
+    ws, auth, _ = await _provider_socket(stack, handle)
+    visit_id = UUID(auth["visit"])
+    async with stack.gateway_app[DB].acquire() as conn:
+        patient = await events.patient_participant(conn, visit_id)
+    return handle, ws, auth, visit_id, patient
+
+
 async def test_provider_view_socket_gets_a_snapshot_with_its_own_connection(stack: Stack) -> None:
     handle = await _provider(stack)
     ws, auth, snapshot = await _provider_socket(stack, handle)
@@ -84,12 +94,8 @@ async def test_provider_view_socket_gets_a_snapshot_with_its_own_connection(stac
 
 
 async def test_patient_events_reach_the_provider_live(stack: Stack) -> None:
-    handle = await _provider(stack)
-    ws, auth, _ = await _provider_socket(stack, handle)
-    visit_id = UUID(auth["visit"])
+    _handle, ws, auth, visit_id, patient = await _visit_with_patient(stack)
     pool = stack.gateway_app[DB]
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
     await events.record_event(pool, visit_id, patient, "lobby_entered")
     frame = await _recv_event(ws, "lobby_entered")
     assert frame["kind"] == "lobby_entered" and frame["participant"] == str(patient) and frame["role"] == "patient"
@@ -97,12 +103,8 @@ async def test_patient_events_reach_the_provider_live(stack: Stack) -> None:
 
 
 async def test_resume_after_reconnect_loses_and_repeats_nothing(stack: Stack) -> None:
-    handle = await _provider(stack)
-    ws, auth, snapshot = await _provider_socket(stack, handle)
-    visit_id = UUID(auth["visit"])
+    handle, ws, auth, visit_id, patient = await _visit_with_patient(stack)
     pool = stack.gateway_app[DB]
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
     await events.record_event(pool, visit_id, patient, "lobby_entered")
     seen = [(await _recv_event(ws, "lobby_entered"))["id"]]
     last = seen[-1]
@@ -183,12 +185,7 @@ async def test_a_socket_sees_only_its_own_visit(stack: Stack) -> None:
 
 
 async def test_provider_admits_a_waiting_patient(stack: Stack) -> None:
-    handle = await _provider(stack)
-    ws, auth, _ = await _provider_socket(stack, handle)
-    pool = stack.gateway_app[DB]
-    visit_id = UUID(auth["visit"])
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+    _handle, ws, _auth, _visit, patient = await _visit_with_patient(stack)
     await ws.send_json({"type": "admit", "id": 5, "participant": str(patient)})
     assert (await _recv_until(ws, "result"))["id"] == 5
     event = await _recv_event(ws, "admitted")
@@ -259,12 +256,8 @@ async def test_client_that_cannot_keep_up_is_dropped_not_waited_for(stack: Stack
 async def test_a_participant_not_yet_admitted_cannot_signal_into_the_room(stack: Stack) -> None:
     from gateway import joinlinks
 
-    handle = await _provider(stack)
-    ws, auth, _ = await _provider_socket(stack, handle)
-    visit_id = UUID(auth["visit"])
-    pool = stack.gateway_app[DB]
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+    _handle, ws, auth, visit_id, patient = await _visit_with_patient(stack)
+    async with stack.gateway_app[DB].acquire() as conn:
         session = await joinlinks.create_session(conn, patient, visit_id, joinlinks.default_not_after())
     stack.browser.cookie_jar.update_cookies({joinlinks.PARTICIPANT_COOKIE: session.handle},
                                             response_url=URL(stack.gateway_url))
