@@ -95,6 +95,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0, kill: bool = False) -> None:
+    """Terminate (or kill) a child and wait for it, killing it if it outlives grace seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill() if kill else proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
 class Procs:
     """The processes and temporary directory of one benchmark run; close() ends them all."""
 
@@ -125,16 +140,7 @@ class Procs:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0, kill: bool = False) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill() if kill else proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
+        stop_process(proc, grace, kill)
         self.procs = [(n, p) for n, p in self.procs if p is not proc]
 
     def tail(self, name: str, lines: int = 20) -> str:
@@ -295,36 +301,38 @@ def py_spy(procs: Procs, pid: int, seconds: float, out: Path) -> subprocess.Pope
                                           "--output", str(out)])
 
 
-def top_frames(path: Path, n: int = 12) -> list[tuple[float, str]]:
-    """Self-time share of the hottest frames in py-spy raw output (collapsed stacks)."""
+def _samples(path: Path) -> list[tuple[str, int]]:
+    """(stack, count) for each line of py-spy's collapsed output."""
     if not path.exists():
         return []
-    own: dict[str, int] = {}
-    total = 0
+    found = []
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        total += int(count)
+        if count.isdigit():
+            found.append((stack, int(count)))
+    return found
+
+
+def top_frames(path: Path, n: int = 12) -> list[tuple[float, str]]:
+    """The n functions with the most samples of their own (self time), as (share, frame)."""
+    own: dict[str, int] = {}
+    samples = _samples(path)
+    total = sum(count for _, count in samples)
+    for stack, count in samples:
         leaf = stack.rsplit(";", 1)[-1]
-        own[leaf] = own.get(leaf, 0) + int(count)
+        own[leaf] = own.get(leaf, 0) + count
     return sorted(((c / total, f) for f, c in own.items()), reverse=True)[:n] if total else []
 
 
 def inclusive_frames(path: Path, needles: tuple[str, ...]) -> dict[str, float]:
     """Share of samples whose stack passes through a function whose frame text contains each needle."""
-    if not path.exists():
-        return {}
+    samples = _samples(path)
+    total = sum(count for _, count in samples)
     hits = dict.fromkeys(needles, 0)
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        total += int(count)
+    for stack, count in samples:
         for needle in needles:
             if needle in stack:
-                hits[needle] += int(count)
+                hits[needle] += count
     return {k: v / total for k, v in hits.items()} if total else {}
 
 
@@ -395,6 +403,25 @@ async def write_event(pool: Any, visit_id: uuid.UUID, participant_id: uuid.UUID 
 
 # One announcer per writer pool, as each gateway process has one (gateway.events.Announcer).
 _ANNOUNCERS: dict[int, Any] = {}
+
+
+async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[uuid.UUID], writers: int,
+                            seconds: float, notify: bool = True) -> int:
+    """`writers` tasks each writing events round robin over the visits for `seconds`; returns how many."""
+    stop_at = time.monotonic() + seconds
+    done = 0
+
+    async def writer(k: int) -> None:
+        nonlocal done
+        i = k
+        while time.monotonic() < stop_at:
+            v = i % len(visits)
+            await write_event(pool, visits[v], patients[v], "device_test_passed", notify=notify)
+            done += 1
+            i += writers
+
+    await asyncio.gather(*(writer(k) for k in range(writers)))
+    return done
 
 
 async def write_open_loop(pool: Any, visits: list[uuid.UUID], participants: list[uuid.UUID], rate: float,

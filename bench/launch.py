@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, percentile, stop_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # The working tree's packages, whatever the editable install lists (a part added since would be missing).
@@ -354,16 +356,7 @@ class Run:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
+        stop_process(proc, grace)
 
     def tail(self, name: str, lines: int = 15) -> str:
         path = self.logs.get(name)
@@ -389,12 +382,6 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -459,14 +446,6 @@ def cpu_snapshot(run: Run) -> dict[str, float]:
     machine = psutil.cpu_times()
     snap["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
     return snap
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def run_phase(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import json
 import math
 import os
 import secrets
@@ -289,26 +287,6 @@ async def blast_bare(port: int, client: C.ClientDriver, events: int, subs: int) 
     return (got["count"] / subs) / seconds if seconds > 0 else math.nan, got
 
 
-async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[uuid.UUID], writers: int,
-                            duration: float) -> int:
-    from gateway.events import record_event
-
-    stop_at = time.monotonic() + duration
-    written = 0
-
-    async def writer(k: int) -> None:
-        nonlocal written
-        i = k
-        while time.monotonic() < stop_at:
-            v = i % len(visits)
-            await record_event(pool, visits[v], patients[v], "device_test_passed")
-            written += 1
-            i += writers
-
-    await asyncio.gather(*(writer(k) for k in range(writers)))
-    return written
-
-
 async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret: bytes, pem: bytes) -> dict[str, float]:
     import asyncpg
 
@@ -366,7 +344,7 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
         # End to end, with a write transaction per event: the peak (closed loop), then p99 at half of it.
         await gw_client.call("reset", mode="count")
         t0 = time.monotonic()
-        written = await write_closed_loop(pool, visits, patients, args.writers, args.peak_seconds)
+        written = await C.write_closed_loop(pool, visits, patients, args.writers, args.peak_seconds)
         write_s = time.monotonic() - t0
         got = await gw_client.call("wait_count", count=written * subs, timeout=30.0)
         delivered_s = max(got["last_t"], t0 + write_s) - t0

@@ -31,7 +31,6 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -41,24 +40,6 @@ HOST = C.HOST
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-async def closed_loop(pool: Any, visits: list[Any], patients: list[Any], writers: int, seconds: float,
-                      notify: bool) -> int:
-    stop_at = time.monotonic() + seconds
-    done = 0
-
-    async def writer(k: int) -> None:
-        nonlocal done
-        i = k
-        while time.monotonic() < stop_at:
-            v = i % len(visits)
-            await C.write_event(pool, visits[v], patients[v], "device_test_passed", notify=notify)
-            done += 1
-            i += writers
-
-    await asyncio.gather(*(writer(k) for k in range(writers)))
-    return done
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -153,7 +134,7 @@ async def main_async(args: argparse.Namespace) -> int:
             for r in range(args.rounds):
                 for notify in (True, False) if r % 2 == 0 else (False, True):
                     t = time.monotonic()
-                    counts[notify] += await closed_loop(writer_pool, visits, patients, args.writers,
+                    counts[notify] += await C.write_closed_loop(writer_pool, visits, patients, args.writers,
                                                         args.phase_seconds, notify)
                     seconds[notify] += time.monotonic() - t
                     await asyncio.sleep(0.3)
