@@ -67,6 +67,8 @@ class KeyFetchError(Exception):
 class _CachedSet:
     keys: dict[str, dict[str, Any]]
     fetched_at: float
+    # Parsed keys by (kid, alg): building a PyJWK costs more than verifying an RS384 signature with it.
+    parsed: dict[tuple[str, str], jwt.PyJWK] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +86,14 @@ class ClientKeyCache:
             return cached.keys[kid]
         cached = await self._fetch(jwks_url)
         return cached.keys.get(kid)
+
+    def parsed(self, jwks_url: str, kid: str, alg: str) -> jwt.PyJWK:
+        """The key that key() last returned for kid, parsed for alg (raises jwt.PyJWTError if it cannot be)."""
+        cached = self._sets[jwks_url]
+        found = cached.parsed.get((kid, alg))
+        if found is None:
+            found = cached.parsed[(kid, alg)] = jwt.PyJWK(cached.keys[kid], algorithm=alg)
+        return found
 
     async def _fetch(self, jwks_url: str) -> _CachedSet:
         if self.session is None:

@@ -260,7 +260,7 @@ async def _verify_assertion(request: web.Request, form: dict[str, str]) -> Sandb
     if "alg" in jwk and jwk["alg"] != alg:
         raise OAuthError("invalid_client", "the key is registered for another algorithm")
     try:
-        key = jwt.PyJWK(jwk, algorithm=alg)
+        key = request.app[CLIENT_KEYS].parsed(client.jwks_url, kid, alg)
         claims = jwt.decode(
             assertion,
             key.key,

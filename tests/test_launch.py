@@ -188,15 +188,15 @@ async def test_provider_view_may_be_framed_by_the_ehr_only(stack: Stack) -> None
 async def test_jwks_publishes_the_key_used_for_private_key_jwt(stack: Stack) -> None:
     response = await stack.get(f"{stack.gateway_url}/.well-known/jwks.json")
     keys = (await response.json())["keys"]
-    assert len(keys) == 1 and keys[0]["kty"] == "EC" and keys[0]["alg"] == "ES384" and "d" not in keys[0]
+    assert len(keys) == 1 and keys[0]["kty"] == "RSA" and keys[0]["alg"] == "RS384" and "d" not in keys[0]
 
 
-async def test_an_rsa_signing_key_works_too(signing_key_pem: bytes) -> None:
+async def test_an_ec_p384_signing_key_works_too(signing_key_pem: bytes) -> None:
     from gateway.security import SigningKey, generate_signing_key_pem
 
-    rsa_key = SigningKey.from_pem(generate_signing_key_pem("rsa"))
-    assert rsa_key.alg == "RS384" and rsa_key.jwks()["keys"][0]["kty"] == "RSA"
-    assert SigningKey.from_pem(signing_key_pem).alg == "ES384"
+    ec_key = SigningKey.from_pem(generate_signing_key_pem("ec"))
+    assert ec_key.alg == "ES384" and ec_key.jwks()["keys"][0]["kty"] == "EC"
+    assert SigningKey.from_pem(signing_key_pem).alg == "RS384"
 
 
 async def test_health_and_readiness(stack: Stack) -> None:
