@@ -4,7 +4,9 @@ Notifications carry only event ids; the bus reads the events themselves in id or
 the hub. A notification that is lost (the listening connection dropped) costs nothing: on reconnect the
 bus catches up from the last id it published. Ids are allocated before commit, so a later id can become
 visible before an earlier one: the bus waits briefly at such a gap and skips it only when it outlives the
-wait (a rolled-back insert leaves a gap forever).
+wait (a rolled-back insert leaves a gap forever). A process with no subscribed socket reads at most every
+IDLE_READ seconds instead of on every notification: nobody is waiting, and every read takes time from the
+database that the writers share.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ RELAY_CHANNEL = "presence_relay"
 RELAY_MAX = 7900  # NOTIFY payloads must stay under 8000 bytes
 GAP_WAIT = 0.5
 CATCH_UP = 1.0
+IDLE_READ = 0.25
 BATCH = 500
 
 
@@ -136,6 +139,10 @@ class PresenceBus:
             # lost anywhere (a failed NOTIFY, a dropped listener) costs latency, never an event.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), CATCH_UP)
+            if not self._hub.watched.is_set():
+                # Nobody here to deliver to: let notifications pile up, unless a socket subscribes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hub.watched.wait(), IDLE_READ)
             self._wake.clear()
             try:
                 more = await self._drain_once()

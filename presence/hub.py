@@ -62,11 +62,14 @@ class Hub:
         self._visits: dict[UUID, set[Connection]] = {}
         self.display_names: dict[UUID, dict[UUID, str]] = {}
         self._closers: set[asyncio.Task[None]] = set()
+        # Set while any socket is subscribed: the bus reads promptly only when someone is watching.
+        self.watched = asyncio.Event()
 
     def add(self, conn: Connection) -> None:
         """Start delivering the visit's events to conn (held back until mark_ready)."""
         conn.pending = []
         self._visits.setdefault(conn.visit_id, set()).add(conn)
+        self.watched.set()
 
     def remove(self, conn: Connection) -> None:
         """Stop delivering to conn; safe to call twice."""
@@ -76,6 +79,8 @@ class Hub:
             if not subs:
                 del self._visits[conn.visit_id]
                 self.display_names.pop(conn.visit_id, None)
+                if not self._visits:
+                    self.watched.clear()
 
     def connections(self, visit_id: UUID) -> Iterable[Connection]:
         """The sockets watching a visit in this process."""
