@@ -23,7 +23,8 @@ is not fetched). Discovery is cached by a warm-up before anything is measured.
 Figures: peak rate from a closed loop (fixed number of workers, bounded duration); p99 from an open loop
 (paced arrivals at half the peak, latency counted from each arrival's scheduled time so a stalled server
 cannot hide its queue). The launch p99 is of the whole launch (all three legs, the EHR's included); the
-p99 of the two gateway legs summed is printed too.
+p99 of the two gateway legs summed is printed too. Each launch phase and its baseline run in alternating
+blocks (--rounds, 3 by default) and are merged, so a noisy spell falls on both rather than on one.
 
 The machine has 2 cores shared by everything above, so the absolute rates say as much about the
 neighbours as about the gateway; only the ratios against the baseline of the same run are comparable.
@@ -449,7 +450,64 @@ def cpu_snapshot(run: Run) -> dict[str, float]:
 
 
 def run_phase(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """One load phase across the generator processes; merged figures."""
+    """One load phase across the generator processes; merged figures, printed and kept."""
+    merged = _run_block(run, label, spec)
+    _finish_phase(run, label, spec, merged)
+    return merged
+
+
+def run_alternating(run: Run, phases: list[tuple[str, dict[str, Any]]], rounds: int) -> list[dict[str, Any]]:
+    """Run each phase in `rounds` blocks, alternating with the others (A B, B A, A B, ...), and merge each
+    phase's blocks. A noisy spell on this shared machine then falls on launch and baseline alike, instead of
+    on whichever phase happened to run during it."""
+    blocks: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in phases}
+    for r in range(rounds):
+        order = phases if r % 2 == 0 else list(reversed(phases))
+        for label, spec in order:
+            part = dict(spec, duration=spec["duration"] / rounds)
+            blocks[label].append(_run_block(run, f"{label} {r + 1}", part))
+    results = []
+    for label, spec in phases:
+        merged = _merge_blocks(blocks[label], spec["duration"])
+        _finish_phase(run, f"{label} (x{rounds})", spec, merged)
+        results.append(merged)
+    return results
+
+
+def _merge_blocks(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    merged: dict[str, Any] = {"ok": 0, "in_window": 0, "errors": 0, "error_kinds": {}, "error_samples": [],
+                              "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0, "cpu_generator_s": 0.0,
+                              "cpu": {}}
+    for part in parts:
+        for key in ("ok", "in_window", "errors", "cpu_generator_s"):
+            merged[key] += part[key]
+        for kind, n in part["error_kinds"].items():
+            merged["error_kinds"][kind] = merged["error_kinds"].get(kind, 0) + n
+        merged["error_samples"] += part["error_samples"]
+        merged["total_ms"] += part["total_ms"]
+        merged["gateway_ms"] += part["gateway_ms"]
+        merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
+        for name, seconds in part["cpu"].items():
+            merged["cpu"][name] = merged["cpu"].get(name, 0.0) + seconds
+    _figures(merged, duration)
+    return merged
+
+
+def _figures(merged: dict[str, Any], duration: float) -> None:
+    merged["rate"] = merged["in_window"] / duration
+    merged["p50_ms"] = percentile(merged["total_ms"], 50)
+    merged["p99_ms"] = percentile(merged["total_ms"], 99)
+    merged["gw_p50_ms"] = percentile(merged["gateway_ms"], 50)
+    merged["gw_p99_ms"] = percentile(merged["gateway_ms"], 99)
+
+
+def _finish_phase(run: Run, label: str, spec: dict[str, Any], merged: dict[str, Any]) -> None:
+    run.phases.append((label, spec, merged))
+    describe(label, spec, merged)
+
+
+def _run_block(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """One stretch of load across the generator processes; merged figures, not printed."""
     procs = run.args.procs
     duration = spec["duration"]
     run.check_time(duration + 15)
@@ -498,18 +556,12 @@ def run_phase(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         merged["gateway_ms"] += part["gateway_ms"]
         merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
         merged["cpu_generator_s"] += part["cpu_s"]
-    merged["rate"] = merged["in_window"] / duration
-    merged["p50_ms"] = percentile(merged["total_ms"], 50)
-    merged["p99_ms"] = percentile(merged["total_ms"], 99)
-    merged["gw_p50_ms"] = percentile(merged["gateway_ms"], 50)
-    merged["gw_p99_ms"] = percentile(merged["gateway_ms"], 99)
+    _figures(merged, duration)
     cpu = {name: max(0.0, after[name] - before.get(name, after[name])) for name in after}
     cpu["generator"] = merged["cpu_generator_s"]
     ours = sum(v for k, v in cpu.items() if k != "machine")
     cpu["other"] = max(0.0, cpu["machine"] - ours)
     merged["cpu"] = cpu
-    run.phases.append((label, spec, merged))
-    describe(label, spec, merged)
     return merged
 
 
@@ -670,9 +722,13 @@ def main_run(args: argparse.Namespace) -> int:
                 if m["rate"] > best_rate:
                     best_c, best_rate = c, m["rate"]
             print(f"  -> {best_c} workers give the peak", flush=True)
-        spies = start_py_spy(run, D) if args.profile == "py-spy" else []
-        launch_peak = run_phase(run, "launch peak", dict(launch_spec, kind="closed", concurrency=best_c,
-                                                         duration=D))
+        rounds = 1 if args.profile != "none" else args.rounds
+        print(f"peaks, closed loop, {best_c} workers, launch and bare 302 alternating in {rounds} round(s):",
+              flush=True)
+        spies = start_py_spy(run, D / rounds) if args.profile == "py-spy" else []
+        launch_peak, bare_peak = run_alternating(run, [
+            ("launch peak", dict(launch_spec, kind="closed", concurrency=best_c, duration=D)),
+            ("bare peak", dict(bare_spec, kind="closed", concurrency=best_c, duration=D))], rounds)
         for name, proc, out in spies:
             try:
                 proc.wait(timeout=30)
@@ -682,15 +738,13 @@ def main_run(args: argparse.Namespace) -> int:
                 kept = Path(f"{args.profile_out}.{name}.txt")
                 shutil.copy(out, kept)
                 print(f"  py-spy samples of the {name} (collapsed stacks) written to {kept}", flush=True)
-        print("bare 302 peak, closed loop, same generator and concurrency:", flush=True)
-        bare_peak = run_phase(run, "bare peak", dict(bare_spec, kind="closed", concurrency=best_c, duration=D))
 
-        print("p99 at half of each one's peak, open loop:", flush=True)
-        launch_half = run_phase(run, "launch at half peak", dict(launch_spec, kind="open", concurrency=best_c,
-                                                                 rate=max(1.0, launch_peak["rate"] / 2),
-                                                                 duration=D))
-        bare_half = run_phase(run, "bare at half peak", dict(bare_spec, kind="open", concurrency=best_c,
-                                                             rate=max(1.0, bare_peak["rate"] / 2), duration=D))
+        print(f"p99 at half of each one's peak, open loop, alternating in {rounds} round(s):", flush=True)
+        launch_half, bare_half = run_alternating(run, [
+            ("launch at half peak", dict(launch_spec, kind="open", concurrency=best_c,
+                                         rate=max(1.0, launch_peak["rate"] / 2), duration=D)),
+            ("bare at half peak", dict(bare_spec, kind="open", concurrency=best_c,
+                                       rate=max(1.0, bare_peak["rate"] / 2), duration=D))], rounds)
 
         errors = sum(m["errors"] for _, _, m in run.phases)
         ratio = launch_peak["rate"] / bare_peak["rate"] if bare_peak["rate"] else math.nan
@@ -754,6 +808,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per measured phase (10-15)")
     parser.add_argument("--sweep", type=float, default=5.0, help="seconds per concurrency tried for the peak")
     parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="blocks each measured phase is cut into, alternating launch and baseline")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32, 64],
                         help="workers to try for the launch peak, comma-separated (the best is kept)")
     parser.add_argument("--procs", type=int, default=1, help="load generator processes")
@@ -765,10 +821,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.sweep, args.warmup, args.concurrency = 4.0, 2.0, 2.0, [32]
+        args.duration, args.sweep, args.warmup, args.concurrency, args.rounds = 4.0, 2.0, 2.0, [32], 2
     args.duration = min(max(args.duration, 1.0), 30.0)
     args.sweep = min(max(args.sweep, 1.0), 15.0)
     args.warmup = min(max(args.warmup, 1.0), 10.0)
+    args.rounds = min(max(args.rounds, 1), 6)
     return args
 
 
