@@ -393,7 +393,9 @@ def _store_write(request: web.Request, resource: Resource, if_match: str | None,
     headers = _version_headers(stored)
     if not existed:
         headers["Location"] = f"{_full_url(request, stored)}/_history/{stored['meta']['versionId']}"
-    return fhir_response(stored, status=200 if existed else 201, headers=headers)
+    # The text the store just wrote is the answer: no second serialisation.
+    text = request.app[STORE].current_text(stored["resourceType"], stored["id"])
+    return web.Response(text=text, status=200 if existed else 201, headers=headers, content_type=FHIR_JSON)
 
 
 async def update(request: web.Request) -> web.Response:
