@@ -14,9 +14,9 @@ Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): 
 every slot always busy. Phases:
 
 1. warm-up: one event per visit, drained (first writes read the Encounter, so they cost two requests);
-2. drain: write-back paused, one event queued per visit, write-back resumed; events/s is measured from the
-   database's own timestamps of the first and last attempt, so polling and start-up do not count;
-   `drain_ratio` = that rate / ideal;
+2. drain, three times: write-back paused, one event queued per visit, write-back resumed; events/s is
+   measured from the database's own timestamps of the first and last attempt, so polling and start-up do
+   not count; `drain_ratio` = the median of the three rates / ideal (each is printed);
 3. steady: events arrive at 70% of the ideal rate for a while; the outbox backlog is sampled, and must not
    grow (`backlog_growth` = mean of the last third of samples minus mean of the first third).
 
@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import statistics
 import socket
 import subprocess
 import sys
@@ -160,32 +161,43 @@ async def run(args: argparse.Namespace) -> str:
         await _wait_drained(pool, 120)
         print(f"warm-up: {args.visits} events drained in {time.monotonic() - t:.1f}s", flush=True)
 
-        # 2. drain
-        async with pool.acquire() as conn:
-            await conn.execute("UPDATE configurations SET writeback_disabled_reason = 'bench: paused' WHERE id = $1",
-                               config_id)
-            first_event = await conn.fetchval("SELECT coalesce(max(id), 0) FROM presence_events")
-        await asyncio.sleep(1.0)  # the worker re-reads configurations at least this often (poll x 10)
-        await queue([(i, "admitted") for i in range(args.visits)])
-        before = fhir_requests()
-        async with pool.acquire() as conn:
-            await set_strategy(conn, config_id, "fhir-r4-put")
-        await _wait_drained(pool, 120)
-        drain_requests = int(fhir_requests() - before)
-        async with pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, count(*) FILTER (WHERE outcome = 'written') AS written,"
-                " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,"
-                " percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99,"
-                " extract(epoch FROM max(at) - min(at - make_interval(secs => duration_ms / 1000.0))) AS span"
-                " FROM writeback_attempts WHERE up_to_event_id > $1", first_event)
-            events = await conn.fetchval("SELECT count(*) FROM writeback_outbox WHERE event_id > $1 AND state = 'done'",
-                                         first_event)
-        drain_rate = events / float(row["span"])
+        # 2. drain, three times (the figure is the median: a noisy spell on this shared machine moves one drain,
+        # and the ideal it is compared with is not measured, so noise could only ever count against us)
+        async def drain(kind: str) -> tuple[float, int, int, int]:
+            async with pool.acquire() as conn:
+                await conn.execute("UPDATE configurations SET writeback_disabled_reason = 'bench: paused' "
+                                   "WHERE id = $1", config_id)
+                first_event = await conn.fetchval("SELECT coalesce(max(id), 0) FROM presence_events")
+            await asyncio.sleep(1.0)  # the worker re-reads configurations at least this often (poll x 10)
+            await queue([(i, kind) for i in range(args.visits)])
+            before = fhir_requests()
+            async with pool.acquire() as conn:
+                await set_strategy(conn, config_id, "fhir-r4-put")
+            await _wait_drained(pool, 120)
+            drain_requests = int(fhir_requests() - before)
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT count(*) AS n, count(*) FILTER (WHERE outcome = 'written') AS written,"
+                    " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,"
+                    " percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99,"
+                    " extract(epoch FROM max(at) - min(at - make_interval(secs => duration_ms / 1000.0))) AS span"
+                    " FROM writeback_attempts WHERE up_to_event_id > $1", first_event)
+                events = await conn.fetchval("SELECT count(*) FROM writeback_outbox WHERE event_id > $1 "
+                                             "AND state = 'done'", first_event)
+            rate = events / float(row["span"])
+            print(f"drain ({kind}): {events} events, {row['written']} writes, {drain_requests} FHIR requests in "
+                  f"{float(row['span']):.2f}s = {rate:.1f} events/s ({rate / ideal:.3f} of ideal); one attempt "
+                  f"took p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms", flush=True)
+            return rate, events, row["written"], drain_requests
+
+        # Each kind changes every Encounter once more (admission, then the patient's connect and disconnect).
+        drains = [await drain(kind) for kind in ("admitted", "connected", "disconnected")]
+        drain_rate = statistics.median(d[0] for d in drains)
         drain_ratio = drain_rate / ideal
-        print(f"drain: {events} events, {row['written']} writes, {drain_requests} FHIR requests in "
-              f"{float(row['span']):.2f}s = {drain_rate:.1f} events/s ({drain_ratio:.3f} of ideal); one attempt took "
-              f"p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms", flush=True)
+        events = sum(d[1] for d in drains)
+        drain_requests = sum(d[3] for d in drains)
+        print(f"drains: {', '.join(f'{d[0] / ideal:.3f}' for d in drains)} of ideal; median {drain_ratio:.3f}",
+              flush=True)
 
         # 3. steady input at 70% of the ideal rate
         rate = 0.7 * ideal
