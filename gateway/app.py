@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> web.Application:
     aiohttp_jinja2.setup(app, loader=jinja2.ChoiceLoader([jinja2.PackageLoader("gateway")]),
                          autoescape=True, extensions=["jinja2.ext.i18n"])
     # `_()` works in every template; a part with a catalog (launch) installs its translations over this.
-    aiohttp_jinja2.get_env(app).install_null_translations(newstyle=True)
+    aiohttp_jinja2.get_env(app).install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     notify.setup(app)  # app[NOTIFIER]: email and SMS, after the HTTP session it uses

@@ -25,7 +25,8 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
         import pgserver  # imported here: production with DATABASE_URL never needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str((data_dir / "pg").resolve()), cleanup_mode="stop")
+    server = pgserver.get_server(  # type: ignore[attr-defined]  # re-exported without __all__
+        str((data_dir / "pg").resolve()), cleanup_mode="stop")
     return server, server.get_uri()
 
 

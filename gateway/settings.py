@@ -153,7 +153,7 @@ def _writeback_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         raw = env.get(f"VISITGATE_{f.name.upper()}", "").strip()
         if not f.name.startswith("writeback_") or not raw:
             continue
-        kind = type(f.default)
+        kind: Any = type(f.default)  # every write-back field has a default of its own type
         try:
             found[f.name] = _flag(raw) if kind is bool else kind(raw)
         except ValueError as exc:

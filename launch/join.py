@@ -92,7 +92,8 @@ def setup_join(app: web.Application) -> None:
     app[joinlinks.JOIN_KEYS] = joinlinks.JoinKeys.from_settings(app[SETTINGS])
     translations = load_translations()
     app[TRANSLATIONS] = translations
-    aiohttp_jinja2.get_env(app).install_gettext_translations(translations, newstyle=True)
+    aiohttp_jinja2.get_env(app).install_gettext_translations(  # type: ignore[attr-defined]  # added by ext.i18n
+        translations, newstyle=True)
     app.router.add_get("/join", join_page, name="join")
     app.router.add_post("/join", join_exchange)
     app.router.add_get("/lobby", lobby_page, name="lobby")

@@ -178,8 +178,8 @@ async def _complete_sign_in(request: web.Request, state: str, fresh: bool,
         raise UnknownIssuer("This EHR's FHIR server is no longer approved for virtual visits here.")
     error = _param(request, "error")
     if error is not None:
-        code = error if error.isidentifier() else "unknown"
-        raise UpstreamError(f"The EHR refused the sign-in ({code}).", reason="authorize_refused")
+        said = error if error.isidentifier() else "unknown"
+        raise UpstreamError(f"The EHR refused the sign-in ({said}).", reason="authorize_refused")
     smart: SmartClient = app[SMART]
     conf = await smart.discover(config.fhir_base_url)
     returned_iss = _param(request, "iss")
@@ -228,8 +228,8 @@ def _patient_name(patient: dict[str, Any]) -> str:
         if isinstance(name.get("text"), str):
             return str(name["text"])
         given = [g for g in name.get("given") or [] if isinstance(g, str)]
-        family = name.get("family") if isinstance(name.get("family"), str) else ""
-        text = " ".join([*given, family]).strip()
+        family = name.get("family")
+        text = " ".join([*given, family if isinstance(family, str) else ""]).strip()
         if text:
             return text
     return "(no name on record)"
@@ -269,7 +269,8 @@ async def provider_view(request: web.Request) -> web.Response:
         _read_or_note(fhir, "Patient", patient_id if session.need_patient_banner else None, problems))
     appointment = None
     if encounter is not None:
-        refs = encounter.get("appointment") if isinstance(encounter.get("appointment"), list) else []
+        listed = encounter.get("appointment")
+        refs: list[Any] = listed if isinstance(listed, list) else []
         appointment_id = next((parse_reference(r.get("reference"), "Appointment") for r in refs
                                if isinstance(r, dict)), None)
         appointment = await _read_or_note(fhir, "Appointment", appointment_id, problems)

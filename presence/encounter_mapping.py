@@ -264,7 +264,9 @@ def desired_encounter(current: dict[str, Any], changes: EncounterChanges) -> dic
 
 def unchanged(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     """Whether writing desired would change nothing (the server's meta aside)."""
-    strip = lambda r: {k: v for k, v in r.items() if k != "meta"}  # noqa: E731
+    def strip(resource: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in resource.items() if k != "meta"}
+
     return same(strip(current), strip(desired))
 
 
@@ -277,7 +279,8 @@ def patch_operations(current: dict[str, Any], changes: EncounterChanges) -> list
     """
     ops: list[dict[str, Any]] = []
     times = dict(changes.transitions)
-    period = current.get("period") if isinstance(current.get("period"), dict) else {}
+    raw_period = current.get("period")
+    period: dict[str, Any] = raw_period if isinstance(raw_period, dict) else {}
     now = current.get("status")
     if now in _RANK and _RANK[now] <= _RANK[changes.status]:
         for member, status in (("start", "in-progress"), ("end", "finished")):

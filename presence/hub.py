@@ -61,7 +61,7 @@ class Hub:
     def __init__(self) -> None:
         self._visits: dict[UUID, set[Connection]] = {}
         self.display_names: dict[UUID, dict[UUID, str]] = {}
-        self._closers: set[asyncio.Task[None]] = set()
+        self._closers: set[asyncio.Task[Any]] = set()
         # Set while any socket is subscribed: the bus reads promptly only when someone is watching.
         self.watched = asyncio.Event()
 

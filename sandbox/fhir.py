@@ -225,10 +225,10 @@ def _date_matches(start: str | None, criterion: str) -> bool:
         raise FhirError(400, "invalid", f"{criterion!r} is not a date") from exc
     if left is None:
         return False
-    return {
+    return bool({
         "eq": left == right, "ne": left != right, "gt": left > right,
         "lt": left < right, "ge": left >= right, "le": left <= right,
-    }[prefix]
+    }[prefix])
 
 
 def _token_matches(identifiers: list[dict[str, Any]], criterion: str) -> bool:
@@ -244,9 +244,9 @@ def _matches(request: web.Request, resource: Resource, name: str, value: str) ->
     """Whether the resource matches one search criterion; None when the parameter is not supported."""
     rtype = resource["resourceType"]
     if name == "_id":
-        return resource["id"] == value
+        return bool(resource["id"] == value)
     if rtype in ("Encounter", "Appointment") and name == "status":
-        return resource.get("status") == value
+        return bool(resource.get("status") == value)
     if rtype in ("Patient", "Practitioner") and name == "identifier":
         return _token_matches(resource.get("identifier", []), value)
     if rtype == "Encounter":

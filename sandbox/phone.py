@@ -115,7 +115,7 @@ class MailboxHandler:
         raw = envelope.original_content or envelope.content
         parsed = email.message_from_bytes(raw if isinstance(raw, bytes) else raw.encode(),
                                           policy=email.policy.default)
-        part = parsed.get_body(preferencelist=("plain", "html"))  # type: ignore[attr-defined]
+        part = parsed.get_body(preferencelist=("plain", "html"))
         text = part.get_content().replace("\r\n", "\n") if part is not None else ""
         self.inbox.add(Received(to=", ".join(envelope.rcpt_tos), body=text, at=dt.datetime.now().astimezone(),
                                 subject=str(parsed.get("Subject", "")), sender=envelope.mail_from))
