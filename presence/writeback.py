@@ -258,10 +258,7 @@ class WritebackWorker:
                 async with asyncio.timeout(settings.writeback_lease_seconds * 0.8):
                     changes, encounter_ref = await self._changes(visit_id)
                     up_to = max(up_to, changes.up_to_event_id)
-                    slots = self._slots.setdefault(config.fhir_base_url,
-                                                   asyncio.Semaphore(settings.writeback_concurrency))
-                    async with slots:  # only FHIR calls hold a slot; database work does not
-                        outcome = await self._write(config, changes, encounter_ref)
+                    outcome = await self._write(config, changes, encounter_ref)
             except TimeoutError as exc:
                 raise Retryable("lease_timeout") from exc
             except (aiohttp.ClientError,) as exc:
@@ -311,7 +308,7 @@ class WritebackWorker:
         headers = {"Authorization": f"Bearer {token.access_token}", "Accept": "application/fhir+json"}
         for _ in range(self._settings.writeback_max_conflict_rounds):
             cached = self._cache.get(key)
-            version, current = cached if cached else await self._read(url, headers)
+            version, current = cached if cached else await self._read(config.fhir_base_url, url, headers)
             if config.strategy == "fhir-r4-patch":
                 ops = patch_operations(current, changes)
                 if not ops and cached:
@@ -328,7 +325,7 @@ class WritebackWorker:
                 if unchanged(current, desired):
                     return Outcome("unchanged", changes.up_to_event_id, version)
                 body, content_type, method = json.dumps(desired).encode(), "application/fhir+json", "PUT"
-            status, answer_headers, answer = await self._send(method, url, {
+            status, answer_headers, answer = await self._send(config.fhir_base_url, method, url, {
                 **headers, "Content-Type": content_type, "If-Match": f'W/"{version}"'}, body)
             if status in (200, 201):
                 written = self._remember(key, answer_headers, answer)
@@ -341,8 +338,8 @@ class WritebackWorker:
             raise _failure(status, answer_headers, answer)
         raise Retryable("fhir_412 conflict_storm", 412)
 
-    async def _read(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        status, answer_headers, body = await self._send("GET", url, headers, None)
+    async def _read(self, server: str, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        status, answer_headers, body = await self._send(server, "GET", url, headers, None)
         if status != 200:
             raise _failure(status, answer_headers, body)
         try:
@@ -356,11 +353,17 @@ class WritebackWorker:
             raise Permanent("fhir_no_version")  # without a version there is no safe If-Match
         return version, resource
 
-    async def _send(self, method: str, url: str, headers: dict[str, str],
+    async def _send(self, server: str, method: str, url: str, headers: dict[str, str],
                     body: bytes | None) -> tuple[int, Any, bytes]:
+        slots = self._slots.get(server)
+        if slots is None:
+            slots = self._slots[server] = asyncio.Semaphore(self._settings.writeback_concurrency)
         self._metrics.requests.labels(method).inc()
         try:
-            async with self._http.request(method, url, data=body, headers=headers, timeout=self._timeout) as r:
+            # Only the request itself holds one of the server's slots: the database work, building the
+            # body and reading the answer happen outside, so a slot is never idle while we compute.
+            async with slots, self._http.request(method, url, data=body, headers=headers,
+                                                 timeout=self._timeout) as r:
                 return r.status, r.headers, await r.read()
         except TimeoutError as exc:
             raise Retryable("fhir_timeout") from exc
