@@ -269,6 +269,11 @@ async def revoke_jti(conn: asyncpg.Connection, jti: UUID) -> bool:
     return await conn.fetchval(Q["revoke_link"], jti) is not None
 
 
+async def forget_unsent_guest(conn: asyncpg.Connection, participant_id: UUID) -> bool:
+    """Delete a new guest and its link after the send failed; False (nothing done) for anyone else."""
+    return await conn.fetchval(Q["forget_unsent_guest"], participant_id) is not None
+
+
 async def revoke_links(conn: asyncpg.Connection, participant_id: UUID) -> None:
     """Revoke every live link of a participant, and so the sessions that came from them."""
     await conn.execute(Q["revoke_links_of_participant"], participant_id)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -217,13 +218,15 @@ async def invite(request: web.Request) -> web.Response:
                                                  "message": refused.message})
 
 
-async def _revoke(request: web.Request, token: str, participant_id: object) -> None:
-    """Take back a link that never reached anyone (the send failed)."""
+async def _take_back(request: web.Request, token: str, participant_id: UUID, new_guest: bool) -> None:
+    """Take back a link that never reached anyone (the send failed): a guest added for it goes with it."""
     try:
-        async with request.app[DB].acquire() as conn:
-            await joinlinks.revoke_link(conn, request.app, token)
+        async with request.app[DB].acquire() as conn, conn.transaction():
+            if not (new_guest and await joinlinks.forget_unsent_guest(conn, participant_id)):
+                await joinlinks.revoke_link(conn, request.app, token)
     except Exception as exc:  # the answer to the clinician matters more; the link expires on its own anyway
-        log.warning("revoking an unsent link for participant %s failed (%s)", participant_id, type(exc).__name__)
+        log.warning("taking back an unsent link for participant %s failed (%s)", participant_id,
+                    type(exc).__name__)
 
 
 async def _invite(request: web.Request, session: store.ProviderSession, form: InviteForm) -> web.Response:
@@ -271,7 +274,7 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
             masked = mask_phone(address)
             where = "mobile number on file" if form.role == "patient" else "mobile number"
     except NotifyError as exc:
-        await _revoke(request, token, participant_id)
+        await _take_back(request, token, participant_id, new_guest=form.role == "guest")
         log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
         status = 422 if exc.reason == "sms_bad_number" else 502
         raise InviteRefused(status, exc.reason, f"{exc.detail} The link was not sent; nothing was kept.") from None

@@ -29,6 +29,21 @@ UPDATE join_links SET bound_session_hash = $2 WHERE jti = $1 AND bound_session_h
 -- name: revoke_link
 UPDATE join_links SET revoked_at = now() WHERE jti = $1 AND revoked_at IS NULL RETURNING jti;
 
+-- name: forget_unsent_guest
+-- A guest whose only link never went out (the send failed): the link and the guest go, so the visit keeps
+-- no trace of an invitation nobody received. Only while the guest has no session and no event.
+WITH gone_links AS (
+    DELETE FROM join_links l
+    WHERE l.participant_id = $1
+      AND EXISTS (SELECT 1 FROM participants p WHERE p.id = $1 AND p.role = 'guest')
+      AND NOT EXISTS (SELECT 1 FROM participant_sessions s WHERE s.participant_id = $1)
+      AND NOT EXISTS (SELECT 1 FROM presence_events e WHERE e.participant_id = $1)
+    RETURNING l.participant_id
+)
+DELETE FROM participants p
+WHERE p.id = $1 AND p.role = 'guest' AND EXISTS (SELECT 1 FROM gone_links)
+RETURNING p.id;
+
 -- name: revoke_links_of_participant
 UPDATE join_links SET revoked_at = now()
 WHERE participant_id = $1 AND revoked_at IS NULL AND expires_at > now();

@@ -183,6 +183,21 @@ async def test_mail_server_down_is_reported_and_the_link_revoked(stack: Stack, s
     assert len(links) == 1 and links[0]["revoked_at"] is not None
 
 
+async def test_a_guest_whose_email_never_went_out_is_not_kept(stack: Stack, smtp: SmtpServer) -> None:
+    handle = await launch_handle(stack)
+    assert smtp.server is not None
+    smtp.server.close()
+    await smtp.server.wait_closed()
+    response = await invite(stack, handle, channel="email", role="guest", guest_kind="family",
+                            address="aunt.canary@example.org")
+    answer = await response.json()
+    assert response.status == 502, answer
+    assert "nothing was kept" in answer["message"]
+    async with stack.gateway_app[DB].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM participants WHERE role = 'guest'") == 0
+        assert await conn.fetchval("SELECT count(*) FROM join_links") == 0
+
+
 async def test_provider_view_has_the_send_link_panel(stack: Stack) -> None:
     response, _visited = await stack.launch()
     body = await response.text()
