@@ -479,18 +479,24 @@ def _merge_blocks(parts: list[dict[str, Any]], duration: float) -> dict[str, Any
                               "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0, "cpu_generator_s": 0.0,
                               "cpu": {}}
     for part in parts:
-        for key in ("ok", "in_window", "errors", "cpu_generator_s"):
-            merged[key] += part[key]
-        for kind, n in part["error_kinds"].items():
-            merged["error_kinds"][kind] = merged["error_kinds"].get(kind, 0) + n
-        merged["error_samples"] += part["error_samples"]
-        merged["total_ms"] += part["total_ms"]
-        merged["gateway_ms"] += part["gateway_ms"]
-        merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
+        _fold(merged, part)
+        merged["cpu_generator_s"] += part["cpu_generator_s"]
         for name, seconds in part["cpu"].items():
             merged["cpu"][name] = merged["cpu"].get(name, 0.0) + seconds
     _figures(merged, duration)
     return merged
+
+
+def _fold(merged: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add one generator's (or one block's) counts, errors and latencies to the merged figures."""
+    for key in ("ok", "in_window", "errors"):
+        merged[key] += part[key]
+    for kind, n in part["error_kinds"].items():
+        merged["error_kinds"][kind] = merged["error_kinds"].get(kind, 0) + n
+    merged["error_samples"] += part["error_samples"]
+    merged["total_ms"] += part["total_ms"]
+    merged["gateway_ms"] += part["gateway_ms"]
+    merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
 
 
 def _figures(merged: dict[str, Any], duration: float) -> None:
@@ -547,14 +553,7 @@ def _run_block(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
             merged["error_samples"].append(f"{name} exited {proc.returncode}\n{run.tail(name)}")
             continue
         part = json.loads(out_path.read_text())
-        for key in ("ok", "in_window", "errors"):
-            merged[key] += part[key]
-        for kind, n in part["error_kinds"].items():
-            merged["error_kinds"][kind] = merged["error_kinds"].get(kind, 0) + n
-        merged["error_samples"] += part["error_samples"]
-        merged["total_ms"] += part["total_ms"]
-        merged["gateway_ms"] += part["gateway_ms"]
-        merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
+        _fold(merged, part)
         merged["cpu_generator_s"] += part["cpu_s"]
     _figures(merged, duration)
     cpu = {name: max(0.0, after[name] - before.get(name, after[name])) for name in after}
