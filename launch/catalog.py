@@ -12,13 +12,17 @@ from .i18n import DOMAIN, LOCALE_DIR
 
 PACKAGE_DIR = Path(__file__).parent
 EXTRACT_METHODS = [("**/templates/**.html", "jinja2"), ("**.py", "python")]
+# The gateway's own pages that patients see too (the error page, through patient_facing_errors).
+SHARED_TEMPLATES = PACKAGE_DIR.parent / "gateway" / "templates"
 
 
 def extract_messages() -> Catalog:
-    """Every message marked in the launch part's templates (`_()`) and code (`_()`, `N_()`)."""
+    """Every message marked in the launch part's templates (`_()`) and code (`_()`, `N_()`), and in the
+    gateway's shared templates."""
     template = Catalog(project="visitgate", copyright_holder="Visitgate contributors", fuzzy=False)
-    for filename, lineno, message, comments, context in extract_from_dir(str(PACKAGE_DIR), EXTRACT_METHODS):
-        template.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
+    for folder, methods in ((PACKAGE_DIR, EXTRACT_METHODS), (SHARED_TEMPLATES, [("**.html", "jinja2")])):
+        for filename, lineno, message, comments, context in extract_from_dir(str(folder), methods):
+            template.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
     return template
 
 
