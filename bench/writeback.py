@@ -8,7 +8,7 @@ Run from the repository root with the project's environment:
 
 What runs, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh directory under
 /tmp); the sandbox EHR (`python -m sandbox`) in its own process; the gateway (its real write-back worker,
-`fhir-r4-put`) as an aiohttp server in this process. The sandbox answers every FHIR call after `fhir_delay` = 50 ms.
+`fhir-r4-put`) as an aiohttp server in this process, on uvloop as `visitgate serve` runs. The sandbox answers every FHIR call after `fhir_delay` = 50 ms.
 
 Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): one FHIR request per event,
 every slot always busy. Phases:
@@ -245,6 +245,10 @@ def main() -> int:
     args = parser.parse_args()
     args.visits = 200 if args.quick else 800
     args.steady = 4.0 if args.quick else 15.0
+    import uvloop
+
+    # The write-back worker runs in this process: on uvloop, as `visitgate serve` runs it.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         line = asyncio.run(run(args))
     except Exception as exc:  # still end with a RESULT line
