@@ -8,7 +8,8 @@ Run from the repository root with the project's environment:
 
 What runs, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh directory under
 /tmp); the sandbox EHR (`python -m sandbox`) in its own process; the gateway (its real write-back worker,
-`fhir-r4-put`) as an aiohttp server in this process, on uvloop as `visitgate serve` runs. The sandbox answers every FHIR call after `fhir_delay` = 50 ms.
+`fhir-r4-put`) as an aiohttp server in this process, on uvloop as `visitgate serve` runs. The sandbox
+answers every FHIR call after `fhir_delay` = 50 ms.
 
 Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): one FHIR request per event,
 every slot always busy. Phases:
