@@ -22,12 +22,13 @@ Figures
   gateways listening and A delivering every event live to its 100 subscribers: without notifications A
   reads once a second in big batches, so this figure also carries the cost of live delivery on the same
   2 cores. Printed too: the same with synchronous_commit off, and with no process listening at all (what
-  the notification costs the write path itself).
+  the notification costs the write path itself), each with the CPU every side used.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import secrets
@@ -133,15 +134,31 @@ async def main_async(args: argparse.Namespace) -> int:
 
         # Write throughput with and without the NOTIFY after commit, alternating; durable commits as deployed
         # (the figure), then with synchronous_commit off to show what is the disk's share.
+        def cpu_now() -> dict[str, float]:
+            """CPU seconds so far of each side that shares the 2 cores with the writers."""
+            found = {name: C.cpu_seconds(proc.pid) for name, (_, proc) in gateways.items() if proc.poll() is None}
+            if client is not None and client.proc.returncode is None:
+                found["client"] = C.cpu_seconds(client.proc.pid)
+            found["writers"] = time.process_time()
+            with contextlib.suppress(Exception):  # PostgreSQL: the postmaster and every backend
+                import psutil
+
+                root = psutil.Process(run.pg.get_pid())
+                found["postgres"] = sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+            return found
+
         async def ratio_rounds(label: str, writer_pool: Any) -> float:
             counts = {True: 0, False: 0}
             seconds = {True: 0.0, False: 0.0}
+            cpu: dict[bool, dict[str, float]] = {True: defaultdict(float), False: defaultdict(float)}
             for r in range(args.rounds):
                 for notify in (True, False) if r % 2 == 0 else (False, True):
-                    t = time.monotonic()
+                    t, before = time.monotonic(), cpu_now()
                     counts[notify] += await C.write_closed_loop(writer_pool, visits, patients, args.writers,
                                                         args.phase_seconds, notify)
                     seconds[notify] += time.monotonic() - t
+                    for name, used in cpu_now().items():
+                        cpu[notify][name] += used - before.get(name, used)
                     await asyncio.sleep(0.3)
             with_rate = counts[True] / seconds[True]
             without_rate = counts[False] / seconds[False]
@@ -149,6 +166,9 @@ async def main_async(args: argparse.Namespace) -> int:
             say(f"  writes ({label}), {args.writers} writers, {args.rounds} alternating rounds of "
                 f"{args.phase_seconds:.0f}s: with NOTIFY after commit {with_rate:,.0f}/s, without {without_rate:,.0f}/s "
                 f"-> {ratio:.3f}")
+            for notify in (True, False):
+                share = ", ".join(f"{name} {used / seconds[notify] * 100:.0f}%" for name, used in cpu[notify].items())
+                say(f"    CPU of a core {'with' if notify else 'without'} notifications: {share}")
             return ratio
 
         figures["notify_write_ratio"] = await ratio_rounds("synchronous_commit=on", durable)
