@@ -76,12 +76,15 @@ async def provider_room(request: web.Request) -> web.Response:
 
 def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[str, Any],
             leave_url: str | None) -> web.Response:
+    settings = request.app[SETTINGS]
     config = {
         "participant": str(participant_id),
         "role": role,
         "auth": auth,
         "ws": "/ws",
-        "ice_servers": ice_servers(request.app[SETTINGS], str(participant_id)),
+        "ice_servers": ice_servers(settings, str(participant_id)),
+        # Seconds the TURN credentials last (None without TURN): the page asks the socket for fresh ones.
+        "ice_ttl": settings.turn_ttl if settings.turn_urls and settings.turn_secret else None,
         "room_size": ROOM_SIZE,
         "lobby_url": LOBBY_URL if role != "provider" else None,
         "back_url": leave_url,

@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 
 from gateway import events, joinlinks
 from gateway.appkeys import ANNOUNCER, DB, SETTINGS
+from gateway.meetings.builtin import ice_servers
 from gateway.sessions import provider_identity
 
 from .appkeys import BUS, HUB
@@ -203,6 +204,14 @@ async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any],
     hub, bus = app[HUB], app[BUS]
     if kind == "subscribe":
         await _subscribe(app, conn, frame.get("after"), req_id)
+        return True
+    if kind == "ice":
+        # Fresh TURN credentials before the page's run out, so a connection started late in a long visit
+        # (a rejoin, a recovery after a failure) can still be relayed.
+        if conn.where != "room":
+            raise Refusal("not_in_room")
+        servers = ice_servers(app[SETTINGS], str(conn.participant_id))
+        await conn.ws.send_str(json.dumps({"type": "ice", "id": req_id, "servers": servers}))
         return True
     if kind == "hello" and conn.role != "provider":
         name = _display_name(frame.get("display_name"))

@@ -12,7 +12,7 @@
  * cross (no glare), and after any loss on either side the two converge on one connection. ICE candidates
  * trickle in small batches, to stay well under the socket's frame rate limit.
  *
- * Tests read window.visitgateRoom: {status, socket, joined, audioEnabled, videoEnabled,
+ * Tests read window.visitgateRoom: {status, socket, joined, audioEnabled, videoEnabled, iceRefreshes,
  * peers: {participant: {connectionState, framesDecoded}}}.
  */
 "use strict";
@@ -33,7 +33,7 @@
 
   var view = {
     participant: me, role: config.role, status: "connecting", socket: "closed", joined: false,
-    audioEnabled: true, videoEnabled: true, peers: {}, lastEventId: null,
+    audioEnabled: true, videoEnabled: true, peers: {}, lastEventId: null, iceRefreshes: 0,
   };
   window.visitgateRoom = view;
 
@@ -57,6 +57,11 @@
   var waiting = new Map();    // participant -> hello held until their events arrive
   var goneTimers = new Map();
   var retries = new Map();
+  // TURN credentials expire (config.ice_ttl seconds after the page was served): fresh ones are asked for
+  // over the socket at four fifths of their life, so a connection started late in a long visit (a rejoin,
+  // a recovery) can still be relayed.
+  var iceDueAt = config.ice_ttl ? Date.now() + config.ice_ttl * 800 : null;
+  var iceTimer = null;
 
   // ---- status and controls -------------------------------------------------------------------------
 
@@ -205,6 +210,7 @@
       case "auth_ok":
         attempt = 0;
         view.socket = "open";
+        scheduleIceRefresh();
         // After a reconnect (or a rejoin), resume after the last event seen: nothing lost, nothing repeated.
         send({ type: "subscribe", after: view.lastEventId });
         break;
@@ -226,6 +232,14 @@
       case "display_name":
         setName(frame.participant, frame.display_name);
         break;
+      case "ice":
+        if (Array.isArray(frame.servers)) {
+          config.ice_servers = frame.servers;  // every connection opened from now on uses them
+          view.iceRefreshes += 1;
+          iceDueAt = Date.now() + config.ice_ttl * 800;
+          scheduleIceRefresh();
+        }
+        break;
       case "signal":
         onSignal(frame.from, frame.data);
         break;
@@ -233,6 +247,14 @@
         if (frame.code === "auth_failed") end("session_ended");
         break;
     }
+  }
+
+  function scheduleIceRefresh() {
+    if (iceDueAt === null) return;
+    clearTimeout(iceTimer);
+    iceTimer = setTimeout(function () {
+      if (ws && view.socket === "open") send({ type: "ice" });  // else the next auth_ok asks again
+    }, Math.max(0, iceDueAt - Date.now()));
   }
 
   function noteEventId(id) {
