@@ -54,6 +54,7 @@ class PresenceBus:
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._gap_since: float | None = None
+        self._behind = False  # the last read was a full batch: there is more to read at once
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -139,8 +140,9 @@ class PresenceBus:
             # lost anywhere (a failed NOTIFY, a dropped listener) costs latency, never an event.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), CATCH_UP)
-            if not self._hub.watched.is_set():
-                # Nobody here to deliver to: let notifications pile up, unless a socket subscribes.
+            if not self._hub.watched.is_set() and not self._behind:
+                # Nobody here to deliver to: let notifications pile up, unless a socket subscribes. (A
+                # backlog is still read at full speed, so an idle process never falls behind for long.)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hub.watched.wait(), IDLE_READ)
             self._wake.clear()
@@ -179,4 +181,5 @@ class PresenceBus:
             ready.append(event)
         if ready:
             self._hub.publish_many(ready)
-        return gap or len(events) == BATCH
+        self._behind = len(events) == BATCH
+        return gap or self._behind
