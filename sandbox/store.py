@@ -41,8 +41,6 @@ class FhirStore:
     def __init__(self) -> None:
         # (type, id) -> versions as JSON text, oldest first; the last one is current.
         self._versions: dict[tuple[str, str], list[str]] = {}
-        # (type, id) -> the current version's versionId, so a conditional write need not parse it.
-        self._current: dict[tuple[str, str], str] = {}
 
     def put(self, resource: Resource, *, if_match: str | None = None) -> Resource:
         """Create or update a resource and return the stored copy with its new meta."""
@@ -51,7 +49,8 @@ class FhirStore:
             raise UnsupportedType(f"resource type {rtype!r} is not supported")
         rid = resource.get("id") or str(uuid.uuid4())
         key = (rtype, rid)
-        current = self._current.get(key)
+        # versionId n is the n-th version, so the current one is the count (no need to parse it).
+        current = str(len(self._versions[key])) if key in self._versions else None
         # Checked and written with no await in between, so concurrent requests cannot interleave here.
         if if_match is not None and if_match != current:
             raise VersionConflict(f"{rtype}/{rid} is at version {current}, not {if_match}")
@@ -62,7 +61,6 @@ class FhirStore:
         stored = {**resource, "id": rid, "meta": meta}
         text = json.dumps(stored)
         versions.append(text)
-        self._current[key] = meta["versionId"]
         return stored  # the caller's to keep: the store holds only the text
 
     def current_text(self, rtype: str, rid: str) -> str | None:
