@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway import events, joinlinks
 from gateway.appkeys import DB, SETTINGS
 from gateway.errors import SessionExpired
-from gateway.meetings.builtin import ice_servers
+from gateway.meetings.builtin import ice_servers, turn_lifetime
 from gateway.sessions import provider_identity
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[st
         "ws": "/ws",
         "ice_servers": ice_servers(settings, str(participant_id)),
         # Seconds the TURN credentials last (None without TURN): the page asks the socket for fresh ones.
-        "ice_ttl": settings.turn_ttl if settings.turn_urls and settings.turn_secret else None,
+        "ice_ttl": turn_lifetime(settings),
         "room_size": ROOM_SIZE,
         "lobby_url": LOBBY_URL if role != "provider" else None,
         "back_url": leave_url,

@@ -28,6 +28,11 @@ class BuiltinRooms:
         return f"/room/{meeting.meeting_id}"
 
 
+def turn_lifetime(settings: Settings) -> int | None:
+    """Seconds the TURN credentials of ice_servers last, or None when no TURN server is offered."""
+    return settings.turn_ttl if settings.turn_urls and settings.turn_secret else None
+
+
 def ice_servers(settings: Settings, participant_id: str, now: float | None = None) -> list[dict[str, Any]]:
     """The RTCPeerConnection iceServers for one participant: STUN as configured, TURN with a credential of
     coturn's shared-secret scheme (use-auth-secret) that expires after settings.turn_ttl.
@@ -39,8 +44,9 @@ def ice_servers(settings: Settings, participant_id: str, now: float | None = Non
     servers: list[dict[str, Any]] = []
     if settings.stun_urls:
         servers.append({"urls": list(settings.stun_urls)})
-    if settings.turn_urls and settings.turn_secret:
-        expiry = int(time.time() if now is None else now) + settings.turn_ttl
+    lifetime = turn_lifetime(settings)
+    if lifetime is not None and settings.turn_secret:
+        expiry = int(time.time() if now is None else now) + lifetime
         username = f"{expiry}:{participant_id}"
         digest = hmac.new(settings.turn_secret, username.encode(), hashlib.sha1).digest()
         servers.append({"urls": list(settings.turn_urls), "username": username,
