@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -134,6 +135,34 @@ class Stack:
         launch = launch or self.new_launch()
         iss = iss or self.fhir_base
         return await self.follow(f"{self.gateway_url}/launch?iss={iss}&launch={launch}")
+
+
+async def recv_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> dict[str, Any]:
+    """The next presence frame, which must be JSON text, within timeout seconds."""
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, f"{msg} (close code {ws.close_code})"
+    frame: dict[str, Any] = json.loads(msg.data)
+    return frame
+
+
+async def recv_until(ws: aiohttp.ClientWebSocketResponse, want: str, limit: int = 50,
+                     timeout: float = 10.0) -> dict[str, Any]:
+    """The first frame of type want among the next limit frames."""
+    for _ in range(limit):
+        frame = await recv_frame(ws, timeout)
+        if frame["type"] == want:
+            return frame
+    raise AssertionError(f"no {want} frame")
+
+
+async def database_text(conn: asyncpg.Connection) -> tuple[set[str], str]:
+    """Every table of ours and the text of every row in them (for the privacy scans)."""
+    tables = [r["tablename"] for r in await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    rows: list[str] = []
+    for table in tables:
+        rows.extend(r["row"] for r in await conn.fetch(f'SELECT t::text AS row FROM "{table}" t'))
+    return set(tables), "\n".join(rows)
 
 
 def reason_code(body: str) -> str | None:

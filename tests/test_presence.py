@@ -14,7 +14,7 @@ from yarl import URL
 from gateway import events
 from gateway.appkeys import DB
 from presence.appkeys import BUS, HUB
-from tests.conftest import Stack
+from tests.conftest import Stack, recv_frame, recv_until
 
 TIMEOUT = 5.0
 
@@ -31,17 +31,11 @@ async def _connect(stack: Stack, origin: str | None = None) -> aiohttp.ClientWeb
 
 
 async def _recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
-    assert msg.type == aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
+    return await recv_frame(ws, TIMEOUT)
 
 
 async def _recv_until(ws: aiohttp.ClientWebSocketResponse, want: str, limit: int = 50) -> dict[str, Any]:
-    for _ in range(limit):
-        frame = await _recv(ws)
-        if frame["type"] == want:
-            return frame
-    raise AssertionError(f"no {want} frame")
+    return await recv_until(ws, want, limit, TIMEOUT)
 
 
 async def _recv_event(ws: aiohttp.ClientWebSocketResponse, kind: str, limit: int = 50) -> dict[str, Any]:

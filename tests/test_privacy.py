@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from gateway.appkeys import DB
-from tests.conftest import Stack
+from tests.conftest import Stack, database_text
 
 CANARIES = {
     "given": "Zephyrinacanary",
@@ -46,19 +46,14 @@ async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, 
         assert response.status == 200, body
         assert CANARIES["family"] in body  # the banner did read it live
     async with stack.gateway_app[DB].acquire() as conn:
-        tables = [r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        assert {"visits", "provider_sessions", "launch_states", "audit_log", "configurations"} <= set(tables)
-        dump = []
-        for table in tables:
-            rows = await conn.fetch(f'SELECT t::text AS row FROM "{table}" t')
-            dump.extend(r["row"] for r in rows)
+        tables, dump = await database_text(conn)
+        assert {"visits", "provider_sessions", "launch_states", "audit_log", "configurations"} <= tables
         assert await conn.fetchval("SELECT count(*) FROM visits") == 1
-    database_text = "\n".join(dump).lower()
+    stored = dump.lower()
     # The sandbox is the EHR: it may log its own patients. Everything else is ours and must not.
     ours = [r for r in caplog.records if not r.name.startswith("sandbox")]
     assert any(r.name == "visitgate.access" for r in ours), "the gateway's access log should be captured"
     logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in ours).lower()
     for name, value in CANARIES.items():
-        assert value.lower() not in database_text, f"{name} landed in the database"
+        assert value.lower() not in stored, f"{name} landed in the database"
         assert value.lower() not in logs, f"{name} landed in the logs"

@@ -2,11 +2,9 @@
 hands out new ones."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import time
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 
 from gateway import events
 from gateway.appkeys import DB
-from tests.conftest import Stack
+from tests.conftest import Stack, recv_until
 from tests.test_room import _config, _patient_session, _provider_handle, _visit_id
 
 TURN_URL = "turn:turn.example.org:3478?transport=udp"
@@ -40,18 +38,8 @@ async def _room_socket(stack: Stack) -> aiohttp.ClientWebSocketResponse:
     await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
     await ws.send_json({"type": "auth", "id": 1, "where": "room"})
-    assert (await _frame(ws, "auth_ok"))["role"] == "patient"
+    assert (await recv_until(ws, "auth_ok"))["role"] == "patient"
     return ws
-
-
-async def _frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
-    for _ in range(50):
-        msg = await asyncio.wait_for(ws.receive(), 5)
-        assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        frame: dict[str, Any] = json.loads(msg.data)
-        if frame["type"] == kind:
-            return frame
-    raise AssertionError(f"no {kind} frame")
 
 
 def _expiry_of(server: dict[str, Any]) -> int:
@@ -76,7 +64,7 @@ async def test_room_page_says_how_long_its_turn_credentials_last(stack: Stack) -
 async def test_room_socket_hands_out_fresh_turn_credentials(stack: Stack) -> None:
     ws = await _room_socket(stack)
     await ws.send_json({"type": "ice", "id": 7})
-    answer = await _frame(ws, "ice")
+    answer = await recv_until(ws, "ice")
     assert answer["id"] == 7
     (turn,) = answer["servers"]
     assert turn["urls"] == [TURN_URL] and _expiry_of(turn) >= time.time() + TTL - 5
@@ -87,8 +75,8 @@ async def test_only_a_room_socket_gets_turn_credentials(stack: Stack) -> None:
     handle = await _provider_handle(stack)
     ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
     await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
-    await _frame(ws, "auth_ok")
+    await recv_until(ws, "auth_ok")
     await ws.send_json({"type": "ice", "id": 2})
-    refused = await _frame(ws, "error")
+    refused = await recv_until(ws, "error")
     assert refused == {"type": "error", "id": 2, "code": "not_in_room"}
     await ws.close()

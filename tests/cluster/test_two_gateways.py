@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import secrets
@@ -37,6 +36,7 @@ from gateway import Settings, joinlinks
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.events import events_after, patient_participant
 from gateway.security import Sealer
+from tests.conftest import recv_frame, recv_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "visitgate-test"
@@ -183,18 +183,11 @@ async def _launch(cluster: Cluster, browser: aiohttp.ClientSession, gateway: Gat
 
 
 async def _recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
-    assert msg.type == aiohttp.WSMsgType.TEXT, f"{msg} (close code {ws.close_code})"
-    frame: dict[str, Any] = json.loads(msg.data)
-    return frame
+    return await recv_frame(ws, TIMEOUT)
 
 
 async def _recv_until(ws: aiohttp.ClientWebSocketResponse, want: str, limit: int = 50) -> dict[str, Any]:
-    for _ in range(limit):
-        frame = await _recv(ws)
-        if frame["type"] == want:
-            return frame
-    raise AssertionError(f"no {want} frame")
+    return await recv_until(ws, want, limit, TIMEOUT)
 
 
 async def _provider_view(browser: aiohttp.ClientSession, gateway: Gateway,

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway import Settings, events, joinlinks
 from gateway.appkeys import DB, SETTINGS
-from tests.conftest import Stack, reason_code
+from tests.conftest import Stack, database_text, reason_code
 
 from .conftest import Invite, get_page, issue, open_visit, post_join
 
@@ -358,12 +358,7 @@ async def test_token_and_handle_never_reach_logs_locations_or_the_database(
     assert any(r.name == "visitgate.access" and "/join" in r.getMessage() for r in ours)
     logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in ours)
     async with stack.gateway_app[DB].acquire() as conn:
-        tables = [r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        rows = []
-        for table in tables:
-            rows.extend(r["row"] for r in await conn.fetch(f'SELECT t::text AS row FROM "{table}" t'))
-    dump = "\n".join(rows)
+        _tables, dump = await database_text(conn)
     for value in secrets_:
         assert value not in logs
         assert not any(value in location for location in locations)

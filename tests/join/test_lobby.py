@@ -11,7 +11,7 @@ import pytest
 
 from gateway.appkeys import DB
 from launch.join import JS_STRINGS
-from tests.conftest import Stack
+from tests.conftest import Stack, database_text
 
 from .conftest import Invite, get_page, post_join
 
@@ -79,12 +79,8 @@ async def test_display_name_never_reaches_the_database(stack: Stack, invite: Inv
     finally:
         await ws.close()
     async with stack.gateway_app[DB].acquire() as conn:
-        tables = [r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        rows = []
-        for table in tables:
-            rows.extend(r["row"] for r in await conn.fetch(f'SELECT t::text AS row FROM "{table}" t'))
+        _tables, dump = await database_text(conn)
         kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM presence_events ORDER BY id")]
     assert "lobby_entered" in kinds and "device_test_passed" in kinds
-    dump = "\n".join(rows).lower()
+    dump = dump.lower()
     assert "wilhelminacanary" not in dump and invite.token not in dump

@@ -11,7 +11,7 @@ from yarl import URL
 
 from gateway import joinlinks
 from gateway.appkeys import DB
-from tests.conftest import Stack, reason_code
+from tests.conftest import Stack, database_text, reason_code
 from tests.test_privacy import CANARIES, _seed_canary_patient
 
 from .conftest import get_page
@@ -128,15 +128,11 @@ async def test_patient_launch_leaves_no_patient_data_in_database_or_logs(stack: 
     response, _ = await stack.follow(f"{stack.gateway_url}/launch/patient?iss={stack.fhir_base}&launch={launch}")
     assert response.status == 200, await response.text()
     async with stack.gateway_app[DB].acquire() as conn:
-        tables = [r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        assert {"join_links", "participant_sessions"} <= set(tables)
-        rows = []
-        for table in tables:
-            rows.extend(r["row"] for r in await conn.fetch(f'SELECT t::text AS row FROM "{table}" t'))
-    database_text = "\n".join(rows).lower()
+        tables, dump = await database_text(conn)
+        assert {"join_links", "participant_sessions"} <= tables
+    stored = dump.lower()
     ours = [r for r in caplog.records if not r.name.startswith("sandbox")]
     logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in ours).lower()
     for name, value in CANARIES.items():
-        assert value.lower() not in database_text, f"{name} landed in the database"
+        assert value.lower() not in stored, f"{name} landed in the database"
         assert value.lower() not in logs, f"{name} landed in the logs"
