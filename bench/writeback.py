@@ -17,7 +17,10 @@ every slot always busy. Phases:
 1. warm-up: one event per visit, drained (first writes read the Encounter, so they cost two requests);
 2. drain, three times: write-back paused, one event queued per visit, write-back resumed; events/s is
    measured from the database's own timestamps of the first and last attempt, so polling and start-up do
-   not count; `drain_ratio` = the median of the three rates / ideal (each is printed);
+   not count; `drain_ratio` = the median of the three rates / ideal (each is printed). Before each drain,
+   for 3 s, the same 8 request loops against a bare aiohttp server that answers after 50 ms (its own
+   process): `bare_ratio` is what plain aiohttp reaches of the ideal on this machine in this run, and
+   `of_bare` = drain rate / bare rate, the share of that ceiling the write-back worker keeps;
 3. steady: events arrive at 70% of the ideal rate for a while; the outbox backlog is sampled, and must not
    grow (`backlog_growth` = mean of the last third of samples minus mean of the first third).
 
@@ -45,6 +48,39 @@ if str(ROOT) not in sys.path:
 
 LATENCY = 0.05
 CLIENT_ID = "bench-writeback"
+
+# The bare ceiling: an aiohttp server that reads the body, waits LATENCY and answers a small JSON, in its own
+# process on the same event loop as the sandbox (the default one), for a client in this process.
+BARE_SERVER = """
+import asyncio, sys
+from aiohttp import web
+async def put(request):
+    await request.read()
+    await asyncio.sleep(float(sys.argv[2]))
+    return web.json_response({"resourceType": "Encounter", "id": "x", "meta": {"versionId": "2"}})
+app = web.Application()
+app.router.add_put("/fhir/Encounter/{id}", put)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+async def _bare_rate(http: Any, url: str, concurrency: int, seconds: float, body: bytes) -> float:
+    """PUTs/s of `concurrency` back-to-back request loops against the bare server: what plain aiohttp gets of
+    the ideal on this machine right now (each request also pays its own round trip and the loop's wake-ups)."""
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def loop(k: int) -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            async with http.put(f"{url}/fhir/Encounter/bare-{k}", data=body,
+                                headers={"Content-Type": "application/fhir+json"}) as r:
+                await r.read()
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(loop(k) for k in range(concurrency)))
+    return done / (time.monotonic() - started)
 
 
 async def _pending(pool: Any) -> int:
@@ -86,11 +122,15 @@ async def run(args: argparse.Namespace) -> str:
         await admin.close()
         dsn = pg.get_uri("bench")
 
-        with socket.socket() as s1, socket.socket() as s2:
+        with socket.socket() as s1, socket.socket() as s2, socket.socket() as s3:
             s1.bind(("127.0.0.1", 0))
             s2.bind(("127.0.0.1", 0))
-            gw_port, sb_port = s1.getsockname()[1], s2.getsockname()[1]
+            s3.bind(("127.0.0.1", 0))
+            gw_port, sb_port, bare_port = s1.getsockname()[1], s2.getsockname()[1], s3.getsockname()[1]
         gateway_url, sandbox_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{sb_port}"
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        processes.append(subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port), str(LATENCY)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         settings = Settings(public_url=gateway_url, secret_key=secrets.token_bytes(32),
                             signing_key_pem=generate_signing_key_pem(), database_url=dsn, port=gw_port,
                             db_pool_max=20, writeback_concurrency=args.concurrency, writeback_poll_interval=0.05,
@@ -111,12 +151,13 @@ async def run(args: argparse.Namespace) -> str:
         pool = gateway_app[DB]
         sealer = gateway_app[SEALER]
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{sandbox_url}/fhir/metadata") as r:
-                        if r.status == 200:
-                            break
-                await asyncio.sleep(0.1)
+            for probe in (f"{sandbox_url}/fhir/metadata", f"{bare_url}/fhir/Encounter/probe"):
+                for _ in range(100):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.request("GET" if "metadata" in probe else "PUT", probe) as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
             async with http.post(f"{sandbox_url}/_sandbox/faults", json={"fhir_delay": LATENCY}) as r:
                 assert r.status == 200, await r.text()
             template = {"resourceType": "Encounter", "status": "planned",
@@ -192,13 +233,21 @@ async def run(args: argparse.Namespace) -> str:
             return rate, events, row["written"], drain_requests
 
         # Each kind changes every Encounter once more (admission, then the patient's connect and disconnect).
-        drains = [await drain(kind) for kind in ("admitted", "connected", "disconnected")]
+        # Before each drain, the bare ceiling for a few seconds (an Encounter-sized body, as write-back sends).
+        drains, bare = [], []
+        async with aiohttp.ClientSession() as http:
+            for kind in ("admitted", "connected", "disconnected"):
+                bare.append(await _bare_rate(http, bare_url, args.concurrency, 3.0, json.dumps(template).encode() * 2))
+                print(f"bare aiohttp ceiling: {bare[-1]:.1f} PUTs/s ({bare[-1] / ideal:.3f} of ideal)", flush=True)
+                drains.append(await drain(kind))
+        bare_rate = statistics.median(bare)
         drain_rate = statistics.median(d[0] for d in drains)
         drain_ratio = drain_rate / ideal
         events = sum(d[1] for d in drains)
         drain_requests = sum(d[3] for d in drains)
-        print(f"drains: {', '.join(f'{d[0] / ideal:.3f}' for d in drains)} of ideal; median {drain_ratio:.3f}",
-              flush=True)
+        print(f"drains: {', '.join(f'{d[0] / ideal:.3f}' for d in drains)} of ideal; median {drain_ratio:.3f}; "
+              f"bare aiohttp's median {bare_rate / ideal:.3f} of ideal, so write-back drains at "
+              f"{drain_rate / bare_rate:.3f} of what plain aiohttp reaches here", flush=True)
 
         # 3. steady input at 70% of the ideal rate
         rate = 0.7 * ideal
@@ -224,7 +273,8 @@ async def run(args: argparse.Namespace) -> str:
         print(f"steady: {sent} events in {elapsed:.1f}s ({sent / elapsed:.1f}/s); backlog samples {samples}",
               flush=True)
         return (f"RESULT writeback drain_ratio={drain_ratio:.3f} drain_per_s={drain_rate:.1f} ideal_per_s={ideal:.0f} "
-                f"requests_per_event={drain_requests / max(events, 1):.2f} steady_in_per_s={sent / elapsed:.1f} "
+                f"requests_per_event={drain_requests / max(events, 1):.2f} bare_ratio={bare_rate / ideal:.3f} "
+                f"of_bare={drain_rate / bare_rate:.3f} steady_in_per_s={sent / elapsed:.1f} "
                 f"backlog_max={max(samples)} backlog_growth={growth:.1f}")
     finally:
         for runner in reversed(runners):
