@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from . import db, notify
-from .appkeys import ANNOUNCER, DB, DSN, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
+from .appkeys import ANNOUNCER, DB, DSN, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .events import Announcer
 from .meetings import default_providers
 from .security import Sealer, SigningKey
@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     aiohttp_jinja2.get_env(app).install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
-    notify.setup(app)  # app[NOTIFIER]: email and SMS, after the HTTP session it uses
+    app.cleanup_ctx.append(_notifier)  # after the HTTP session, which the SMS provider uses
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", importlib.import_module("gateway.metrics").metrics)  # counters, no ids
@@ -83,6 +83,12 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
                                      headers={"User-Agent": "visitgate"}) as session:
         app[HTTP] = session
         yield
+
+
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    # A misconfigured SMS provider stops start-up here, by name (ConfigError).
+    app[NOTIFIER] = notify.build_notifier(app[SETTINGS], app[HTTP])
+    yield
 
 
 async def healthz(request: web.Request) -> web.Response:

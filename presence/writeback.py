@@ -22,7 +22,6 @@ import re
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -35,7 +34,6 @@ from prometheus_client import Counter
 
 import sql
 from gateway import metrics
-from gateway.appkeys import DB, HTTP, SEALER, SETTINGS, SIGNING_KEY
 from gateway.fhir import valid_id
 from gateway.security import Sealer
 from gateway.settings import Settings
@@ -433,29 +431,6 @@ def _version_of(headers: Any, resource: dict[str, Any]) -> str | None:
         return match.group(1)
     version = (resource.get("meta") or {}).get("versionId")
     return version if isinstance(version, str) and version else None
-
-
-# --- wiring ---------------------------------------------------------------------------------------
-
-def setup(app: web.Application) -> None:
-    """Run the worker as a background task of the application (unless settings turn it off)."""
-    counters = WritebackMetrics(app)
-
-    async def worker(app: web.Application) -> AsyncIterator[None]:
-        from .appkeys import WRITEBACK
-
-        settings = app[SETTINGS]
-        tokens = BackendTokens(app[HTTP], app[SIGNING_KEY], settings.writeback_request_timeout)
-        app[WRITEBACK] = WritebackWorker(app[DB], app[HTTP], app[SEALER], tokens, settings, counters)
-        task = asyncio.create_task(app[WRITEBACK].run()) if settings.writeback_enabled else None
-        yield
-        if task is not None:
-            task.cancel()
-            # Bounded: the worker hands its visits back within seconds; shutdown never waits longer.
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 15)
-
-    app.cleanup_ctx.append(worker)
 
 
 # --- for operators, the portal and tests ----------------------------------------------------------

@@ -1,17 +1,15 @@
 """Notifications: join links by email (SMTP) and SMS (a provider interface with a sink and ACS).
 
-The gateway builds one Notifier at start-up from its settings (`setup(app)` adds the cleanup_ctx that
-does it) and keeps it in `app[NOTIFIER]`. Addresses and numbers are given to it once, at send time, by
+The gateway builds one Notifier at start-up from its settings (`build_notifier`, called by the app
+factory's cleanup_ctx once the HTTP session exists) and keeps it in `app[NOTIFIER]`. Addresses and numbers are given to it once, at send time, by
 callers that read them live from FHIR or from the clinician's form; nothing here stores or logs them.
 Messages carry no clinical detail: only the organisation's name and the link.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 
 from ..errors import ConfigError
 from ..settings import Settings
@@ -20,7 +18,7 @@ from .errors import NotConfigured, NotifyError
 from .sms import AcsSms, SinkSms, SmsProvider, to_e164
 
 __all__ = ["AcsSms", "EmailSender", "NotConfigured", "Notifier", "NotifyError", "SinkSms", "SmsProvider",
-           "SmtpConfig", "setup", "to_e164"]
+           "SmtpConfig", "build_notifier", "to_e164"]
 
 SMS_PROVIDERS = ("none", "sink", "acs")
 
@@ -77,15 +75,3 @@ def build_notifier(settings: Settings, http: aiohttp.ClientSession | None = None
         raise ConfigError(f"VISITGATE_SMS_PROVIDER must be one of {', '.join(SMS_PROVIDERS)}")
     return Notifier(email=email, sms=sms, organisation_name=settings.organisation_name)
 
-
-def setup(app: web.Application) -> None:
-    """Add the cleanup_ctx that builds app[NOTIFIER]; call it after the HTTP session's cleanup_ctx."""
-    app.cleanup_ctx.append(_notifier)
-
-
-async def _notifier(app: web.Application) -> AsyncIterator[None]:
-    # Imported here: gateway.appkeys imports this package for the Notifier type.
-    from ..appkeys import HTTP, NOTIFIER, SETTINGS
-
-    app[NOTIFIER] = build_notifier(app[SETTINGS], app[HTTP])
-    yield
