@@ -25,20 +25,34 @@ def render_error(request: web.Request, status: int, reason: str, title: str, det
     return response
 
 
+def loggable_path(request: web.BaseRequest) -> str:
+    """The path as logs may hold it: the route's pattern (`/provider/{handle}`), never the handle in it.
+
+    Provider pages carry their session's bearer handle in the path (the EHR's iframe has no cookies), so
+    the raw path is a credential. A path no route matched keeps only its first segment.
+    """
+    match_info = getattr(request, "match_info", None)
+    resource = getattr(getattr(match_info, "route", None), "resource", None)
+    if resource is not None:
+        return str(resource.canonical)
+    first, _, rest = request.path.lstrip("/").partition("/")
+    return f"/{first[:40]}" + ("/…" if rest else "")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Translate our exception tree into pages; anything unexpected is logged and shown as a 500 page."""
     try:
         return await handler(request)
     except VisitgateError as exc:
-        log.info("refused %s %s: %s", request.method, request.path, exc.reason)
+        log.info("refused %s %s: %s", request.method, loggable_path(request), exc.reason)
         return render_error(request, exc.status, exc.reason, exc.title, exc.detail)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return render_error(request, exc.status, f"http_{exc.status}", exc.reason)
         raise
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method, loggable_path(request))
         return render_error(request, 500, "internal_error", "Something went wrong")
 
 
@@ -74,11 +88,12 @@ def runner_options() -> dict[str, object]:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Logs method, path, status and time, and never the query string: codes, states and tokens live there."""
+    """Logs method, route, status and time: never the query string (codes, states and tokens live there)
+    nor a handle in the path."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write one access line."""
-        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+        self.logger.info("%s %s %s %.1fms", request.method, loggable_path(request), response.status, time * 1000)
 
     @property
     def enabled(self) -> bool:
