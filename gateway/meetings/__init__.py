@@ -22,10 +22,6 @@ class MeetingProvider(Protocol):
         """Create the meeting of a visit (called at most a few times per visit; the first one is kept)."""
         ...
 
-    def join_path(self, meeting: Meeting) -> str:
-        """Where, on the gateway, a participant goes to join it."""
-        ...
-
 
 def default_providers() -> dict[str, MeetingProvider]:
     """The providers available without outside services."""

@@ -23,10 +23,6 @@ class BuiltinRooms:
         """A fresh, unguessable room id."""
         return Meeting(provider=self.name, meeting_id=secrets.token_urlsafe(16))
 
-    def join_path(self, meeting: Meeting) -> str:
-        """The room page of the meeting."""
-        return f"/room/{meeting.meeting_id}"
-
 
 def turn_lifetime(settings: Settings) -> int | None:
     """Seconds the TURN credentials of ice_servers last, or None when no TURN server is offered."""
