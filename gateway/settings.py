@@ -77,6 +77,8 @@ class Settings:
     """coturn's static-auth-secret: TURN credentials are HMAC-SHA1 of a time-limited username with it."""
     turn_ttl: int = 3600
     """How long, in seconds, a TURN credential handed to a browser stays valid."""
+    metrics_token: str | None = field(default=None, repr=False)
+    """Bearer token that Prometheus presents at /metrics; without one /metrics is not served at all."""
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:
@@ -136,6 +138,7 @@ class Settings:
             sms_from=env.get("VISITGATE_SMS_FROM") or None,
             acs_endpoint=(env.get("VISITGATE_ACS_ENDPOINT") or "").strip().rstrip("/") or None,
             acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
+            metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )

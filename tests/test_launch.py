@@ -203,3 +203,6 @@ async def test_health_and_readiness(stack: Stack) -> None:
     assert (await stack.get(f"{stack.gateway_url}/healthz")).status == 200
     ready = await stack.get(f"{stack.gateway_url}/readyz")
     assert ready.status == 200 and (await ready.json())["database"] == "ok"
+    # Counters are for the operator's Prometheus only: with no metrics token configured there is no page.
+    assert stack.settings.metrics_token is None
+    assert (await stack.get(f"{stack.gateway_url}/metrics")).status == 404

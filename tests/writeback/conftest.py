@@ -28,7 +28,8 @@ from tests.conftest import CLIENT_ID, running_stack
 Q = sql.queries("writeback")
 
 QUICK = dict(writeback_backoff_base=0.05, writeback_backoff_max=0.5, writeback_poll_interval=0.05,
-             writeback_lease_seconds=5.0, writeback_request_timeout=2.0, writeback_max_attempts=6)
+             writeback_lease_seconds=5.0, writeback_request_timeout=2.0, writeback_max_attempts=6,
+             metrics_token="metrics-token-for-tests")  # the dead letters are read at /metrics
 
 
 def validate_encounter(resource: dict[str, Any]) -> None:

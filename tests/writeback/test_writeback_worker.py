@@ -157,8 +157,14 @@ async def test_a_missing_encounter_goes_to_the_dead_letters(wb_stack: WritebackS
     assert {d["reason"] for d in dead} == {"fhir_404 not-found"} and len(dead) >= 1
     assert "gave up" in caplog.text and "fhir_404" in caplog.text
     assert (await attempts(wb_stack.pool, visit))[-1]["outcome"] == "dead"
-    async with aiohttp.ClientSession() as http, http.get(f"{wb_stack.gateway_url}/metrics") as r:
-        text = await r.text()
+    async with aiohttp.ClientSession() as http:
+        for wrong in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": "Basic bWV0cmljcw=="}):
+            async with http.get(f"{wb_stack.gateway_url}/metrics", headers=wrong) as refused:
+                assert refused.status == 401 and "dead_letters" not in await refused.text()
+        async with http.get(f"{wb_stack.gateway_url}/metrics",
+                            headers={"Authorization": f"Bearer {wb_stack.settings.metrics_token}"}) as r:
+            assert r.status == 200
+            text = await r.text()
     assert 'visitgate_writeback_dead_letters_total{reason="fhir_404"}' in text
     assert 'visitgate_writeback_attempts_total{outcome="dead"} 1.0' in text
 
