@@ -69,7 +69,8 @@ async def append_event(conn: asyncpg.Connection, visit_id: UUID, participant_id:
 
 async def notify_after_commit(conn: asyncpg.Connection, event_id: int) -> None:
     """Tell other processes (ids only) that events up to event_id exist."""
-    await conn.execute(Q["notify_events"], str(event_id))
+    # Formatted, not bound: bind parameters would need the extended protocol, one statement per round trip.
+    await conn.execute(Q["notify_events"].format(event_id=int(event_id)))
 
 
 async def record_event(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID | None, kind: str,

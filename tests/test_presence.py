@@ -304,3 +304,21 @@ async def test_a_dead_peer_is_dropped_by_heartbeat(stack: Stack, monkeypatch: py
         kinds = [e.kind for e in await events.events_after(conn, visit_id, 0, 10**12)]
     assert kinds[-1] == "disconnected"
     await ws.close()
+
+
+async def test_event_notification_reaches_listeners_and_leaves_the_connection_durable(database_url: str) -> None:
+    # The NOTIFY's own transaction skips its WAL flush (SET LOCAL): the listener still gets the id, and the
+    # pooled connection that sent it goes back committing durably, outside any transaction.
+    import asyncpg
+
+    sender, listener = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await listener.add_listener(events.CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        await events.notify_after_commit(sender, 4242)
+        assert await asyncio.wait_for(heard.get(), 5) == "4242"
+        assert not sender.is_in_transaction()
+        assert await sender.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await sender.close()
+        await listener.close()
