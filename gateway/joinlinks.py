@@ -34,7 +34,7 @@ from .appkeys import SETTINGS
 from .errors import FhirError, JoinLinkInvalid
 from .events import Participant
 from .fhir import FhirClient, parse_reference
-from .security import new_token, token_hash
+from .security import jws_header, new_token, token_hash
 from .settings import Settings
 
 Q = sql.queries("join")
@@ -184,8 +184,8 @@ def _claims(keys: JoinKeys, token: str) -> tuple[UUID, UUID]:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise JoinLinkInvalid(reason="link_invalid")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
+        header = jws_header(token)
+    except ValueError as exc:
         raise JoinLinkInvalid(reason="link_invalid") from exc
     # Checked before the signature: only our one algorithm and our one token type are ever considered.
     if header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE or "crit" in header:

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 import uuid
@@ -22,6 +23,25 @@ from .errors import ConfigError
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_B64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]{2,4096}")
+
+
+def jws_header(token: str) -> dict[str, Any]:
+    """The header of a compact JWS, unverified: only to choose a key before the full check.
+
+    Reads the first segment alone. PyJWT's get_unverified_header vets every character of the whole token,
+    which costs about as much as the signature check it precedes; jwt.decode vets it all again anyway.
+    Raises ValueError when the header is not base64url-encoded JSON object text.
+    """
+    head, dot, _ = token.partition(".")
+    if not dot or not _B64URL_SEGMENT.fullmatch(head):
+        raise ValueError("malformed JWS header")
+    value = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    if not isinstance(value, dict):
+        raise ValueError("JWS header is not an object")
+    return value
 
 
 def new_token(nbytes: int = 32) -> str:

@@ -15,7 +15,7 @@ import jwt
 
 from gateway.errors import AuthServerError, IdTokenInvalid, UpstreamError
 from gateway.fhir import valid_id
-from gateway.security import SigningKey
+from gateway.security import SigningKey, jws_header
 
 DISCOVERY_TTL = 3600.0
 JWKS_TTL = 3600.0
@@ -183,8 +183,8 @@ class SmartClient:
         if conf.jwks_uri is None:
             raise IdTokenInvalid("the EHR publishes no keys to check its id_token", reason="id_token_no_jwks")
         try:
-            header = jwt.get_unverified_header(id_token)
-        except jwt.PyJWTError as exc:
+            header = jws_header(id_token)
+        except ValueError as exc:
             raise IdTokenInvalid("the id_token is malformed", reason="id_token_malformed") from exc
         key = await self._key_for(conf.jwks_uri, header.get("kid"))
         try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 AUTH_METHODS = ("none", "client_secret_basic", "private_key_jwt")
-ID_TOKEN_FAULTS = ("bad_signature", "wrong_aud", "wrong_nonce", "expired", "wrong_iss")
+ID_TOKEN_FAULTS = ("bad_signature", "wrong_aud", "wrong_nonce", "expired", "wrong_iss", "malformed")
 
 
 @dataclass(frozen=True)

@@ -344,7 +344,11 @@ def _id_token(request: web.Request, client: SandboxClient, grant: Grant, scopes:
     elif fault == "wrong_iss":
         claims["iss"] = settings.base_url + "/another-fhir"
     signer = keys.rogue() if fault == "bad_signature" else keys.signing
-    return signer.sign(claims)
+    token = signer.sign(claims)
+    if fault == "malformed":
+        # A header that is base64url but not a JSON object, the rest intact: only the header is wrong.
+        token = "W10." + token.split(".", 1)[1]
+    return token
 
 
 def _token_body(

@@ -120,7 +120,8 @@ async def test_discovery_without_s256_is_refused(stack: Stack, sandbox_faults) -
 
 @pytest.mark.parametrize("fault, reason", [
     ("bad_signature", "id_token_signature"), ("wrong_aud", "id_token_audience"),
-    ("wrong_nonce", "id_token_nonce"), ("expired", "id_token_expired"), ("wrong_iss", "id_token_issuer")])
+    ("wrong_nonce", "id_token_nonce"), ("expired", "id_token_expired"), ("wrong_iss", "id_token_issuer"),
+    ("malformed", "id_token_malformed")])
 async def test_bad_id_token_is_refused(stack: Stack, sandbox_faults, fault: str, reason: str) -> None:
     sandbox_faults.id_token = fault
     response, _ = await stack.launch()
@@ -206,3 +207,22 @@ async def test_health_and_readiness(stack: Stack) -> None:
     # Counters are for the operator's Prometheus only: with no metrics token configured there is no page.
     assert stack.settings.metrics_token is None
     assert (await stack.get(f"{stack.gateway_url}/metrics")).status == 404
+
+
+@pytest.mark.parametrize("token", [
+    "", "no-dots-at-all", ".payload.sig", "%%%.payload.sig", "W10.payload.sig",   # W10 is "[]"
+    "bnVsbA.payload.sig", "eyJ.payload.sig", "//8.payload.sig", "A" * 5000 + ".p.s"])
+def test_a_garbled_jws_header_is_a_value_error_never_a_crash(token: str) -> None:
+    from gateway.security import jws_header
+
+    with pytest.raises(ValueError):
+        jws_header(token)
+
+
+def test_jws_header_reads_what_pyjwt_reads() -> None:
+    import jwt
+
+    from gateway.security import jws_header
+
+    token = jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256", headers={"kid": "k1", "typ": "JWT"})
+    assert jws_header(token) == jwt.get_unverified_header(token)
