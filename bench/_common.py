@@ -384,29 +384,32 @@ async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> 
         await conn.close()
 
 
+def announcer(pool: Any, secret: bytes) -> Any:
+    """A gateway.events.Announcer on this pool, sealing with the gateways' secret (each gateway process has
+    one, and so does this writer)."""
+    from gateway.events import Announcer
+    from gateway.security import Sealer
+
+    return Announcer(pool, Sealer(secret))
+
+
 async def write_event(pool: Any, visit_id: uuid.UUID, participant_id: uuid.UUID | None, kind: str,
-                      notify: bool = True) -> tuple[int, float]:
+                      announcer: Any) -> tuple[int, float]:
     """gateway.events.record_event, step for step (append, one statement, then announce through the
-    process's coalescing Announcer), with the moment the commit returned (the event became visible) noted."""
-    from gateway.events import Announcer, append_event
+    process's coalescing Announcer unless announcer is None), with the moment the commit returned (the event
+    became visible) noted."""
+    from gateway.events import append_event
 
     async with pool.acquire() as conn:
-        event_id = await append_event(conn, visit_id, participant_id, kind)
+        event = await append_event(conn, visit_id, participant_id, kind)
         committed = time.monotonic()
-    if notify:
-        announcer = _ANNOUNCERS.get(id(pool))
-        if announcer is None:
-            announcer = _ANNOUNCERS[id(pool)] = Announcer(pool)
-        announcer.announce(event_id)
-    return event_id, committed
-
-
-# One announcer per writer pool, as each gateway process has one (gateway.events.Announcer).
-_ANNOUNCERS: dict[int, Any] = {}
+    if announcer is not None:
+        announcer.announce(event)
+    return event.id, committed
 
 
 async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[uuid.UUID], writers: int,
-                            seconds: float, notify: bool = True) -> int:
+                            seconds: float, announcer: Any) -> int:
     """`writers` tasks each writing events round robin over the visits for `seconds`; returns how many."""
     stop_at = time.monotonic() + seconds
     done = 0
@@ -416,7 +419,7 @@ async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[u
         i = k
         while time.monotonic() < stop_at:
             v = i % len(visits)
-            await write_event(pool, visits[v], patients[v], "device_test_passed", notify=notify)
+            await write_event(pool, visits[v], patients[v], "device_test_passed", announcer)
             done += 1
             i += writers
 
@@ -425,7 +428,7 @@ async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[u
 
 
 async def write_open_loop(pool: Any, visits: list[uuid.UUID], participants: list[uuid.UUID], rate: float,
-                          duration: float, max_in_flight: int = 400) -> tuple[dict[int, tuple[float, float, float]], int]:
+                          duration: float, announcer: Any, max_in_flight: int = 400) -> tuple[dict[int, tuple[float, float, float]], int]:
     """Paced arrivals at `rate`/s over the visits, round robin. Returns {event id: (scheduled, committed,
     notified)} and how many arrivals were skipped because max_in_flight writes were already waiting."""
     written: dict[int, tuple[float, float, float]] = {}
@@ -436,7 +439,7 @@ async def write_open_loop(pool: Any, visits: list[uuid.UUID], participants: list
 
     async def one(i: int, due: float) -> None:
         v = i % len(visits)
-        event_id, committed = await write_event(pool, visits[v], participants[v], "device_test_passed")
+        event_id, committed = await write_event(pool, visits[v], participants[v], "device_test_passed", announcer)
         written[event_id] = (due, committed, time.monotonic())
 
     for i in range(total):

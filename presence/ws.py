@@ -136,11 +136,11 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
 
 async def _record(app: web.Application, conn: Connection, kind: str) -> None:
     try:
-        await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind, app[ANNOUNCER])
+        event = await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind, app[ANNOUNCER])
     except Exception:  # the socket's life must not hang on a failed write; the failure is logged
         log.exception("could not record %s for visit %s", kind, conn.visit_id)
         return
-    app[BUS].poke()
+    app[BUS].offer([event.wire()])
 
 
 class _Bucket:
@@ -230,8 +230,8 @@ async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any],
             participant = await events.get_participant(db, target)
         if participant is None or participant.visit_id != conn.visit_id or participant.role == "provider":
             raise Refusal("unknown_participant")
-        await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind], app[ANNOUNCER])
-        bus.poke()
+        event = await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind], app[ANNOUNCER])
+        bus.offer([event.wire()])
         return False
     if kind == "signal":
         if conn.role != "provider":
