@@ -384,32 +384,29 @@ async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> 
         await conn.close()
 
 
-def announcer(pool: Any, secret: bytes) -> Any:
-    """A gateway.events.Announcer on this pool, sealing with the gateways' secret (each gateway process has
-    one, and so does this writer)."""
-    from gateway.events import Announcer
-    from gateway.security import Sealer
-
-    return Announcer(pool, Sealer(secret))
-
-
 async def write_event(pool: Any, visit_id: uuid.UUID, participant_id: uuid.UUID | None, kind: str,
-                      announcer: Any) -> tuple[int, float]:
+                      notify: bool = True) -> tuple[int, float]:
     """gateway.events.record_event, step for step (append, one statement, then announce through the
-    process's coalescing Announcer unless announcer is None), with the moment the commit returned (the event
-    became visible) noted."""
-    from gateway.events import append_event
+    process's coalescing Announcer), with the moment the commit returned (the event became visible) noted."""
+    from gateway.events import Announcer, append_event
 
     async with pool.acquire() as conn:
-        event = await append_event(conn, visit_id, participant_id, kind)
+        event_id = await append_event(conn, visit_id, participant_id, kind)
         committed = time.monotonic()
-    if announcer is not None:
-        announcer.announce(event)
-    return event.id, committed
+    if notify:
+        announcer = _ANNOUNCERS.get(id(pool))
+        if announcer is None:
+            announcer = _ANNOUNCERS[id(pool)] = Announcer(pool)
+        announcer.announce(event_id)
+    return event_id, committed
+
+
+# One announcer per writer pool, as each gateway process has one (gateway.events.Announcer).
+_ANNOUNCERS: dict[int, Any] = {}
 
 
 async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[uuid.UUID], writers: int,
-                            seconds: float, announcer: Any) -> int:
+                            seconds: float, notify: bool = True) -> int:
     """`writers` tasks each writing events round robin over the visits for `seconds`; returns how many."""
     stop_at = time.monotonic() + seconds
     done = 0
@@ -419,7 +416,7 @@ async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[u
         i = k
         while time.monotonic() < stop_at:
             v = i % len(visits)
-            await write_event(pool, visits[v], patients[v], "device_test_passed", announcer)
+            await write_event(pool, visits[v], patients[v], "device_test_passed", notify=notify)
             done += 1
             i += writers
 
@@ -428,7 +425,7 @@ async def write_closed_loop(pool: Any, visits: list[uuid.UUID], patients: list[u
 
 
 async def write_open_loop(pool: Any, visits: list[uuid.UUID], participants: list[uuid.UUID], rate: float,
-                          duration: float, announcer: Any, max_in_flight: int = 400) -> tuple[dict[int, tuple[float, float, float]], int]:
+                          duration: float, max_in_flight: int = 400) -> tuple[dict[int, tuple[float, float, float]], int]:
     """Paced arrivals at `rate`/s over the visits, round robin. Returns {event id: (scheduled, committed,
     notified)} and how many arrivals were skipped because max_in_flight writes were already waiting."""
     written: dict[int, tuple[float, float, float]] = {}
@@ -439,7 +436,7 @@ async def write_open_loop(pool: Any, visits: list[uuid.UUID], participants: list
 
     async def one(i: int, due: float) -> None:
         v = i % len(visits)
-        event_id, committed = await write_event(pool, visits[v], participants[v], "device_test_passed", announcer)
+        event_id, committed = await write_event(pool, visits[v], participants[v], "device_test_passed")
         written[event_id] = (due, committed, time.monotonic())
 
     for i in range(total):

@@ -344,8 +344,7 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
         # End to end, with a write transaction per event: the peak (closed loop), then p99 at half of it.
         await gw_client.call("reset", mode="count")
         t0 = time.monotonic()
-        announcer = C.announcer(pool, secret)
-        written = await C.write_closed_loop(pool, visits, patients, args.writers, args.peak_seconds, announcer)
+        written = await C.write_closed_loop(pool, visits, patients, args.writers, args.peak_seconds)
         write_s = time.monotonic() - t0
         got = await gw_client.call("wait_count", count=written * subs, timeout=30.0)
         delivered_s = max(got["last_t"], t0 + write_s) - t0
@@ -360,7 +359,7 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
         if args.profile:
             spy_out = run.tmp / "spy-p99.txt"
             spy = (C.py_spy(run, gateway.pid, args.p99_seconds + 1, spy_out), spy_out)
-        written_at, overruns = await C.write_open_loop(pool, visits, patients, rate, args.p99_seconds, announcer)
+        written_at, overruns = await C.write_open_loop(pool, visits, patients, rate, args.p99_seconds)
         await gw_client.call("wait_count", count=len(written_at) * subs, timeout=15.0)
         recs = (await gw_client.call("records"))["records"]
         received: dict[int, list[float]] = defaultdict(list)

@@ -95,8 +95,7 @@ async def main_async(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.5)
 
         # Warm-up: connections, plans, the buses' first reads.
-        announcers = {id(pool): C.announcer(pool, secret), id(durable): C.announcer(durable, secret)}
-        await C.write_open_loop(pool, visits, patients, args.rate / 4, 1.0, announcers[id(pool)])
+        await C.write_open_loop(pool, visits, patients, args.rate / 4, 1.0)
         await asyncio.sleep(0.5)
 
         await client.call("reset", mode="record")
@@ -106,7 +105,7 @@ async def main_async(args: argparse.Namespace) -> int:
             spy = (C.py_spy(run, proc_a.pid, args.seconds + 1, spy_out), spy_out)
         cpu0 = {n: C.cpu_seconds(p.pid) for n, (_, p) in gateways.items()}
         t0 = time.monotonic()
-        written, overruns = await C.write_open_loop(pool, visits, patients, args.rate, args.seconds, announcers[id(pool)])
+        written, overruns = await C.write_open_loop(pool, visits, patients, args.rate, args.seconds)
         elapsed = time.monotonic() - t0
         await client.call("wait_count", count=len(written), timeout=15.0)
         cpu = {n: (C.cpu_seconds(p.pid) - cpu0[n]) / elapsed for n, (_, p) in gateways.items()}
@@ -156,8 +155,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 for notify in (True, False) if r % 2 == 0 else (False, True):
                     t, before = time.monotonic(), cpu_now()
                     counts[notify] += await C.write_closed_loop(writer_pool, visits, patients, args.writers,
-                                                                args.phase_seconds,
-                                                                announcers[id(writer_pool)] if notify else None)
+                                                        args.phase_seconds, notify)
                     seconds[notify] += time.monotonic() - t
                     for name, used in cpu_now().items():
                         cpu[notify][name] += used - before.get(name, used)

@@ -66,7 +66,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await db.migrate(conn)
     app[DB] = pool
     app[DSN] = dsn
-    app[ANNOUNCER] = Announcer(pool, app[SEALER])
+    app[ANNOUNCER] = Announcer(pool)
     try:
         yield
     finally:

@@ -1,16 +1,12 @@
 """Visits' participants and the presence event log: the one place events are written and read.
 
-Events are appended in the caller's transaction; the notification goes out after commit, because a
-NOTIFY inside the writing transaction serialises every committing writer on one lock. A process's
-notifications carry its new events themselves, sealed (any role that can connect may NOTIFY), so
-listeners deliver them without reading the table; a bare id is a plain wake-up. Readers that miss a
-notification catch up by id.
+Events are appended in the caller's transaction; a notification carrying only the id goes out after
+commit (notify_after_commit), because a NOTIFY inside the writing transaction serialises every
+committing writer on one lock. Readers that miss a notification catch up by id.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -18,20 +14,14 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
-from cryptography.exceptions import InvalidTag
 
 import sql
-
-from .security import Sealer
 
 Q = sql.queries("events")
 
 EVENT_KINDS = frozenset({"lobby_entered", "device_test_passed", "device_test_failed", "admitted", "denied",
                          "connected", "disconnected", "left", "removed", "visit_ended"})
 CHANNEL = "presence_events"
-BATCH_CONTEXT = "events"
-# Raw bytes per notification: sealed (+28) and base64 (x4/3) they stay under NOTIFY's 8,000-byte payload limit.
-BATCH_BYTES = 5600
 log = logging.getLogger(__name__)
 
 
@@ -55,10 +45,6 @@ class PresenceEvent:
             "kind": self.kind, "at": self.at.isoformat(), "role": self.role, "guest_kind": self.guest_kind,
         }, separators=(",", ":"))
 
-    def wire(self) -> "WireEvent":
-        """The event as the bus carries it."""
-        return WireEvent(self.id, self.visit_id, self.to_json())
-
 
 @dataclass(frozen=True)
 class Participant:
@@ -71,114 +57,70 @@ class Participant:
     fhir_user: str | None
 
 
-async def append_event(conn: asyncpg.Connection, visit_id: UUID, participant_id: UUID | None,
-                       kind: str) -> PresenceEvent:
-    """Append an event in the caller's transaction; once committed, announce it (Announcer or notify_after_commit)."""
+async def append_event(conn: asyncpg.Connection, visit_id: UUID, participant_id: UUID | None, kind: str) -> int:
+    """Append an event in the caller's transaction; returns its id. Call notify_after_commit once committed."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown presence event kind {kind!r}")
     row = await conn.fetchrow(Q["append_event"], visit_id, participant_id, kind)
     assert row is not None
-    return _event(row)
+    event_id: int = row["id"]
+    return event_id
 
 
 async def notify_after_commit(conn: asyncpg.Connection, event_id: int) -> None:
-    """Tell other processes (a bare id: a wake-up) that events up to event_id exist."""
+    """Tell other processes (ids only) that events up to event_id exist."""
     # Formatted, not bound: bind parameters would need the extended protocol, one statement per round trip.
     await conn.execute(Q["notify_events"].format(event_id=int(event_id)))
 
 
-@dataclass(frozen=True)
-class WireEvent:
-    """An event as a listener gets it from a notification: enough to route it, and its wire text."""
-
-    id: int
-    visit_id: UUID
-    text: str
-
-
-def seal_batches(sealer: Sealer, events: list[PresenceEvent]) -> list[str]:
-    """Notification payloads carrying events: lines of "id visit wire-text", sealed, each under the limit."""
-    batches: list[str] = []
-    lines: list[bytes] = []
-    size = 0
-    for event in events:
-        line = f"{event.id} {event.visit_id} {event.to_json()}".encode()
-        if lines and size + len(line) + 1 > BATCH_BYTES:
-            batches.append(_seal(sealer, lines))
-            lines, size = [], 0
-        lines.append(line)
-        size += len(line) + 1
-    if lines:
-        batches.append(_seal(sealer, lines))
-    return batches
-
-
-def _seal(sealer: Sealer, lines: list[bytes]) -> str:
-    return base64.b64encode(sealer.seal_bytes(b"\n".join(lines), BATCH_CONTEXT)).decode()
-
-
-def open_batch(sealer: Sealer, payload: str) -> list[WireEvent] | None:
-    """The events a notification carries, or None when it carries none we can trust (a bare wake-up, or
-    something not sealed by us)."""
-    if payload.isdigit():
-        return None
-    try:
-        data = sealer.unseal_bytes(base64.b64decode(payload, validate=True), BATCH_CONTEXT)
-        found = []
-        for line in data.decode().split("\n"):
-            event_id, visit, text = line.split(" ", 2)
-            found.append(WireEvent(int(event_id), UUID(visit), text))
-        return found
-    except (ValueError, binascii.Error, InvalidTag):
-        log.warning("ignored an unreadable event notification")
-        return None
-
-
 async def record_event(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID | None, kind: str,
-                       announcer: "Announcer | None" = None) -> PresenceEvent:
+                       announcer: "Announcer | None" = None) -> int:
     """Append one event (a single statement, so its own transaction), then announce it.
 
-    With an announcer the event rides in a notification coalesced with other writers' (see Announcer);
-    without one a bare wake-up is sent right away on the same connection.
+    With an announcer the notification is coalesced with other writers' (see Announcer); without one it
+    is sent right away on the same connection.
     """
     async with pool.acquire() as conn:
-        event = await append_event(conn, visit_id, participant_id, kind)
+        event_id = await append_event(conn, visit_id, participant_id, kind)
         if announcer is None:
-            await notify_after_commit(conn, event.id)
+            await notify_after_commit(conn, event_id)
     if announcer is not None:
-        announcer.announce(event)
-    return event
+        announcer.announce(event_id)
+    return event_id
 
 
 class Announcer:
-    """Sends this process's event notifications, at most one round trip at a time.
+    """Sends this process's event notifications, at most one at a time.
 
-    Events committed while a notification is in flight ride on the next one. This keeps NOTIFY (and its
-    global queue lock) off each writer's path (measured at ~0.5x write throughput when every write sent
-    its own), and the events inside spare every listener a read of the table.
+    Writes that commit while a notification is in flight ride on the next one, which carries the
+    highest id: listeners read by id anyway, so one wake-up covers them all. This keeps NOTIFY (and its
+    global queue lock) off each writer's path; measured at ~0.5x write throughput when every write
+    sent its own.
     """
 
-    def __init__(self, pool: asyncpg.Pool, sealer: Sealer) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._sealer = sealer
-        self._pending: list[PresenceEvent] = []
+        self._latest = 0
+        self._sent = 0
         self._task: asyncio.Task[None] | None = None
 
-    def announce(self, event: PresenceEvent) -> None:
-        """Make sure a notification carrying event goes out soon."""
-        self._pending.append(event)
+    def announce(self, event_id: int) -> None:
+        """Make sure a notification covering event_id goes out soon."""
+        self._latest = max(self._latest, event_id)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while self._pending:
-            events, self._pending = self._pending, []
+        while self._sent < self._latest:
+            target = self._latest
             try:
                 async with self._pool.acquire() as conn:
-                    await conn.execute(Q["notify_event_batches"], seal_batches(self._sealer, events))
+                    await notify_after_commit(conn, target)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # Listeners also catch up on their own every second, so a lost notification costs only latency.
-                log.warning("could not announce %d events (%s)", len(events), type(exc).__name__)
+                # Listeners also catch up on their own every second, so a lost wake-up costs only latency.
+                log.warning("could not announce events (%s)", type(exc).__name__)
+                return
+            self._sent = target
 
     async def close(self) -> None:
         """Let the last notification go out (for shutdown)."""

@@ -1,14 +1,12 @@
 """The PostgreSQL bus: events and relayed messages cross gateway processes through LISTEN/NOTIFY.
 
-Notifications carry the events themselves (sealed batches, see gateway.events): the bus hands them to
-the hub in id order without reading the table. Ids are allocated before commit, so a later id can arrive
-before an earlier one: the bus holds the later ones, and a gap that the next notifications do not close
-within GAP_GRACE is left to a read of the table, which waits at the gap and skips it only when it outlives
-GAP_WAIT (a rolled-back insert leaves a gap forever). A bare id in a notification, or none for CATCH_UP
-seconds, also means "read the table". So a notification that is lost (the listening connection dropped)
-costs latency, never an event: on reconnect the bus catches up from the last id it published. A process
-with no subscribed socket reads the table at most every IDLE_READ seconds: nobody is waiting, and every
-read takes time from the database that the writers share.
+Notifications carry only event ids; the bus reads the events themselves in id order and hands them to
+the hub. A notification that is lost (the listening connection dropped) costs nothing: on reconnect the
+bus catches up from the last id it published. Ids are allocated before commit, so a later id can become
+visible before an earlier one: the bus waits briefly at such a gap and skips it only when it outlives the
+wait (a rolled-back insert leaves a gap forever). A process with no subscribed socket reads at most every
+IDLE_READ seconds instead of on every notification: nobody is waiting, and every read takes time from the
+database that the writers share.
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.events import CHANNEL, WireEvent, all_events_after, last_event_id, open_batch
+from gateway.events import CHANNEL, all_events_after, last_event_id
 from gateway.security import Sealer
 
 from .hub import Hub
@@ -35,8 +33,6 @@ log = logging.getLogger(__name__)
 RELAY_CHANNEL = "presence_relay"
 RELAY_MAX = 7900  # NOTIFY payloads must stay under 8000 bytes
 GAP_WAIT = 0.5
-GAP_GRACE = 0.005
-HELD_LIMIT = 10_000
 CATCH_UP = 1.0
 IDLE_READ = 0.25
 BATCH = 500
@@ -59,8 +55,6 @@ class PresenceBus:
         self._connected = asyncio.Event()
         self._gap_since: float | None = None
         self._behind = False  # the last read was a full batch: there is more to read at once
-        self._held: dict[int, WireEvent] = {}  # notified events waiting for an earlier id
-        self._gap_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -74,8 +68,6 @@ class PresenceBus:
 
     async def stop(self) -> None:
         """Cancel and await the bus's tasks."""
-        if self._gap_timer is not None:
-            self._gap_timer.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -111,39 +103,8 @@ class PresenceBus:
             await asyncio.sleep(delay + random.uniform(0, delay / 2))
             delay = min(delay * 2, 5.0)
 
-    def _on_event_notice(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        carried = open_batch(self._sealer, payload)
-        if carried is None:
-            self._wake.set()
-        else:
-            self.offer(carried)
-
-    def offer(self, events: list[WireEvent]) -> None:
-        """Committed events (from a notification, or written here): publish those next in id order now."""
-        for event in events:
-            if event.id > self.position:
-                self._held[event.id] = event
-        self._release_held()
-
-    def _release_held(self) -> None:
-        ready = []
-        while (event := self._held.pop(self.position + 1, None)) is not None:
-            self.position = event.id
-            ready.append(event)
-        if ready:
-            self._gap_since = None
-            self._hub.publish_wire(ready)
-        if not self._held:
-            return
-        if len(self._held) > HELD_LIMIT:
-            self._held.clear()  # the table read delivers them all the same
-        if self._gap_timer is None:
-            self._gap_timer = asyncio.get_running_loop().call_later(GAP_GRACE, self._gap_outlived_grace)
-
-    def _gap_outlived_grace(self) -> None:
-        self._gap_timer = None
-        if self._held:
-            self._wake.set()
+    def _on_event_notice(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
 
     def _on_relay_notice(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -207,8 +168,6 @@ class PresenceBus:
         ready = []
         gap = False
         for event in events:
-            if event.id <= self.position:
-                continue  # delivered from a notification while this read was under way
             if event.id != self.position + 1:
                 now = time.monotonic()
                 if self._gap_since is None:
@@ -222,8 +181,5 @@ class PresenceBus:
             ready.append(event)
         if ready:
             self._hub.publish_many(ready)
-        for event_id in [i for i in self._held if i <= self.position]:
-            del self._held[event_id]
-        self._release_held()
         self._behind = len(events) == BATCH
         return gap or self._behind

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from gateway.events import PresenceEvent, WireEvent
+from gateway.events import PresenceEvent
 
 log = logging.getLogger(__name__)
 
@@ -115,34 +115,23 @@ class Hub:
             if event.visit_id in self._visits:
                 by_visit.setdefault(event.visit_id, []).append(event)
         for visit_id, visit_events in by_visit.items():
-            self._deliver(visit_id, [(e.id, e.to_json()) for e in visit_events])
-
-    def publish_wire(self, events: list[WireEvent]) -> None:
-        """publish_many for events that arrived already serialised (in a notification)."""
-        by_visit: dict[UUID, list[tuple[int, str]]] = {}
-        for event in events:
-            if event.visit_id in self._visits:
-                by_visit.setdefault(event.visit_id, []).append((event.id, event.text))
-        for visit_id, texts in by_visit.items():
-            self._deliver(visit_id, texts)
-
-    def _deliver(self, visit_id: UUID, texts: list[tuple[int, str]]) -> None:
-        frames = [text_frame(text) for _, text in texts]
-        for conn in tuple(self._visits.get(visit_id, ())):
-            if not conn.ready:
-                if conn.pending is not None and len(conn.pending) + len(texts) <= PENDING_LIMIT:
-                    conn.pending.extend(texts)
-                else:
-                    self.drop(conn, "backlog while subscribing")
-                continue
-            if texts[0][0] > conn.floor:
-                chunk = frames if len(frames) > 1 else frames[0]
-            else:
-                chunk = [f for (event_id, _), f in zip(texts, frames) if event_id > conn.floor]
-                if not chunk:
+            texts = [(e.id, e.to_json()) for e in visit_events]
+            frames = [text_frame(text) for _, text in texts]
+            for conn in tuple(self._visits.get(visit_id, ())):
+                if not conn.ready:
+                    if conn.pending is not None and len(conn.pending) + len(texts) <= PENDING_LIMIT:
+                        conn.pending.extend(texts)
+                    else:
+                        self.drop(conn, "backlog while subscribing")
                     continue
-            conn.floor = texts[-1][0]
-            self._write(conn, chunk if isinstance(chunk, bytes) else b"".join(chunk))
+                if texts[0][0] > conn.floor:
+                    chunk = frames if len(frames) > 1 else frames[0]
+                else:
+                    chunk = [f for (event_id, _), f in zip(texts, frames) if event_id > conn.floor]
+                    if not chunk:
+                        continue
+                conn.floor = texts[-1][0]
+                self._write(conn, chunk if isinstance(chunk, bytes) else b"".join(chunk))
 
     async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
         """Deliver a relayed message to the visit's ready sockets (or only to one participant's)."""

@@ -136,11 +136,11 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
 
 async def _record(app: web.Application, conn: Connection, kind: str) -> None:
     try:
-        event = await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind, app[ANNOUNCER])
+        await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind, app[ANNOUNCER])
     except Exception:  # the socket's life must not hang on a failed write; the failure is logged
         log.exception("could not record %s for visit %s", kind, conn.visit_id)
         return
-    app[BUS].offer([event.wire()])
+    app[BUS].poke()
 
 
 class _Bucket:
@@ -230,8 +230,8 @@ async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any],
             participant = await events.get_participant(db, target)
         if participant is None or participant.visit_id != conn.visit_id or participant.role == "provider":
             raise Refusal("unknown_participant")
-        event = await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind], app[ANNOUNCER])
-        bus.offer([event.wire()])
+        await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind], app[ANNOUNCER])
+        bus.poke()
         return False
     if kind == "signal":
         if conn.role != "provider":

@@ -1,18 +1,16 @@
 -- name: append_event
 -- The event and, when the visit's configuration writes back to FHIR, its outbox row: one statement, so
--- one transaction (the write-back worker reads the outbox; see writeback.sql). Returns the event whole, as
--- subscribers see it, so the notification after commit can carry it.
+-- one transaction (the write-back worker reads the outbox; see writeback.sql).
 WITH event AS (
     INSERT INTO presence_events (visit_id, participant_id, kind) VALUES ($1, $2, $3)
-    RETURNING id, at, visit_id, participant_id, kind
+    RETURNING id, at, visit_id
 ), outbox AS (
     INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
     SELECT event.id, event.visit_id, v.configuration_id
     FROM event JOIN visits v ON v.id = event.visit_id JOIN configurations c ON c.id = v.configuration_id
     WHERE c.writeback_strategy <> 'none'
 )
-SELECT event.id, event.visit_id, event.participant_id, event.kind, event.at, p.role, p.guest_kind
-FROM event LEFT JOIN participants p ON p.id = event.participant_id;
+SELECT id, at FROM event;
 
 -- name: events_after
 SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
@@ -33,17 +31,11 @@ LIMIT $2;
 SELECT coalesce(max(id), 0) FROM presence_events;
 
 -- name: notify_events
--- {event_id} is an integer formatted in by gateway.events: a bare wake-up, one simple-protocol round trip.
--- The notification's own transaction skips the wait for its WAL flush: listeners see a NOTIFY only once its
--- transaction counts as committed, so a durable commit would hold every wake-up back by one disk flush, and
--- nothing in it needs to survive a crash (the events are durable already; listeners catch up by id).
+-- One simple-protocol round trip, {event_id} an integer formatted in by gateway.events. The notification's own
+-- transaction skips the wait for its WAL flush: listeners see a NOTIFY only once its transaction counts as
+-- committed, so a durable commit would hold every wake-up back by one disk flush, and nothing in it needs to
+-- survive a crash (the events are durable already; listeners catch up by id).
 SET LOCAL synchronous_commit = off; SELECT pg_notify('presence_events', '{event_id}');
-
--- name: notify_event_batches
--- The same for sealed batches of events, one notification each ($1, bound: they are not ours to quote).
--- set_config(..., true) is SET LOCAL for this statement's own transaction.
-SELECT set_config('synchronous_commit', 'off', true), pg_notify('presence_events', batch)
-FROM unnest($1::text[]) AS batch;
 
 -- name: ensure_provider_participant
 WITH found AS (

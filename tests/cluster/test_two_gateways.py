@@ -1,4 +1,4 @@
-"""Presence across two gateway processes on one PostgreSQL: events cross through LISTEN/NOTIFY (sealed, in the notification),
+"""Presence across two gateway processes on one PostgreSQL: events cross through LISTEN/NOTIFY (ids only),
 and a process whose listening connection is cut reconnects and catches up from the last id it saw.
 
 Two real `visitgate serve` processes (as deployed: uvloop, settings from the environment) share one fresh
@@ -253,7 +253,7 @@ async def test_a_provider_on_one_process_sees_a_patient_on_the_other(cluster: Cl
         visit_id = UUID(auth["visit"])
         lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
 
-        # Process B wrote the patient's lobby_entered; process A's bus gets it in B's notification and A's hub sends it.
+        # Process B wrote the patient's lobby_entered; process A's bus reads it by id and A's hub sends it.
         for _ in range(50):
             frame = await _recv(view)
             if frame["type"] == "event" and frame["kind"] == "lobby_entered":
