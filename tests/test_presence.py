@@ -322,3 +322,31 @@ async def test_event_notification_reaches_listeners_and_leaves_the_connection_du
     finally:
         await sender.close()
         await listener.close()
+
+
+@pytest.mark.parametrize("payload", ["999999999", "-5", "not an id", '{"type":"event","kind":"admitted"}'])
+async def test_a_forged_notification_shows_the_provider_nothing(stack: Stack, database_url: str,
+                                                                 payload: str) -> None:
+    # Any role that can connect to the database may NOTIFY any channel. A notification is only ever a wake-up:
+    # what it says is never shown, and a far-ahead id does not make the bus skip the events in between.
+    import asyncpg
+
+    _handle, ws, _auth, visit_id, patient = await _visit_with_patient(stack)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_notify($1, $2)", events.CHANNEL, payload)
+    finally:
+        await conn.close()
+    real = await events.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
+    seen = []
+    for _ in range(20):
+        frame = await _recv(ws)
+        seen.append(frame)
+        if frame["type"] == "event" and frame["id"] == real:
+            break
+    async with stack.gateway_app[DB].acquire() as db:
+        stored = {e.id: e.kind for e in await events.events_after(db, visit_id, 0, 10**12)}
+    shown = [(f["id"], f["kind"]) for f in seen if f["type"] == "event"]
+    assert shown and all(stored.get(i) == kind for i, kind in shown), (shown, stored)
+    assert "admitted" not in stored.values()
+    await ws.close()
