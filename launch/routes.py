@@ -24,7 +24,7 @@ from gateway.web import add_templates
 from . import store
 from .appkeys import SMART
 from .join import PATIENT_SCOPES, open_patient_visit, patient_facing_errors, setup_join
-from .room import setup_room
+from .room import ROOM_SIZE, setup_room
 from .smart import Client, SmartClient, TokenGrant
 
 log = logging.getLogger(__name__)
@@ -294,6 +294,7 @@ async def provider_view(request: web.Request) -> web.Response:
         "problems": sorted(set(problems)),
         "meeting": meeting,
         "room_url": str(app.router["provider_room"].url_for(handle=handle)),
+        "room_size": ROOM_SIZE,
     }
     response = aiohttp_jinja2.render_template("provider.html", request, context)
     response.headers["Cache-Control"] = "no-store"

@@ -7,7 +7,12 @@
   var empty = document.getElementById("participants-empty");
   var status = document.getElementById("presence-status");
   var alertBox = document.getElementById("waiting-alert");
+  var fullBox = document.getElementById("room-full");
+  var section = document.getElementById("participants");
   if (!handle || !list) { return; }
+  // The video room is a mesh: past this many people every browser would carry too many streams, so the
+  // room pages turn the next one away. Say so here, before the clinician admits someone into a full room.
+  var roomSize = Number(section && section.dataset.roomSize) || 4;
 
   var people = {};        // participant id -> {role, guestKind, state, since, device, name}
   var names = {};
@@ -90,6 +95,17 @@
     }
   }
 
+  // Who holds (or is about to take) a place in the video room: this clinician, and every patient or guest
+  // admitted or connected. Other clinicians' "online" may be this page only, so they are not counted.
+  function occupancy() {
+    var taken = 1;
+    Object.keys(people).forEach(function (id) {
+      var p = people[id];
+      if (p.role !== "provider" && (p.state === "admitted" || p.state === "in_visit")) { taken += 1; }
+    });
+    return taken;
+  }
+
   function button(text, cls, action, id) {
     var b = document.createElement("button");
     b.type = "button";
@@ -134,6 +150,10 @@
     empty.hidden = list.children.length > 0;
     alertBox.hidden = waiting.length === 0;
     alertBox.textContent = waiting.join(" · ");
+    var taken = occupancy();
+    fullBox.hidden = !(waiting.length && taken >= roomSize);
+    fullBox.textContent = "The video room is full (" + taken + " of " + roomSize + "): " +
+      "remove someone before admitting another person, or they will be turned away.";
   }
 
   list.addEventListener("click", function (e) {

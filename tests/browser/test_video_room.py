@@ -241,3 +241,34 @@ async def test_three_people_form_a_mesh(stack: Stack, open_context: OpenContext)
     await room.patient.locator(".room-tile figcaption", has_text="Interpreter").wait_for()
     await room.patient.screenshot(path=str(SCREENSHOTS / "visitgate-room-patient-phone-three.png"))
     assert problems == []
+
+
+async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
+        stack: Stack, open_context: OpenContext) -> None:
+    response, visited = await stack.launch()
+    assert response.status == 200, await response.text()
+    handle = urlsplit(visited[-1]).path.rsplit("/", 1)[1]
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
+        visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
+        patient_id = await events.patient_participant(conn, visit_id)
+        guests = [await events.add_guest(conn, visit_id, kind) for kind in ("interpreter", "family", "caregiver")]
+    for guest in guests:  # with the clinician, four people: the mesh is full
+        for kind in ("admitted", "connected"):
+            await events.record_event(pool, visit_id, guest, kind)
+    await events.record_event(pool, visit_id, patient_id, "lobby_entered")
+
+    problems: list[str] = []
+    page = await (await open_context("desktop")).new_page()
+    _watch(page, problems, "provider")
+    await page.goto(f"{stack.gateway_url}/provider/{handle}")
+    full = page.locator("#room-full")
+    await full.wait_for(state="visible", timeout=MEDIA_TIMEOUT_MS)
+    assert "full (4 of 4)" in (await full.text_content() or "")
+    assert await page.locator("#waiting-alert").is_visible()
+
+    # The interpreter drops out of the room: a place is free, and the warning goes without a reload.
+    await events.record_event(pool, visit_id, guests[0], "disconnected")
+    await full.wait_for(state="hidden", timeout=MEDIA_TIMEOUT_MS)
+    assert await page.locator("#waiting-alert").is_visible()
+    assert not problems, problems
