@@ -6,7 +6,7 @@ portal mimics MyChart: it sends the whole window to the gateway's patient launch
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +16,10 @@ from aiohttp import web
 from .appkeys import SETTINGS, STORE
 from .launches import create_launch
 from .store import Resource
+
+# What the schedule and the portal list: visits that started up to 12 hours ago or start within 18.
+CLINIC_DAY_BEFORE = timedelta(hours=12)
+CLINIC_DAY_AFTER = timedelta(hours=18)
 
 SMART_STYLE = {
     "color_background": "#f6f7f9",
@@ -61,17 +65,28 @@ def _participant(appointment: Resource, rtype: str) -> str | None:
 
 
 def _today_appointments(request: web.Request, rtype: str, person_id: str) -> list[Resource]:
-    """Today's appointments (local date) where the person takes part, by start time."""
-    today = datetime.now().astimezone().date().isoformat()
+    """The appointments of the clinic day around now where the person takes part, by start time.
+
+    A window around now rather than the calendar date: the seeded schedule starts at the current half hour,
+    so late in the evening it runs past midnight."""
+    now = datetime.now().astimezone()
     store = request.app[STORE]
     return sorted(
         (
             a for a in store.all("Appointment")
-            if a.get("start", "")[:10] == today
+            if _within(a.get("start", ""), now - CLINIC_DAY_BEFORE, now + CLINIC_DAY_AFTER)
             and any((p.get("actor") or {}).get("reference") == f"{rtype}/{person_id}" for p in a.get("participant", []))
         ),
         key=lambda a: a.get("start", ""),
     )
+
+
+def _within(start: str, earliest: datetime, latest: datetime) -> bool:
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        return False
+    return when.tzinfo is not None and earliest <= when <= latest
 
 
 def _encounter_for(request: web.Request, appointment_id: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Synthetic data for the sandbox EHR: fictional people and today's video visits.
+"""Synthetic data for the sandbox EHR: fictional people and video visits around the time it starts.
 
 Everything here is made up. Names are obviously synthetic, phone numbers are in the 555-01xx range kept
 for fiction, email addresses are at example.org, identifiers are in sandbox-only systems.
@@ -9,21 +9,24 @@ Stable ids, for tests to refer to:
   each with a PractitionerRole `role-1` .. `role-3`.
 - Patients `pat-1` .. `pat-5` (Alex Testpatient, Bea Example, Cam Synthetic, Dee Mockwell, Eli Fictive),
   each with an MRN `SBX-0001` .. `SBX-0005`.
-- Appointments `appt-1` .. `appt-6` for TODAY (local date when the app was built), status booked,
-  each a video visit, and for each a planned virtual Encounter `enc-1` .. `enc-6` pointing at it:
+- Appointments `appt-1` .. `appt-6`, status booked, each a video visit, and for each a planned virtual
+  Encounter `enc-1` .. `enc-6` pointing at it. The schedule is laid out from the moment the app is built,
+  so the demo and the tests find visits that are on whatever the time of day: appt-1 starts at the half
+  hour that moment falls in (T), so it is under way, and its join links (valid until an hour after its
+  end) work for at least 50 minutes:
 
   | appointment | local time | patient | practitioner |
   |---|---|---|---|
-  | appt-1 | 09:00-09:20 | pat-1 | prac-1 |
-  | appt-2 | 09:30-09:50 | pat-2 | prac-1 |
-  | appt-3 | 10:00-10:20 | pat-3 | prac-1 |
-  | appt-4 | 11:00-11:30 | pat-4 | prac-2 |
-  | appt-5 | 13:30-13:50 | pat-5 | prac-2 |
-  | appt-6 | 14:00-14:20 | pat-1 | prac-3 |
+  | appt-1 | T+0:00-T+0:20 | pat-1 | prac-1 |
+  | appt-2 | T+0:30-T+0:50 | pat-2 | prac-1 |
+  | appt-3 | T+1:00-T+1:20 | pat-3 | prac-1 |
+  | appt-4 | T+2:00-T+2:30 | pat-4 | prac-2 |
+  | appt-5 | T+4:30-T+4:50 | pat-5 | prac-2 |
+  | appt-6 | T+5:00-T+5:20 | pat-1 | prac-3 |
 """
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .store import FhirStore
@@ -47,15 +50,20 @@ PATIENTS = (
     ("pat-4", "Dee", "Mockwell", "2001-06-21", "other"),
     ("pat-5", "Eli", "Fictive", "1958-12-02", "male"),
 )
-# (appointment number, start hh:mm, minutes, patient, practitioner)
+# (appointment number, minutes after the first visit starts, length in minutes, patient, practitioner)
 VISITS = (
-    (1, "09:00", 20, "pat-1", "prac-1"),
-    (2, "09:30", 20, "pat-2", "prac-1"),
-    (3, "10:00", 20, "pat-3", "prac-1"),
-    (4, "11:00", 30, "pat-4", "prac-2"),
-    (5, "13:30", 20, "pat-5", "prac-2"),
-    (6, "14:00", 20, "pat-1", "prac-3"),
+    (1, 0, 20, "pat-1", "prac-1"),
+    (2, 30, 20, "pat-2", "prac-1"),
+    (3, 60, 20, "pat-3", "prac-1"),
+    (4, 120, 30, "pat-4", "prac-2"),
+    (5, 270, 20, "pat-5", "prac-2"),
+    (6, 300, 20, "pat-1", "prac-3"),
 )
+
+
+def first_visit_start(now: datetime) -> datetime:
+    """When appt-1 starts for a sandbox built at `now` (local, aware): the half hour now falls in."""
+    return now.replace(minute=now.minute - now.minute % 30, second=0, microsecond=0)
 
 
 def _human_name(given: str, family: str, prefix: str | None = None) -> dict[str, Any]:
@@ -71,11 +79,10 @@ def practitioner_display(given: str, family: str) -> str:
     return f"Dr {given} {family}"
 
 
-def seed(store: FhirStore, today: date | None = None) -> None:
-    """Fill the store with the synthetic practitioners, patients and today's visits."""
+def seed(store: FhirStore, now: datetime | None = None) -> None:
+    """Fill the store with the synthetic practitioners, patients and the visits around now."""
     # Local wall-clock time with its offset, as a clinic's schedule is written.
-    local_tz = datetime.now().astimezone().tzinfo
-    day = today or datetime.now().astimezone().date()
+    first = first_visit_start(now or datetime.now().astimezone())
     names: dict[str, str] = {}
 
     for n, (pid, given, family, npi) in enumerate(PRACTITIONERS, start=1):
@@ -129,9 +136,8 @@ def seed(store: FhirStore, today: date | None = None) -> None:
             }
         )
 
-    for n, hhmm, minutes, patient_id, practitioner_id in VISITS:
-        hour, minute = (int(x) for x in hhmm.split(":"))
-        start = datetime.combine(day, time(hour, minute), tzinfo=local_tz)
+    for n, offset, minutes, patient_id, practitioner_id in VISITS:
+        start = first + timedelta(minutes=offset)
         end = start + timedelta(minutes=minutes)
         store.put(
             {

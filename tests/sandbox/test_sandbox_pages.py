@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import datetime, timedelta, timezone
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sandbox_helpers import APP_LAUNCH_URL, BASE_URL, FHIR_BASE, PATIENT_LAUNCH_URL, query_of
 
@@ -24,7 +26,8 @@ async def test_schedule_lists_todays_visits_with_begin_buttons(ehr: TestClient[A
     assert r.status == 200, await r.text()
     text = await r.text()
     assert text.count("Begin virtual visit") == 3
-    assert "Alex Testpatient" in text and "09:00" in text
+    first = datetime.fromisoformat(ehr.server.app[STORE].get("Appointment", "appt-1")["start"])
+    assert "Alex Testpatient" in text and first.strftime("%H:%M") in text
     assert 'href="/ehr/visit/appt-1?practitioner=prac-1"' in text
 
 
@@ -127,3 +130,22 @@ def test_command_line_builds_settings_with_clients() -> None:
     assert (host, port) == ("127.0.0.1", 9001)
     assert settings.fhir_base == "http://localhost:9001/fhir" and settings.test_controls
     assert settings.clients[0].redirect_uris == ("http://127.0.0.1:8080/cb",)
+
+
+@pytest.mark.parametrize("hhmm", ["00:05", "09:00", "10:29", "10:31", "17:45", "23:50"])
+def test_the_first_visit_is_under_way_at_any_time_of_day(hhmm: str) -> None:
+    # The demo and the tests start at any hour: appt-1 must be on now, with join links good for a while.
+    from sandbox.seed import seed
+    from sandbox.store import FhirStore
+
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    now = datetime(2026, 11, 22, hour, minute, 7, tzinfo=timezone(timedelta(hours=-5)))
+    store = FhirStore()
+    seed(store, now)
+    first = store.get("Appointment", "appt-1")
+    assert first is not None
+    start, end = datetime.fromisoformat(first["start"]), datetime.fromisoformat(first["end"])
+    assert start <= now < start + timedelta(minutes=30)
+    assert end + timedelta(hours=1) - now >= timedelta(minutes=50)  # joinlinks.GRACE after the end
+    starts = sorted(datetime.fromisoformat(a["start"]) for a in store.all("Appointment"))
+    assert starts[0] == start and starts[-1] - now < timedelta(hours=18)  # all on the schedule page
