@@ -173,16 +173,30 @@ async def test_a_gateway_killed_in_the_middle_of_write_back_loses_and_repeats_no
         database_url: str, signing_key_pem: bytes, tmp_path: Path) -> None:
     async with cluster(database_url, signing_key_pem, tmp_path, fhir_delay=0.3) as c:
         visits = {e: await make_visit(c.pool, c.sealer, c.configuration_id, c.fhir_base, e) for e in ENCOUNTERS}
-        await c.start_gateway()
-        for visit in visits.values():
-            p = await people(c.pool, visit)
-            for participant, kind in full_visit(p):
-                await record_event(c.pool, visit, participant, kind)
+        first, second = ENCOUNTERS[:3], ENCOUNTERS[3:]
+
+        async def record_visits(encounters: list[str]) -> None:
+            for encounter in encounters:
+                p = await people(c.pool, visits[encounter])
+                for participant, kind in full_visit(p):
+                    await record_event(c.pool, visits[encounter], participant, kind)
 
         async def some_written() -> bool:
             return any(a["outcome"] == "written" for a in await attempts(c.pool))
 
+        async def some_in_flight() -> bool:
+            async with c.pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT count(*) FROM writeback_outbox"
+                                                " WHERE state = 'pending' AND claimed_by IS NOT NULL"))
+
+        # Half the visits written back, the other half claimed with their requests in flight: then the kill.
+        # (The worker writes all of a visit's pending events in one request, so a backlog recorded while it
+        # runs can be drained before anyone looks; waiting for a claim makes the interruption certain.)
+        await record_visits(first)
+        await c.start_gateway()
         await wait_until(some_written, timeout=20)
+        await record_visits(second)
+        await wait_until(some_in_flight, timeout=20)
         assert (await outbox_states(c.pool)).get("pending", 0) > 0, "nothing left to interrupt"
         await c.kill9()
         await c.start_gateway()  # a new process picks up what the dead one held, once its leases run out
