@@ -60,16 +60,23 @@ def _watch(page: Page, problems: list[str], side: str) -> None:
             if r.status >= 400 and urlsplit(r.url).path != "/favicon.ico" else None)
 
 
-async def _open_room(stack: Stack, open_context: OpenContext, patient_profile: str,
-                     problems: list[str]) -> Room:
-    """Launch the visit as the clinician, give the patient an admitted session, open both room pages."""
+async def _launched_visit(stack: Stack) -> tuple[str, UUID, UUID]:
+    """Launch the visit as the clinician: (provider view handle, visit, its patient participant)."""
     response, visited = await stack.launch()
     assert response.status == 200, await response.text()
     handle = urlsplit(visited[-1]).path.rsplit("/", 1)[1]
-    pool = stack.gateway_app[DB]
-    async with pool.acquire() as conn:
+    async with stack.gateway_app[DB].acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
         patient_id = await events.patient_participant(conn, visit_id)
+    return handle, visit_id, patient_id
+
+
+async def _open_room(stack: Stack, open_context: OpenContext, patient_profile: str,
+                     problems: list[str]) -> Room:
+    """Launch the visit as the clinician, give the patient an admitted session, open both room pages."""
+    handle, visit_id, patient_id = await _launched_visit(stack)
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
         # What the join-link exchange leaves behind: a browser session for the patient.
         session = await joinlinks.create_session(conn, patient_id, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
@@ -245,13 +252,9 @@ async def test_three_people_form_a_mesh(stack: Stack, open_context: OpenContext)
 
 async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
         stack: Stack, open_context: OpenContext) -> None:
-    response, visited = await stack.launch()
-    assert response.status == 200, await response.text()
-    handle = urlsplit(visited[-1]).path.rsplit("/", 1)[1]
+    handle, visit_id, patient_id = await _launched_visit(stack)
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
-        visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
-        patient_id = await events.patient_participant(conn, visit_id)
         guests = [await events.add_guest(conn, visit_id, kind) for kind in ("interpreter", "family", "caregiver")]
     for guest in guests:  # with the clinician, four people: the mesh is full
         for kind in ("admitted", "connected"):
