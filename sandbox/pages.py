@@ -64,7 +64,7 @@ def _participant(appointment: Resource, rtype: str) -> str | None:
     return None
 
 
-def _today_appointments(request: web.Request, rtype: str, person_id: str) -> list[Resource]:
+def _clinic_day_appointments(request: web.Request, rtype: str, person_id: str) -> list[Resource]:
     """The appointments of the clinic day around now where the person takes part, by start time.
 
     A window around now rather than the calendar date: the seeded schedule starts at the current half hour,
@@ -126,7 +126,7 @@ async def ehr_schedule(request: web.Request) -> web.Response:
     if practitioner is None:
         return _not_found(request, "No such clinician in this EHR.")
     rows = []
-    for appt in _today_appointments(request, "Practitioner", practitioner_id):
+    for appt in _clinic_day_appointments(request, "Practitioner", practitioner_id):
         patient_id = _participant(appt, "Patient")
         rows.append(
             {
@@ -193,7 +193,7 @@ async def portal(request: web.Request) -> web.Response:
     if patient is None:
         return _not_found(request, "No such patient.")
     rows = []
-    for appt in _today_appointments(request, "Patient", patient_id):
+    for appt in _clinic_day_appointments(request, "Patient", patient_id):
         practitioner_id = _participant(appt, "Practitioner")
         rows.append(
             {
