@@ -12,8 +12,12 @@
  * cross (no glare), and after any loss on either side the two converge on one connection. ICE candidates
  * trickle in small batches, to stay well under the socket's frame rate limit.
  *
+ * TURN credentials expire, and a relay allocation cannot be refreshed with expired ones: when fresh ICE
+ * servers arrive, each connection takes them and restarts ICE on the same connection (the offerer offers
+ * with iceRestart; the answerer asks it to with `restart`), so a long call keeps its relay without a gap.
+ *
  * Tests read window.visitgateRoom: {status, socket, joined, audioEnabled, videoEnabled, iceRefreshes,
- * peers: {participant: {connectionState, framesDecoded}}}.
+ * peers: {participant: {connectionState, framesDecoded, iceRestarts, ufrags}}}.
  */
 "use strict";
 (function () {
@@ -236,6 +240,7 @@
         if (Array.isArray(frame.servers)) {
           config.ice_servers = frame.servers;  // every connection opened from now on uses them
           view.iceRefreshes += 1;
+          peers.forEach(renewIce);             // and the open ones move to them
           iceDueAt = Date.now() + config.ice_ttl * 800;
           scheduleIceRefresh();
         }
@@ -386,13 +391,17 @@
         }
         return;
       case "offer":
-        if (isOfferer(from) || typeof data.pc !== "string" || ours) return;
+        if (isOfferer(from) || typeof data.pc !== "string") return;
+        if (ours) { if (data.restart) acceptRestart(peer, data.sdp); return; }
         if (peer) closePeer(from);
         else if (peers.size >= MAX_OTHERS) { sendSignal(from, { kind: "full" }, data.session); return; }
         acceptOffer(openPeer(from, data.session, data.pc), data.sdp);
         return;
       case "answer":
         if (ours && isOfferer(from)) acceptAnswer(peer, data.sdp);
+        return;
+      case "restart":
+        if (ours && !isOfferer(from)) restartIce(peer);
         return;
       case "candidates":
         if (ours && Array.isArray(data.candidates)) data.candidates.forEach(function (c) { addCandidate(peer, c); });
@@ -430,7 +439,7 @@
     var peer = {
       id: p, pc: pc, pcid: pcid, remoteSession: remoteSession, offerer: isOfferer(p), createdAt: Date.now(),
       remoteSet: false, pendingRemote: [], outgoing: [], flushTimer: null, setupTimer: null, tile: makeTile(p),
-      stats: { connectionState: pc.connectionState, framesDecoded: 0 },
+      stats: { connectionState: pc.connectionState, framesDecoded: 0, iceRestarts: 0, ufrags: [] },
     };
     peers.set(p, peer);
     view.peers[p] = peer.stats;
@@ -489,6 +498,7 @@
     try {
       await peer.pc.setLocalDescription(await peer.pc.createOffer());
       if (peers.get(peer.id) !== peer) return;
+      noteUfrag(peer);
       signalPeer(peer, { kind: "offer", sdp: peer.pc.localDescription.sdp });
     } catch (err) {
       console.warn("room: could not make an offer", err);
@@ -502,6 +512,7 @@
       attachLocal(peer); // addTrack takes over the transceivers the offer created
       await peer.pc.setLocalDescription(await peer.pc.createAnswer());
       if (peers.get(peer.id) !== peer) return;
+      noteUfrag(peer);
       signalPeer(peer, { kind: "answer", sdp: peer.pc.localDescription.sdp });
     } catch (err) {
       console.warn("room: could not answer an offer", err);
@@ -513,8 +524,57 @@
     try {
       await peer.pc.setRemoteDescription({ type: "answer", sdp: sdp });
       remoteSet(peer);
+      if (peer.restarting) { peer.restarting = false; peer.stats.iceRestarts += 1; }
     } catch (err) {
       console.warn("room: could not take an answer", err);
+    }
+  }
+
+  function noteUfrag(peer) {
+    // For tests and diagnosis: the ICE username fragment of each local description (a restart changes it).
+    var found = /a=ice-ufrag:(\S+)/.exec(peer.pc.localDescription ? peer.pc.localDescription.sdp : "");
+    var seen = peer.stats.ufrags;
+    if (found && seen[seen.length - 1] !== found[1]) seen.push(found[1]);
+  }
+
+  function renewIce(peer) {
+    // New TURN credentials: this connection's next candidates use them; the offerer restarts ICE now, the
+    // answerer asks it to (only the offerer ever offers, so two offers never cross).
+    try {
+      peer.pc.setConfiguration(Object.assign(peer.pc.getConfiguration(), { iceServers: config.ice_servers || [] }));
+    } catch (err) {
+      console.warn("room: could not take the new ICE servers", err);
+      return;
+    }
+    if (!peer.remoteSet || !isUp(peer)) return;  // not up yet: it is gathering with the new servers anyway
+    if (peer.offerer) restartIce(peer);
+    else signalPeer(peer, { kind: "restart" });
+  }
+
+  async function restartIce(peer) {
+    if (peer.pc.signalingState !== "stable") return;  // an offer is under way: it carries the new servers
+    try {
+      await peer.pc.setLocalDescription(await peer.pc.createOffer({ iceRestart: true }));
+      if (peers.get(peer.id) !== peer) return;
+      noteUfrag(peer);
+      peer.restarting = true;
+      signalPeer(peer, { kind: "offer", restart: true, sdp: peer.pc.localDescription.sdp });
+    } catch (err) {
+      console.warn("room: could not restart ICE", err);
+    }
+  }
+
+  async function acceptRestart(peer, sdp) {
+    // The same connection, new ICE credentials: answer on it, keeping its tracks as they are.
+    try {
+      await peer.pc.setRemoteDescription({ type: "offer", sdp: sdp });
+      await peer.pc.setLocalDescription(await peer.pc.createAnswer());
+      if (peers.get(peer.id) !== peer) return;
+      noteUfrag(peer);
+      peer.stats.iceRestarts += 1;
+      signalPeer(peer, { kind: "answer", sdp: peer.pc.localDescription.sdp });
+    } catch (err) {
+      console.warn("room: could not answer an ICE restart", err);
     }
   }
 

@@ -26,16 +26,30 @@ def stack_overrides() -> Any:
     return overrides
 
 
+async def _ufrags(page: Any) -> list[str]:
+    """The ICE username fragments this page's connection has used (one more after each ICE restart)."""
+    value: list[str] = await page.evaluate("() => Object.values(window.visitgateRoom.peers)[0].ufrags")
+    return value
+
+
 async def test_turn_credentials_are_refreshed_and_the_call_goes_on(stack: Stack, open_context: OpenContext) -> None:
     problems: list[str] = []
     room = await _open_room(stack, open_context, "desktop", problems)
     await _both_live(room)
     for page in (room.provider, room.patient):
         await page.wait_for_function("() => window.visitgateRoom.iceRefreshes >= 2", timeout=15_000)
+    # Each side took the fresh servers on its open connection: ICE restarted there, no new connection.
+    for page, other in ((room.provider, room.patient_id), (room.patient, room.provider_id)):
+        await page.wait_for_function("(p) => window.visitgateRoom.peers[p].iceRestarts >= 1", arg=other,
+                                     timeout=15_000)
+    restarted = {"provider": await _ufrags(room.provider), "patient": await _ufrags(room.patient)}
+    assert all(len(set(seen)) >= 2 for seen in restarted.values()), restarted
     before = await _frames(room.patient, room.provider_id)
     await room.patient.wait_for_function(
         "([p, n]) => window.visitgateRoom.peers[p].framesDecoded > n + 10", arg=[room.provider_id, before],
         timeout=10_000)
+    for page, other in ((room.provider, room.patient_id), (room.patient, room.provider_id)):
+        assert await page.evaluate("(p) => window.visitgateRoom.peers[p].connectionState", other) == "connected"
     # A connection opened after the refresh (leave, then rejoin) comes up too.
     await room.patient.get_by_role("button", name="Leave").click()
     await room.provider.wait_for_function("() => Object.keys(window.visitgateRoom.peers).length === 0",
