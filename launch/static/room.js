@@ -17,7 +17,7 @@
  * with iceRestart; the answerer asks it to with `restart`), so a long call keeps its relay without a gap.
  *
  * Tests read window.visitgateRoom: {status, socket, joined, audioEnabled, videoEnabled, iceRefreshes,
- * peers: {participant: {connectionState, framesDecoded, iceRestarts, ufrags}}}.
+ * peers: {participant: {connectionState, framesDecoded, iceRestarts, restartsAsked, ufrags}}}.
  */
 "use strict";
 (function () {
@@ -401,7 +401,8 @@
         if (ours && isOfferer(from)) acceptAnswer(peer, data.sdp);
         return;
       case "restart":
-        if (ours && !isOfferer(from)) restartIce(peer);
+        // The answerer took fresh servers: restart so its new candidates are gathered with them.
+        if (ours && isOfferer(from)) { peer.stats.restartsAsked += 1; restartIce(peer); }
         return;
       case "candidates":
         if (ours && Array.isArray(data.candidates)) data.candidates.forEach(function (c) { addCandidate(peer, c); });
@@ -439,7 +440,7 @@
     var peer = {
       id: p, pc: pc, pcid: pcid, remoteSession: remoteSession, offerer: isOfferer(p), createdAt: Date.now(),
       remoteSet: false, pendingRemote: [], outgoing: [], flushTimer: null, setupTimer: null, tile: makeTile(p),
-      stats: { connectionState: pc.connectionState, framesDecoded: 0, iceRestarts: 0, ufrags: [] },
+      stats: { connectionState: pc.connectionState, framesDecoded: 0, iceRestarts: 0, restartsAsked: 0, ufrags: [] },
     };
     peers.set(p, peer);
     view.peers[p] = peer.stats;

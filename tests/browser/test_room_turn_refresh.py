@@ -44,6 +44,11 @@ async def test_turn_credentials_are_refreshed_and_the_call_goes_on(stack: Stack,
                                      timeout=15_000)
     restarted = {"provider": await _ufrags(room.provider), "patient": await _ufrags(room.patient)}
     assert all(len(set(seen)) >= 2 for seen in restarted.values()), restarted
+    # The answerer's own refresh restarts ICE too: it asks the offerer (the smaller participant id) to.
+    offerer, answerer_id = ((room.provider, room.patient_id) if room.provider_id < room.patient_id
+                            else (room.patient, room.provider_id))
+    await offerer.wait_for_function("(p) => window.visitgateRoom.peers[p].restartsAsked >= 1", arg=answerer_id,
+                                    timeout=15_000)
     before = await _frames(room.patient, room.provider_id)
     await room.patient.wait_for_function(
         "([p, n]) => window.visitgateRoom.peers[p].framesDecoded > n + 10", arg=[room.provider_id, before],
