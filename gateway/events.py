@@ -38,12 +38,28 @@ class PresenceEvent:
     guest_kind: str | None
 
     def to_json(self) -> str:
-        """The wire form sent to subscribers (serialised once per event, for all of them)."""
-        return json.dumps({
-            "type": "event", "id": self.id, "visit": str(self.visit_id),
-            "participant": str(self.participant_id) if self.participant_id else None,
-            "kind": self.kind, "at": self.at.isoformat(), "role": self.role, "guest_kind": self.guest_kind,
-        }, separators=(",", ":"))
+        """The wire form sent to subscribers (serialised once per event, for all of them).
+
+        Built by hand: on the delivery path this ran at ~10-15 us an event with json.dumps, a third of a core
+        at 30k events/s. Ids, UUIDs and timestamps need no escaping; the strings come from small
+        vocabularies whose JSON literals are made once (anything else still goes through json.dumps).
+        """
+        participant = f'"{self.participant_id}"' if self.participant_id is not None else "null"
+        return (f'{{"type":"event","id":{int(self.id)},"visit":"{self.visit_id}","participant":{participant},'
+                f'"kind":{_json_text(self.kind)},"at":"{self.at.isoformat()}","role":{_json_text(self.role)},'
+                f'"guest_kind":{_json_text(self.guest_kind)}}}')
+
+
+# JSON literals of the event kinds, roles and guest kinds (the database allows no others).
+_LITERALS = {value: json.dumps(value) for value in (
+    *EVENT_KINDS, "provider", "patient", "guest", "interpreter", "family", "caregiver", "other")}
+
+
+def _json_text(value: str | None) -> str:
+    if value is None:
+        return "null"
+    literal = _LITERALS.get(value)
+    return literal if literal is not None else json.dumps(value)
 
 
 @dataclass(frozen=True)

@@ -350,3 +350,21 @@ async def test_a_forged_notification_shows_the_provider_nothing(stack: Stack, da
     assert shown and all(stored.get(i) == kind for i, kind in shown), (shown, stored)
     assert "admitted" not in stored.values()
     await ws.close()
+
+
+@pytest.mark.parametrize("participant, role, guest_kind, kind", [
+    (UUID(int=5), "patient", None, "lobby_entered"),
+    (UUID(int=6), "guest", "interpreter", "device_test_failed"),
+    (None, None, None, "visit_ended"),
+    (UUID(int=7), 'odd "role"\\', "<b>\u2028", 'not "a" kind\n'),   # outside the vocabularies: still valid JSON
+])
+def test_an_event_reaches_subscribers_as_the_json_it_stands_for(participant: UUID | None, role: str | None,
+                                                                guest_kind: str | None, kind: str) -> None:
+    import datetime as dt
+
+    at = dt.datetime(2026, 11, 22, 10, 30, 5, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    event = events.PresenceEvent(id=42, visit_id=UUID(int=1), participant_id=participant, kind=kind, at=at,
+                                 role=role, guest_kind=guest_kind)
+    assert json.loads(event.to_json()) == {
+        "type": "event", "id": 42, "visit": str(UUID(int=1)), "participant": str(participant) if participant else None,
+        "kind": kind, "at": at.isoformat(), "role": role, "guest_kind": guest_kind}
