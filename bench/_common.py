@@ -175,9 +175,30 @@ def gateway_env(dsn: str, port: int, secret: bytes, signing_pem: bytes, data_dir
         "VISITGATE_LOG_LEVEL": log_level,
         "VISITGATE_DATA_DIR": str(data_dir),
         "PYTHONWARNINGS": "ignore",
+        "VISITGATE_METRICS_TOKEN": METRICS_TOKEN,
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     })
     return env
+
+
+METRICS_TOKEN = "bench-metrics-token"
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A gateway's unlabelled /metrics samples by name (empty if it does not answer)."""
+    request = urllib.request.Request(f"http://{HOST}:{port}/metrics",
+                                     headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    found: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            found[name] = float(value)
+    return found
 
 
 def wait_http(procs: Procs, name: str, proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:

@@ -51,7 +51,7 @@ def say(text: str) -> None:
 async def main_async(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from gateway.db import migrate
+    from gateway.db import create_pool, migrate
     from gateway.events import patient_participant
     from gateway.security import generate_signing_key_pem
 
@@ -77,11 +77,10 @@ async def main_async(args: argparse.Namespace) -> int:
             gateways[name] = (port, C.start_gateway(run, f"gateway-{name}", env, std_loop=args.loop == "asyncio"))
         port_a, proc_a = gateways["a"]
         say(f"  gateways up: A on {port_a}, B on {gateways['b'][0]}")
-        pool = await asyncpg.create_pool(dsn, min_size=args.pool, max_size=args.pool,
-                                         server_settings={"synchronous_commit": args.synchronous_commit})
-        assert pool is not None
-        durable = await asyncpg.create_pool(dsn, min_size=args.writers, max_size=args.writers)
-        assert durable is not None
+        # The writers' pools are the gateway's own kind (gateway.db.create_pool: no reset query on release).
+        pool = await create_pool(dsn, args.pool, min_size=args.pool,
+                                 server_settings={"synchronous_commit": args.synchronous_commit})
+        durable = await create_pool(dsn, args.writers, min_size=args.writers)
         async with pool.acquire() as conn:
             patients = [await patient_participant(conn, v) for v in visits]
 
@@ -151,14 +150,20 @@ async def main_async(args: argparse.Namespace) -> int:
             counts = {True: 0, False: 0}
             seconds = {True: 0.0, False: 0.0}
             cpu: dict[bool, dict[str, float]] = {True: defaultdict(float), False: defaultdict(float)}
+            bus: dict[bool, dict[str, float]] = {True: defaultdict(float), False: defaultdict(float)}
             for r in range(args.rounds):
                 for notify in (True, False) if r % 2 == 0 else (False, True):
                     t, before = time.monotonic(), cpu_now()
+                    seen = await asyncio.to_thread(C.scrape, port_a)
+                    sent = sum(a.notifications for a in C._ANNOUNCERS.values())
                     counts[notify] += await C.write_closed_loop(writer_pool, visits, patients, args.writers,
                                                         args.phase_seconds, notify)
                     seconds[notify] += time.monotonic() - t
                     for name, used in cpu_now().items():
                         cpu[notify][name] += used - before.get(name, used)
+                    for name, value in (await asyncio.to_thread(C.scrape, port_a)).items():
+                        bus[notify][name] += value - seen.get(name, value)
+                    bus[notify]["sent"] += sum(a.notifications for a in C._ANNOUNCERS.values()) - sent
                     await asyncio.sleep(0.3)
             with_rate = counts[True] / seconds[True]
             without_rate = counts[False] / seconds[False]
@@ -169,13 +174,42 @@ async def main_async(args: argparse.Namespace) -> int:
             for notify in (True, False):
                 share = ", ".join(f"{name} {used / seconds[notify] * 100:.0f}%" for name, used in cpu[notify].items())
                 say(f"    CPU of a core {'with' if notify else 'without'} notifications: {share}")
+                reads = bus[notify]["visitgate_presence_bus_reads_total"]
+                if reads:
+                    say(f"      notifications sent {bus[notify]['sent'] / seconds[notify]:,.0f}/s, A woken "
+                        f"{bus[notify]['visitgate_presence_bus_notices_total'] / seconds[notify]:,.0f}/s, A read "
+                        f"{reads / seconds[notify]:,.0f}/s, "
+                        f"{bus[notify]['visitgate_presence_bus_events_total'] / reads:.1f} events a read")
             return ratio
 
+        # The subscribers now only count what arrives: the load client stands in for browsers on other
+        # machines, so it should take as little of these 2 cores as it can.
+        await client.call("reset", mode="count")
         figures["notify_write_ratio"] = await ratio_rounds("synchronous_commit=on", durable)
+        if args.split:
+            import psutil
+            cores = sorted(os.sched_getaffinity(0))
+            db_side, gw_side = {cores[0]}, set(cores[1:])
+            def pin(pid: int, cpus: set[int]) -> None:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(task), cpus)
+            root = psutil.Process(run.pg.get_pid())
+            for p in [root, *root.children(recursive=True)]:
+                pin(p.pid, db_side)
+            pin(os.getpid(), db_side)
+            for _, proc in gateways.values():
+                pin(proc.pid, gw_side)
+            pin(client.proc.pid, gw_side)
+            await ratio_rounds("split", durable)
         await ratio_rounds("synchronous_commit=off", pool)
         # The same with nobody listening: what the notification costs the write path itself, apart from the
         # listeners' live reads and deliveries, which share these 2 cores with the writers above.
         await client.call("close")
+        # Both gateways still listen and are woken, but with no subscriber their buses read at an idle pace:
+        # what the notifications cost apart from the live reads and deliveries.
+        await asyncio.sleep(0.5)
+        await ratio_rounds("synchronous_commit=on, listening, nobody subscribed", durable)
         for name, (_, proc) in gateways.items():
             run.stop(proc)
         await ratio_rounds("synchronous_commit=on, no process listening", durable)
@@ -220,6 +254,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     p.add_argument("--profile", action="store_true", help="sample gateway A with py-spy during the p99 phase")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--split", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds, args.phase_seconds = 4.0, 2, 1.5

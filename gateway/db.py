@@ -30,12 +30,13 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
     return server, server.get_uri()
 
 
-async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+async def create_pool(dsn: str, max_size: int, min_size: int = 1,
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
     """A pool of short-lived units of work; callers take a connection per unit, never per request."""
     # Our connections keep no session state, so asyncpg's reset query on every release (a round trip,
     # measured at ~9% of a launch) buys nothing.
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30,
-                                     reset=_no_reset)
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30,
+                                     reset=_no_reset, server_settings=server_settings)
     assert pool is not None
     return pool
 

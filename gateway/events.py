@@ -122,6 +122,7 @@ class Announcer:
         self._pool = pool
         self._latest = 0
         self._sent = 0
+        self.notifications = 0  # how many went out (for /metrics: writes per notification shows the coalescing)
         self._task: asyncio.Task[None] | None = None
 
     def announce(self, event_id: int) -> None:
@@ -141,6 +142,7 @@ class Announcer:
                 log.warning("could not announce events (%s)", type(exc).__name__)
                 return
             self._sent = target
+            self.notifications += 1
 
     async def close(self) -> None:
         """Let the last notification go out (for shutdown)."""

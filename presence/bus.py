@@ -56,6 +56,10 @@ class PresenceBus:
         self._gap_since: float | None = None
         self._behind = False  # the last read was a full batch: there is more to read at once
         self._tasks: list[asyncio.Task[None]] = []
+        # Plain counts for /metrics (events per read shows how well live delivery batches).
+        self.notices = 0
+        self.reads = 0
+        self.events_read = 0
 
     async def start(self) -> None:
         """Begin at the newest event (older ones are read by subscribers' snapshots) and start listening."""
@@ -104,6 +108,7 @@ class PresenceBus:
             delay = min(delay * 2, 5.0)
 
     def _on_event_notice(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.notices += 1
         self._wake.set()
 
     def _on_relay_notice(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -165,6 +170,8 @@ class PresenceBus:
         """Publish events after position in id order; True when there may be more to read soon."""
         async with self._pool.acquire() as conn:
             events = await all_events_after(conn, self.position, BATCH)
+        self.reads += 1
+        self.events_read += len(events)
         ready = []
         gap = False
         for event in events:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from aiohttp import web
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from gateway.appkeys import DB, DSN, HTTP, SEALER, SETTINGS, SIGNING_KEY
+from gateway import metrics
+from gateway.appkeys import ANNOUNCER, DB, DSN, HTTP, SEALER, SETTINGS, SIGNING_KEY
 
 from .appkeys import BUS, HUB, WRITEBACK
 from .backend_auth import BackendTokens
@@ -20,6 +23,7 @@ from .ws import presence_socket
 def setup(app: web.Application) -> None:
     """Add the websocket endpoint, the hub, the bus and the write-back worker."""
     app[HUB] = Hub()
+    metrics.registry(app).register(_PresenceCollector(app))
     app.cleanup_ctx.append(_bus)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", presence_socket, name="presence_socket")
@@ -32,6 +36,30 @@ async def _bus(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+
+
+class _PresenceCollector(Collector):
+    """Counts of the bus and the announcer, read when /metrics is scraped (nothing counted per event here)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        """The current counts (none before the database and the bus have started)."""
+        announcer, bus, hub = self._app.get(ANNOUNCER), self._app.get(BUS), self._app.get(HUB)
+        if announcer is not None:
+            yield CounterMetricFamily("visitgate_presence_notifications_sent",
+                                      "Event notifications this process sent (each covers every write before it)",
+                                      value=announcer.notifications)
+        if bus is not None:
+            yield CounterMetricFamily("visitgate_presence_bus_notices", "Event notifications received",
+                                      value=bus.notices)
+            yield CounterMetricFamily("visitgate_presence_bus_reads", "Reads of the event log by the bus",
+                                      value=bus.reads)
+            yield CounterMetricFamily("visitgate_presence_bus_events", "Events read by the bus",
+                                      value=bus.events_read)
+        if hub is not None:
+            yield GaugeMetricFamily("visitgate_presence_sockets", "Subscribed presence sockets", value=hub.count())
 
 
 async def _close_sockets(app: web.Application) -> None:

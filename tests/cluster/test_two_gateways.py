@@ -43,6 +43,7 @@ CLIENT_ID = "visitgate-test"
 TIMEOUT = 10.0          # any one frame or request
 READY_TIMEOUT = 30.0    # a gateway process starting (imports, pool, migrations already applied)
 RECONNECT_TIMEOUT = 10.0
+METRICS_TOKEN = "cluster-metrics-token"
 _STD_LOOP = ("from gateway import cli; cli._install_uvloop = lambda: None; "
              "raise SystemExit(cli.main(['serve']))")
 
@@ -89,6 +90,7 @@ def _spawn(name: str, port: int, database_url: str, secret: bytes, pem: bytes, f
         "DATABASE_URL": dsn, "VISITGATE_DATA_DIR": str(tmp / f"data-{name}"),
         "VISITGATE_FRAME_ANCESTORS": frame_ancestors, "VISITGATE_HTTP_TIMEOUT": "5",
         "VISITGATE_LOG_LEVEL": "INFO", "VISITGATE_WRITEBACK_ENABLED": "false", "PYTHONWARNINGS": "ignore",
+        "VISITGATE_METRICS_TOKEN": METRICS_TOKEN,
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     })
     if os.environ.get("VISITGATE_TEST_GATEWAY_LOOP") == "asyncio":
@@ -274,6 +276,26 @@ async def test_a_provider_on_one_process_sees_a_patient_on_the_other(cluster: Cl
         assert frame["participant"] == patient["participant"]
         await lobby.close()
         await view.close()
+
+    # An operator's Prometheus sees the crossing: B announced what it wrote, A was woken and read it.
+    a, b = await _metrics(cluster.a), await _metrics(cluster.b)
+    assert b["visitgate_presence_notifications_sent_total"] >= 1
+    assert a["visitgate_presence_bus_notices_total"] >= 1
+    assert a["visitgate_presence_bus_reads_total"] >= 1 and a["visitgate_presence_bus_events_total"] >= 1
+
+
+async def _metrics(gateway: Gateway) -> dict[str, float]:
+    """The gateway's unlabelled /metrics samples, by name."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as r:
+            assert r.status == 200, r.status
+            text = await r.text()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            found[name] = float(value)
+    return found
 
 
 async def _listen_backends(dsn: str, app_name: str) -> list[int]:
