@@ -324,6 +324,28 @@ async def test_event_notification_reaches_listeners_and_leaves_the_connection_du
         await listener.close()
 
 
+async def test_an_event_committing_after_a_later_one_was_announced_still_wakes_listeners(database_url: str) -> None:
+    # Ids are handed out before commit: event 7 may commit and be announced while event 5 is still in flight.
+    # When 5 commits, a listener parked at the gap before it must be woken again, not left to poll.
+    import asyncpg
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    listener = await asyncpg.connect(database_url)
+    try:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await listener.add_listener(events.CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        announcer = events.Announcer(pool)
+        announcer.announce(7)
+        assert await asyncio.wait_for(heard.get(), 5) == "7"
+        announcer.announce(5)
+        assert await asyncio.wait_for(heard.get(), 5) == "7"  # the highest id: listeners read by id from where they are
+        await announcer.close()
+        assert announcer.notifications == 2 and heard.empty()
+    finally:
+        await listener.close()
+        await pool.close()
+
+
 @pytest.mark.parametrize("payload", ["999999999", "-5", "not an id", '{"type":"event","kind":"admitted"}'])
 async def test_a_forged_notification_shows_the_provider_nothing(stack: Stack, database_url: str,
                                                                  payload: str) -> None:
