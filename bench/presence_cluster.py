@@ -104,9 +104,10 @@ async def main_async(args: argparse.Namespace) -> int:
             spy = (C.py_spy(run, proc_a.pid, args.seconds + 1, spy_out), spy_out)
         cpu0 = {n: C.cpu_seconds(p.pid) for n, (_, p) in gateways.items()}
         t0 = time.monotonic()
-        written, overruns = await C.write_open_loop(pool, visits, patients, args.rate, args.seconds)
-        elapsed = time.monotonic() - t0
-        await client.call("wait_count", count=len(written), timeout=15.0)
+        with C.no_gc():
+            written, overruns = await C.write_open_loop(pool, visits, patients, args.rate, args.seconds)
+            elapsed = time.monotonic() - t0
+            await client.call("wait_count", count=len(written), timeout=15.0)
         cpu = {n: (C.cpu_seconds(p.pid) - cpu0[n]) / elapsed for n, (_, p) in gateways.items()}
         received: dict[int, list[float]] = defaultdict(list)
         for _sock, event_id, _kind, t in (await client.call("records"))["records"]:

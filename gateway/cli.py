@@ -32,13 +32,14 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
-    from .web import runner_options
+    from .web import freeze_startup_heap, runner_options
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     _install_uvloop()
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, **runner_options(),  # type: ignore[arg-type]
-               
+    app = create_app(settings)
+    app.on_startup.append(freeze_startup_heap)  # last: after the pool, the bus and the templates exist
+    web.run_app(app, host=settings.host, port=settings.port, **runner_options(),  # type: ignore[arg-type]
                 shutdown_timeout=10, print=lambda _: logging.getLogger("visitgate").info(
                     "serving on %s:%s as %s", settings.host, settings.port, settings.public_url))
     return 0

@@ -5,10 +5,14 @@ counts and bounded reason codes only, never identifiers or patient data.
 """
 from __future__ import annotations
 
+import gc
 import hmac
+from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .appkeys import SETTINGS
 
@@ -18,8 +22,23 @@ METRICS = web.AppKey("metrics_registry", CollectorRegistry)
 def registry(app: web.Application) -> CollectorRegistry:
     """The application's registry, created on first use (call while building the application)."""
     if METRICS not in app:
-        app[METRICS] = CollectorRegistry()
+        reg = CollectorRegistry()
+        # The process's CPU, memory and file descriptors, and its garbage collector: what an operator looks
+        # at first when latency climbs.
+        ProcessCollector(registry=reg)
+        GCCollector(registry=reg)
+        reg.register(_FrozenHeap())
+        app[METRICS] = reg
     return app[METRICS]
+
+
+class _FrozenHeap(Collector):
+    """How many objects start-up left out of the collector's sight (gateway.web.freeze_startup_heap)."""
+
+    def collect(self) -> Iterator[Metric]:
+        """The current count."""
+        yield GaugeMetricFamily("visitgate_gc_frozen_objects", "Objects frozen after start-up (never scanned "
+                                "by the cycle collector)", value=gc.get_freeze_count())
 
 
 async def metrics(request: web.Request) -> web.Response:
