@@ -19,11 +19,12 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import events, joinlinks
-from gateway.appkeys import DB, HTTP, NOTIFIER, SEALER, SETTINGS
+from gateway.appkeys import DB, HTTP, NOTIFIER, SEALER
 from gateway.errors import CrossSiteRequest, FhirError, SessionExpired
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
 from gateway.security import token_hash
+from gateway.web import from_our_pages
 
 from . import store
 
@@ -172,17 +173,9 @@ def mask_phone(number: str) -> str:
 
 
 def _same_origin(request: web.Request) -> None:
-    """Refuse state-changing requests that did not come from our own pages (CSRF).
-
-    fetch() sends our origin. A form post from a page with Referrer-Policy no-referrer sends `Origin: null`,
-    so for that case the browser's own Sec-Fetch-Site must say same-origin.
-    """
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.lower() == request.app[SETTINGS].public_url.lower():
-        return
-    if origin in (None, "null") and request.headers.get("Sec-Fetch-Site") == "same-origin":
-        return
-    raise CrossSiteRequest("Links can only be sent from the visit page itself.")
+    """Refuse state-changing requests that did not come from our own pages (CSRF)."""
+    if not from_our_pages(request):
+        raise CrossSiteRequest("Links can only be sent from the visit page itself.")
 
 
 def _wants_json(request: web.Request) -> bool:

@@ -22,6 +22,7 @@ from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS
 from gateway.errors import CrossSiteRequest, JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
 from gateway.events import Participant, patient_participant
 from gateway.fhir import FhirClient
+from gateway.web import from_our_pages
 
 from . import store
 from .appkeys import TRANSLATIONS
@@ -138,17 +139,8 @@ def _patient_page(response: web.Response) -> web.Response:
 
 
 def _require_same_origin(request: web.Request) -> None:
-    """CSRF: a POST must come from one of our pages: our Origin, or Sec-Fetch-Site: same-origin.
-
-    Our pages send no referrer (Referrer-Policy: no-referrer), and browsers then send `Origin: null` with a
-    form's POST, so a null (or absent) Origin defers to Sec-Fetch-Site, which pages cannot forge.
-    """
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != "null":
-        ok = origin.lower() == request.app[SETTINGS].public_url.lower()
-    else:
-        ok = request.headers.get("Sec-Fetch-Site") == "same-origin"
-    if not ok:
+    """CSRF: a POST must come from one of our pages (gateway.web.from_our_pages)."""
+    if not from_our_pages(request):
         raise _localized(request, CrossSiteRequest(), CROSS_SITE)
 
 
