@@ -380,8 +380,9 @@ def inclusive_frames(path: Path, needles: tuple[str, ...]) -> dict[str, float]:
 async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> list[tuple[uuid.UUID, list[str]]]:
     """An approved configuration, `visits` visits, and live provider sessions with known handles.
 
-    The rows are what a provider launch leaves behind (provider_sessions keyed by the SHA-256 of the handle),
-    so a socket authenticating with one of these handles runs the gateway's real code from there on.
+    The rows are what a provider launch leaves behind (provider_sessions and provider_handles, by the SHA-256
+    of the handle), so a socket authenticating with one of these handles runs the gateway's real code from
+    there on.
     """
     import asyncpg
 
@@ -415,6 +416,9 @@ async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> 
                 " scopes, need_patient_banner, expires_at)"
                 " VALUES ($1, $2, $3, $4, now() + interval '2 hours', $5, $6, now() + interval '2 hours')",
                 session_rows)
+            # The handle a page's URL carries (sql/migrations/0006); here the session's own, for the whole run.
+            await conn.execute("INSERT INTO provider_handles (handle_hash, session_hash, expires_at)"
+                               " SELECT handle_hash, handle_hash, expires_at FROM provider_sessions")
         return out
     finally:
         await conn.close()

@@ -32,6 +32,8 @@ class Settings:
     db_pool_max: int = 10
     launch_state_ttl: int = 600
     provider_session_ttl: int = 12 * 3600
+    provider_handle_ttl: int = 15 * 60
+    """Seconds a provider page's URL handle works; the open page renews it well before (see launch.routes)."""
     log_level: str = "INFO"
     organisation_name: str = "your clinic"
     """Named in join-link messages ("Your video visit with <organisation> is ready"); no clinical detail."""
@@ -139,9 +141,24 @@ class Settings:
             acs_endpoint=(env.get("VISITGATE_ACS_ENDPOINT") or "").strip().rstrip("/") or None,
             acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
+            provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    """A whole number of seconds from the environment, at least `least`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number of seconds") from exc
+    if value < least:
+        raise ConfigError(f"{name} must be at least {least} seconds")
+    return value
 
 
 def _flag(value: str) -> bool:

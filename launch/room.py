@@ -19,7 +19,7 @@ from gateway import events, joinlinks
 from gateway.appkeys import DB, SETTINGS
 from gateway.errors import SessionExpired
 from gateway.meetings.builtin import ice_servers, turn_lifetime
-from gateway.sessions import provider_identity
+from gateway.sessions import provider_identity, renew_after
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,15 @@ async def provider_room(request: web.Request) -> web.Response:
         found = await provider_identity(conn, handle)
         if found is None:
             raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
-        visit_id, fhir_user = found
-        participant_id = await events.provider_participant(conn, visit_id, fhir_user)
+        participant_id = await events.provider_participant(conn, found.visit_id, found.fhir_user)
     view_url = str(request.app.router["provider_view"].url_for(handle=handle))
-    return _render(request, participant_id, "provider", {"provider": handle, "where": "room"}, leave_url=view_url)
+    renew_in = renew_after(request.app[SETTINGS].provider_handle_ttl, found.handle_expires_in)
+    return _render(request, participant_id, "provider", {"provider": handle, "where": "room"}, leave_url=view_url,
+                   renew_in=renew_in)
 
 
 def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[str, Any],
-            leave_url: str | None) -> web.Response:
+            leave_url: str | None, renew_in: int | None = None) -> web.Response:
     settings = request.app[SETTINGS]
     config = {
         "participant": str(participant_id),
@@ -90,5 +91,5 @@ def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[st
         "back_url": leave_url,
     }
     response = aiohttp_jinja2.render_template("room.html", request, {"config": config, "role": role,
-                                                                     "back_url": leave_url})
+                                                                     "back_url": leave_url, "renew_in": renew_in})
     return _no_store(response)

@@ -19,7 +19,8 @@ from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInval
 from gateway.fhir import FhirClient, parse_reference
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
-from gateway.web import add_templates
+from gateway.sessions import renew_after
+from gateway.web import add_templates, from_our_pages
 
 from . import store
 from .appkeys import SMART
@@ -42,6 +43,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/launch/patient", patient_launch_start, name="patient_launch")
     app.router.add_get("/launch/callback", launch_callback, name="launch_callback")
     app.router.add_get("/provider/{handle}", provider_view, name="provider_view")
+    app.router.add_post("/provider/{handle}/renew", renew_handle, name="provider_renew")
     from .invites import setup_invites  # "Send the link" from the provider view
     setup_invites(app)
     setup_join(app)
@@ -147,6 +149,7 @@ async def launch_callback(request: web.Request) -> web.Response:
                             reason="no_encounter")
     settings = app[SETTINGS]
     sealer = app[SEALER]
+    # The session's own key is never shown; the URL carries a short-lived handle the page renews.
     handle = new_token()
     async with app[DB].acquire() as conn:
         visit_id, meeting_id, provider_name = await store.find_or_create_visit_with_session(
@@ -154,11 +157,12 @@ async def launch_callback(request: web.Request) -> web.Response:
             encounter_key=sealer.lookup("encounter", f"{config.fhir_base_url}|{grant.encounter}"),
             encounter_ref=sealer.seal(grant.encounter, "visits.encounter_ref"),
             patient_ref=sealer.seal(grant.patient, "visits.patient_ref") if grant.patient else None,
-            meeting_provider=config.meeting_provider, handle_hash=token_hash(handle), fhir_user=fhir_user,
+            meeting_provider=config.meeting_provider, session_hash=token_hash(new_token()), fhir_user=fhir_user,
             access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
             token_ttl=grant.expires_in, scopes=" ".join(sorted(grant.scopes)),
             need_patient_banner=grant.need_patient_banner, smart_style_url=grant.smart_style_url,
-            session_ttl=settings.provider_session_ttl)
+            session_ttl=settings.provider_session_ttl, handle_hash=token_hash(handle),
+            handle_ttl=settings.provider_handle_ttl)
         if meeting_id is None:
             meeting = await app[MEETINGS][provider_name].create_meeting(str(visit_id))
             await store.set_meeting(conn, visit_id, meeting.meeting_id)
@@ -247,6 +251,34 @@ async def _read_or_note(fhir: FhirClient, resource_type: str, logical_id: str | 
         return None
 
 
+async def renew_handle(request: web.Request) -> web.Response:
+    """POST /provider/{handle}/renew: a fresh handle for an open provider page (view or room), as JSON.
+
+    A handle works for provider_handle_ttl seconds; the page asks for the next one a third of the way in and
+    replaces its URL, so the handles left in the browser's history expire within minutes while the page
+    stays usable for the whole session. The old handle keeps working until its own expiry.
+    """
+    if not from_our_pages(request):
+        return _no_store(web.json_response({"error": "cross_site"}, status=403))
+    handle = request.match_info["handle"]
+    ttl = request.app[SETTINGS].provider_handle_ttl
+    fresh = new_token()
+    expires_in = None
+    if len(handle) <= 128:
+        async with request.app[DB].acquire() as conn:
+            expires_in = await store.renew_provider_handle(conn, token_hash(handle), token_hash(fresh), ttl)
+    if expires_in is None:
+        return _no_store(web.json_response({"error": "session_expired", "message": SessionExpired.title},
+                                           status=401))
+    return _no_store(web.json_response({"handle": fresh, "expires_in": round(expires_in),
+                                        "renew_in": renew_after(ttl, expires_in)}))
+
+
+def _no_store(response: web.Response) -> web.Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 async def provider_view(request: web.Request) -> web.Response:
     """The clinician's page for a visit: the appointment, the patient banner, who is connected."""
     handle = request.match_info["handle"]
@@ -295,6 +327,7 @@ async def provider_view(request: web.Request) -> web.Response:
         "meeting": meeting,
         "room_url": str(app.router["provider_room"].url_for(handle=handle)),
         "room_size": ROOM_SIZE,
+        "renew_in": renew_after(app[SETTINGS].provider_handle_ttl, session.handle_expires_in),
     }
     response = aiohttp_jinja2.render_template("provider.html", request, context)
     response.headers["Cache-Control"] = "no-store"

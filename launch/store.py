@@ -45,6 +45,8 @@ class ProviderSession:
     meeting_id: str | None
     fhir_base_url: str
     environment: str
+    handle_expires_in: float
+    """Seconds the handle the session was found by still works."""
 
 
 async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str,
@@ -72,14 +74,16 @@ async def take_launch_state(conn: asyncpg.Connection,
 
 async def find_or_create_visit_with_session(
         conn: asyncpg.Connection, *, configuration_id: int, encounter_key: bytes, encounter_ref: bytes,
-        patient_ref: bytes | None, meeting_provider: str, handle_hash: bytes, fhir_user: str | None,
+        patient_ref: bytes | None, meeting_provider: str, session_hash: bytes, fhir_user: str | None,
         access_token: bytes, token_ttl: int, scopes: str, need_patient_banner: bool,
-        smart_style_url: str | None, session_ttl: int) -> tuple[UUID, str | None, str]:
-    """The visit of an encounter (created if new) and a provider session in it: (visit id, meeting id, provider)."""
+        smart_style_url: str | None, session_ttl: int, handle_hash: bytes,
+        handle_ttl: int) -> tuple[UUID, str | None, str]:
+    """The visit of an encounter (created if new), a provider session in it and the session's first URL
+    handle: (visit id, meeting id, provider)."""
     row = await conn.fetchrow(
         Q["find_or_create_visit_with_session"], configuration_id, encounter_key, encounter_ref, patient_ref,
-        meeting_provider, handle_hash, fhir_user, access_token, float(token_ttl), scopes, need_patient_banner,
-        smart_style_url, float(session_ttl))
+        meeting_provider, session_hash, fhir_user, access_token, float(token_ttl), scopes, need_patient_banner,
+        smart_style_url, float(session_ttl), handle_hash, float(handle_ttl))
     assert row is not None
     return row["id"], row["meeting_id"], row["meeting_provider"]
 
@@ -106,7 +110,15 @@ async def get_provider_session(conn: asyncpg.Connection, handle_hash: bytes) -> 
     return ProviderSession(**dict(row)) if row else None
 
 
+async def renew_provider_handle(conn: asyncpg.Connection, handle_hash: bytes, new_hash: bytes,
+                                ttl: int) -> float | None:
+    """Add a fresh handle to the session of a live one; its seconds to live, or None if the old one is not live."""
+    value: float | None = await conn.fetchval(Q["renew_provider_handle"], handle_hash, new_hash, float(ttl))
+    return value
+
+
 async def purge_expired(conn: asyncpg.Connection) -> None:
-    """Forget launch states and provider sessions past their time."""
+    """Forget launch states, provider handles and provider sessions past their time."""
     await conn.execute(Q["purge_expired_states"])
+    await conn.execute(Q["purge_expired_handles"])
     await conn.execute(Q["purge_expired_sessions"])

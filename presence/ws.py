@@ -122,9 +122,8 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
             found = await provider_identity(db, handle)
             if found is None:
                 return None, where
-            visit_id, fhir_user = found
-            participant_id = await events.provider_participant(db, visit_id, fhir_user)
-            return Identity(visit_id, participant_id, "provider"), where
+            participant_id = await events.provider_participant(db, found.visit_id, found.fhir_user)
+            return Identity(found.visit_id, participant_id, "provider"), where
         cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
         if not cookie or where == "view":
             return None, where

@@ -22,6 +22,17 @@ def test_missing_required_setting_is_named() -> None:
         Settings.from_env({"VISITGATE_PUBLIC_URL": "https://visits.example.org"})
 
 
+def test_provider_handle_lifetime_is_read_in_whole_seconds_of_at_least_a_minute() -> None:
+    base = {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
+            "VISITGATE_SECRET_KEY": base64.b64encode(b"k" * 32).decode(),
+            "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode()}
+    assert Settings.from_env(base).provider_handle_ttl == 900
+    assert Settings.from_env({**base, "VISITGATE_PROVIDER_HANDLE_TTL": "600"}).provider_handle_ttl == 600
+    for bad, says in (("ten minutes", "whole number"), ("30", "at least 60"), ("0", "at least 60")):
+        with pytest.raises(ConfigError, match=f"VISITGATE_PROVIDER_HANDLE_TTL must be .*{says}"):
+            Settings.from_env({**base, "VISITGATE_PROVIDER_HANDLE_TTL": bad})
+
+
 def test_settings_never_show_secrets() -> None:
     settings = Settings(public_url="https://v.example.org", secret_key=b"s" * 32,
                         signing_key_pem=generate_signing_key_pem())

@@ -4,7 +4,6 @@
   "use strict";
   var panel = document.getElementById("send-link");
   if (!panel) { return; }
-  var endpoint = window.location.pathname.replace(/\/+$/, "") + "/invite";
   var result = document.getElementById("send-link-result");
   var message = document.getElementById("send-link-message");
   var copyRow = document.getElementById("send-link-copy");
@@ -36,7 +35,8 @@
     if (busy) { return; }
     setBusy(true);
     show("Sending...", null);
-    fetch(endpoint, {
+    // From the current URL: its handle is renewed while the page is open (provider-handle.js).
+    fetch(window.location.pathname.replace(/\/+$/, "") + "/invite", {
       method: "POST",
       body: new URLSearchParams(fields),
       headers: { "Accept": "application/json" },

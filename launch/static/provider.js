@@ -2,7 +2,9 @@
 // Talks to /ws as described in docs/presence-protocol.md and resumes by event id after a reconnect.
 (function () {
   "use strict";
-  var handle = window.location.pathname.split("/").filter(Boolean)[1];
+  // Renewed while the page is open (provider-handle.js): always authenticate with the current one.
+  var handles = window.vgProviderHandle;
+  var handle = handles ? handles.current() : window.location.pathname.split("/").filter(Boolean)[1];
   var list = document.getElementById("participant-list");
   var empty = document.getElementById("participants-empty");
   var status = document.getElementById("presence-status");
@@ -172,7 +174,7 @@
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     socket = new WebSocket(scheme + window.location.host + "/ws");
     socket.onopen = function () {
-      send({type: "auth", provider: handle, where: "view"});
+      send({type: "auth", provider: handles ? handles.current() : handle, where: "view"});
     };
     socket.onmessage = function (message) {
       var frame = JSON.parse(message.data);

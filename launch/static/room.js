@@ -24,6 +24,10 @@
   var config = JSON.parse(document.getElementById("room-config").textContent);
   var strings = JSON.parse(document.getElementById("room-strings").textContent);
   var me = config.participant;
+  // The clinician's handle is renewed while the page is open (provider-handle.js): reconnect with the new one.
+  if (config.auth.provider && window.vgProviderHandle) {
+    window.vgProviderHandle.onChange(function (fresh) { config.auth.provider = fresh; });
+  }
   var MAX_OTHERS = Math.max(1, (config.room_size || 4) - 1);
   var BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
   var GONE_GRACE_MS = 1500;   // a "disconnected" may overtake the new socket's "connected" on a reload

@@ -35,7 +35,12 @@ WITH visit AS (
     SELECT $6, visit.id, $7, $8, now() + make_interval(secs => $9), $10, $11, $12,
            now() + make_interval(secs => $13)
     FROM visit
-    RETURNING visit_id
+    RETURNING visit_id, handle_hash, expires_at
+), handle AS (
+    -- The first short-lived handle, for the URL the launch redirects to ($6 itself is never shown).
+    INSERT INTO provider_handles (handle_hash, session_hash, expires_at)
+    SELECT $14, session.handle_hash, least(now() + make_interval(secs => $15), session.expires_at)
+    FROM session
 )
 SELECT visit.id, visit.meeting_id, visit.meeting_provider FROM visit JOIN session ON session.visit_id = visit.id;
 
@@ -54,11 +59,25 @@ UPDATE visits SET meeting_id = COALESCE(meeting_id, $2) WHERE id = $1 RETURNING 
 -- name: get_provider_session
 SELECT s.visit_id, s.fhir_user, s.access_token, s.token_expires_at, s.scopes, s.need_patient_banner,
        s.smart_style_url, v.encounter_ref, v.patient_ref, v.meeting_provider, v.meeting_id,
-       c.fhir_base_url, c.environment
-FROM provider_sessions s
+       c.fhir_base_url, c.environment, extract(epoch FROM h.expires_at - now())::float8 AS handle_expires_in
+FROM provider_handles h
+JOIN provider_sessions s ON s.handle_hash = h.session_hash
 JOIN visits v ON v.id = s.visit_id
 JOIN configurations c ON c.id = v.configuration_id
-WHERE s.handle_hash = $1 AND s.expires_at > now();
+WHERE h.handle_hash = $1 AND h.expires_at > now() AND s.expires_at > now();
+
+-- name: renew_provider_handle
+-- A fresh handle for the session a live handle belongs to, lasting $3 seconds but never past the session.
+-- The old handle keeps its own expiry: a request already on its way with it still works.
+INSERT INTO provider_handles (handle_hash, session_hash, expires_at)
+SELECT $2, s.handle_hash, least(now() + make_interval(secs => $3), s.expires_at)
+FROM provider_handles h JOIN provider_sessions s ON s.handle_hash = h.session_hash
+WHERE h.handle_hash = $1 AND h.expires_at > now() AND s.expires_at > now()
+RETURNING extract(epoch FROM expires_at - now())::float8 AS expires_in;
+
+-- name: purge_expired_handles
+DELETE FROM provider_handles WHERE expires_at < now();
 
 -- name: purge_expired_sessions
+-- Their handles go with them (ON DELETE CASCADE).
 DELETE FROM provider_sessions WHERE expires_at < now();

@@ -1,0 +1,172 @@
+"""The handle in a provider page's URL works for minutes; the open page renews it and replaces its URL.
+
+A URL ends up in the EHR browser's history, so a handle copied from there must be of no use later, while the
+clinician's open page keeps working for the whole session.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+import sql
+from gateway.appkeys import DB, SETTINGS
+from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
+from gateway.db import migrate
+from gateway.security import Sealer, new_token, token_hash
+from gateway.sessions import provider_identity
+from launch import store
+from tests.conftest import Postgres, Stack, reason_code
+
+
+async def _handle(stack: Stack) -> str:
+    response, visited = await stack.launch()
+    assert response.status == 200, await response.text()
+    return urlsplit(visited[-1]).path.rsplit("/", 1)[1]
+
+
+async def _renew(stack: Stack, handle: str, origin: str | None = None) -> tuple[int, dict[str, Any]]:
+    async with stack.browser.post(f"{stack.gateway_url}/provider/{handle}/renew",
+                                  headers={"Origin": origin or stack.gateway_url,
+                                           "Accept": "application/json"}) as response:
+        assert response.headers["Cache-Control"] == "no-store"
+        return response.status, await response.json()
+
+
+async def _age(stack: Stack, handle: str) -> None:
+    """Let the handle's time run out (as provider_handle_ttl seconds passing would)."""
+    async with stack.gateway_app[DB].acquire() as conn:
+        await conn.execute("UPDATE provider_handles SET expires_at = now() - interval '1 second'"
+                           " WHERE handle_hash = $1", token_hash(handle))
+
+
+async def _socket_role(stack: Stack, handle: str) -> str | None:
+    """The role a provider-view socket authenticated with handle gets, or None when refused."""
+    ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
+    try:
+        await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+        msg = await ws.receive(timeout=10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return None
+        frame = json.loads(msg.data)
+        return frame.get("role") if frame.get("type") == "auth_ok" else None
+    finally:
+        await ws.close()
+
+
+async def test_the_launch_handle_expires_while_the_renewed_one_keeps_the_page_working(stack: Stack) -> None:
+    first = await _handle(stack)
+    ttl = stack.gateway_app[SETTINGS].provider_handle_ttl
+    page = await stack.get(f"{stack.gateway_url}/provider/{first}")
+    # The page is told to renew a third of the way into the handle's life.
+    found = re.search(r'<meta name="vg-renew-in" content="(\d+)">', await page.text())
+    assert found and ttl // 3 - 2 <= int(found.group(1)) <= ttl // 3
+
+    status, renewed = await _renew(stack, first)
+    assert status == 200
+    second = renewed["handle"]
+    assert second != first and len(second) >= 22
+    assert ttl - 5 <= renewed["expires_in"] <= ttl and ttl // 3 - 2 <= renewed["renew_in"] <= ttl // 3
+
+    await _age(stack, first)
+    # The URL left in the history: the page, the room, the socket and sending links all refuse it.
+    stale = await stack.get(f"{stack.gateway_url}/provider/{first}")
+    assert stale.status == 401 and reason_code(await stale.text()) == "session_expired"
+    assert (await stack.get(f"{stack.gateway_url}/provider/{first}/room")).status == 401
+    assert await _socket_role(stack, first) is None
+    assert (await _renew(stack, first))[0] == 401
+    # The page's current one: everything works, and the room page renews too.
+    fresh = await stack.get(f"{stack.gateway_url}/provider/{second}")
+    assert fresh.status == 200 and f"/provider/{second}/room" in await fresh.text()
+    room = await stack.get(f"{stack.gateway_url}/provider/{second}/room")
+    assert room.status == 200 and 'name="vg-renew-in"' in await room.text()
+    assert await _socket_role(stack, second) == "provider"
+
+
+async def test_renewal_is_refused_for_forged_and_expired_handles_and_from_other_sites(stack: Stack) -> None:
+    handle = await _handle(stack)
+    status, body = await _renew(stack, "not-a-handle")
+    assert status == 401 and body["error"] == "session_expired" and "handle" not in body
+    status, body = await _renew(stack, "x" * 500)
+    assert status == 401 and "handle" not in body
+    status, body = await _renew(stack, handle, origin="https://evil.example")
+    assert status == 403 and body == {"error": "cross_site"}
+    async with stack.gateway_app[DB].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM provider_handles") == 1  # nothing was issued
+
+
+async def test_a_renewed_handle_never_outlives_the_session(stack: Stack) -> None:
+    handle = await _handle(stack)
+    async with stack.gateway_app[DB].acquire() as conn:
+        await conn.execute("UPDATE provider_sessions SET expires_at = now() + interval '20 seconds'")
+    status, renewed = await _renew(stack, handle)
+    assert status == 200 and renewed["expires_in"] <= 20 and renewed["renew_in"] <= 6
+    async with stack.gateway_app[DB].acquire() as conn:
+        await conn.execute("UPDATE provider_sessions SET expires_at = now() - interval '1 second'")
+    # The session is over: no handle of it works, and none can be renewed.
+    assert (await stack.get(f"{stack.gateway_url}/provider/{renewed['handle']}")).status == 401
+    assert (await _renew(stack, renewed["handle"]))[0] == 401
+
+
+async def test_expired_handles_are_purged_and_go_with_their_session(stack: Stack) -> None:
+    handle = await _handle(stack)
+    second = (await _renew(stack, handle))[1]["handle"]
+    await _age(stack, handle)
+    async with stack.gateway_app[DB].acquire() as conn:
+        await store.purge_expired(conn)
+        assert await conn.fetchval("SELECT count(*) FROM provider_handles") == 1
+        await conn.execute("UPDATE provider_sessions SET expires_at = now() - interval '1 second'")
+        await store.purge_expired(conn)
+        assert await conn.fetchval("SELECT count(*) FROM provider_handles") == 0
+        assert await conn.fetchval("SELECT count(*) FROM provider_sessions") == 0
+    assert (await stack.get(f"{stack.gateway_url}/provider/{second}")).status == 401
+
+
+async def test_the_session_key_itself_is_never_a_handle(stack: Stack) -> None:
+    # The launch's session row is keyed by a secret the browser never sees: only provider_handles open pages.
+    handle = await _handle(stack)
+    async with stack.gateway_app[DB].acquire() as conn:
+        session_hash = await conn.fetchval("SELECT handle_hash FROM provider_sessions")
+        handle_hash = await conn.fetchval("SELECT handle_hash FROM provider_handles")
+    assert session_hash != handle_hash == token_hash(handle)
+
+
+async def test_a_provider_page_open_across_the_upgrade_keeps_working(postgres: Postgres,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before migration 0006 the URL carried the session's own key; such a page must survive the upgrade.
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.dsn("postgres"))
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(postgres.dsn(name))
+    try:
+        every = sql.migrations()
+        monkeypatch.setattr(sql, "migrations", lambda: [m for m in every if m[0] < 6])
+        await migrate(conn)
+        sealer = Sealer(secrets.token_bytes(32))
+        config_id = await add_approved(conn, sealer, NewConfiguration(
+            fhir_base_url="https://ehr.example.org/fhir", environment="test", client_id="c",
+            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test")
+        visit_id = await conn.fetchval(
+            "INSERT INTO visits (configuration_id, encounter_key, encounter_ref, meeting_provider)"
+            " VALUES ($1, $2, $3, 'builtin') RETURNING id",
+            config_id, b"k", sealer.seal("enc-1", "visits.encounter_ref"))
+        handle = new_token()
+        await conn.execute(
+            "INSERT INTO provider_sessions (handle_hash, visit_id, fhir_user, access_token, token_expires_at,"
+            " scopes, need_patient_banner, expires_at) VALUES ($1, $2, 'Practitioner/p', $3, now() + interval '1 hour',"
+            " 'launch', false, now() + interval '1 hour')", token_hash(handle), visit_id, b"sealed")
+        monkeypatch.undo()
+        assert await migrate(conn) == ["0006_provider_handles.sql"]
+        found = await provider_identity(conn, handle)
+        assert found is not None and found.visit_id == visit_id and found.handle_expires_in > 3000
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
