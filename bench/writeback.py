@@ -9,7 +9,7 @@ Run from the repository root with the project's environment:
 What runs, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh directory under
 /tmp); the sandbox EHR (`python -m sandbox`) in its own process; the gateway (its real write-back worker,
 `fhir-r4-put`) as an aiohttp server in this process, on uvloop as `visitgate serve` runs. The sandbox
-answers every FHIR call after `fhir_delay` = 50 ms.
+answers every FHIR call 50 ms after it arrived (`fhir_answer_after`; its own work happens within those 50 ms).
 
 Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): one FHIR request per event,
 every slot always busy. Phases:
@@ -22,7 +22,8 @@ every slot always busy. Phases:
    process): `bare_ratio` is what plain aiohttp reaches of the ideal on this machine in this run, and
    `of_bare` = drain rate / bare rate, the share of that ceiling the write-back worker keeps;
 3. steady: events arrive at 70% of the ideal rate for a while; the outbox backlog is sampled, and must not
-   grow (`backlog_growth` = mean of the last third of samples minus mean of the first third).
+   grow (`backlog_growth` = mean of the last third of samples minus mean of the first third, the first second
+   of filling left out).
 
 The last line is `RESULT writeback drain_ratio=... ...` (see BENCHMARKS.md).
 """
@@ -158,7 +159,10 @@ async def run(args: argparse.Namespace) -> str:
                             if r.status == 200:
                                 break
                     await asyncio.sleep(0.1)
-            async with http.post(f"{sandbox_url}/_sandbox/faults", json={"fhir_delay": LATENCY}) as r:
+            # A FHIR server with a 50 ms latency: each answer leaves 50 ms after its request arrived, the
+            # sandbox's own work (parsing, versioning, storing: milliseconds in Python on this machine)
+            # included, as the ideal assumes and as the bare server below answers.
+            async with http.post(f"{sandbox_url}/_sandbox/faults", json={"fhir_answer_after": LATENCY}) as r:
                 assert r.status == 200, await r.text()
             template = {"resourceType": "Encounter", "status": "planned",
                         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
@@ -268,8 +272,11 @@ async def run(args: argparse.Namespace) -> str:
             await asyncio.sleep(tick)
         elapsed = time.monotonic() - started
         await _wait_drained(pool, 60)
-        third = max(len(samples) // 3, 1)
-        growth = sum(samples[-third:]) / third - sum(samples[:third]) / third
+        # Growth over the steady state: the first second (2 samples, from an empty outbox while the first
+        # events are still in flight) is the pipeline filling, not a backlog.
+        steady = samples[2:] if len(samples) > 5 else samples
+        third = max(len(steady) // 3, 1)
+        growth = sum(steady[-third:]) / third - sum(steady[:third]) / third
         print(f"steady: {sent} events in {elapsed:.1f}s ({sent / elapsed:.1f}/s); backlog samples {samples}",
               flush=True)
         return (f"RESULT writeback drain_ratio={drain_ratio:.3f} drain_per_s={drain_rate:.1f} ideal_per_s={ideal:.0f} "

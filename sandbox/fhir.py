@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timezone
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import FAULTS, OAUTH, SETTINGS, STORE
+from .config import Faults
 from .grants import AccessToken
 from .jsonpatch import PatchError, apply_patch
 from .scopes import allowing_levels
@@ -72,6 +74,15 @@ async def fhir_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not request.path.startswith("/fhir/") or request.path in OPEN_PATHS:
         return await handler(request)
     faults = request.app[FAULTS]
+    if faults.fhir_answer_after > 0:
+        arrived = time.monotonic()
+        response = await _faulty(request, handler, faults)
+        await asyncio.sleep(max(0.0, arrived + faults.fhir_answer_after - time.monotonic()))
+        return response
+    return await _faulty(request, handler, faults)
+
+
+async def _faulty(request: web.Request, handler: Handler, faults: Faults) -> web.StreamResponse:
     if faults.fhir_delay > 0:
         await asyncio.sleep(faults.fhir_delay)
     if faults.fhir_status is not None:

@@ -307,3 +307,23 @@ async def test_fhir_delay_fault_delays_answers(ehr: TestClient[Any, Any], auth: 
     start = time.monotonic()
     assert (await ehr.get("/fhir/Encounter/enc-1", headers=auth)).status == 200
     assert time.monotonic() - start >= 0.2
+
+
+async def test_answer_after_fault_answers_that_long_after_arrival_with_the_work_done_meanwhile(
+        ehr: TestClient[Any, Any], auth: dict[str, str]) -> None:
+    # A server whose latency is the setting: the write is applied when the request arrives, the answer
+    # leaves once the time is up (errors too), and nothing of the sandbox's own work is added on top.
+    ehr.server.app[FAULTS].update({"fhir_answer_after": 0.4})
+    current = await (await ehr.get("/fhir/Encounter/enc-1", headers=auth)).json()
+    start = time.monotonic()
+    put = asyncio.create_task(ehr.put("/fhir/Encounter/enc-1", json={**current, "status": "finished"},
+                                      headers={**auth, "Content-Type": "application/fhir+json"}))
+    await asyncio.sleep(0.2)
+    assert not put.done()
+    assert ehr.server.app[STORE].get("Encounter", "enc-1")["status"] == "finished"  # type: ignore[index]
+    assert (await put).status == 200 and time.monotonic() - start >= 0.4
+    start = time.monotonic()
+    assert (await ehr.get("/fhir/Encounter/no-such", headers=auth)).status == 404
+    assert time.monotonic() - start >= 0.4
+    with pytest.raises(ValueError):
+        ehr.server.app[FAULTS].update({"fhir_answer_after": -1})
