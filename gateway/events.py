@@ -171,6 +171,19 @@ async def all_events_after(conn: asyncpg.Connection, after_id: int, limit: int =
     return [_event(r) for r in await conn.fetch(Q["events_by_id_after"], after_id, limit)]
 
 
+async def running_writers(conn: asyncpg.Connection) -> tuple[str, bool]:
+    """A snapshot of the transactions running now (as text), and whether there are none."""
+    row = await conn.fetchrow(Q["writers_snapshot"])
+    assert row is not None
+    return row["snapshot"], row["none_running"]
+
+
+async def writers_finished(conn: asyncpg.Connection, snapshot: str) -> bool:
+    """Whether every transaction running when the snapshot was taken has ended."""
+    done: bool = await conn.fetchval(Q["writers_finished"], snapshot)
+    return done
+
+
 async def last_event_id(conn: asyncpg.Connection) -> int:
     """The newest event id, or 0."""
     value: int = await conn.fetchval(Q["last_event_id"])

@@ -3,8 +3,11 @@
 Notifications carry only event ids; the bus reads the events themselves in id order and hands them to
 the hub. A notification that is lost (the listening connection dropped) costs nothing: on reconnect the
 bus catches up from the last id it published. Ids are allocated before commit, so a later id can become
-visible before an earlier one: the bus waits briefly at such a gap and skips it only when it outlives the
-wait (a rolled-back insert leaves a gap forever). A process with no subscribed socket reads at most every
+visible before an earlier one: the bus waits at such a gap. A rolled-back insert leaves a gap forever, so
+after GAP_WAIT the bus asks PostgreSQL whether any transaction that could still hold the missing id is
+running (the writers of a snapshot taken then), and skips the gap only once they have all ended and a
+read after that still lacks the id: a commit that takes seconds (a disk stall) is delivered, not lost.
+Past GAP_GIVE_UP it skips anyway, with a warning, so a writer that never ends cannot stall presence. A process with no subscribed socket reads at most every
 IDLE_READ seconds instead of on every notification: nobody is waiting, and every read takes time from the
 database that the writers share.
 """
@@ -23,7 +26,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.events import CHANNEL, all_events_after, last_event_id
+from gateway.events import CHANNEL, all_events_after, last_event_id, running_writers, writers_finished
 from gateway.security import Sealer
 
 from .hub import Hub
@@ -32,7 +35,9 @@ log = logging.getLogger(__name__)
 
 RELAY_CHANNEL = "presence_relay"
 RELAY_MAX = 7900  # NOTIFY payloads must stay under 8000 bytes
-GAP_WAIT = 0.5
+GAP_WAIT = 0.5  # at a gap: wait this long before asking PostgreSQL about the writers that may hold the id
+GAP_POLL = 0.05  # then look again this often (the missing event's own notification wakes us sooner)
+GAP_GIVE_UP = 10.0
 CATCH_UP = 1.0
 IDLE_READ = 0.25
 BATCH = 500
@@ -54,6 +59,8 @@ class PresenceBus:
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._gap_since: float | None = None
+        self._gap_snapshot: str | None = None  # pg_current_snapshot() once a gap outlived GAP_WAIT
+        self._gap_writers_done = False  # every writer of that snapshot has ended: the next read decides
         self._behind = False  # the last read was a full batch: there is more to read at once
         self._tasks: list[asyncio.Task[None]] = []
         # Plain counts for /metrics (events per read shows how well live delivery batches).
@@ -162,31 +169,51 @@ class PresenceBus:
             if more:
                 if self._gap_since is not None:
                     # The missing event's own notification ends this wait at once; else look again soon.
+                    waited = time.monotonic() - self._gap_since
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 0.005)
+                        await asyncio.wait_for(self._wake.wait(), 0.005 if waited < GAP_WAIT else GAP_POLL)
                 self._wake.set()
 
     async def _drain_once(self) -> bool:
         """Publish events after position in id order; True when there may be more to read soon."""
         async with self._pool.acquire() as conn:
             events = await all_events_after(conn, self.position, BATCH)
-        self.reads += 1
-        self.events_read += len(events)
-        ready = []
-        gap = False
-        for event in events:
-            if event.id != self.position + 1:
-                now = time.monotonic()
-                if self._gap_since is None:
-                    self._gap_since = now
-                if now - self._gap_since < GAP_WAIT:
-                    gap = True  # an earlier id may still commit: wait for it
-                    break
-                log.info("presence bus skipping ids %d..%d (rolled back)", self.position + 1, event.id - 1)
-            self._gap_since = None
-            self.position = event.id
-            ready.append(event)
+            self.reads += 1
+            self.events_read += len(events)
+            ready = []
+            gap = False
+            for event in events:
+                if event.id != self.position + 1:
+                    if not await self._may_skip_gap(conn):
+                        gap = True  # an earlier id may still commit: wait for it
+                        break
+                self._gap_since, self._gap_snapshot, self._gap_writers_done = None, None, False
+                self.position = event.id
+                ready.append(event)
         if ready:
             self._hub.publish_many(ready)
         self._behind = len(events) == BATCH
         return gap or self._behind
+
+    async def _may_skip_gap(self, conn: asyncpg.Connection) -> bool:
+        """Whether the ids missing before the next visible event can no longer commit (logged when skipped)."""
+        now = time.monotonic()
+        if self._gap_since is None:
+            self._gap_since = now
+        waited = now - self._gap_since
+        if waited < GAP_WAIT:
+            return False
+        if self._gap_writers_done:
+            # A read made after every possible writer had ended still lacks the ids: they were rolled back.
+            log.info("presence bus skipping ids from %d (rolled back)", self.position + 1)
+            return True
+        if waited >= GAP_GIVE_UP:
+            log.warning("presence bus skipping ids from %d after %.0fs: a transaction that may hold them is "
+                        "still running", self.position + 1, waited)
+            return True
+        if self._gap_snapshot is None:
+            # By now the writer holding the id (if any) has its transaction id: it is in this snapshot.
+            self._gap_snapshot, self._gap_writers_done = await running_writers(conn)
+        else:
+            self._gap_writers_done = await writers_finished(conn, self._gap_snapshot)
+        return False  # decided by the next read, made after this answer

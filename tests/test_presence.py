@@ -12,7 +12,7 @@ import pytest
 from yarl import URL
 
 from gateway import events
-from gateway.appkeys import DB
+from gateway.appkeys import ANNOUNCER, DB
 from presence.appkeys import BUS, HUB
 from tests.conftest import Stack, recv_frame, recv_until
 
@@ -390,3 +390,79 @@ def test_an_event_reaches_subscribers_as_the_json_it_stands_for(participant: UUI
     assert json.loads(event.to_json()) == {
         "type": "event", "id": 42, "visit": str(UUID(int=1)), "participant": str(participant) if participant else None,
         "kind": kind, "at": at.isoformat(), "role": role, "guest_kind": guest_kind}
+
+
+async def _no_event_from(ws: aiohttp.ClientWebSocketResponse, first_id: int, seconds: float) -> None:
+    """No event with an id from first_id on arrives for this long (the provider's own earlier ones may)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        try:
+            msg = await asyncio.wait_for(ws.receive(), left)
+        except TimeoutError:
+            return
+        frame = json.loads(msg.data)
+        assert frame["type"] != "event" or frame["id"] < first_id, f"delivered past an open transaction: {frame}"
+
+
+async def _held_then_later(stack: Stack, visit_id: UUID, patient: UUID) -> tuple[Any, Any, int, int]:
+    """An event whose transaction stays open (id n) and a later one committed (id n+1): (conn, tx, n, n+1)."""
+    pool = stack.gateway_app[DB]
+    conn = await pool.acquire()
+    tx = conn.transaction()
+    await tx.start()
+    held = await events.append_event(conn, visit_id, patient, "lobby_entered")
+    later = await events.record_event(pool, visit_id, patient, "device_test_passed", stack.gateway_app[ANNOUNCER])
+    assert later == held + 1
+    return conn, tx, held, later
+
+
+async def test_an_event_whose_commit_takes_seconds_is_delivered_in_order_not_lost(stack: Stack) -> None:
+    # A disk stall can hold a commit for seconds. The bus must not take the missing id for a rolled-back
+    # insert while its transaction still runs: the provider would never see the patient enter the lobby.
+    _handle, ws, _auth, visit_id, patient = await _visit_with_patient(stack)
+    conn, tx, held, later = await _held_then_later(stack, visit_id, patient)
+    try:
+        await _no_event_from(ws, held, 1.5)  # three times the bus's first wait at a gap
+        await tx.commit()
+        stack.gateway_app[ANNOUNCER].announce(held)
+    finally:
+        await stack.gateway_app[DB].release(conn)
+    first, second = await _recv_event(ws, "lobby_entered"), await _recv_event(ws, "device_test_passed")
+    assert (first["id"], second["id"]) == (held, later)
+    await ws.close()
+
+
+async def test_a_rolled_back_insert_does_not_hold_presence_back(stack: Stack) -> None:
+    _handle, ws, _auth, visit_id, patient = await _visit_with_patient(stack)
+    conn, tx, held, later = await _held_then_later(stack, visit_id, patient)
+    try:
+        await tx.rollback()
+    finally:
+        await stack.gateway_app[DB].release(conn)
+    seen = []
+    for _ in range(20):
+        frame = await _recv(ws)
+        if frame["type"] == "event" and frame["id"] >= held:
+            seen.append((frame["id"], frame["kind"]))
+            break
+    assert seen == [(later, "device_test_passed")]  # the rolled-back one never shows, the later one does
+    await ws.close()
+
+
+async def test_a_writer_that_never_ends_holds_presence_back_only_so_long(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from presence import bus
+
+    monkeypatch.setattr(bus, "GAP_GIVE_UP", 1.5)
+    _handle, ws, _auth, visit_id, patient = await _visit_with_patient(stack)
+    conn, tx, held, later = await _held_then_later(stack, visit_id, patient)
+    try:
+        with caplog.at_level("WARNING", logger="presence.bus"):
+            frame = await _recv_event(ws, "device_test_passed")
+        assert frame["id"] == later
+        assert f"skipping ids from {held} after" in caplog.text
+    finally:
+        await tx.rollback()
+        await stack.gateway_app[DB].release(conn)
+    await ws.close()

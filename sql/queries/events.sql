@@ -27,6 +27,16 @@ WHERE e.id > $1
 ORDER BY e.id
 LIMIT $2;
 
+-- name: writers_snapshot
+-- For the presence bus at a gap in the ids: the transactions running now (any that still holds the missing
+-- id among them), and whether there are none at all.
+SELECT pg_current_snapshot()::text AS snapshot,
+       cardinality(ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot()))) = 0 AS none_running;
+
+-- name: writers_finished
+-- Whether every transaction running when that snapshot was taken has ended (committed or rolled back).
+SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress');
+
 -- name: last_event_id
 SELECT coalesce(max(id), 0) FROM presence_events;
 
