@@ -417,8 +417,8 @@ async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> 
                 " VALUES ($1, $2, $3, $4, now() + interval '2 hours', $5, $6, now() + interval '2 hours')",
                 session_rows)
             # The handle a page's URL carries (sql/migrations/0006); here the session's own, for the whole run.
-            await conn.execute("INSERT INTO provider_handles (handle_hash, session_hash, expires_at)"
-                               " SELECT handle_hash, handle_hash, expires_at FROM provider_sessions")
+            await conn.executemany("INSERT INTO provider_handles (handle_hash, session_hash, expires_at)"
+                                   " VALUES ($1, $1, now() + interval '2 hours')", [(r[0],) for r in session_rows])
         return out
     finally:
         await conn.close()
