@@ -240,7 +240,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--visits", type=int, default=100)
     p.add_argument("--rate", type=float, default=1000.0, help="events/s for p99_ms")
-    p.add_argument("--seconds", type=float, default=10.0)
+    # As bench/presence's p99 phase: long enough that one stall of this shared VM weighs as the share of
+    # events it delays (20,000 events at 1,000/s).
+    p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--pool", type=int, default=48, help="writer connections (commits in flight) for the p99 phase")
     p.add_argument("--writers", type=int, default=16, help="closed-loop writers for notify_write_ratio")
     # Many short alternating phases: on this shared machine two long ones measured anywhere from 0.6x to 0.9x
