@@ -34,8 +34,8 @@ def setup_room(app: web.Application) -> None:
     app.router.add_get("/provider/{handle}/room", provider_room, name="provider_room")
 
 
-def _no_store(response: web.Response) -> web.Response:
-    # The page carries a TURN credential and, for the clinician, the handle: never cached or indexed.
+def no_store(response: web.Response) -> web.Response:
+    """Mark a response that carries a credential (a TURN credential, a provider handle): never cached or indexed."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Robots-Tag"] = "noindex, nofollow"
     return response
@@ -92,4 +92,4 @@ def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[st
     }
     response = aiohttp_jinja2.render_template("room.html", request, {"config": config, "role": role,
                                                                      "back_url": leave_url, "renew_in": renew_in})
-    return _no_store(response)
+    return no_store(response)

@@ -25,7 +25,7 @@ from gateway.web import add_templates, from_our_pages
 from . import store
 from .appkeys import SMART
 from .join import PATIENT_SCOPES, open_patient_visit, patient_facing_errors, setup_join
-from .room import ROOM_SIZE, setup_room
+from .room import ROOM_SIZE, no_store, setup_room
 from .smart import Client, SmartClient, TokenGrant
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ async def renew_handle(request: web.Request) -> web.Response:
     stays usable for the whole session. The old handle keeps working until its own expiry.
     """
     if not from_our_pages(request):
-        return _no_store(web.json_response({"error": "cross_site"}, status=403))
+        return no_store(web.json_response({"error": "cross_site"}, status=403))
     handle = request.match_info["handle"]
     ttl = request.app[SETTINGS].provider_handle_ttl
     fresh = new_token()
@@ -268,15 +268,10 @@ async def renew_handle(request: web.Request) -> web.Response:
         async with request.app[DB].acquire() as conn:
             expires_in = await store.renew_provider_handle(conn, token_hash(handle), token_hash(fresh), ttl)
     if expires_in is None:
-        return _no_store(web.json_response({"error": "session_expired", "message": SessionExpired.title},
+        return no_store(web.json_response({"error": "session_expired", "message": SessionExpired.title},
                                            status=401))
-    return _no_store(web.json_response({"handle": fresh, "expires_in": round(expires_in),
+    return no_store(web.json_response({"handle": fresh, "expires_in": round(expires_in),
                                         "renew_in": renew_after(ttl, expires_in)}))
-
-
-def _no_store(response: web.Response) -> web.Response:
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 async def provider_view(request: web.Request) -> web.Response:
