@@ -28,6 +28,37 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+# Below this many descriptors a gateway cannot hold a busy clinic's browsers (each presence socket is one).
+FEW_OPEN_FILES = 4096
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit; returns (soft, hard) after."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        # Service managers often start processes at 1,024; the hard limit is what the operator allowed.
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _say_open_files(soft: int) -> None:
+    log = logging.getLogger("visitgate")
+    if 0 <= soft < FEW_OPEN_FILES:
+        log.warning("this process may open only %d files: that is at most ~%d connected browsers, and past it "
+                    "new connections fail; raise the limit (systemd: LimitNOFILE=, Docker: --ulimit nofile=)",
+                    soft, max(soft - 100, 0))
+    elif soft >= 0:
+        log.info("open files limit %d (each connected browser holds one)", soft)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -36,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    _say_open_files(raise_open_files_limit()[0])
     _install_uvloop()
     app = create_app(settings)
     app.on_startup.append(freeze_startup_heap)  # last: after the pool, the bus and the templates exist

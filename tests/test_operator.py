@@ -85,3 +85,37 @@ async def test_migrations_apply_once(database_url: str) -> None:
         assert versions >= 1
     finally:
         await conn.close()
+
+
+def _open_files_after_start(soft: int, hard: int) -> tuple[list[str], str]:
+    """In a fresh process started with these limits: the limits after serve's raise, and what it logged."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+        "from gateway.cli import raise_open_files_limit, _say_open_files, configure_logging\n"
+        "configure_logging('INFO')\n"
+        "after = raise_open_files_limit()\n"
+        "_say_open_files(after[0])\n"
+        "print(after[0], after[1])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.split(), done.stderr
+
+
+def test_serve_raises_its_open_files_limit_to_what_the_operator_allowed() -> None:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+    limits, said = _open_files_after_start(256, ceiling)
+    assert limits == [str(ceiling), str(ceiling)]  # every socket is a descriptor: started at 256, it may use all
+    assert f"open files limit {ceiling}" in said or ceiling < 4096
+    assert ("WARNING" in said) == (ceiling < 4096)
+
+
+def test_serve_warns_when_it_can_hold_few_browsers() -> None:
+    limits, said = _open_files_after_start(256, 1024)
+    assert limits == ["1024", "1024"]
+    assert "WARNING" in said and "at most ~924 connected browsers" in said and "LimitNOFILE" in said
