@@ -136,6 +136,12 @@ class Stack:
         iss = iss or self.fhir_base
         return await self.follow(f"{self.gateway_url}/launch?iss={iss}&launch={launch}")
 
+    async def provider_handle(self, launch: str | None = None) -> str:
+        """Launch as the clinician and answer the handle the provider view's URL carries."""
+        response, visited = await self.launch(launch)
+        assert response.status == 200, await response.text()
+        return urlsplit(visited[-1]).path.rsplit("/", 1)[1]
+
 
 async def recv_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> dict[str, Any]:
     """The next presence frame, which must be JSON text, within timeout seconds."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import aiohttp
@@ -20,9 +19,7 @@ TIMEOUT = 5.0
 
 
 async def _provider(stack: Stack, encounter: str = "enc-1", patient: str = "pat-1") -> str:
-    response, visited = await stack.launch(stack.new_launch(patient=patient, encounter=encounter))
-    assert response.status == 200, await response.text()
-    return urlsplit(visited[-1]).path.rsplit("/", 1)[1]
+    return await stack.provider_handle(stack.new_launch(patient=patient, encounter=encounter))
 
 
 async def _connect(stack: Stack, origin: str | None = None) -> aiohttp.ClientWebSocketResponse:

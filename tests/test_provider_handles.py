@@ -10,7 +10,6 @@ import re
 import secrets
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -24,12 +23,6 @@ from gateway.security import Sealer, new_token, token_hash
 from gateway.sessions import provider_identity
 from launch import store
 from tests.conftest import Postgres, Stack, reason_code
-
-
-async def _handle(stack: Stack) -> str:
-    response, visited = await stack.launch()
-    assert response.status == 200, await response.text()
-    return urlsplit(visited[-1]).path.rsplit("/", 1)[1]
 
 
 async def _renew(stack: Stack, handle: str, origin: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -62,7 +55,7 @@ async def _socket_role(stack: Stack, handle: str) -> str | None:
 
 
 async def test_the_launch_handle_expires_while_the_renewed_one_keeps_the_page_working(stack: Stack) -> None:
-    first = await _handle(stack)
+    first = await stack.provider_handle()
     ttl = stack.gateway_app[SETTINGS].provider_handle_ttl
     page = await stack.get(f"{stack.gateway_url}/provider/{first}")
     # The page is told to renew a third of the way into the handle's life.
@@ -91,7 +84,7 @@ async def test_the_launch_handle_expires_while_the_renewed_one_keeps_the_page_wo
 
 
 async def test_renewal_is_refused_for_forged_and_expired_handles_and_from_other_sites(stack: Stack) -> None:
-    handle = await _handle(stack)
+    handle = await stack.provider_handle()
     status, body = await _renew(stack, "not-a-handle")
     assert status == 401 and body["error"] == "session_expired" and "handle" not in body
     status, body = await _renew(stack, "x" * 500)
@@ -103,7 +96,7 @@ async def test_renewal_is_refused_for_forged_and_expired_handles_and_from_other_
 
 
 async def test_a_renewed_handle_never_outlives_the_session(stack: Stack) -> None:
-    handle = await _handle(stack)
+    handle = await stack.provider_handle()
     async with stack.gateway_app[DB].acquire() as conn:
         await conn.execute("UPDATE provider_sessions SET expires_at = now() + interval '20 seconds'")
     status, renewed = await _renew(stack, handle)
@@ -116,7 +109,7 @@ async def test_a_renewed_handle_never_outlives_the_session(stack: Stack) -> None
 
 
 async def test_expired_handles_are_purged_and_go_with_their_session(stack: Stack) -> None:
-    handle = await _handle(stack)
+    handle = await stack.provider_handle()
     second = (await _renew(stack, handle))[1]["handle"]
     await _age(stack, handle)
     async with stack.gateway_app[DB].acquire() as conn:
@@ -131,7 +124,7 @@ async def test_expired_handles_are_purged_and_go_with_their_session(stack: Stack
 
 async def test_the_session_key_itself_is_never_a_handle(stack: Stack) -> None:
     # The launch's session row is keyed by a secret the browser never sees: only provider_handles open pages.
-    handle = await _handle(stack)
+    handle = await stack.provider_handle()
     async with stack.gateway_app[DB].acquire() as conn:
         session_hash = await conn.fetchval("SELECT handle_hash FROM provider_sessions")
         handle_hash = await conn.fetchval("SELECT handle_hash FROM provider_handles")

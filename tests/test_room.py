@@ -6,7 +6,6 @@ import html
 import json
 import re
 import secrets
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
@@ -34,12 +33,6 @@ def _settings(**kw: object) -> Settings:
                     signing_key_pem=b"unused", **kw)  # type: ignore[arg-type]
 
 
-async def _provider_handle(stack: Stack) -> str:
-    response, visited = await stack.launch()
-    assert response.status == 200, await response.text()
-    return urlsplit(visited[-1]).path.rsplit("/", 1)[1]
-
-
 async def _visit_id(stack: Stack) -> UUID:
     async with stack.gateway_app[DB].acquire() as conn:
         value: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
@@ -64,7 +57,7 @@ def _config(body: str) -> dict[str, object]:
 
 
 async def test_patient_not_yet_admitted_is_sent_to_the_lobby(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "lobby_entered")
     response = await stack.get(f"{stack.gateway_url}/room")
@@ -73,7 +66,7 @@ async def test_patient_not_yet_admitted_is_sent_to_the_lobby(stack: Stack) -> No
 
 
 async def test_admitted_patient_gets_the_room(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     response = await stack.get(f"{stack.gateway_url}/room")
@@ -87,7 +80,7 @@ async def test_admitted_patient_gets_the_room(stack: Stack) -> None:
 
 
 async def test_patient_removed_after_admission_goes_back_to_the_lobby(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     visit_id = await _visit_id(stack)
     for kind in ("lobby_entered", "admitted", "connected", "removed"):
@@ -97,7 +90,7 @@ async def test_patient_removed_after_admission_goes_back_to_the_lobby(stack: Sta
 
 
 async def test_patient_admitted_again_after_removal_gets_the_room(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     visit_id = await _visit_id(stack)
     for kind in ("admitted", "removed", "lobby_entered", "admitted"):
@@ -107,7 +100,7 @@ async def test_patient_admitted_again_after_removal_gets_the_room(stack: Stack) 
 
 
 async def test_denied_patient_is_sent_to_the_lobby(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "denied")
     response = await stack.get(f"{stack.gateway_url}/room")
@@ -121,7 +114,7 @@ async def test_room_without_a_session_is_sent_to_the_lobby(stack: Stack) -> None
 
 
 async def test_admission_state_is_the_latest_decision(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     visit_id = await _visit_id(stack)
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
@@ -135,7 +128,7 @@ async def test_admission_state_is_the_latest_decision(stack: Stack) -> None:
 
 
 async def test_provider_handle_opens_the_room(stack: Stack) -> None:
-    handle = await _provider_handle(stack)
+    handle = await stack.provider_handle()
     response = await stack.get(f"{stack.gateway_url}/provider/{handle}/room")
     body = await response.text()
     assert response.status == 200, body
@@ -157,14 +150,14 @@ async def test_unknown_provider_handle_gets_the_expired_page(stack: Stack) -> No
 
 
 async def test_provider_view_links_to_the_room(stack: Stack) -> None:
-    handle = await _provider_handle(stack)
+    handle = await stack.provider_handle()
     response = await stack.get(f"{stack.gateway_url}/provider/{handle}")
     body = await response.text()
     assert f'href="/provider/{handle}/room"' in body, body
 
 
 async def test_room_page_has_no_inline_script_or_style(stack: Stack) -> None:
-    handle = await _provider_handle(stack)
+    handle = await stack.provider_handle()
     response = await stack.get(f"{stack.gateway_url}/provider/{handle}/room")
     body = await response.text()
     csp = response.headers["Content-Security-Policy"]
