@@ -61,8 +61,9 @@ async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, 
 
 async def test_provider_handle_in_the_url_never_reaches_logs_or_database(
         stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    # The provider view's path carries its session's bearer handle (the EHR iframe has no cookies): anyone
-    # who reads it can open the visit for 12 hours, so the logs keep the route's pattern instead.
+    # The provider view's path carries a bearer handle (the EHR iframe has no cookies): anyone who reads it
+    # can open the visit until it runs out, and the page renews it, so the logs keep the route's pattern
+    # instead and neither the handle nor the one renewal hands out lands anywhere.
     caplog.set_level(logging.DEBUG)
     response, _visited = await stack.launch()
     assert response.status == 200
@@ -72,11 +73,16 @@ async def test_provider_handle_in_the_url_never_reaches_logs_or_database(
     stale = "x" * len(handle)  # a refused handle is not logged either: it may be a valid one mistyped
     assert (await stack.get(f"{stack.gateway_url}/provider/{stale}")).status in (401, 403, 404, 410)
     assert (await stack.get(f"{stack.gateway_url}/provider/{handle}/nowhere")).status == 404
+    async with stack.browser.post(f"{stack.gateway_url}/provider/{handle}/renew",
+                                  headers={"Origin": stack.gateway_url}) as renewed:
+        assert renewed.status == 200
+        fresh = (await renewed.json())["handle"]
     ours = [r for r in caplog.records if not r.name.startswith("sandbox")]
     access = [r.getMessage() for r in ours if r.name == "visitgate.access"]
     assert any("/provider/{handle}/room 200" in line for line in access), access
     logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in ours)
-    assert handle not in logs and stale not in logs
+    assert any("/provider/{handle}/renew 200" in line for line in access), access
+    assert handle not in logs and stale not in logs and fresh not in logs
     async with stack.gateway_app[DB].acquire() as conn:
         _tables, dump = await database_text(conn)
-    assert handle not in dump  # sessions are found by the handle's hash
+    assert handle not in dump and fresh not in dump  # handles are found by their hash

@@ -14,7 +14,7 @@ import pytest
 from gateway import events
 from gateway.appkeys import DB
 from tests.conftest import Stack, recv_until
-from tests.test_room import _config, _patient_session, _provider_handle, _visit_id
+from tests.test_room import _config, _patient_session, _visit_id
 
 TURN_URL = "turn:turn.example.org:3478?transport=udp"
 TURN_SECRET = b"north-clinic-turn-secret"
@@ -33,7 +33,7 @@ def stack_overrides() -> Any:
 
 async def _room_socket(stack: Stack) -> aiohttp.ClientWebSocketResponse:
     """An admitted patient's room socket, authenticated."""
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
@@ -50,7 +50,7 @@ def _expiry_of(server: dict[str, Any]) -> int:
 
 
 async def test_room_page_says_how_long_its_turn_credentials_last(stack: Stack) -> None:
-    await _provider_handle(stack)
+    await stack.provider_handle()
     patient = await _patient_session(stack)
     await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     config = _config(await (await stack.get(f"{stack.gateway_url}/room")).text())
@@ -72,7 +72,7 @@ async def test_room_socket_hands_out_fresh_turn_credentials(stack: Stack) -> Non
 
 
 async def test_only_a_room_socket_gets_turn_credentials(stack: Stack) -> None:
-    handle = await _provider_handle(stack)
+    handle = await stack.provider_handle()
     ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
     await ws.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
     await recv_until(ws, "auth_ok")
