@@ -28,6 +28,9 @@ blocks (--rounds, 3 by default) and are merged, so a noisy spell falls on both r
 
 The machine has 2 cores shared by everything above, so the absolute rates say as much about the
 neighbours as about the gateway; only the ratios against the baseline of the same run are comparable.
+It is also a VM whose host steals CPU time from it: each phase prints how much (_common.CpuSteal), and the
+RESULT line ends with steal_pct_<phase> (share of all CPU ticks in the timed windows) and steal_max1s_<phase>
+(their worst second) for the peaks (launch and bare together) and the p99 phases (the same).
 The last line is `RESULT launch ...` (see BENCHMARKS.md).
 """
 from __future__ import annotations
@@ -51,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, percentile, stop_process  # noqa: E402
+from _common import CpuSteal, free_port, percentile, stop_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # The working tree's packages, whatever the editable install lists (a part added since would be missing).
@@ -483,6 +486,7 @@ def _merge_blocks(parts: list[dict[str, Any]], duration: float) -> dict[str, Any
         merged["cpu_generator_s"] += part["cpu_generator_s"]
         for name, seconds in part["cpu"].items():
             merged["cpu"][name] = merged["cpu"].get(name, 0.0) + seconds
+    merged["steal"] = CpuSteal.merged(part["steal"] for part in parts)
     _figures(merged, duration)
     return merged
 
@@ -536,9 +540,10 @@ def _run_block(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
                                                           str(out_path)])))
     # CPU of each of our servers and of the whole machine across the measured window.
     time.sleep(max(0.0, start_at - time.time()))
-    before = cpu_snapshot(run)
-    time.sleep(max(0.0, start_at + duration - time.time()))
-    after = cpu_snapshot(run)
+    with CpuSteal() as steal:
+        before = cpu_snapshot(run)
+        time.sleep(max(0.0, start_at + duration - time.time()))
+        after = cpu_snapshot(run)
     merged: dict[str, Any] = {"ok": 0, "in_window": 0, "errors": 0, "error_kinds": {}, "error_samples": [],
                               "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0,
                               "cpu_generator_s": 0.0}
@@ -561,6 +566,7 @@ def _run_block(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
     ours = sum(v for k, v in cpu.items() if k != "machine")
     cpu["other"] = max(0.0, cpu["machine"] - ours)
     merged["cpu"] = cpu
+    merged["steal"] = steal
     return merged
 
 
@@ -587,6 +593,8 @@ def describe(label: str, spec: dict[str, Any], m: dict[str, Any]) -> None:
     print(f"      CPU (% of one core; {100 * (os.cpu_count() or 1)}% = the machine): {split}  "
           f"[machine {cpu['machine'] / d * 100:.0f}%]" + per_op
           + ("  NOISY: other processes took a large share" if noisy else ""), flush=True)
+    # psutil's machine total counts stolen time as busy, so "other" above includes it.
+    print(f"      {m['steal'].describe()}", flush=True)
     for sample in m["error_samples"][:3]:
         print(f"      e.g. {sample}", flush=True)
 
@@ -773,6 +781,9 @@ def main_run(args: argparse.Namespace) -> int:
                        f"launches_per_s={launch_peak['rate']:.1f} bare_per_s={bare_peak['rate']:.1f} "
                        f"launch_p99_ms={launch_half['p99_ms']:.2f} bare_p99_ms={bare_half['p99_ms']:.2f} "
                        f"errors={errors}")
+        for name, parts in (("peak", (launch_peak, bare_peak)), ("p99", (launch_half, bare_half))):
+            steal = CpuSteal.merged(m["steal"] for m in parts)
+            result_line += f" steal_pct_{name}={steal.steal_pct:.1f} steal_max1s_{name}={steal.worst_pct:.1f}"
         if args.profile in ("cprofile", "yappi"):
             gateway = next(p for n, p in run.procs if n == "gateway")
             run.stop(gateway, grace=30)

@@ -25,7 +25,10 @@ every slot always busy. Phases:
    grow (`backlog_growth` = mean of the last third of samples minus mean of the first third, the first second
    of filling left out).
 
-The last line is `RESULT writeback drain_ratio=... ...` (see BENCHMARKS.md).
+Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (_common.CpuSteal).
+The last line is `RESULT writeback drain_ratio=... ...` (see BENCHMARKS.md); it ends with steal_pct_<phase>
+(share of all CPU ticks in the timed window) and steal_max1s_<phase> (its worst second) for the bare ceiling
+runs, the drains and the steady phase.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CpuSteal  # noqa: E402
 
 LATENCY = 0.05
 CLIENT_ID = "bench-writeback"
@@ -209,7 +214,7 @@ async def run(args: argparse.Namespace) -> str:
 
         # 2. drain, three times (the figure is the median: a noisy spell on this shared machine moves one drain,
         # and the ideal it is compared with is not measured, so noise could only ever count against us)
-        async def drain(kind: str) -> tuple[float, int, int, int]:
+        async def drain(kind: str) -> tuple[float, int, int, int, CpuSteal]:
             async with pool.acquire() as conn:
                 await conn.execute("UPDATE configurations SET writeback_disabled_reason = 'bench: paused' "
                                    "WHERE id = $1", config_id)
@@ -217,9 +222,10 @@ async def run(args: argparse.Namespace) -> str:
             await asyncio.sleep(1.0)  # the worker re-reads configurations at least this often (poll x 10)
             await queue([(i, kind) for i in range(args.visits)])
             before = fhir_requests()
-            async with pool.acquire() as conn:
-                await set_strategy(conn, config_id, "fhir-r4-put")
-            await _wait_drained(pool, 120)
+            with CpuSteal() as steal:  # from the resume until drained, around the span the rate is taken over
+                async with pool.acquire() as conn:
+                    await set_strategy(conn, config_id, "fhir-r4-put")
+                await _wait_drained(pool, 120)
             drain_requests = int(fhir_requests() - before)
             async with pool.acquire() as conn:
                 row = await conn.fetchrow(
@@ -234,16 +240,22 @@ async def run(args: argparse.Namespace) -> str:
             print(f"drain ({kind}): {events} events, {row['written']} writes, {drain_requests} FHIR requests in "
                   f"{float(row['span']):.2f}s = {rate:.1f} events/s ({rate / ideal:.3f} of ideal); one attempt "
                   f"took p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms", flush=True)
-            return rate, events, row["written"], drain_requests
+            print(f"  {steal.describe()}", flush=True)
+            return rate, events, row["written"], drain_requests, steal
 
         # Each kind changes every Encounter once more (admission, then the patient's connect and disconnect).
         # Before each drain, the bare ceiling for a few seconds (an Encounter-sized body, as write-back sends).
-        drains, bare = [], []
+        drains, bare, bare_steals = [], [], []
         async with aiohttp.ClientSession() as http:
             for kind in ("admitted", "connected", "disconnected"):
-                bare.append(await _bare_rate(http, bare_url, args.concurrency, 3.0, json.dumps(template).encode() * 2))
+                with CpuSteal() as steal:
+                    bare.append(await _bare_rate(http, bare_url, args.concurrency, 3.0,
+                                                 json.dumps(template).encode() * 2))
+                bare_steals.append(steal)
                 print(f"bare aiohttp ceiling: {bare[-1]:.1f} PUTs/s ({bare[-1] / ideal:.3f} of ideal)", flush=True)
+                print(f"  {steal.describe()}", flush=True)
                 drains.append(await drain(kind))
+        bare_steal, drain_steal = CpuSteal.merged(bare_steals), CpuSteal.merged(d[4] for d in drains)
         bare_rate = statistics.median(bare)
         drain_rate = statistics.median(d[0] for d in drains)
         drain_ratio = drain_rate / ideal
@@ -259,18 +271,20 @@ async def run(args: argparse.Namespace) -> str:
         tick = 0.1
         sent = 0
         kinds = ("connected", "disconnected")  # each one changes the Encounter
-        started = time.monotonic()
-        next_sample = started
-        while time.monotonic() - started < args.steady:
-            due = int((time.monotonic() - started) * rate) - sent
-            if due > 0:
-                await queue([((sent + k) % args.visits, kinds[((sent + k) // args.visits) % 2]) for k in range(due)])
-                sent += due
-            if time.monotonic() >= next_sample:
-                samples.append(await _pending(pool))
-                next_sample += 0.5
-            await asyncio.sleep(tick)
-        elapsed = time.monotonic() - started
+        with CpuSteal() as steady_steal:
+            started = time.monotonic()
+            next_sample = started
+            while time.monotonic() - started < args.steady:
+                due = int((time.monotonic() - started) * rate) - sent
+                if due > 0:
+                    await queue([((sent + k) % args.visits, kinds[((sent + k) // args.visits) % 2])
+                                 for k in range(due)])
+                    sent += due
+                if time.monotonic() >= next_sample:
+                    samples.append(await _pending(pool))
+                    next_sample += 0.5
+                await asyncio.sleep(tick)
+            elapsed = time.monotonic() - started
         await _wait_drained(pool, 60)
         # Growth over the steady state: the first second (2 samples, from an empty outbox while the first
         # events are still in flight) is the pipeline filling, not a backlog.
@@ -279,10 +293,13 @@ async def run(args: argparse.Namespace) -> str:
         growth = sum(steady[-third:]) / third - sum(steady[:third]) / third
         print(f"steady: {sent} events in {elapsed:.1f}s ({sent / elapsed:.1f}/s); backlog samples {samples}",
               flush=True)
+        print(f"  {steady_steal.describe()}", flush=True)
+        steal_keys = " ".join(f"steal_pct_{name}={s.steal_pct:.1f} steal_max1s_{name}={s.worst_pct:.1f}"
+                              for name, s in (("bare", bare_steal), ("drain", drain_steal), ("steady", steady_steal)))
         return (f"RESULT writeback drain_ratio={drain_ratio:.3f} drain_per_s={drain_rate:.1f} ideal_per_s={ideal:.0f} "
                 f"requests_per_event={drain_requests / max(events, 1):.2f} bare_ratio={bare_rate / ideal:.3f} "
                 f"of_bare={drain_rate / bare_rate:.3f} steady_in_per_s={sent / elapsed:.1f} "
-                f"backlog_max={max(samples)} backlog_growth={growth:.1f}")
+                f"backlog_max={max(samples)} backlog_growth={growth:.1f} {steal_keys}")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
