@@ -32,7 +32,8 @@ _RANK = {status: rank for rank, status in enumerate(STATUS_CHAIN)}
 # Operations Oracle Health documents for PATCH on Encounter; nothing else is ever sent.
 ALLOWED_PATCH = frozenset({("replace", "/period/start"), ("replace", "/period/end"), ("replace", "/extension"),
                            ("add", "/extension/-")})
-_CLOSING = frozenset({"disconnected", "left", "removed"})
+# What ends a connected stretch (`left` closes a lobby socket, never a room's).
+_CLOSING = frozenset({"disconnected", "removed"})
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -92,6 +93,7 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
     status = "planned"
     transitions: list[tuple[str, str]] = []
     open_since: dict[UUID, str] = {}
+    sockets: dict[UUID, int] = {}  # open room and view sockets per participant
     labels: dict[UUID, tuple[str, str, str | None]] = {}
     periods: list[tuple[UUID, str, str | None]] = []
     guests = 0
@@ -126,10 +128,16 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
             break  # nothing after the end of the visit changes the Encounter
         if pid is None or pid not in labels:
             continue
-        if event.kind == "connected" and pid not in open_since:
-            open_since[pid] = at
-        elif event.kind in _CLOSING and pid in open_since:
-            periods.append((pid, open_since.pop(pid), at))
+        # Counted per participant: a clinician's view and room are two sockets, a page reload opens the new one
+        # before the old one's `disconnected` may be written, and a crashed process's sockets are closed late
+        # (presence.lease). The stretch ends when the last socket closes, or at a removal.
+        if event.kind == "connected":
+            sockets[pid] = sockets.get(pid, 0) + 1
+            open_since.setdefault(pid, at)
+        elif event.kind in _CLOSING:
+            sockets[pid] = 0 if event.kind == "removed" else max(0, sockets.get(pid, 0) - 1)
+            if sockets[pid] == 0 and pid in open_since:
+                periods.append((pid, open_since.pop(pid), at))
     for open_pid, start in open_since.items():
         periods.append((open_pid, start, None))
     periods.sort(key=lambda p: (p[1], str(p[0])))

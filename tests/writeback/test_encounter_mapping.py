@@ -32,7 +32,7 @@ def events(*spec: tuple[int, uuid.UUID | None, str]) -> list[VisitEvent]:
 
 
 WHOLE = events((0, PATIENT, "lobby_entered"), (5, PROVIDER, "connected"), (60, PATIENT, "admitted"),
-               (61, PATIENT, "connected"), (70, GUEST, "connected"), (300, GUEST, "left"),
+               (61, PATIENT, "connected"), (70, GUEST, "connected"), (300, GUEST, "disconnected"),
                (400, PATIENT, "disconnected"), (410, PATIENT, "connected"), (600, None, "visit_ended"))
 
 
@@ -66,6 +66,42 @@ def test_clinicians_get_participant_periods_and_patients_and_guests_our_extensio
         ("patient", "patient"), ("guest", "guest-1"), ("patient", "patient")]
     assert not any(p.get("individual", {}).get("reference", "").startswith("Patient")
                    for p in result["participant"])
+
+
+def _stretches(changes: Any) -> list[tuple[str, str | None]]:
+    """(start, end) of each connected stretch, as seconds after T0 (None while open)."""
+    def seconds(at: str | None) -> str | None:
+        return None if at is None else str(int((dt.datetime.fromisoformat(at.replace("Z", "+00:00")) - T0)
+                                                .total_seconds()))
+    return [(seconds(p.start), seconds(p.end)) for p in changes.presence]
+
+
+def test_a_clinician_with_the_view_and_the_room_open_is_connected_until_the_last_closes() -> None:
+    # View at 5 s, room at 60 s, the view's tab closed at 100 s, the room left at 500 s.
+    changes = derive(events((5, PROVIDER, "connected"), (60, PROVIDER, "connected"), (100, PROVIDER, "disconnected"),
+                            (500, PROVIDER, "disconnected")), "builtin")
+    assert changes.practitioners == (("Practitioner/prac-1", "2025-03-04T09:00:05.000Z",
+                                      "2025-03-04T09:08:20.000Z"),)
+    assert _stretches(changes) == [("5", "500")]
+
+
+def test_a_reloaded_room_whose_new_socket_opens_first_stays_connected() -> None:
+    # The reloaded page's socket is written before the old page's close: still one stretch, still open.
+    changes = derive(events((0, PATIENT, "connected"), (30, PATIENT, "connected"), (31, PATIENT, "disconnected")),
+                     "builtin")
+    assert _stretches(changes) == [("0", None)]
+
+
+def test_the_lobby_closing_after_the_room_opened_does_not_end_the_patients_stretch() -> None:
+    changes = derive(events((0, PATIENT, "lobby_entered"), (60, PATIENT, "admitted"), (61, PATIENT, "connected"),
+                            (62, PATIENT, "left"), (300, PATIENT, "disconnected")), "builtin")
+    assert _stretches(changes) == [("61", "300")]
+
+
+def test_a_removal_ends_the_stretch_however_many_sockets_were_open() -> None:
+    changes = derive(events((0, GUEST, "connected"), (5, GUEST, "connected"), (50, GUEST, "removed"),
+                            (51, GUEST, "disconnected"), (52, GUEST, "disconnected")), "builtin")
+    assert _stretches(changes) == [("0", "50")]
 
 
 def test_the_meeting_is_named_in_the_virtual_service_extension_without_secrets() -> None:
