@@ -2,7 +2,9 @@
 
 Events are appended in the caller's transaction; a notification carrying only the id goes out after
 commit (notify_after_commit), because a NOTIFY inside the writing transaction serialises every
-committing writer on one lock. Readers that miss a notification catch up by id.
+committing writer on one lock. Readers that miss a notification catch up by id. A socket's opening and
+closing events are written under the lease of the process holding the socket (record_held_event), so the
+closing events of a process that died can be written for it exactly once (close_lapsed; presence.lease).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ Q = sql.queries("events")
 
 EVENT_KINDS = frozenset({"lobby_entered", "device_test_passed", "device_test_failed", "admitted", "denied",
                          "connected", "disconnected", "left", "removed", "visit_ended"})
+# Written when a socket opens or closes, under the lease of the process holding it (record_held_event).
+SOCKET_KINDS = frozenset({"lobby_entered", "left", "connected", "disconnected"})
 CHANNEL = "presence_events"
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,69 @@ async def record_event(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID 
         announcer.announce(event_id)
     return event_id
 
+
+
+async def record_held_event(pool: asyncpg.Pool, process_id: UUID, visit_id: UUID, participant_id: UUID, kind: str,
+                            announcer: "Announcer") -> int | None:
+    """Append a socket's opening or closing event under a process's lease, then announce it.
+
+    None when that process holds no lease any more: it was written off and its sockets' closing events
+    were written for it (see close_lapsed), so this one must not be.
+    """
+    if kind not in SOCKET_KINDS:
+        raise ValueError(f"{kind!r} is not a socket's opening or closing event")
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(Q["append_held_event"], visit_id, participant_id, kind, process_id)
+    if row is None:
+        return None
+    event_id: int = row["id"]
+    announcer.announce(event_id)
+    return event_id
+
+
+async def take_lease(conn: asyncpg.Connection, process_id: UUID) -> None:
+    """Start a process's lease on the sockets it will hold."""
+    await conn.execute(Q["take_lease"], process_id)
+
+
+async def renew_lease(conn: asyncpg.Connection, process_id: UUID) -> bool:
+    """Renew a lease; False when it lapsed and was swept (the process was written off)."""
+    return await conn.fetchval(Q["renew_lease"], process_id) is not None
+
+
+async def close_lapsed(pool: asyncpg.Pool, lease_seconds: float, announcer: "Announcer",
+                       limit: int = 20) -> list[tuple[UUID, int]]:
+    """Close the sockets of processes whose lease lapsed; returns (process, closing events written) each."""
+    swept: list[tuple[UUID, int]] = []
+    last = 0
+    for _ in range(limit):
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(Q["lapsed_lease"], float(lease_seconds))
+            if row is None:
+                break
+            ids = await _close_process(conn, row["id"], row["renewed_at"])
+        swept.append((row["id"], len(ids)))
+        last = max([last, *ids])
+    if last:
+        announcer.announce(last)
+    return swept
+
+
+async def end_lease(pool: asyncpg.Pool, process_id: UUID, announcer: "Announcer") -> int:
+    """At a clean stop: write whatever closing events this process's sockets still lack, and drop the lease."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(Q["own_lease"], process_id)
+        ids = [] if row is None else await _close_process(conn, process_id, row["renewed_at"])
+    if ids:
+        announcer.announce(max(ids))
+    return len(ids)
+
+
+async def _close_process(conn: asyncpg.Connection, process_id: UUID, last_known: dt.datetime) -> list[int]:
+    # In the caller's transaction, which holds the lease row: the closing events and the lease's end commit together.
+    ids = [r["id"] for r in await conn.fetch(Q["close_orphans"], process_id, last_known)]
+    await conn.execute(Q["end_lease"], process_id)
+    return ids
 
 class Announcer:
     """Sends this process's event notifications, at most one at a time.

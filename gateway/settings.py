@@ -34,6 +34,9 @@ class Settings:
     provider_session_ttl: int = 12 * 3600
     provider_handle_ttl: int = 15 * 60
     """Seconds a provider page's URL handle works; the open page renews it well before (see launch.routes)."""
+    presence_lease: int = 30
+    """Seconds a gateway process's claim on its presence sockets lasts unrenewed (renewed every third of it).
+    When a process dies without closing its sockets, another one writes their disconnects this long after."""
     log_level: str = "INFO"
     organisation_name: str = "your clinic"
     """Named in join-link messages ("Your video visit with <organisation> is ready"); no clinical detail."""
@@ -142,6 +145,7 @@ class Settings:
             acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
             provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),
+            presence_lease=_seconds(env, "VISITGATE_PRESENCE_LEASE", 30, least=3),
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )

@@ -39,7 +39,8 @@ def text_frame(text: str) -> bytes:
 class Connection:
     """One authenticated socket subscribed (or about to be) to one visit."""
 
-    __slots__ = ("ws", "transport", "visit_id", "participant_id", "role", "where", "floor", "ready", "pending", "closing")
+    __slots__ = ("ws", "transport", "visit_id", "participant_id", "role", "where", "floor", "ready", "pending", "closing",
+                 "held_by")
 
     def __init__(self, ws: web.WebSocketResponse, transport: Any, visit_id: UUID,
                  participant_id: UUID, role: str, where: str) -> None:
@@ -53,6 +54,7 @@ class Connection:
         self.ready = False      # False while the snapshot is being read: live events wait in pending
         self.pending: list[tuple[int, str]] | None = None
         self.closing = False
+        self.held_by: UUID | None = None  # the process lease its opening event was written under
 
 
 class Hub:

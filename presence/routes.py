@@ -12,10 +12,11 @@ from prometheus_client.registry import Collector
 from gateway import metrics
 from gateway.appkeys import ANNOUNCER, DB, DSN, HTTP, SEALER, SETTINGS, SIGNING_KEY
 
-from .appkeys import BUS, HUB, WRITEBACK
+from .appkeys import BUS, HUB, LEASE, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
+from .lease import ProcessLease
 from .writeback import WritebackMetrics, WritebackWorker
 from .ws import presence_socket
 
@@ -25,6 +26,7 @@ def setup(app: web.Application) -> None:
     app[HUB] = Hub()
     metrics.registry(app).register(_PresenceCollector(app))
     app.cleanup_ctx.append(_bus)
+    app.cleanup_ctx.append(_lease)  # ended before the bus stops: its last closing events are announced
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", presence_socket, name="presence_socket")
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
@@ -36,6 +38,14 @@ async def _bus(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+
+
+async def _lease(app: web.Application) -> AsyncIterator[None]:
+    lease = ProcessLease(app[DB], app[ANNOUNCER], app[SETTINGS].presence_lease)
+    app[LEASE] = lease
+    await lease.start()
+    yield
+    await lease.stop()
 
 
 class _PresenceCollector(Collector):
@@ -60,6 +70,19 @@ class _PresenceCollector(Collector):
                                       value=bus.events_read)
         if hub is not None:
             yield GaugeMetricFamily("visitgate_presence_sockets", "Subscribed presence sockets", value=hub.count())
+        lease = self._app.get(LEASE)
+        if lease is not None:
+            yield GaugeMetricFamily("visitgate_presence_held_sockets",
+                                    "Presence sockets open under this process's lease", value=lease.count())
+            yield CounterMetricFamily("visitgate_presence_lapsed_processes",
+                                      "Other gateway processes whose lapsed lease this process ended",
+                                      value=lease.swept_processes)
+            yield CounterMetricFamily("visitgate_presence_lapsed_sockets",
+                                      "Closing events this process wrote for the sockets of lapsed processes",
+                                      value=lease.swept_sockets)
+            yield CounterMetricFamily("visitgate_presence_lease_lost",
+                                      "Times this process found its own lease lapsed and reconnected its sockets",
+                                      value=lease.written_off)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -17,9 +17,10 @@ from gateway.appkeys import ANNOUNCER, DB, SETTINGS
 from gateway.meetings.builtin import ice_servers
 from gateway.sessions import provider_identity
 
-from .appkeys import BUS, HUB
+from .appkeys import BUS, HUB, LEASE
 from .bus import RelayTooLarge
 from .hub import Connection
+from .lease import RESTART_CODE
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,17 @@ async def presence_socket(request: web.Request) -> web.StreamResponse:
             await ws.close(code=4401, message=b"auth failed")
             return ws
         conn = Connection(ws, request.transport, identity.visit_id, identity.participant_id, identity.role, where)
-        await _record(app, conn, ON_OPEN[where])
+        if not await _opened(app, conn):
+            # This process holds no lease right now (it was just written off): the browser comes back at once.
+            await ws.close(code=RESTART_CODE, message=b"reconnect")
+            return ws
         await ws.send_str(json.dumps({"type": "auth_ok", "id": first.get("id"), "participant": str(conn.participant_id),
                                       "role": conn.role, "visit": str(conn.visit_id)}))
         await _serve(app, conn)
     finally:
         if conn is not None:
             app[HUB].remove(conn)
-            await asyncio.shield(_record(app, conn, ON_CLOSE[conn.where]))
+            await asyncio.shield(_closed(app, conn))
     return ws
 
 
@@ -131,6 +135,30 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
         if participant is None:
             return None, where
         return Identity(participant.visit_id, participant.id, participant.role), where
+
+
+async def _opened(app: web.Application, conn: Connection) -> bool:
+    """Record the socket's opening event under this process's lease; False when there is no lease."""
+    kind = ON_OPEN[conn.where]
+    try:
+        if await app[LEASE].opened(conn, kind) is None:
+            return False
+    except Exception:  # the socket still works; neither its opening nor its closing event is written
+        log.exception("could not record %s for visit %s", kind, conn.visit_id)
+        return True
+    app[BUS].poke()
+    return True
+
+
+async def _closed(app: web.Application, conn: Connection) -> None:
+    kind = ON_CLOSE[conn.where]
+    try:
+        if await app[LEASE].closed(conn, kind) is None:
+            return
+    except Exception:  # not lost: the lease's end (clean stop, or a sweep after a crash) writes it
+        log.exception("could not record %s for visit %s", kind, conn.visit_id)
+        return
+    app[BUS].poke()
 
 
 async def _record(app: web.Application, conn: Connection, kind: str) -> None:

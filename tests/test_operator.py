@@ -33,6 +33,17 @@ def test_provider_handle_lifetime_is_read_in_whole_seconds_of_at_least_a_minute(
             Settings.from_env({**base, "VISITGATE_PROVIDER_HANDLE_TTL": bad})
 
 
+def test_presence_lease_is_read_in_whole_seconds_of_at_least_three() -> None:
+    base = {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
+            "VISITGATE_SECRET_KEY": base64.b64encode(b"k" * 32).decode(),
+            "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode()}
+    assert Settings.from_env(base).presence_lease == 30
+    assert Settings.from_env({**base, "VISITGATE_PRESENCE_LEASE": "10"}).presence_lease == 10
+    for bad, says in (("half a minute", "whole number"), ("2", "at least 3")):
+        with pytest.raises(ConfigError, match=f"VISITGATE_PRESENCE_LEASE must be .*{says}"):
+            Settings.from_env({**base, "VISITGATE_PRESENCE_LEASE": bad})
+
+
 def test_settings_never_show_secrets() -> None:
     settings = Settings(public_url="https://v.example.org", secret_key=b"s" * 32,
                         signing_key_pem=generate_signing_key_pem())

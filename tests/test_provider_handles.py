@@ -156,7 +156,7 @@ async def test_a_provider_page_open_across_the_upgrade_keeps_working(postgres: P
             " scopes, need_patient_banner, expires_at) VALUES ($1, $2, 'Practitioner/p', $3, now() + interval '1 hour',"
             " 'launch', false, now() + interval '1 hour')", token_hash(handle), visit_id, b"sealed")
         monkeypatch.undo()
-        assert await migrate(conn) == ["0006_provider_handles.sql"]
+        assert (await migrate(conn))[0] == "0006_provider_handles.sql"
         found = await provider_identity(conn, handle)
         assert found is not None and found.visit_id == visit_id and found.handle_expires_in > 3000
     finally:

@@ -54,9 +54,13 @@
     lastId = event.id;
     if (!event.participant || event.participant === self) { return; }
     var p = people[event.participant] || (people[event.participant] = {
-      role: event.role, guestKind: event.guest_kind, state: "new", since: event.at, device: null});
+      role: event.role, guestKind: event.guest_kind, state: "new", since: event.at, device: null,
+      lobbies: 0, rooms: 0});
+    // Sockets are counted: a reload opens the new one before the old one's close may be written, and the
+    // sockets of a gateway process that died are closed for it later (so after their successors opened).
     switch (event.kind) {
       case "lobby_entered":
+        p.lobbies += 1;
         if (p.state !== "waiting") { p.since = event.at; }
         p.state = "waiting";
         if (live) { knock(); }
@@ -65,9 +69,18 @@
       case "device_test_failed": p.device = "failed"; break;
       case "admitted": p.state = "admitted"; p.since = event.at; break;
       case "denied": p.state = "denied"; p.since = event.at; break;
-      case "connected": p.state = (p.role === "provider" ? "online" : "in_visit"); p.since = event.at; break;
-      case "disconnected": p.state = "disconnected"; p.since = event.at; break;
-      case "left": if (p.state === "waiting") { p.state = "left"; p.since = event.at; } break;
+      case "connected":
+        p.rooms += 1;
+        if (p.rooms === 1) { p.state = (p.role === "provider" ? "online" : "in_visit"); p.since = event.at; }
+        break;
+      case "disconnected":
+        p.rooms = Math.max(0, p.rooms - 1);
+        if (p.rooms === 0) { p.state = "disconnected"; p.since = event.at; }
+        break;
+      case "left":
+        p.lobbies = Math.max(0, p.lobbies - 1);
+        if (p.lobbies === 0 && p.state === "waiting") { p.state = "left"; p.since = event.at; }
+        break;
       case "removed": p.state = "removed"; p.since = event.at; break;
     }
   }

@@ -12,6 +12,81 @@ WITH event AS (
 )
 SELECT id, at FROM event;
 
+-- name: append_held_event
+-- A socket's opening or closing event, written on behalf of the process holding the socket, and only while
+-- that process still holds its lease (see 0007): KEY SHARE on the lease row makes a sweep of that process
+-- wait for this insert, and an insert after the sweep finds no row and writes nothing. So each socket's
+-- closing event is written once, by its own process or by the sweep, never by both.
+WITH holder AS (
+    SELECT id FROM presence_processes WHERE id = $4 FOR KEY SHARE
+), event AS (
+    INSERT INTO presence_events (visit_id, participant_id, kind, process_id)
+    SELECT $1, $2, $3, holder.id FROM holder
+    RETURNING id, at, visit_id
+), outbox AS (
+    INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
+    SELECT event.id, event.visit_id, v.configuration_id
+    FROM event JOIN visits v ON v.id = event.visit_id JOIN configurations c ON c.id = v.configuration_id
+    WHERE c.writeback_strategy <> 'none'
+)
+SELECT id, at FROM event;
+
+-- name: take_lease
+INSERT INTO presence_processes (id) VALUES ($1);
+
+-- name: renew_lease
+-- No row: the lease lapsed and another process has closed this one's sockets in the event log.
+UPDATE presence_processes SET renewed_at = now() WHERE id = $1 RETURNING id;
+
+-- name: lapsed_lease
+-- One process whose lease ran out ($1 seconds without renewal), locked for this sweep; a process another
+-- sweeper has, or one whose socket event is being written this instant, is skipped (taken next time).
+SELECT id, renewed_at FROM presence_processes
+WHERE renewed_at < now() - make_interval(secs => $1)
+ORDER BY renewed_at
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: own_lease
+-- This process's own lease, at a clean stop: waits for its last socket events in flight.
+SELECT id, now() AS renewed_at FROM presence_processes WHERE id = $1 FOR UPDATE;
+
+-- name: close_orphans
+-- The closing events a process never wrote: for each participant, as many `left` as lobby sockets it opened
+-- and did not close and as many `disconnected` as room and view sockets; each at the last time anything is
+-- known of that participant or of the process ($2), never before an event it closes. With their outbox rows.
+WITH held AS (
+    SELECT e.visit_id, e.participant_id,
+           count(*) FILTER (WHERE e.kind = 'lobby_entered') - count(*) FILTER (WHERE e.kind = 'left') AS lobbies,
+           count(*) FILTER (WHERE e.kind = 'connected') - count(*) FILTER (WHERE e.kind = 'disconnected') AS rooms
+    FROM presence_events e
+    WHERE e.process_id = $1
+    GROUP BY e.visit_id, e.participant_id
+), closing AS (
+    SELECT h.visit_id, h.participant_id, c.kind,
+           greatest($2::timestamptz, (SELECT max(x.at) FROM presence_events x
+                                      WHERE x.visit_id = h.visit_id AND x.participant_id = h.participant_id)) AS at
+    FROM held h
+    CROSS JOIN LATERAL (
+        SELECT 'disconnected' AS kind, n FROM generate_series(1, h.rooms) AS n
+        UNION ALL
+        SELECT 'left', n FROM generate_series(1, h.lobbies) AS n
+    ) AS c
+), event AS (
+    INSERT INTO presence_events (visit_id, participant_id, kind, at, process_id)
+    SELECT visit_id, participant_id, kind, at, $1 FROM closing
+    RETURNING id, visit_id
+), outbox AS (
+    INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
+    SELECT event.id, event.visit_id, v.configuration_id
+    FROM event JOIN visits v ON v.id = event.visit_id JOIN configurations c ON c.id = v.configuration_id
+    WHERE c.writeback_strategy <> 'none'
+)
+SELECT id FROM event;
+
+-- name: end_lease
+DELETE FROM presence_processes WHERE id = $1;
+
 -- name: events_after
 SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
 FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id

@@ -43,6 +43,7 @@ CLIENT_ID = "visitgate-test"
 TIMEOUT = 10.0          # any one frame or request
 READY_TIMEOUT = 30.0    # a gateway process starting (imports, pool, migrations already applied)
 RECONNECT_TIMEOUT = 10.0
+LEASE = 3  # seconds a process's claim on its sockets lasts unrenewed (30 as shipped)
 METRICS_TOKEN = "cluster-metrics-token"
 _STD_LOOP = ("from gateway import cli; cli._install_uvloop = lambda: None; "
              "raise SystemExit(cli.main(['serve']))")
@@ -90,7 +91,7 @@ def _spawn(name: str, port: int, database_url: str, secret: bytes, pem: bytes, f
         "DATABASE_URL": dsn, "VISITGATE_DATA_DIR": str(tmp / f"data-{name}"),
         "VISITGATE_FRAME_ANCESTORS": frame_ancestors, "VISITGATE_HTTP_TIMEOUT": "5",
         "VISITGATE_LOG_LEVEL": "INFO", "VISITGATE_WRITEBACK_ENABLED": "false", "PYTHONWARNINGS": "ignore",
-        "VISITGATE_METRICS_TOKEN": METRICS_TOKEN,
+        "VISITGATE_METRICS_TOKEN": METRICS_TOKEN, "VISITGATE_PRESENCE_LEASE": str(LEASE),
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     })
     if os.environ.get("VISITGATE_TEST_GATEWAY_LOOP") == "asyncio":
@@ -361,3 +362,48 @@ async def test_a_process_whose_listener_is_cut_catches_up_in_order(cluster: Clus
             raise AssertionError(f"unexpected frame after catching up: {extra}")
         await lobby.close()
         await view.close()
+
+
+async def test_a_patient_on_a_process_killed_with_minus_9_is_seen_to_go(cluster: Cluster) -> None:
+    async with _browser() as provider_browser, _browser() as patient_browser:
+        handle = await _launch(cluster, provider_browser, cluster.a)
+        view, auth, _snapshot = await _provider_view(provider_browser, cluster.a, handle)
+        visit_id = UUID(auth["visit"])
+        lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+        await view.send_json({"type": "admit", "id": 3, "participant": patient["participant"]})
+        room = await patient_browser.ws_connect(f"{cluster.b.url}/ws", origin=cluster.b.url)
+        await room.send_json({"type": "auth", "id": 1, "where": "room"})
+        assert (await _recv(room))["type"] == "auth_ok"
+        seen = []
+        while "connected" not in seen:
+            frame = await _recv_until(view, "event")
+            if frame["participant"] == patient["participant"]:
+                seen.append(frame["kind"])
+
+        # Process B dies without a word: no close frame, no closing event, its lease no longer renewed.
+        cluster.b.proc.kill()
+        cluster.b.proc.wait(10)
+        # Within the lease and one renewal, process A writes what B never did, and the clinician sees it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE * 3 + TIMEOUT
+        gone: list[str] = []
+        while sorted(gone) != ["disconnected", "left"]:
+            assert loop.time() < deadline, f"the provider saw {gone}\n{cluster.a.tail()}"
+            frame = await recv_frame(view, deadline - loop.time())
+            if frame["type"] == "event" and frame["participant"] == patient["participant"]:
+                gone.append(frame["kind"])
+        await view.close()
+        await lobby.close()
+        await room.close()
+
+    # Exactly once in the log, and an operator sees that A ended a lapsed lease.
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        kinds = [e.kind for e in await events_after(conn, visit_id, 0, 2**62, 1000)
+                 if str(e.participant_id) == patient["participant"]]
+    finally:
+        await conn.close()
+    assert kinds.count("left") == 1 and kinds.count("disconnected") == 1, kinds
+    a = await _metrics(cluster.a)
+    assert a["visitgate_presence_lapsed_processes_total"] == 1
+    assert a["visitgate_presence_lapsed_sockets_total"] == 2
