@@ -85,7 +85,7 @@ async def append_event(conn: asyncpg.Connection, visit_id: UUID, participant_id:
     """Append an event in the caller's transaction; returns its id. Call notify_after_commit once committed."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown presence event kind {kind!r}")
-    row = await conn.fetchrow(Q["append_event"], visit_id, participant_id, kind)
+    row = await conn.fetchrow(Q["append_event"], visit_id, participant_id, kind, None)
     assert row is not None
     event_id: int = row["id"]
     return event_id
@@ -124,7 +124,7 @@ async def record_held_event(pool: asyncpg.Pool, process_id: UUID, visit_id: UUID
     if kind not in SOCKET_KINDS:
         raise ValueError(f"{kind!r} is not a socket's opening or closing event")
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(Q["append_held_event"], visit_id, participant_id, kind, process_id)
+        row = await conn.fetchrow(Q["append_event"], visit_id, participant_id, kind, process_id)
     if row is None:
         return None
     event_id: int = row["id"]

@@ -144,7 +144,10 @@ class ProcessLease:
             wait = self.seconds / 3
             try:
                 await self.sweep()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("presence lease: could not renew or sweep (%s); trying again", type(exc).__name__)
                 # Soon, not in a third of the lease: it must be renewed before it lapses.
+                wait = min(wait, 1.0)
+            except Exception:  # never let the renewal die: the process would be written off while serving
+                log.exception("presence lease: renewal failed; trying again")
                 wait = min(wait, 1.0)

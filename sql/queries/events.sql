@@ -1,27 +1,15 @@
 -- name: append_event
 -- The event and, when the visit's configuration writes back to FHIR, its outbox row: one statement, so
 -- one transaction (the write-back worker reads the outbox; see writeback.sql).
-WITH event AS (
-    INSERT INTO presence_events (visit_id, participant_id, kind) VALUES ($1, $2, $3)
-    RETURNING id, at, visit_id
-), outbox AS (
-    INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
-    SELECT event.id, event.visit_id, v.configuration_id
-    FROM event JOIN visits v ON v.id = event.visit_id JOIN configurations c ON c.id = v.configuration_id
-    WHERE c.writeback_strategy <> 'none'
-)
-SELECT id, at FROM event;
-
--- name: append_held_event
--- A socket's opening or closing event, written on behalf of the process holding the socket, and only while
--- that process still holds its lease (see 0007): KEY SHARE on the lease row makes a sweep of that process
--- wait for this insert, and an insert after the sweep finds no row and writes nothing. So each socket's
--- closing event is written once, by its own process or by the sweep, never by both.
+-- $4, when given, is the process holding the socket this event opens or closes (see 0007): the event is
+-- written only while that process still holds its lease. KEY SHARE on the lease row makes a sweep of that
+-- process wait for this insert, and an insert after the sweep finds no row and writes nothing (no row comes
+-- back). So each socket's closing event is written once, by its own process or by the sweep, never by both.
 WITH holder AS (
     SELECT id FROM presence_processes WHERE id = $4 FOR KEY SHARE
 ), event AS (
     INSERT INTO presence_events (visit_id, participant_id, kind, process_id)
-    SELECT $1, $2, $3, holder.id FROM holder
+    SELECT $1, $2, $3, $4::uuid WHERE $4::uuid IS NULL OR EXISTS (SELECT 1 FROM holder)
     RETURNING id, at, visit_id
 ), outbox AS (
     INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
