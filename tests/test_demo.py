@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -13,10 +14,26 @@ from aiohttp.test_utils import unused_port
 VISITGATE = str(Path(sys.executable).with_name("visitgate"))
 
 
-async def test_demo_serves_the_ehr_and_gateway_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = unused_port()
-    while port + 2 > 65535:
+def _two_free_ports() -> int:
+    """A port that is free with the next one free too (the demo serves the EHR on port + 1).
+
+    Checked by binding both: a free port alone was not enough once, its neighbour being some connection's
+    own (ephemeral) port at the time."""
+    for _ in range(50):
         port = unused_port()
+        if port + 1 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two neighbouring free ports on 127.0.0.1")
+
+
+async def test_demo_serves_the_ehr_and_gateway_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = _two_free_ports()
     data = Path("/tmp") / f"vg-demo-{os.getpid()}-{port}"  # short: PostgreSQL's socket path has a limit
     env = {**os.environ, "VISITGATE_DATA_DIR": str(data), "VISITGATE_LOG_LEVEL": "WARNING"}
     env.pop("DATABASE_URL", None)
