@@ -276,6 +276,11 @@ async def patient_participant(conn: asyncpg.Connection, visit_id: UUID) -> UUID:
     return await _ensure(conn, Q["ensure_patient_participant"], visit_id)
 
 
+async def named_participants(conn: asyncpg.Connection, visit_id: UUID) -> set[UUID]:
+    """The visit's patient and guests: the participants who give a display name."""
+    return {r["id"] for r in await conn.fetch(Q["named_participants"], visit_id)}
+
+
 async def add_guest(conn: asyncpg.Connection, visit_id: UUID, guest_kind: str) -> UUID:
     """A new guest (interpreter, family member, ...) in the visit."""
     value: UUID = await conn.fetchval(Q["add_guest"], visit_id, guest_kind)

@@ -21,6 +21,7 @@ import logging
 import random
 import time
 import zlib
+from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
@@ -123,22 +124,51 @@ class PresenceBus:
             data = json.loads(zlib.decompress(self._sealer.unseal_bytes(base64.b64decode(payload), "relay")))
             visit_id = UUID(data["visit"])
             to = UUID(data["to"]) if data.get("to") else None
-            text = data["text"]
+            text = data.get("text")
+            names = {UUID(k): v for k, v in (data.get("names") or {}).items() if isinstance(v, str)}
+            if text is not None and not isinstance(text, str):
+                raise TypeError("text")
         except Exception:  # a foreign or corrupt payload is ignored, never fatal
             log.warning("ignored an unreadable relay notification")
             return
-        if self._hub.connections(visit_id):
-            task = asyncio.create_task(self._hub.relay(visit_id, text, to))
-            self._tasks.append(task)
-            task.add_done_callback(self._forget)
+        if names:
+            self._hub.learn_names(visit_id, names)
+        if text is not None and self._hub.connections(visit_id):
+            self._spawn(self._hub.relay(visit_id, text, to))
+        if data.get("ask") is True:
+            # Someone here or in another process opened the visit without knowing every name: tell what we know.
+            known = self._hub.display_names.get(visit_id)
+            if known:
+                self._spawn(self._tell_names(visit_id, dict(known)))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
 
+    async def _tell_names(self, visit_id: UUID, names: dict[UUID, str]) -> None:
+        try:
+            await self.share_names(visit_id, names)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RelayTooLarge) as exc:
+            log.warning("could not answer a question for display names (%s)", type(exc).__name__)
+
     async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
         """Send a message (sealed, never stored) to the visit's sockets in every process."""
-        message = {"visit": str(visit_id), "to": str(to) if to else None, "text": text}
+        await self._publish({"visit": str(visit_id), "to": str(to) if to else None, "text": text})
+
+    async def share_names(self, visit_id: UUID, names: dict[UUID, str]) -> None:
+        """Tell every process the display names of a visit's participants (kept in memory where it is watched)."""
+        await self._publish({"visit": str(visit_id), "names": {str(k): v for k, v in names.items()}})
+
+    async def ask_names(self, visit_id: UUID) -> None:
+        """Ask every process for the display names it knows in a visit (the answers come as share_names)."""
+        await self._publish({"visit": str(visit_id), "ask": True})
+
+    async def _publish(self, message: dict[str, Any]) -> None:
         blob = self._sealer.seal_bytes(zlib.compress(json.dumps(message).encode()), "relay")
         payload = base64.b64encode(blob).decode()
         if len(payload) > RELAY_MAX:

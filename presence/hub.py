@@ -7,6 +7,7 @@ is the bounded send queue.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import struct
 from collections.abc import Iterable
@@ -40,7 +41,7 @@ class Connection:
     """One authenticated socket subscribed (or about to be) to one visit."""
 
     __slots__ = ("ws", "transport", "visit_id", "participant_id", "role", "where", "floor", "ready", "pending", "closing",
-                 "held_by")
+                 "held_by", "display_name")
 
     def __init__(self, ws: web.WebSocketResponse, transport: Any, visit_id: UUID,
                  participant_id: UUID, role: str, where: str) -> None:
@@ -55,6 +56,7 @@ class Connection:
         self.pending: list[tuple[int, str]] | None = None
         self.closing = False
         self.held_by: UUID | None = None  # the process lease its opening event was written under
+        self.display_name: str | None = None  # what its patient or guest typed (memory only)
 
 
 class Hub:
@@ -71,6 +73,8 @@ class Hub:
         """Start delivering the visit's events to conn (held back until mark_ready)."""
         conn.pending = []
         self._visits.setdefault(conn.visit_id, set()).add(conn)
+        if conn.display_name is not None:
+            self.display_names.setdefault(conn.visit_id, {})[conn.participant_id] = conn.display_name
         self.watched.set()
 
     def remove(self, conn: Connection) -> None:
@@ -134,6 +138,23 @@ class Hub:
                         continue
                 conn.floor = texts[-1][0]
                 self._write(conn, chunk if isinstance(chunk, bytes) else b"".join(chunk))
+
+    def learn_names(self, visit_id: UUID, names: dict[UUID, str]) -> None:
+        """Keep display names for a visit watched here, and show the new or changed ones to its ready sockets."""
+        if visit_id not in self._visits:
+            return  # nobody here to show them to; a socket subscribing later asks again
+        known = self.display_names.setdefault(visit_id, {})
+        frames = []
+        for participant, name in names.items():
+            if known.get(participant) != name:
+                known[participant] = name
+                frames.append(text_frame(json.dumps({"type": "display_name", "participant": str(participant),
+                                                     "display_name": name})))
+        if frames:
+            data = b"".join(frames)
+            for conn in self.connections(visit_id):
+                if conn.ready:
+                    self._write(conn, data)
 
     async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
         """Deliver a relayed message to the visit's ready sockets (or only to one participant's)."""

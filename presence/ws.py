@@ -228,7 +228,7 @@ def _display_name(value: Any) -> str:
 
 async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any], req_id: int | None) -> bool:
     kind = frame["type"]
-    hub, bus = app[HUB], app[BUS]
+    bus = app[BUS]
     if kind == "subscribe":
         await _subscribe(app, conn, frame.get("after"), req_id)
         return True
@@ -241,10 +241,9 @@ async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any],
         await conn.ws.send_str(json.dumps({"type": "ice", "id": req_id, "servers": servers}))
         return True
     if kind == "hello" and conn.role != "provider":
-        name = _display_name(frame.get("display_name"))
-        hub.display_names.setdefault(conn.visit_id, {})[conn.participant_id] = name
-        await bus.relay(conn.visit_id, json.dumps({"type": "display_name", "participant": str(conn.participant_id),
-                                                   "display_name": name}))
+        conn.display_name = _display_name(frame.get("display_name"))
+        # Every process watching the visit keeps it (this one too, when its own notification comes back).
+        await bus.share_names(conn.visit_id, {conn.participant_id: conn.display_name})
         return False
     if kind == "device_test" and conn.role != "provider":
         await _record(app, conn, "device_test_passed" if frame.get("passed") is True else "device_test_failed")
@@ -291,6 +290,7 @@ async def _subscribe(app: web.Application, conn: Connection, after: Any, req_id:
     up_to = bus.position
     async with app[DB].acquire() as db:
         found = await events.events_after(db, conn.visit_id, after or 0, up_to, SNAPSHOT_LIMIT)
+        named = await events.named_participants(db, conn.visit_id) if after is None else set()
     floor = max(after or 0, up_to)
     if after is None:
         names = hub.display_names.get(conn.visit_id, {})
@@ -298,8 +298,14 @@ async def _subscribe(app: web.Application, conn: Connection, after: Any, req_id:
             "type": "snapshot", "id": req_id, "last_id": floor,
             "events": [json.loads(e.to_json()) for e in found],
             "display_names": {str(k): v for k, v in names.items()}}))
+        unnamed = named - names.keys()
     else:
+        unnamed = set()
         for event in found:
             await conn.ws.send_str(event.to_json())
         await conn.ws.send_str(json.dumps({"type": "result", "id": req_id, "last_id": floor}))
     await hub.mark_ready(conn, floor)
+    if unnamed:
+        # Names live only in the memory of the processes watching the visit: one typed on another process (or
+        # before this one started) is asked for, and arrives as a display_name frame now that conn is ready.
+        await bus.ask_names(conn.visit_id)

@@ -463,3 +463,27 @@ async def test_a_writer_that_never_ends_holds_presence_back_only_so_long(
         await tx.rollback()
         await stack.gateway_app[DB].release(conn)
     await ws.close()
+
+
+async def test_a_name_typed_in_the_lobby_reaches_the_clinician_live_and_in_a_later_snapshot(stack: Stack) -> None:
+    import datetime as dt
+
+    from gateway import joinlinks
+
+    handle, view, _auth, visit_id, patient = await _visit_with_patient(stack)
+    async with stack.gateway_app[DB].acquire() as conn:
+        session = await joinlinks.create_session(conn, patient, visit_id,
+                                                 dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    stack.browser.cookie_jar.update_cookies({joinlinks.PARTICIPANT_COOKIE: session.handle}, URL(stack.gateway_url))
+    lobby = await _connect(stack)
+    await lobby.send_json({"type": "auth", "id": 1, "where": "lobby"})
+    assert (await _recv(lobby))["type"] == "auth_ok"
+    # As the lobby page does: the name first, then the subscription.
+    await lobby.send_json({"type": "hello", "id": 2, "display_name": "Ada"})
+    await lobby.send_json({"type": "subscribe", "id": 3, "after": None})
+    live = await _recv_until(view, "display_name")
+    assert (live["participant"], live["display_name"]) == (str(patient), "Ada")
+    later, _, snapshot = await _provider_socket(stack, handle)
+    assert snapshot["display_names"] == {str(patient): "Ada"}
+    for ws in (lobby, view, later):
+        await ws.close()

@@ -86,3 +86,40 @@ async def test_provider_handle_in_the_url_never_reaches_logs_or_database(
     async with stack.gateway_app[DB].acquire() as conn:
         _tables, dump = await database_text(conn)
     assert handle not in dump and fresh not in dump  # handles are found by their hash
+
+
+async def test_a_name_typed_in_the_lobby_lives_only_in_memory(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    import datetime as dt
+
+    from yarl import URL
+
+    from gateway import events, joinlinks
+    from tests.conftest import recv_until
+
+    caplog.set_level(logging.DEBUG)
+    handle = await stack.provider_handle()
+    typed = f"{CANARIES['given']} {CANARIES['family']}"
+    async with stack.gateway_app[DB].acquire() as conn:
+        visit_id = await conn.fetchval("SELECT id FROM visits")
+        patient = await events.patient_participant(conn, visit_id)
+        session = await joinlinks.create_session(conn, patient, visit_id,
+                                                 dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    stack.browser.cookie_jar.update_cookies({joinlinks.PARTICIPANT_COOKIE: session.handle}, URL(stack.gateway_url))
+    lobby = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
+    await lobby.send_json({"type": "auth", "id": 1, "where": "lobby"})
+    await lobby.send_json({"type": "hello", "id": 2, "display_name": typed})
+    await lobby.send_json({"type": "subscribe", "id": 3, "after": None})
+    await recv_until(lobby, "snapshot", 20, 5.0)  # the name went round through PostgreSQL first (sealed)
+    view = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
+    await view.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
+    await view.send_json({"type": "subscribe", "id": 2, "after": None})
+    snapshot = await recv_until(view, "snapshot", 20, 5.0)
+    assert snapshot["display_names"] == {str(patient): typed}  # the clinician sees it
+    await lobby.close()
+    await view.close()
+    async with stack.gateway_app[DB].acquire() as conn:
+        _tables, dump = await database_text(conn)
+    logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in caplog.records).lower()
+    for part in (CANARIES["given"], CANARIES["family"]):
+        assert part.lower() not in dump.lower(), "a typed name landed in the database"
+        assert part.lower() not in logs, "a typed name landed in the logs"

@@ -132,6 +132,11 @@ WITH found AS (
 )
 SELECT id FROM found UNION ALL SELECT id FROM created;
 
+-- name: named_participants
+-- The participants of a visit who type a display name in the lobby (patient, guests); serves the snapshot's
+-- question for names another process holds in memory.
+SELECT id FROM participants WHERE visit_id = $1 AND role <> 'provider';
+
 -- name: add_guest
 INSERT INTO participants (visit_id, role, guest_kind) VALUES ($1, 'guest', $2) RETURNING id;
 

@@ -36,6 +36,7 @@ from gateway import Settings, joinlinks
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.events import events_after, patient_participant
 from gateway.security import Sealer
+from gateway.sessions import provider_identity
 from tests.conftest import recv_frame, recv_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +206,8 @@ async def _provider_view(browser: aiohttp.ClientSession, gateway: Gateway,
 
 
 async def _patient_in_lobby(cluster: Cluster, browser: aiohttp.ClientSession, gateway: Gateway,
-                            visit_id: UUID) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+                            visit_id: UUID, name: str | None = None) -> tuple[aiohttp.ClientWebSocketResponse,
+                                                                              dict[str, Any]]:
     """The real join flow on one gateway: a link for the visit's patient, POST /join, the lobby socket."""
     conn = await asyncpg.connect(cluster.dsn)
     try:
@@ -223,6 +225,8 @@ async def _patient_in_lobby(cluster: Cluster, browser: aiohttp.ClientSession, ga
     auth = await _recv(ws)
     assert auth["type"] == "auth_ok" and auth["role"] == "patient", auth
     assert auth["participant"] == str(patient) and auth["visit"] == str(visit_id)
+    if name is not None:  # the lobby page says its name first, then subscribes
+        await ws.send_json({"type": "hello", "id": 3, "display_name": name})
     await ws.send_json({"type": "subscribe", "id": 2, "after": None})  # as the lobby page does
     await _recv_until(ws, "snapshot")
     return ws, auth
@@ -407,3 +411,34 @@ async def test_a_patient_on_a_process_killed_with_minus_9_is_seen_to_go(cluster:
     a = await _metrics(cluster.a)
     assert a["visitgate_presence_lapsed_processes_total"] == 1
     assert a["visitgate_presence_lapsed_sockets_total"] == 2
+
+
+async def test_a_provider_who_opens_the_visit_later_on_another_process_sees_the_patients_name(
+        cluster: Cluster) -> None:
+    async with _browser() as provider_browser, _browser() as patient_browser:
+        handle = await _launch(cluster, provider_browser, cluster.a)
+        visit_id = await _visit_of(cluster, handle)
+        # The patient types a name in B's lobby while no one watches the visit on A.
+        lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id, name="Ada")
+        # The clinician opens (or reloads) the visit on A: A never saw that name, B holds it in memory only.
+        view, _auth, snapshot = await _provider_view(provider_browser, cluster.a, handle)
+        names = dict(snapshot.get("display_names", {}))
+        for _ in range(50):
+            if names.get(patient["participant"]) == "Ada":
+                break
+            frame = await _recv(view)
+            if frame["type"] == "display_name":
+                names[frame["participant"]] = frame["display_name"]
+        assert names.get(patient["participant"]) == "Ada", names
+        await lobby.close()
+        await view.close()
+
+
+async def _visit_of(cluster: Cluster, handle: str) -> UUID:
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        found = await provider_identity(conn, handle)
+    finally:
+        await conn.close()
+    assert found is not None
+    return found.visit_id
