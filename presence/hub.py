@@ -74,7 +74,8 @@ class Hub:
         conn.pending = []
         self._visits.setdefault(conn.visit_id, set()).add(conn)
         if conn.display_name is not None:
-            self.display_names.setdefault(conn.visit_id, {})[conn.participant_id] = conn.display_name
+            # Its name may be new here (its notification not back yet): the others see it now, conn in its snapshot.
+            self.learn_names(conn.visit_id, {conn.participant_id: conn.display_name})
         self.watched.set()
 
     def remove(self, conn: Connection) -> None:

@@ -465,11 +465,19 @@ async def test_a_writer_that_never_ends_holds_presence_back_only_so_long(
     await ws.close()
 
 
-async def test_a_name_typed_in_the_lobby_reaches_the_clinician_live_and_in_a_later_snapshot(stack: Stack) -> None:
+@pytest.mark.parametrize("notification", ["delivered", "not back yet"])
+async def test_a_name_typed_in_the_lobby_reaches_the_clinician_live_and_in_a_later_snapshot(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, notification: str) -> None:
     import datetime as dt
 
     from gateway import joinlinks
 
+    if notification == "not back yet":
+        # The lobby subscribes before the name's own notification comes back through PostgreSQL.
+        async def late(*_args: Any) -> None:
+            return None
+
+        monkeypatch.setattr(stack.gateway_app[BUS], "share_names", late)
     handle, view, _auth, visit_id, patient = await _visit_with_patient(stack)
     async with stack.gateway_app[DB].acquire() as conn:
         session = await joinlinks.create_session(conn, patient, visit_id,
