@@ -32,6 +32,14 @@ async def _provider_view(stack: Stack) -> tuple[aiohttp.ClientWebSocketResponse,
     raise AssertionError("no snapshot")
 
 
+async def _watched_visit(stack: Stack) -> tuple[aiohttp.ClientWebSocketResponse, UUID, UUID]:
+    """A clinician's live view of a visit, the visit and its patient."""
+    view, auth, _ = await _provider_view(stack)
+    visit_id = UUID(auth["visit"])
+    async with stack.gateway_app[DB].acquire() as conn:
+        return view, visit_id, await events.patient_participant(conn, visit_id)
+
+
 async def _events(pool: asyncpg.Pool, visit_id: UUID) -> list[events.PresenceEvent]:
     async with pool.acquire() as conn:
         return await events.events_after(conn, visit_id, 0, 2**62)
@@ -68,10 +76,7 @@ async def _live_kinds(ws: aiohttp.ClientWebSocketResponse, participant: UUID, wa
 
 async def test_the_sockets_of_a_process_that_died_are_closed_for_it_once(stack: Stack) -> None:
     pool, announcer, lease = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER], stack.gateway_app[LEASE]
-    view, auth, _ = await _provider_view(stack)
-    visit_id = UUID(auth["visit"])
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+    view, visit_id, patient = await _watched_visit(stack)
     # The patient's lobby socket and two room sockets (a reload) on the other process; one room socket closed.
     dead = await _another_process(pool, visit_id, patient, announcer,
                                   ["lobby_entered", "connected", "connected", "disconnected"])
@@ -97,10 +102,7 @@ async def test_the_sockets_of_a_process_that_died_are_closed_for_it_once(stack: 
 
 async def test_a_late_close_from_a_process_that_was_written_off_is_not_written_twice(stack: Stack) -> None:
     pool, announcer, lease = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER], stack.gateway_app[LEASE]
-    view, auth, _ = await _provider_view(stack)
-    visit_id = UUID(auth["visit"])
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+    view, visit_id, patient = await _watched_visit(stack)
     stalled = await _another_process(pool, visit_id, patient, announcer, ["connected"])
     await _lapse(pool, stalled)
     assert await lease.sweep() == 1
@@ -141,10 +143,7 @@ async def test_a_process_that_finds_its_lease_gone_reconnects_its_sockets(stack:
 
 async def test_a_clean_stop_writes_what_its_sockets_left_open_and_ends_its_lease(stack: Stack) -> None:
     pool, announcer = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER]
-    view, auth, _ = await _provider_view(stack)
-    visit_id = UUID(auth["visit"])
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+    view, visit_id, patient = await _watched_visit(stack)
     stopping = await _another_process(pool, visit_id, patient, announcer, ["lobby_entered", "left", "connected"])
     assert await events.end_lease(pool, stopping, announcer) == 1
     kinds = [e.kind for e in await _events(pool, visit_id) if e.participant_id == patient]
@@ -155,10 +154,7 @@ async def test_a_clean_stop_writes_what_its_sockets_left_open_and_ends_its_lease
 
 async def test_a_sweep_waits_for_a_socket_event_being_written_and_then_counts_it(stack: Stack) -> None:
     pool, announcer = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER]
-    view, auth, _ = await _provider_view(stack)
-    visit_id = UUID(auth["visit"])
-    async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+    view, visit_id, patient = await _watched_visit(stack)
     dying = await _another_process(pool, visit_id, patient, announcer, ["connected"])
     await _lapse(pool, dying)
     # The process's last socket event is mid-write (its transaction open) when another process sweeps.
