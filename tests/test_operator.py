@@ -22,10 +22,15 @@ def test_missing_required_setting_is_named() -> None:
         Settings.from_env({"VISITGATE_PUBLIC_URL": "https://visits.example.org"})
 
 
-def test_provider_handle_lifetime_is_read_in_whole_seconds_of_at_least_a_minute() -> None:
-    base = {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
+def _required() -> dict[str, str]:
+    """The settings every gateway must be given, and nothing else."""
+    return {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
             "VISITGATE_SECRET_KEY": base64.b64encode(b"k" * 32).decode(),
             "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode()}
+
+
+def test_provider_handle_lifetime_is_read_in_whole_seconds_of_at_least_a_minute() -> None:
+    base = _required()
     assert Settings.from_env(base).provider_handle_ttl == 900
     assert Settings.from_env({**base, "VISITGATE_PROVIDER_HANDLE_TTL": "600"}).provider_handle_ttl == 600
     for bad, says in (("ten minutes", "whole number"), ("30", "at least 60"), ("0", "at least 60")):
@@ -34,9 +39,7 @@ def test_provider_handle_lifetime_is_read_in_whole_seconds_of_at_least_a_minute(
 
 
 def test_presence_lease_is_read_in_whole_seconds_of_at_least_three() -> None:
-    base = {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
-            "VISITGATE_SECRET_KEY": base64.b64encode(b"k" * 32).decode(),
-            "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode()}
+    base = _required()
     assert Settings.from_env(base).presence_lease == 30
     assert Settings.from_env({**base, "VISITGATE_PRESENCE_LEASE": "10"}).presence_lease == 10
     for bad, says in (("half a minute", "whole number"), ("2", "at least 3")):

@@ -234,6 +234,17 @@ async def _patient_in_lobby(cluster: Cluster, browser: aiohttp.ClientSession, ga
     return ws, auth
 
 
+async def _watching_and_waiting(cluster: Cluster, provider_browser: aiohttp.ClientSession,
+                                patient_browser: aiohttp.ClientSession) -> tuple[
+        aiohttp.ClientWebSocketResponse, dict[str, Any], UUID, aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    """A clinician launched on A watching the visit (view, snapshot), and its patient in B's lobby (lobby, auth)."""
+    handle = await _launch(cluster, provider_browser, cluster.a)
+    view, auth, snapshot = await _provider_view(provider_browser, cluster.a, handle)
+    visit_id = UUID(auth["visit"])
+    lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+    return view, snapshot, visit_id, lobby, patient
+
+
 async def _events_until(ws: aiohttp.ClientWebSocketResponse, last_id: int, limit: int = 200) -> list[dict[str, Any]]:
     """Event frames until the one with id last_id (bounded)."""
     seen: list[dict[str, Any]] = []
@@ -257,10 +268,8 @@ async def _visit_event_ids(dsn: str, visit_id: UUID, after: int) -> list[int]:
 
 async def test_a_provider_on_one_process_sees_a_patient_on_the_other(cluster: Cluster) -> None:
     async with _browser() as provider_browser, _browser() as patient_browser:
-        handle = await _launch(cluster, provider_browser, cluster.a)
-        view, auth, snapshot = await _provider_view(provider_browser, cluster.a, handle)
-        visit_id = UUID(auth["visit"])
-        lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+        view, snapshot, visit_id, lobby, patient = await _watching_and_waiting(
+            cluster, provider_browser, patient_browser)
 
         # Process B wrote the patient's lobby_entered; process A's bus reads it by id and A's hub sends it.
         for _ in range(50):
@@ -321,10 +330,8 @@ async def _listen_backends(dsn: str, app_name: str) -> list[int]:
 
 async def test_a_process_whose_listener_is_cut_catches_up_in_order(cluster: Cluster) -> None:
     async with _browser() as provider_browser, _browser() as patient_browser:
-        handle = await _launch(cluster, provider_browser, cluster.a)
-        view, auth, _snapshot = await _provider_view(provider_browser, cluster.a, handle)
-        visit_id = UUID(auth["visit"])
-        lobby, _patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+        view, _snapshot, visit_id, lobby, _patient = await _watching_and_waiting(
+            cluster, provider_browser, patient_browser)
         entered = await _recv_until(view, "event")
         while entered["kind"] != "lobby_entered":
             entered = await _recv_until(view, "event")
@@ -372,10 +379,8 @@ async def test_a_process_whose_listener_is_cut_catches_up_in_order(cluster: Clus
 
 async def test_a_patient_on_a_process_killed_with_minus_9_is_seen_to_go(cluster: Cluster) -> None:
     async with _browser() as provider_browser, _browser() as patient_browser:
-        handle = await _launch(cluster, provider_browser, cluster.a)
-        view, auth, _snapshot = await _provider_view(provider_browser, cluster.a, handle)
-        visit_id = UUID(auth["visit"])
-        lobby, patient = await _patient_in_lobby(cluster, patient_browser, cluster.b, visit_id)
+        view, _snapshot, visit_id, lobby, patient = await _watching_and_waiting(
+            cluster, provider_browser, patient_browser)
         await view.send_json({"type": "admit", "id": 3, "participant": patient["participant"]})
         room = await patient_browser.ws_connect(f"{cluster.b.url}/ws", origin=cluster.b.url)
         await room.send_json({"type": "auth", "id": 1, "where": "room"})
