@@ -4,8 +4,9 @@ Only the `.po` sources live in the repository: `Catalogs.load` compiles every lo
 when the gateway starts, so a fresh clone works after `pip install -e .` with no build step and there is
 no `.mo` file to fall out of date.
 
-One mechanism for every page, its template and its script alike: a handler adds `page_context(request, page)`
-to its template's context. That picks the request's language (`Catalogs.locale_for`), gives the template a
+One mechanism for every page, its template and its script alike: a handler adds
+`page_strings.for_page(request, page)` to its template's context. That picks the request's language
+(`Catalogs.locale_for`) and, through `page_context` here, gives the template a
 `gettext` for that language (jinja2's i18n extension resolves `_()` through it) and `lang` for `<html lang>`,
 and gives it `js_strings`: the page's script strings (launch/page_strings.py, marked with `N_`) translated,
 which the template renders into `<script type="application/json" id="i18n">` for launch/static/i18n.js.
@@ -149,10 +150,9 @@ def _template_ngettext(translations: Translations) -> Callable[..., str]:
     return ngettext
 
 
-def page_context(catalogs: Catalogs, request: web.Request, strings: Mapping[str, str]) -> dict[str, Any]:
-    """What a page's template needs to speak the request's language: `lang`, the `gettext` its `_()` uses,
-    and `js_strings`, the page's script strings translated (for the i18n block)."""
-    locale = catalogs.locale_for(request)
+def page_context(catalogs: Catalogs, locale: str, strings: Mapping[str, str]) -> dict[str, Any]:
+    """What a page's template needs to speak a language: `lang`, the `gettext` its `_()` uses, and
+    `js_strings`, the page's script strings translated (for the i18n block)."""
     translations = catalogs.translations(locale)
     return {
         "lang": locale,

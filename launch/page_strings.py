@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import CATALOGS
-from .i18n import N_, page_context
+from .i18n import DEFAULT_LOCALE, N_, page_context
 
 # What a presence request's error frame, or a request that got no answer, means to the person who made it
 # (presence/ws.py's codes; connection_lost, timeout and not_connected come from the client itself).
@@ -144,6 +144,13 @@ PROVIDER: Mapping[str, str] = {
 PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}
 
 
+# Pages whose template text goes through the catalog too. The provider view's template is still written in
+# English, so it stays English (its scripts too) whatever the browser asks for, rather than mix languages.
+IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
+
+
 def for_page(request: web.Request, page: str) -> dict[str, Any]:
     """The template context that makes one of PAGES speak the request's language (i18n.page_context)."""
-    return page_context(request.app[CATALOGS], request, PAGES[page])
+    catalogs = request.app[CATALOGS]
+    locale = catalogs.locale_for(request) if page in IN_THE_REQUEST_LANGUAGE else DEFAULT_LOCALE
+    return page_context(catalogs, locale, PAGES[page])

@@ -11,7 +11,7 @@ from babel.messages.pofile import read_po
 from launch.catalog import PACKAGE_DIR, extract_messages
 from launch.i18n import LOCALE_DIR, load_translations, po_path
 from launch.join import LINK_MESSAGES
-from launch.page_strings import LOBBY, PAGES, PROVIDER
+from launch.page_strings import JOIN, LOBBY, PAGES, PROVIDER, ROOM
 
 LAUNCH_DIR = PACKAGE_DIR
 
@@ -90,3 +90,12 @@ def test_no_script_writes_its_words_in_english() -> None:
         source = path.read_text()
         shown = re.findall(r"""(?:textContent|innerText|title)\s*=\s*["'][A-Za-z][^"']*["']""", source)
         assert not shown, f"{path.name} shows text outside the catalog: {shown}"
+
+
+def test_the_spanish_catalog_covers_every_patient_page_and_refusal() -> None:
+    # Spanish is the first catalog besides English; a patient page in Spanish must not fall back midway.
+    spanish = _catalog(po_path("es"))
+    patient = [*JOIN.values(), *LOBBY.values(), *ROOM.values(), *(m for pair in LINK_MESSAGES.values() for m in pair)]
+    untranslated = sorted(m for m in patient if not spanish.get(m))
+    assert not untranslated, untranslated
+    assert load_translations("es").gettext(LOBBY["waiting"]) == "Su profesional sanitario le dará paso."
