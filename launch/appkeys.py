@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-from babel.support import Translations
 
+from .i18n import Catalogs
 from .smart import SmartClient
 
 SMART = web.AppKey("smart", SmartClient)
-TRANSLATIONS = web.AppKey("translations", Translations)
+CATALOGS = web.AppKey("catalogs", Catalogs)

@@ -1,9 +1,15 @@
-"""The patient-facing translation catalog (Babel, gettext), compiled at start-up from launch/locale.
+"""The translation catalog (Babel, gettext) of the launch part's pages, compiled at start-up from launch/locale.
 
-Only the `.po` sources live in the repository: `load_translations` compiles a locale's catalog in memory
+Only the `.po` sources live in the repository: `Catalogs.load` compiles every locale's catalog in memory
 when the gateway starts, so a fresh clone works after `pip install -e .` with no build step and there is
-no `.mo` file to fall out of date. Templates use jinja2's i18n extension (`{{ _("...") }}`); strings
-the lobby's JavaScript shows are marked with `N_` in Python and rendered translated into a JSON blob.
+no `.mo` file to fall out of date.
+
+One mechanism for every page, its template and its script alike: a handler adds
+`page_strings.for_page(request, page)` to its template's context. That picks the request's language
+(`Catalogs.locale_for`) and, through `page_context` here, gives the template a
+`gettext` for that language (jinja2's i18n extension resolves `_()` through it) and `lang` for `<html lang>`,
+and gives it `js_strings`: the page's script strings (launch/page_strings.py, marked with `N_`) translated,
+which the template renders into `<script type="application/json" id="i18n">` for launch/static/i18n.js.
 
 After adding or changing a patient-facing string anywhere in launch/, refresh the catalog:
 
@@ -17,11 +23,18 @@ tests/join/test_catalog.py fails while a message is missing from the catalog.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+from aiohttp import web
+from babel.core import Locale, UnknownLocaleError
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
+from jinja2 import pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 DOMAIN = "messages"
@@ -47,3 +60,103 @@ def load_translations(locale: str = DEFAULT_LOCALE) -> Translations:
     compiled.seek(0)
     return Translations(fp=compiled, domain=DOMAIN)
 
+
+
+def available_locales() -> list[str]:
+    """The locales that have a catalog in launch/locale, the default first."""
+    found = sorted(p.parent.parent.name for p in LOCALE_DIR.glob(f"*/LC_MESSAGES/{DOMAIN}.po"))
+    return sorted(found, key=lambda name: name != DEFAULT_LOCALE)
+
+
+def _accepted(header: str) -> list[str]:
+    """Accept-Language's language tags, most wanted first (q=0 and malformed parts left out)."""
+    ranked: list[tuple[float, int, str]] = []
+    for index, part in enumerate(header.split(",")[:20]):
+        tag, _, params = part.strip().partition(";")
+        tag = tag.strip()
+        if not tag or tag == "*" or len(tag) > 35 or not all(c.isalnum() or c == "-" for c in tag):
+            continue
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if 0 < quality <= 1:
+            ranked.append((-quality, index, tag))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+class Catalogs:
+    """Every locale's compiled catalog, and the choice of one for a request."""
+
+    def __init__(self, translations: Mapping[str, Translations]) -> None:
+        self._translations = dict(translations)
+
+    @classmethod
+    def load(cls) -> Catalogs:
+        """Compile every locale in launch/locale."""
+        return cls({locale: load_translations(locale) for locale in available_locales()})
+
+    @property
+    def locales(self) -> list[str]:
+        """The locales there are catalogs for."""
+        return list(self._translations)
+
+    def negotiate(self, accept_language: str) -> str:
+        """The best of our locales for an Accept-Language header (the default when none fits)."""
+        for tag in _accepted(accept_language):
+            try:
+                wanted = Locale.parse(tag, sep="-")
+            except (ValueError, UnknownLocaleError):
+                continue
+            for name in (str(wanted), wanted.language):
+                if name in self._translations:
+                    return name
+        return DEFAULT_LOCALE
+
+    def locale_for(self, request: web.Request) -> str:
+        """The language to answer a request in: today the browser's Accept-Language."""
+        return self.negotiate(request.headers.get("Accept-Language", ""))
+
+    def translations(self, locale: str) -> Translations:
+        """A locale's catalog (the default one for a locale we do not have)."""
+        return self._translations.get(locale) or self._translations[DEFAULT_LOCALE]
+
+
+def _template_gettext(translations: Translations) -> Callable[..., str]:
+    # What jinja2's i18n extension installs ("newstyle"): autoescaped, with %(name)s variables.
+    @pass_context
+    def gettext(context: Context, message: str, **variables: Any) -> str:
+        text = str(translations.gettext(message))
+        if context.eval_ctx.autoescape:
+            text = Markup(text)
+        return text % variables
+
+    return gettext
+
+
+def _template_ngettext(translations: Translations) -> Callable[..., str]:
+    @pass_context
+    def ngettext(context: Context, singular: str, plural: str, num: int, **variables: Any) -> str:
+        variables.setdefault("num", num)
+        text = str(translations.ngettext(singular, plural, num))
+        if context.eval_ctx.autoescape:
+            text = Markup(text)
+        return text % variables
+
+    return ngettext
+
+
+def page_context(catalogs: Catalogs, locale: str, strings: Mapping[str, str]) -> dict[str, Any]:
+    """What a page's template needs to speak a language: `lang`, the `gettext` its `_()` uses, and
+    `js_strings`, the page's script strings translated (for the i18n block)."""
+    translations = catalogs.translations(locale)
+    return {
+        "lang": locale,
+        "gettext": _template_gettext(translations),
+        "ngettext": _template_ngettext(translations),
+        "js_strings": {key: str(translations.gettext(message)) for key, message in strings.items()},
+    }

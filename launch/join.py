@@ -25,8 +25,9 @@ from gateway.fhir import FhirClient
 from gateway.web import from_our_pages
 
 from . import store
-from .appkeys import TRANSLATIONS
-from .i18n import N_, load_translations
+from .appkeys import CATALOGS
+from .i18n import DEFAULT_LOCALE, N_, Catalogs
+from .page_strings import for_page
 from .smart import TokenGrant
 
 log = logging.getLogger(__name__)
@@ -57,44 +58,15 @@ LAUNCH_FAILED = (N_("Your video visit could not be started"),
                  N_("Go back to your patient portal and start the visit again. If this keeps happening, call "
                     "your clinic."))
 
-# The strings the lobby's JavaScript shows, by key; rendered translated into <script id="i18n">.
-JS_STRINGS = {
-    "name_required": N_("Please enter your name."),
-    "connecting": N_("Connecting to your visit…"),
-    "connected": N_("Connected to your visit."),
-    "reconnecting": N_("Connection lost. Reconnecting…"),
-    "connection_failed": N_("We cannot reach your visit. Check your internet connection, then try again."),
-    "session_ended": N_("Your visit session has ended. Open the link your clinic sent you again."),
-    "camera_starting": N_("Starting your camera and microphone…"),
-    "camera_ok": N_("Your camera and microphone work."),
-    "audio_ok": N_("Your microphone works. You will join with audio only."),
-    "camera_denied": N_("Your browser is blocking the camera or microphone. Allow them for this site in your "
-                        "browser's settings (often the icon next to the address), then press Try again."),
-    "camera_missing": N_("We could not find a camera or microphone. Connect one and press Try again, or "
-                         "continue with audio only."),
-    "camera_busy": N_("Another app is using your camera or microphone. Close it, then press Try again."),
-    "camera_failed": N_("Your camera or microphone could not be started. Press Try again, or continue with "
-                        "audio only."),
-    "no_media": N_("This browser cannot use your camera. Open this page in Safari or Chrome."),
-    "mic_hint": N_("Say something: the bar moves when your microphone hears you."),
-    "tone_playing": N_("Playing a test sound…"),
-    "tone_done": N_("Did you hear the sound? If not, turn up your volume."),
-    "link_copied": N_("Link copied. Paste it into Safari or Chrome."),
-    "link_copy_failed": N_("Could not copy the link. Press and hold the link below to copy it."),
-    "waiting": N_("Your clinician will let you in."),
-    "admitted": N_("You are being let in…"),
-    "denied": N_("Your clinician could not let you in right now. Please contact your clinic."),
-    "removed": N_("Your clinician has moved you back to the waiting room. Please wait to be let in again."),
-}
-
 
 def setup_join(app: web.Application) -> None:
     """Mount the join-link and lobby routes, the catalog and the patient pages' static files."""
     app[joinlinks.JOIN_KEYS] = joinlinks.JoinKeys.from_settings(app[SETTINGS])
-    translations = load_translations()
-    app[TRANSLATIONS] = translations
+    catalogs = Catalogs.load()
+    app[CATALOGS] = catalogs
+    # The default language for templates rendered without a page context (i18n.page_context gives theirs).
     aiohttp_jinja2.get_env(app).install_gettext_translations(  # type: ignore[attr-defined]  # added by ext.i18n
-        translations, newstyle=True)
+        catalogs.translations(DEFAULT_LOCALE), newstyle=True)
     app.router.add_get("/join", join_page, name="join")
     app.router.add_post("/join", join_exchange)
     app.router.add_get("/lobby", lobby_page, name="lobby")
@@ -103,7 +75,8 @@ def setup_join(app: web.Application) -> None:
 
 
 def _gettext(request: web.Request, message: str) -> str:
-    return str(request.app[TRANSLATIONS].gettext(message))
+    catalogs = request.app[CATALOGS]
+    return str(catalogs.translations(catalogs.locale_for(request)).gettext(message))
 
 
 def _localized(request: web.Request, exc: VisitgateError, messages: tuple[str, str]) -> VisitgateError:
@@ -150,7 +123,7 @@ async def join_page(request: web.Request) -> web.Response:
     with _link_errors(request):
         async with request.app[DB].acquire() as conn:
             await joinlinks.verify_link(conn, request.app, token)
-    context = {"token": token, "strings": _strings(request)}
+    context = {"token": token, **for_page(request, "join")}
     return _patient_page(aiohttp_jinja2.render_template("join.html", request, context))
 
 
@@ -184,14 +157,10 @@ async def _session(request: web.Request) -> tuple[Participant, dt.datetime]:
     return found
 
 
-def _strings(request: web.Request) -> dict[str, str]:
-    return {key: _gettext(request, message) for key, message in JS_STRINGS.items()}
-
-
 async def lobby_page(request: web.Request) -> web.Response:
     """GET /lobby: the waiting room (display name, device test, wait), for a browser with a session."""
     await _session(request)
-    context = {"strings": _strings(request), "room_url": ROOM_URL}
+    context = {"room_url": ROOM_URL, **for_page(request, "lobby")}
     return _patient_page(aiohttp_jinja2.render_template("lobby.html", request, context))
 
 

@@ -21,6 +21,8 @@ from gateway.errors import SessionExpired
 from gateway.meetings.builtin import ice_servers, turn_lifetime
 from gateway.sessions import provider_identity, renew_after
 
+from .page_strings import for_page
+
 log = logging.getLogger(__name__)
 
 LOBBY_URL = "/lobby"
@@ -91,5 +93,6 @@ def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[st
         "back_url": leave_url,
     }
     response = aiohttp_jinja2.render_template("room.html", request, {"config": config, "role": role,
-                                                                     "back_url": leave_url, "renew_in": renew_in})
+                                                                     "back_url": leave_url, "renew_in": renew_in,
+                                                                     **for_page(request, "room")})
     return no_store(response)

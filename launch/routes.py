@@ -25,6 +25,7 @@ from gateway.web import add_templates, from_our_pages
 from . import store
 from .appkeys import SMART
 from .join import PATIENT_SCOPES, open_patient_visit, patient_facing_errors, setup_join
+from .page_strings import for_page
 from .room import ROOM_SIZE, no_store, setup_room
 from .smart import Client, SmartClient, TokenGrant
 
@@ -323,6 +324,7 @@ async def provider_view(request: web.Request) -> web.Response:
         "room_url": str(app.router["provider_room"].url_for(handle=handle)),
         "room_size": ROOM_SIZE,
         "renew_in": renew_after(app[SETTINGS].provider_handle_ttl, session.handle_expires_in),
+        **for_page(request, "provider"),
     }
     response = aiohttp_jinja2.render_template("provider.html", request, context)
     response.headers["Cache-Control"] = "no-store"

@@ -1,9 +1,9 @@
 // The provider view's "Send the link" panel: posts to /provider/{handle}/invite with fetch() and shows
-// the answer. No inline script or style anywhere (CSP default-src 'self').
-(function () {
-  "use strict";
-  var panel = document.getElementById("send-link");
-  if (!panel) { return; }
+// the answer. No inline script or style anywhere (CSP default-src 'self'); words from i18n.js.
+import { t } from "./i18n.js";
+
+const panel = document.getElementById("send-link");
+if (panel) {
   var result = document.getElementById("send-link-result");
   var message = document.getElementById("send-link-message");
   var copyRow = document.getElementById("send-link-copy");
@@ -14,7 +14,7 @@
   function show(text, link) {
     message.textContent = text;
     result.hidden = false;
-    copyButton.textContent = "Copy";
+    copyButton.textContent = t("invite.copy");
     if (link) {
       linkField.value = link;
       copyRow.hidden = false;
@@ -34,7 +34,7 @@
   function send(fields) {
     if (busy) { return; }
     setBusy(true);
-    show("Sending...", null);
+    show(t("invite.sending"), null);
     // From the current URL: its handle is renewed while the page is open (provider-handle.js).
     fetch(window.location.pathname.replace(/\/+$/, "") + "/invite", {
       method: "POST",
@@ -45,13 +45,12 @@
     }).then(function (response) {
       return response.json().catch(function () {
         return { ok: false, message: response.status === 401
-          ? "This visit page has expired. Open the visit again from the EHR."
-          : "The link could not be sent (" + response.status + ")." };
+          ? t("invite.expired") : t("invite.failed_status", { status: response.status }) };
       });
     }).then(function (data) {
-      show(data.message || (data.ok ? "Done." : "The link could not be sent."), data.ok ? data.link : null);
+      show(data.message || (data.ok ? t("invite.done") : t("invite.failed")), data.ok ? data.link : null);
     }).catch(function () {
-      show("The gateway could not be reached. Check the connection and try again.", null);
+      show(t("invite.unreachable"), null);
     }).finally(function () {
       setBusy(false);
     });
@@ -86,7 +85,7 @@
   copyButton.addEventListener("click", function () {
     var text = linkField.value;
     if (!text) { return; }
-    function copied() { copyButton.textContent = "Copied"; }
+    function copied() { copyButton.textContent = t("invite.copied"); }
     function fallback() {
       linkField.focus();
       linkField.select();
@@ -99,4 +98,4 @@
       fallback();
     }
   });
-})();
+}

@@ -1,7 +1,4 @@
 /* The join page: guidance for in-app browsers, whose copy-link button copies this (still unused) link. */
-(function () {
-  "use strict";
-  window.VG.guideIfInApp(function () {
-    return window.location.href;
-  });
-})();
+import { guideIfInApp } from "./patient-common.js";
+
+guideIfInApp(() => window.location.href);

@@ -1,20 +1,28 @@
 // A provider page's URL (/provider/{handle}, /provider/{handle}/room) carries a handle that works for minutes
 // only, so the copies the browser keeps in its history soon stop working. While the page is open it trades
 // the handle for a fresh one before it runs out (POST /provider/{handle}/renew), puts the fresh one in its
-// URL without a navigation, and updates the links that carried the old one. Pages use
-// vgProviderHandle.current() whenever they authenticate, and onChange() to hear of a new handle.
-(function () {
-  "use strict";
-  var parts = window.location.pathname.split("/").filter(Boolean);
-  if (parts[0] !== "provider" || !parts[1]) { return; }
-  var handle = parts[1];
+// URL without a navigation, and updates the links that carried the old one. Pages (ES modules) import
+// current() to authenticate with and onChange() to hear of a new handle; on other pages both are inert.
+var parts = window.location.pathname.split("/").filter(Boolean);
+var onProviderPage = parts[0] === "provider" && !!parts[1];
+var handle = onProviderPage ? parts[1] : null;
+var listeners = [];
+var stats = { renewed: 0, failed: 0, expired: false };
+
+/** The page's handle now (null outside /provider/{handle} pages). */
+export function current() { return handle; }
+
+/** Call fn(handle) whenever the handle is renewed. */
+export function onChange(fn) { listeners.push(fn); }
+
+export { stats };
+
+if (onProviderPage) {
   var meta = document.querySelector('meta[name="vg-renew-in"]');
   var renewIn = Number(meta && meta.content) || 0;
-  var listeners = [];
   var dueAt = renewIn ? Date.now() + renewIn * 1000 : null;
   var timer = null;
   var busy = false;
-  var stats = { renewed: 0, failed: 0, expired: false };
 
   function replaceEverywhere(old, fresh) {
     var path = window.location.pathname.split("/");
@@ -70,10 +78,4 @@
     if (!document.hidden && dueAt && Date.now() >= dueAt) renew();
   });
   if (renewIn) schedule(renewIn);
-
-  window.vgProviderHandle = {
-    current: function () { return handle; },
-    onChange: function (fn) { listeners.push(fn); },
-    stats: stats
-  };
-})();
+}

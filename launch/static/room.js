@@ -16,20 +16,24 @@
  * servers arrive, each connection takes them and restarts ICE on the same connection (the offerer offers
  * with iceRestart; the answerer asks it to with `restart`), so a long call keeps its relay without a gap.
  *
+ * The socket is the one presence client (presence-client.js): it authenticates, resumes after the last event
+ * seen across reconnects and rejoins, and backs off with jitter; this page reacts to what it delivers.
+ *
  * Tests read window.visitgateRoom: {status, socket, joined, audioEnabled, videoEnabled, iceRefreshes,
  * peers: {participant: {connectionState, framesDecoded, iceRestarts, restartsAsked, ufrags}}}.
  */
-"use strict";
-(function () {
+import { t } from "./i18n.js";
+import { PresenceClient } from "./presence-client.js";
+import * as providerHandle from "./provider-handle.js";
+
+{
   var config = JSON.parse(document.getElementById("room-config").textContent);
-  var strings = JSON.parse(document.getElementById("room-strings").textContent);
   var me = config.participant;
   // The clinician's handle is renewed while the page is open (provider-handle.js): reconnect with the new one.
-  if (config.auth.provider && window.vgProviderHandle) {
-    window.vgProviderHandle.onChange(function (fresh) { config.auth.provider = fresh; });
+  if (config.auth.provider) {
+    providerHandle.onChange(function (fresh) { config.auth.provider = fresh; });
   }
   var MAX_OTHERS = Math.max(1, (config.room_size || 4) - 1);
-  var BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
   var GONE_GRACE_MS = 1500;   // a "disconnected" may overtake the new socket's "connected" on a reload
   var STATS_MS = 1000;
   var CANDIDATE_BATCH_MS = 60;
@@ -46,13 +50,8 @@
   window.visitgateRoom = view;
 
   function $(id) { return document.getElementById(id); }
-  function t(key) { return strings[key] || key; }
 
   var stream = null;          // our camera and microphone
-  var ws = null;
-  var nextId = 1;
-  var attempt = 0;            // reconnects since the last successful auth
-  var reconnectTimer = null;
   var session = null;         // this join's id; null while not joined
   var subscribed = false;
   var finished = false;       // the session or the visit ended: nothing more to do here
@@ -80,7 +79,7 @@
 
   function notice(key) {
     var el = $("room-notice");
-    el.textContent = key ? t(key) : "";
+    el.textContent = key ? t(key, { size: config.room_size || 4 }) : "";
     el.hidden = !key;
   }
 
@@ -156,87 +155,51 @@
 
   // ---- the socket ----------------------------------------------------------------------------------
 
+  var presence = new PresenceClient({
+    url: config.ws,
+    baseDelayMs: 250,
+    maxDelayMs: 15000,
+    auth: function () { return Object.assign({}, config.auth); },
+    onStatus: function (state, detail) {
+      view.socket = state === "open" ? "open" : (state === "connecting" || state === "reconnecting") ? "connecting"
+        : "closed";
+      if (state !== "open") subscribed = false;
+      // The peers keep their media flowing while the socket is away.
+      if (state === "reconnecting" && view.joined && !finished) {
+        setStatus(detail.attempt > 4 ? "connection_failed" : "reconnecting");
+      }
+    },
+    onAuthenticated: function () { scheduleIceRefresh(); },
+    onSnapshot: function (events, frame) {
+      events.forEach(applyEvent);
+      var shown = frame.display_names && typeof frame.display_names === "object" ? frame.display_names : {};
+      Object.keys(shown).forEach(function (p) { setName(p, shown[p]); });
+    },
+    onEvent: applyEvent,
+    onSynced: function () {
+      view.lastEventId = presence.lastEventId;
+      onSubscribed();
+    },
+    onFrame: onFrame,
+    onEnded: function () { end("session_ended"); },
+  });
+
   function send(frame) {
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    frame.id = nextId++;
-    ws.send(JSON.stringify(frame));
-    return true;
+    return presence.send(frame);
   }
 
   function connect() {
-    clearTimeout(reconnectTimer);
-    reconnectTimer = null;
-    var url = new URL(config.ws, window.location.href);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    var socket = new WebSocket(url.href);
-    ws = socket;
     subscribed = false;
-    view.socket = "connecting";
-    socket.onopen = function () {
-      if (socket !== ws) return;
-      var auth = { type: "auth" };
-      Object.keys(config.auth).forEach(function (k) { auth[k] = config.auth[k]; });
-      send(auth);
-    };
-    socket.onmessage = function (msg) {
-      if (socket !== ws) return;
-      var frame;
-      try { frame = JSON.parse(msg.data); } catch (err) { return; }
-      if (frame && typeof frame.type === "string") onFrame(frame);
-    };
-    socket.onclose = function (ev) {
-      if (socket !== ws) return;
-      ws = null;
-      subscribed = false;
-      view.socket = "closed";
-      onSocketClosed(ev.code);
-    };
+    presence.start();  // after a rejoin too, it resumes after the last event seen: nothing lost or repeated
   }
 
   function closeSocket() {
-    var socket = ws;
-    ws = null;
     subscribed = false;
-    view.socket = "closed";
-    clearTimeout(reconnectTimer);
-    reconnectTimer = null;
-    if (socket) socket.close(1000, "left");
-  }
-
-  function onSocketClosed(code) {
-    if (finished || !view.joined) return;
-    if (code === 4401) { end("session_ended"); return; }
-    // Bounded backoff with jitter; the peers keep their media flowing meanwhile.
-    var delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)] * (0.75 + Math.random() * 0.5);
-    attempt += 1;
-    setStatus(attempt > 4 ? "connection_failed" : "reconnecting");
-    reconnectTimer = setTimeout(connect, delay);
+    presence.stop(1000, "left");
   }
 
   function onFrame(frame) {
     switch (frame.type) {
-      case "auth_ok":
-        attempt = 0;
-        view.socket = "open";
-        scheduleIceRefresh();
-        // After a reconnect (or a rejoin), resume after the last event seen: nothing lost, nothing repeated.
-        send({ type: "subscribe", after: view.lastEventId });
-        break;
-      case "snapshot":
-        (frame.events || []).forEach(applyEvent);
-        noteEventId(frame.last_id);
-        Object.keys(frame.display_names || {}).forEach(function (p) { setName(p, frame.display_names[p]); });
-        onSubscribed();
-        break;
-      case "event":
-        applyEvent(frame);
-        break;
-      case "result":
-        if (!subscribed && typeof frame.last_id === "number") {
-          noteEventId(frame.last_id);
-          onSubscribed();
-        }
-        break;
       case "display_name":
         setName(frame.participant, frame.display_name);
         break;
@@ -250,10 +213,7 @@
         }
         break;
       case "signal":
-        onSignal(frame.from, frame.data);
-        break;
-      case "error":
-        if (frame.code === "auth_failed") end("session_ended");
+        if (typeof frame.from === "string") onSignal(frame.from, frame.data);
         break;
     }
   }
@@ -262,12 +222,8 @@
     if (iceDueAt === null) return;
     clearTimeout(iceTimer);
     iceTimer = setTimeout(function () {
-      if (ws && view.socket === "open") send({ type: "ice" });  // else the next auth_ok asks again
+      if (presence.ready) send({ type: "ice" });  // else the next auth_ok asks again
     }, Math.max(0, iceDueAt - Date.now()));
-  }
-
-  function noteEventId(id) {
-    if (typeof id === "number" && (view.lastEventId === null || id > view.lastEventId)) view.lastEventId = id;
   }
 
   function onSubscribed() {
@@ -285,7 +241,7 @@
   // ---- presence events -----------------------------------------------------------------------------
 
   function applyEvent(e) {
-    noteEventId(e.id);
+    view.lastEventId = e.id;
     if (e.kind === "visit_ended") { end("visit_ended"); return; }
     var p = e.participant;
     if (!p) return;
@@ -762,4 +718,4 @@
   window.addEventListener("pagehide", function () { if (view.joined) sayBye(); });
   setInterval(pollStats, STATS_MS);
   join();
-})();
+}

@@ -1,5 +1,6 @@
-"""The patient-facing translation catalog: every message in the launch part's templates and code has an
-English translation, the template file is current, and the pages render through the catalog."""
+"""The translation catalog of the launch part's pages: every message in their templates, code and script
+string tables has an English translation, the template file is current, the pages render through the
+catalog, and every string a script asks for by name is in its page's table."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,8 @@ from babel.messages.pofile import read_po
 
 from launch.catalog import PACKAGE_DIR, extract_messages
 from launch.i18n import LOCALE_DIR, load_translations, po_path
-from launch.join import JS_STRINGS, LINK_MESSAGES
+from launch.join import LINK_MESSAGES
+from launch.page_strings import JOIN, LOBBY, PAGES, PROVIDER, ROOM
 
 LAUNCH_DIR = PACKAGE_DIR
 
@@ -44,7 +46,7 @@ def test_the_message_template_is_current() -> None:
 
 def test_javascript_and_refusal_strings_are_in_the_catalog() -> None:
     english = _catalog(po_path("en"))
-    for message in [*JS_STRINGS.values(), *(m for pair in LINK_MESSAGES.values() for m in pair)]:
+    for message in [*(m for strings in PAGES.values() for m in strings.values()), *(m for pair in LINK_MESSAGES.values() for m in pair)]:
         assert english.get(message), message
 
 
@@ -59,4 +61,41 @@ def test_every_patient_facing_template_string_goes_through_the_catalog() -> None
 def test_the_catalog_compiles_at_start_up() -> None:
     translations = load_translations("en")
     assert translations.gettext("Waiting room") == "Waiting room"
-    assert translations.gettext(JS_STRINGS["waiting"]) == "Your clinician will let you in."
+    assert translations.gettext(LOBBY["waiting"]) == "Your clinician will let you in."
+    assert translations.gettext(PROVIDER["error.database_unavailable"]) == (
+        "Not done: the gateway cannot reach its database. Try again in a moment.")
+
+
+# Each page's scripts (its module and the modules it imports), for the check below.
+SCRIPTS = {
+    "join": ["join.js", "patient-common.js"],
+    "lobby": ["lobby.js", "patient-common.js"],
+    "room": ["room.js"],
+    "provider": ["provider.js", "invite.js"],
+}
+
+
+def test_every_string_a_script_asks_for_is_in_its_page_table() -> None:
+    # t("key") with a literal key: a key missing from the table would show the key itself to the user.
+    for page, files in SCRIPTS.items():
+        for name in files:
+            source = (LAUNCH_DIR / "static" / name).read_text()
+            for key in re.findall(r"""\bt\(\s*["']([^"']+)["']\s*[,)]""", source):
+                assert key in PAGES[page], f"{name} asks for {key!r}, which the {page} page's strings lack"
+
+
+def test_no_script_writes_its_words_in_english() -> None:
+    # Words reach the scripts through i18n.js only: no English sentence assigned to what the page shows.
+    for path in (LAUNCH_DIR / "static").glob("*.js"):
+        source = path.read_text()
+        shown = re.findall(r"""(?:textContent|innerText|title)\s*=\s*["'][A-Za-z][^"']*["']""", source)
+        assert not shown, f"{path.name} shows text outside the catalog: {shown}"
+
+
+def test_the_spanish_catalog_covers_every_patient_page_and_refusal() -> None:
+    # Spanish is the first catalog besides English; a patient page in Spanish must not fall back midway.
+    spanish = _catalog(po_path("es"))
+    patient = [*JOIN.values(), *LOBBY.values(), *ROOM.values(), *(m for pair in LINK_MESSAGES.values() for m in pair)]
+    untranslated = sorted(m for m in patient if not spanish.get(m))
+    assert not untranslated, untranslated
+    assert load_translations("es").gettext(LOBBY["waiting"]) == "Su profesional sanitario le dará paso."

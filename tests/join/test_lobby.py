@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.appkeys import DB
-from launch.join import JS_STRINGS
+from launch.page_strings import LOBBY
 from tests.conftest import Stack, database_text
 
 from .conftest import Invite, get_page, post_join
@@ -31,7 +31,7 @@ async def test_lobby_script_gets_every_string_translated(stack: Stack, invite: I
     blob = re.search(r'<script type="application/json" id="i18n">(.*?)</script>', body, re.S)
     assert blob is not None
     strings = json.loads(blob.group(1))
-    assert set(strings) == set(JS_STRINGS)
+    assert set(strings) == set(LOBBY)
     assert all(strings.values())
     assert strings["waiting"] == "Your clinician will let you in."
 
@@ -50,6 +50,8 @@ async def test_lobby_asks_only_for_a_display_name_and_has_no_inline_code(stack: 
 @pytest.mark.parametrize("path, kind", [("/static/launch/lobby.js", "javascript"),
                                         ("/static/launch/join.js", "javascript"),
                                         ("/static/launch/patient-common.js", "javascript"),
+                                        ("/static/launch/presence-client.js", "javascript"),
+                                        ("/static/launch/i18n.js", "javascript"),
                                         ("/static/launch/patient.css", "css")])
 async def test_patient_page_files_are_served(stack: Stack, path: str, kind: str) -> None:
     response = await get_page(stack.browser, f"{stack.gateway_url}{path}")

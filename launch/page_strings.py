@@ -1,0 +1,156 @@
+"""The words the pages' scripts show, by page and key, marked for the catalog with `N_`.
+
+A page's template renders them, translated for the request (launch/i18n.py `page_context`), into
+`<script type="application/json" id="i18n">`; launch/static/i18n.js reads them with `t(key, params)`.
+Placeholders are named, `{time}`, and filled in by the script. After adding or changing one here, run
+`python -m launch.catalog`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .appkeys import CATALOGS
+from .i18n import DEFAULT_LOCALE, N_, page_context
+
+# What a presence request's error frame, or a request that got no answer, means to the person who made it
+# (presence/ws.py's codes; connection_lost, timeout and not_connected come from the client itself).
+PRESENCE_ERRORS: Mapping[str, str] = {
+    "error.database_unavailable": N_("Not done: the gateway cannot reach its database. Try again in a moment."),
+    "error.rate_limited": N_("Not done: too many actions in a short time. Wait a moment, then try again."),
+    "error.unknown_participant": N_("Not done: that person is no longer part of this visit."),
+    "error.not_allowed": N_("Not done: this page may not do that."),
+    "error.connection_lost": N_("The connection dropped before the gateway answered. Check the list, then try "
+                                "again if needed."),
+    "error.timeout": N_("The gateway did not answer in time. Check the list, then try again if needed."),
+    "error.not_connected": N_("Not done: this page is not connected to the gateway. Wait until the list is live, "
+                              "then try again."),
+    "error.other": N_("Not done (reason code: {code})."),
+}
+
+_COPY_LINK: Mapping[str, str] = {
+    "link_copied": N_("Link copied. Paste it into Safari or Chrome."),
+    "link_copy_failed": N_("Could not copy the link. Press and hold the link below to copy it."),
+}
+
+JOIN: Mapping[str, str] = {**_COPY_LINK}
+
+LOBBY: Mapping[str, str] = {
+    **_COPY_LINK,
+    "name_required": N_("Please enter your name."),
+    "connecting": N_("Connecting to your visit…"),
+    "connected": N_("Connected to your visit."),
+    "reconnecting": N_("Connection lost. Reconnecting…"),
+    "connection_failed": N_("We cannot reach your visit. Check your internet connection, then try again."),
+    "session_ended": N_("Your visit session has ended. Open the link your clinic sent you again."),
+    "camera_starting": N_("Starting your camera and microphone…"),
+    "camera_ok": N_("Your camera and microphone work."),
+    "audio_ok": N_("Your microphone works. You will join with audio only."),
+    "camera_denied": N_("Your browser is blocking the camera or microphone. Allow them for this site in your "
+                        "browser's settings (often the icon next to the address), then press Try again."),
+    "camera_missing": N_("We could not find a camera or microphone. Connect one and press Try again, or "
+                         "continue with audio only."),
+    "camera_busy": N_("Another app is using your camera or microphone. Close it, then press Try again."),
+    "camera_failed": N_("Your camera or microphone could not be started. Press Try again, or continue with "
+                        "audio only."),
+    "no_media": N_("This browser cannot use your camera. Open this page in Safari or Chrome."),
+    "mic_hint": N_("Say something: the bar moves when your microphone hears you."),
+    "tone_playing": N_("Playing a test sound…"),
+    "tone_done": N_("Did you hear the sound? If not, turn up your volume."),
+    "waiting": N_("Your clinician will let you in."),
+    "admitted": N_("You are being let in…"),
+    "denied": N_("Your clinician could not let you in right now. Please contact your clinic."),
+    "removed": N_("Your clinician has moved you back to the waiting room. Please wait to be let in again."),
+    "waiting_keep_open": N_("Please keep this page open."),
+    "not_saved": N_("That did not reach your clinic. Please wait a moment; we try again."),
+}
+
+ROOM: Mapping[str, str] = {
+    "connecting": N_("Connecting to your visit…"),
+    "waiting_for_others": N_("You are in the room. Waiting for the others to join…"),
+    "in_call": N_("You are in the visit."),
+    "reconnecting": N_("Connection lost. Reconnecting…"),
+    "connection_failed": N_("We cannot reach your visit. Check your internet connection; we keep trying."),
+    "session_ended": N_("Your visit session has ended. Open the link your clinic sent you again."),
+    "provider_session_ended": N_("This visit page has expired. Open the visit again from the EHR."),
+    "visit_ended": N_("The visit has ended. You can close this page."),
+    "removed": N_("Your clinician has moved you back to the waiting room."),
+    "left": N_("You left the visit. Press Rejoin to go back in."),
+    "room_full": N_("This visit already has the most people it can hold ({size})."),
+    "no_media": N_("This browser cannot use your camera. Open this page in Safari or Chrome."),
+    "audio_only": N_("Your camera could not be started: you are in the visit with audio only."),
+    "no_devices": N_("Your camera and microphone could not be started: the others cannot see or hear you."),
+    "mute": N_("Mute"),
+    "unmute": N_("Unmute"),
+    "camera_off": N_("Camera off"),
+    "camera_on": N_("Camera on"),
+    "patient": N_("Patient"),
+    "provider": N_("Clinician"),
+    "guest": N_("Guest"),
+    "interpreter": N_("Interpreter"),
+    "family": N_("Family member"),
+    "caregiver": N_("Caregiver"),
+    "other": N_("Guest"),
+    "peer_connecting": N_("Connecting…"),
+    "peer_trouble": N_("Connection trouble…"),
+}
+
+PROVIDER: Mapping[str, str] = {
+    **PRESENCE_ERRORS,
+    "status.connecting": N_("connecting…"),
+    "status.live": N_("live"),
+    "status.reconnecting": N_("reconnecting…"),
+    "status.failed": N_("offline: reload the page"),
+    "status.ended": N_("this page has expired: open the visit again from the EHR"),
+    "role.patient": N_("Patient"),
+    "role.guest": N_("Guest"),
+    "role.provider": N_("Clinician"),
+    "role.other": N_("Participant"),
+    "guest.interpreter": N_("interpreter"),
+    "guest.family": N_("family member"),
+    "guest.caregiver": N_("caregiver"),
+    "guest.other": N_("guest"),
+    "who.guest_kind": N_("{role} ({kind})"),
+    "who.named": N_("{who}: {name}"),
+    "state.waiting": N_("waiting since {time}"),
+    "state.devices_ok": N_("waiting since {time} · devices OK"),
+    "state.device_problem": N_("waiting since {time} · device problem"),
+    "state.admitted": N_("admitted at {time}, joining…"),
+    "state.in_visit": N_("in the visit since {time}"),
+    "state.online": N_("online since {time}"),
+    "state.disconnected": N_("disconnected at {time}"),
+    "state.left": N_("left the lobby at {time}"),
+    "state.denied": N_("not admitted ({time})"),
+    "state.removed": N_("removed at {time}"),
+    "action.admit": N_("Admit"),
+    "action.deny": N_("Deny"),
+    "action.remove": N_("Remove"),
+    "alert.waiting": N_("{who} waiting since {time}"),
+    "room_full": N_("The video room is full ({taken} of {size}): remove someone before admitting another "
+                    "person, or they will be turned away."),
+    # The "Send the link" panel (invite.js).
+    "invite.sending": N_("Sending…"),
+    "invite.done": N_("Done."),
+    "invite.failed": N_("The link could not be sent."),
+    "invite.failed_status": N_("The link could not be sent ({status})."),
+    "invite.expired": N_("This visit page has expired. Open the visit again from the EHR."),
+    "invite.unreachable": N_("The gateway could not be reached. Check the connection and try again."),
+    "invite.copy": N_("Copy"),
+    "invite.copied": N_("Copied"),
+}
+
+PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}
+
+
+# Pages whose template text goes through the catalog too. The provider view's template is still written in
+# English, so it stays English (its scripts too) whatever the browser asks for, rather than mix languages.
+IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
+
+
+def for_page(request: web.Request, page: str) -> dict[str, Any]:
+    """The template context that makes one of PAGES speak the request's language (i18n.page_context)."""
+    catalogs = request.app[CATALOGS]
+    locale = catalogs.locale_for(request) if page in IN_THE_REQUEST_LANGUAGE else DEFAULT_LOCALE
+    return page_context(catalogs, locale, PAGES[page])
