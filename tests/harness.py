@@ -270,10 +270,13 @@ class Processes:
     """The child processes of one test or benchmark run; leaving it (or close()) stops them all.
 
     log_dir holds one log file per process. With log_dir None, a fresh directory under /tmp is made (short:
-    PostgreSQL's socket path must stay under ~100 characters) and removed on close unless keep_dir.
+    PostgreSQL's socket path must stay under ~100 characters) and removed on close unless keep_dir. Each child
+    gets stop_grace seconds between SIGTERM and SIGKILL.
     """
 
-    def __init__(self, log_dir: Path | None = None, prefix: str = "vg-run-", keep_dir: bool = False) -> None:
+    def __init__(self, log_dir: Path | None = None, prefix: str = "vg-run-", keep_dir: bool = False,
+                 stop_grace: float = STOP_GRACE) -> None:
+        self.stop_grace = stop_grace
         if log_dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
             self._remove_dir = not keep_dir
@@ -357,14 +360,14 @@ class Processes:
         """Stop every child (last started first), then PostgreSQL, then remove the run's directory if ours."""
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
-                child.stop()
+                child.stop(self.stop_grace)
         self._finish()
 
     async def close_async(self) -> None:
         """As close, without blocking the event loop while the children shut down."""
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
-                await child.stop_async()
+                await child.stop_async(self.stop_grace)
         self._finish()
 
     def _finish(self) -> None:
