@@ -91,7 +91,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _child_setup(nofile: int | None) -> Any:
+def child_setup(nofile: int | None = None) -> Any:
+    """A preexec_fn: SIGTERM when the starter dies, and a descriptor limit of nofile when given."""
     def setup() -> None:
         _die_with_parent()
         if nofile:
@@ -168,6 +169,12 @@ class ServedProcess:
     def running(self) -> bool:
         """Whether it has not exited yet."""
         return self.proc.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to timeout seconds for it to end by itself; its exit status, or None if still running."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.proc.wait(timeout)
+        return None
 
     def tail(self, lines: int = 30) -> str:
         """The last lines of its log, each prefixed with its name (for failure messages)."""
@@ -271,12 +278,13 @@ class Processes:
 
     log_dir holds one log file per process. With log_dir None, a fresh directory under /tmp is made (short:
     PostgreSQL's socket path must stay under ~100 characters) and removed on close unless keep_dir. Each child
-    gets stop_grace seconds between SIGTERM and SIGKILL.
+    gets stop_grace seconds between SIGTERM and SIGKILL, and a descriptor limit of nofile unless a spawn says.
     """
 
     def __init__(self, log_dir: Path | None = None, prefix: str = "vg-run-", keep_dir: bool = False,
-                 stop_grace: float = STOP_GRACE) -> None:
+                 stop_grace: float = STOP_GRACE, nofile: int | None = None) -> None:
         self.stop_grace = stop_grace
+        self.nofile = nofile
         if log_dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
             self._remove_dir = not keep_dir
@@ -307,7 +315,7 @@ class Processes:
         with log.open("wb") as sink:
             proc = subprocess.Popen(list(argv), cwd=ROOT, env=child_env, stdin=stdin, stdout=sink,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_child_setup(nofile))
+                                    preexec_fn=child_setup(nofile or self.nofile))
         child = ServedProcess(name, proc, log, ready_url)
         self.children.append(child)
         return child
