@@ -32,6 +32,7 @@ NOFILE = 65536  # as bench.procs: a client holds up to 20,000 sockets
 
 def auth_frames(handle: str, subscribe: bool = True) -> list[str]:
     """The frames a provider view sends first: auth with the handle, then (by default) subscribe."""
+    frames = [json.dumps({"type": "auth", "id": 1, "provider": handle, "where": "view"})]
     if subscribe:
         frames.append(json.dumps({"type": "subscribe", "id": 2, "after": None}))
     return frames
@@ -547,8 +548,10 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         if response.status != OK_VIEW:
             errors.add("view_status", f"{response.status} {page[:100]}")
             return None
-        if "could not" in page and "verif" in page:  # the view says the patient could not be verified
-            errors.add("view_unverified", "the provider view could not read the patient from FHIR")
+        # Every read made and answered: the patient's banner is there and no reason code says a read failed
+        # (a view that skipped the Appointment read would make the launch look faster than it is).
+        if 'id="patient-name"' not in page or "Reason code" in page:
+            errors.add("view_incomplete", "the provider view lacks the patient or names a failed FHIR read")
             return None
         legs_ms.append(legs)
         return legs[0] + legs[2] + legs[3]
