@@ -387,10 +387,22 @@ class Processes:
             shutil.rmtree(self.dir, ignore_errors=True)
         _LIVE_RUNS.discard(self)
 
+    def tails(self, lines: int = 30) -> str:
+        """The end of every child's log, for a failure message."""
+        return "\n".join(child.tail(lines) for child in self.children if child.log.exists())
+
+    def _say_on_failure(self, exc: BaseException | None) -> None:
+        # Left because of an exception: the children's last words go to stderr, which pytest shows with the
+        # failure (a test's own assertions may not have quoted them).
+        if exc is not None and not isinstance(exc, (GeneratorExit, KeyboardInterrupt)) and self.children:
+            print(f"--- logs of the processes in {self.dir} (the run failed: {type(exc).__name__}) ---\n"
+                  f"{self.tails()}", file=sys.stderr)
+
     def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._say_on_failure(exc)
         self.close()
 
     async def __aenter__(self) -> Processes:
@@ -398,4 +410,5 @@ class Processes:
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        self._say_on_failure(exc)
         await self.close_async()

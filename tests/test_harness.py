@@ -55,9 +55,12 @@ def test_a_process_that_never_gets_ready_fails_within_the_bound(tmp_path: Path) 
         assert not child.running()  # SIGTERM ignored: SIGKILL after the grace
 
 
-async def test_leaving_a_run_on_a_failure_stops_every_process_even_one_that_ignores_sigterm(tmp_path: Path) -> None:
+async def test_leaving_a_run_on_a_failure_stops_every_process_even_one_that_ignores_sigterm(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(RuntimeError, match="the test failed"):
         async with Processes(tmp_path, stop_grace=0.3) as procs:
             children = [procs.spawn(f"child-{n}", [sys.executable, "-c", STUBBORN]) for n in range(2)]
             raise RuntimeError("the test failed")
     assert not any(child.running() for child in children)
+    # The failure comes with the children's logs.
+    assert f"logs of the processes in {tmp_path} (the run failed: RuntimeError)" in capsys.readouterr().err
