@@ -64,11 +64,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # The working tree's packages first, and never this folder (bench/launch.py would shadow the `launch` package).
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
 
 from bench.load import REQUEST_TIMEOUT  # noqa: E402
 from bench.stats import CpuSteal, percentile  # noqa: E402
-from tests.harness import BIN, HOST, ProcessFailed, Processes, ServedProcess, free_port, gateway_env  # noqa: E402
+from tests.harness import (  # noqa: E402
+    BIN, HOST, ProcessFailed, Processes, ServedProcess, free_port, gateway_env)
 
 CLIENT_ID = "bench"
 NOISY_SHARE = 0.15  # a phase where processes not ours took more than this share of the machine is flagged

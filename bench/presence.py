@@ -53,7 +53,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # The working tree's packages first, and never this folder (bench/presence.py would shadow the `presence` package).
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
 
 from bench.load import auth_frames, ClientDriver  # noqa: E402
 from bench.procs import (  # noqa: E402

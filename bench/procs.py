@@ -11,7 +11,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tests.harness import HOST, Processes, ServedProcess, free_port, gateway_env as harness_gateway_env, raise_nofile
+from tests.harness import HOST, Processes, ServedProcess, free_port, raise_nofile
+from tests.harness import gateway_env as harness_gateway_env
 
 __all__ = ["HOST", "NOFILE", "METRICS_TOKEN", "Processes", "ServedProcess", "free_port", "raise_more_files",
            "new_run", "gateway_env", "start_gateway", "scrape", "cpu_seconds", "rss_bytes", "choose_loop"]

@@ -7,9 +7,10 @@ Run from the repository root with the project's environment:
     .venv/bin/python bench/writeback.py --quick    # smaller, for a smoke test
 
 What runs, all on 127.0.0.1 and all started and ended here (the processes through tests.harness):
-PostgreSQL (pgserver, fresh directory under /tmp); the sandbox EHR (`python -m sandbox`) in its own process; the gateway (its real write-back worker,
-`fhir-r4-put`) as an aiohttp server in this process, on uvloop as `visitgate serve` runs. The sandbox
-answers every FHIR call 50 ms after it arrived (`fhir_answer_after`; its own work happens within those 50 ms).
+PostgreSQL (pgserver, fresh directory under /tmp); the sandbox EHR (`python -m sandbox`) in its own process;
+the gateway (its real write-back worker, `fhir-r4-put`) as an aiohttp server in this process, on uvloop as
+`visitgate serve` runs. The sandbox answers every FHIR call 50 ms after it arrived (`fhir_answer_after`; its
+own work happens within those 50 ms).
 
 Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): one FHIR request per event,
 every slot always busy. Phases:
@@ -45,7 +46,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # The working tree's packages first, and never this folder.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
 
 from bench.stats import CpuSteal  # noqa: E402
 from tests.harness import HOST, Processes, free_port  # noqa: E402

@@ -72,14 +72,14 @@ async def post_resource(request: web.Request) -> web.Response:
     return web.json_response(stored)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What an EHR serves to clients and browsers; the sandbox's own controls and the phone, mailbox and carrier
 # doubles answer at once whatever the EHR's latency.
 EHR_PATHS = ("/fhir/", "/oauth/", "/ehr", "/portal")
 
 
 @web.middleware
-async def answer_after_middleware(request: web.Request,
-                                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def answer_after_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Hold each EHR answer (errors and redirects too) until `ehr_answer_after` seconds after it arrived."""
     delay = request.app[FAULTS].ehr_answer_after
     if delay <= 0 or not request.path.startswith(EHR_PATHS):

@@ -1,7 +1,7 @@
 """Write-back across real gateway processes: kill -9 in the middle, PostgreSQL restarted under load.
 
-The gateway runs as `visitgate serve` in a subprocess (tests.harness starts, logs and stops it); the sandbox EHR runs in the test's process so the
-test can read what was written. After recovery every visit's Encounter `_history` must be its event log
+The gateway runs as `visitgate serve` in a subprocess (tests.harness starts, logs and stops it); the sandbox
+EHR runs in the test's process so the test can read what was written. After recovery every visit's Encounter `_history` must be its event log
 written exactly once, in order.
 """
 from __future__ import annotations
