@@ -592,8 +592,9 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         if full:
             # One browser per worker: its own cookies (the launch may bind itself to them) and connections.
             browser = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, ttl_dns_cache=3600),
-                                            timeout=timeout, cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                            auto_decompress=False)
+                                            timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.CookieJar(
+                                                # As a browser treats http://127.0.0.1: Secure (__Host-) cookies kept.
+                                                unsafe=True, treat_as_secure_origin=[gateway_origin]))
         try:
             while started[0] < max_ops:
                 now = perf()
