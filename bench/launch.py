@@ -7,45 +7,54 @@ Run from the repository root with the project's environment:
     .venv/bin/python bench/launch.py --quick    # shorter phases, for a smoke test
     .venv/bin/python bench/launch.py --profile cprofile   # also dump a cProfile of the gateway
 
-What runs (every process on 127.0.0.1, every one started and ended by this script):
+What runs (every process on 127.0.0.1, every one started, logged and ended through tests.harness):
 
 - PostgreSQL, embedded (pgserver), in a fresh directory under /tmp;
-- the sandbox EHR (`python -m sandbox --test-controls`) in its own process;
+- the sandbox EHR (`python -m sandbox --test-controls`, on uvloop) in its own process;
 - the gateway (`visitgate serve`, uvloop, settings from the environment) in its own process;
 - the baseline: a bare aiohttp handler that returns a 302 (uvloop too) in its own process;
-- the load generator: aiohttp ClientSession(s) with keep-alive on uvloop, in its own process(es).
+- the load generator (bench/load.py): aiohttp ClientSession(s) with keep-alive on uvloop, in its own process(es).
 
-A "full provider launch" is what a browser does when a clinician opens the visit from the EHR:
-GET /launch (302 to the EHR's authorize), GET the EHR's authorize URL (302 with the code; the EHR's leg,
-counted in the launch but served by the sandbox), GET /launch/callback (303 to the provider view, which
-is not fetched). Discovery is cached by a warm-up before anything is measured.
+A "provider launch" in the throughput phases is what a browser does when a clinician opens the visit from
+the EHR: GET /launch (302 to the EHR's authorize), GET the EHR's authorize URL (302 with the code; the EHR's
+leg, counted in the launch but served by the sandbox), GET /launch/callback (303 to the provider view, which
+is not fetched there). Discovery is cached by a warm-up before anything is measured.
 
 Figures: peak rate from a closed loop (fixed number of workers, bounded duration); p99 from an open loop
 (paced arrivals at half the peak, latency counted from each arrival's scheduled time so a stalled server
 cannot hide its queue). The launch p99 is of the whole launch (all three legs, the EHR's included); the
 p99 of the two gateway legs summed is printed too. Each launch phase and its baseline run in alternating
 blocks (--rounds, 3 by default) and are merged, so a noisy spell falls on both rather than on one.
+`cpu_ms_per_launch` is the gateway's CPU per launch (both legs) at the peak.
+
+Latency ("a launch adds no waiting of its own"): a few browsers (--latency-workers, each with its own
+cookies) make full launches one after another, through the provider view (which reads the Encounter and
+the Patient, then the Appointment), with the sandbox answering every request (discovery, authorize, token,
+JWKS, FHIR) 50 ms after it arrived (its `ehr_answer_after` switch). `latency_ratio` = ideal / the median
+launch, the ideal being the EHR round trips that must follow one another x 50 ms (printed: authorize, token,
+Encounter + Patient, Appointment = 200 ms; discovery and JWKS are cached by then). The median of each
+request is printed too, and `cpu_ms_per_full_launch`, the gateway's CPU per such launch.
 
 The machine has 2 cores shared by everything above, so the absolute rates say as much about the
 neighbours as about the gateway; only the ratios against the baseline of the same run are comparable.
-It is also a VM whose host steals CPU time from it: each phase prints how much (_common.CpuSteal), and the
-RESULT line ends with steal_pct_<phase> (share of all CPU ticks in the timed windows) and steal_max1s_<phase>
-(their worst second) for the peaks (launch and bare together) and the p99 phases (the same).
+It is also a VM whose host steals CPU time from it: each phase prints how much (bench.stats.CpuSteal), and
+the RESULT line ends with steal_pct_<phase> (share of all CPU ticks in the timed windows) and
+steal_max1s_<phase> (their worst second) for the peaks (launch and bare together), the p99 phases (the
+same) and the latency phase.
 The last line is `RESULT launch ...` (see BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -53,23 +62,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, free_port, percentile, stop_process  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
-# The working tree's packages, whatever the editable install lists (a part added since would be missing).
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
+# The working tree's packages first, and never this folder (bench/launch.py would shadow the `launch` package).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
+
+from bench.load import REQUEST_TIMEOUT  # noqa: E402
+from bench.stats import CpuSteal, percentile  # noqa: E402
+from tests.harness import (  # noqa: E402
+    BIN, HOST, ProcessFailed, Processes, ServedProcess, free_port, gateway_env)
+
 CLIENT_ID = "bench"
-OK_LAUNCH = 302
-OK_AUTHORIZE = 302
-OK_CALLBACK = 303
-REQUEST_TIMEOUT = 10.0  # seconds, per request in the load generator
-MAX_IN_FLIGHT = 2000  # open loop: arrivals beyond this many outstanding ones are counted as errors
 NOISY_SHARE = 0.15  # a phase where processes not ours took more than this share of the machine is flagged
 TOTAL_DEADLINE = 300.0  # the whole run, start-up included, never takes longer than this
+EHR_LATENCY = 0.05  # seconds: the sandbox EHR answers every request this long after it arrived (latency phase)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,185 +145,6 @@ def gateway_profiled_main(kind: str, out: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Child process: the load generator
-# ------------------------------------------------------------------------------------------------
-
-
-def load_main(spec_path: str, out_path: str) -> None:
-    """Run one load phase as the spec says and write what was seen as JSON."""
-    import asyncio
-
-    import uvloop
-
-    spec = json.loads(Path(spec_path).read_text())
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    result = asyncio.run(_load(spec))
-    Path(out_path).write_text(json.dumps(result))
-
-
-class _Errors:
-    def __init__(self) -> None:
-        self.count = 0
-        self.kinds: dict[str, int] = {}
-        self.samples: list[str] = []
-
-    def add(self, kind: str, detail: str = "") -> None:
-        self.count += 1
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        if len(self.samples) < 5:
-            self.samples.append(f"{kind}: {detail}"[:300])
-
-
-async def _load(spec: dict[str, Any]) -> dict[str, Any]:
-    import asyncio
-
-    import aiohttp
-    from yarl import URL
-
-    mode: str = spec["mode"]  # "bare" | "launch"
-    kind: str = spec["kind"]  # "closed" | "open"
-    duration: float = spec["duration"]
-    errors = _Errors()
-    total_ms: list[float] = []  # per op: whole op (launch: all three legs), from start or scheduled arrival
-    gateway_ms: list[float] = []  # launch only: the two gateway legs summed
-    done_at: list[float] = []  # completion times (monotonic) of successful ops, for the rate
-
-    limit = spec["concurrency"] if kind == "closed" else MAX_IN_FLIGHT
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=3600)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                    cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
-    perf = time.perf_counter
-
-    async def get(url: Any) -> tuple[int, str | None]:
-        async with session.get(url, allow_redirects=False) as response:
-            await response.read()
-            return response.status, response.headers.get("Location")
-
-    bare_url = URL(spec.get("bare_url", "http://127.0.0.1/"), encoded=True)
-
-    async def bare_op() -> float | None:
-        status, location = await get(bare_url)
-        if status != 302 or location != "/x":
-            errors.add("bare_status", f"{status} {location}")
-            return None
-        return 0.0
-
-    launch_urls = [URL(u, encoded=True) for u in spec.get("launch_urls", [])]
-    gateway_origin = spec.get("gateway_origin", "")
-    sandbox_origin = spec.get("sandbox_origin", "")
-    seq = [spec.get("offset", 0)]
-
-    async def launch_op() -> float | None:
-        index = seq[0]
-        seq[0] += 1
-        t0 = perf()
-        status, location = await get(launch_urls[index % len(launch_urls)])
-        t1 = perf()
-        if status != OK_LAUNCH or not location or not location.startswith(sandbox_origin + "/oauth/authorize?"):
-            errors.add("launch_status", f"{status} {(location or '')[:80]}")
-            return None
-        status, location = await get(URL(location, encoded=True))
-        if status != OK_AUTHORIZE or not location or \
-                not location.startswith(gateway_origin + "/launch/callback?") or "code=" not in location:
-            errors.add("authorize_status", f"{status} {(location or '')[:120]}")
-            return None
-        t2 = perf()
-        status, location = await get(URL(location, encoded=True))
-        t3 = perf()
-        if status != OK_CALLBACK or not location or not location.startswith("/provider/"):
-            errors.add("callback_status", f"{status} {(location or '')[:80]}")
-            return None
-        return ((t1 - t0) + (t3 - t2)) * 1000.0
-
-    op = bare_op if mode == "bare" else launch_op
-
-    # Open the connections before the clock starts, so the phase measures requests, not connects.
-    warm = [spec["warm_url"]] + ([spec["warm_url_sandbox"]] if mode == "launch" else [])
-    try:
-        await asyncio.gather(*(get(URL(u, encoded=True)) for u in warm
-                               for _ in range(min(spec["concurrency"], 64))))
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        errors.add("warmup", repr(exc))
-
-    # All generator processes share one wall-clock start.
-    now_wall, now_mono = time.time(), perf()
-    start = now_mono + max(0.0, spec["start_at"] - now_wall)
-    end = start + duration
-    max_ops = int(spec["max_ops"])
-
-    async def run_op(scheduled: float) -> None:
-        try:
-            gw = await op()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            errors.add(type(exc).__name__, str(exc))
-            return
-        finished = perf()
-        if gw is None:
-            return
-        done_at.append(finished)
-        total_ms.append((finished - scheduled) * 1000.0)
-        if mode == "launch":
-            gateway_ms.append(gw)
-
-    started = [0]
-
-    async def closed_worker() -> None:
-        while started[0] < max_ops:
-            now = perf()
-            if now >= end:
-                return
-            started[0] += 1
-            await run_op(now)
-
-    await asyncio.sleep(max(0.0, start - perf()))
-    cpu_start = time.process_time()
-    late_max = 0.0
-    if kind == "closed":
-        workers = [asyncio.create_task(closed_worker()) for _ in range(spec["concurrency"])]
-        await asyncio.wait(workers, timeout=duration + 2 * REQUEST_TIMEOUT)
-        for w in workers:
-            w.cancel()
-    else:
-        rate: float = spec["rate"]
-        phase: float = spec.get("phase", 0.0)
-        count = min(max_ops, int(duration * rate))
-        in_flight: set[asyncio.Task[None]] = set()
-        i = 0
-        while i < count:
-            now = perf()
-            if now > end + 2.0:  # the generator itself fell hopelessly behind
-                errors.add("generator_behind", f"{count - i} arrivals not sent")
-                break
-            while i < count and start + (i + phase) / rate <= now:
-                scheduled = start + (i + phase) / rate
-                late_max = max(late_max, now - scheduled)
-                if len(in_flight) >= MAX_IN_FLIGHT:
-                    errors.add("overload", f"more than {MAX_IN_FLIGHT} requests outstanding")
-                else:
-                    task = asyncio.create_task(run_op(scheduled))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                i += 1
-            if i < count:
-                await asyncio.sleep(max(0.0, start + (i + phase) / rate - perf()))
-        if in_flight:
-            await asyncio.wait(set(in_flight), timeout=2 * REQUEST_TIMEOUT)
-            for task in in_flight:
-                task.cancel()
-                errors.add("unfinished", "still outstanding at the end")
-    cpu_s = time.process_time() - cpu_start  # the generator's own CPU, measured phase (and its tail)
-    await session.close()
-    in_window = sum(1 for t in done_at if start <= t <= end)
-    return {
-        "ok": len(done_at), "in_window": in_window, "duration": duration,
-        "errors": errors.count, "error_kinds": errors.kinds, "error_samples": errors.samples,
-        "total_ms": [round(x, 3) for x in total_ms], "gateway_ms": [round(x, 3) for x in gateway_ms],
-        "late_max_ms": round(late_max * 1000.0, 2), "cpu_s": cpu_s,
-    }
-
-
-# ------------------------------------------------------------------------------------------------
 # The orchestrator
 # ------------------------------------------------------------------------------------------------
 
@@ -327,15 +154,14 @@ class Deadline(Exception):
 
 
 class Run:
-    """Every resource the run holds, released by close() whatever happened."""
+    """Every resource the run holds (its processes through tests.harness), released by close() whatever happened."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.t0 = time.monotonic()
-        self.tmp = Path(tempfile.mkdtemp(prefix="vgb-", dir="/tmp"))
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.pg: Any = None
-        self.logs: dict[str, Path] = {}
+        self.procs = Processes(prefix="vgb-")
+        self.tmp = self.procs.dir
+        self.served: dict[str, ServedProcess] = {}
         self.phases: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
 
     # --- bounds and helpers -------------------------------------------------------------------
@@ -347,45 +173,23 @@ class Run:
         if self.left() < need:
             raise Deadline(f"stopping: the next step needs ~{need:.0f}s, {self.left():.0f}s are left")
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        env = dict(os.environ if env is None else env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        log = self.tmp / f"{name}.log"
-        self.logs[name] = log
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
-        self.procs.append((name, proc))
-        return proc
+    def keep(self, child: ServedProcess) -> ServedProcess:
+        self.served[child.name] = child
+        return child
 
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        stop_process(proc, grace)
+    def spawn(self, name: str, argv: list[str], ready_url: str | None = None) -> ServedProcess:
+        return self.keep(self.procs.spawn(name, argv, ready_url=ready_url))
+
+    def ready(self, child: ServedProcess, timeout: float = 30.0) -> None:
+        child.wait_ready(min(timeout, max(1.0, self.left())))
 
     def tail(self, name: str, lines: int = 15) -> str:
-        path = self.logs.get(name)
-        if path is None or not path.exists():
-            return ""
-        text = path.read_text(errors="replace").splitlines()
-        return "\n".join(f"    {name}| {line}" for line in text[-lines:])
+        child = self.served.get(name)
+        return "\n".join(f"    {line}" for line in child.tail(lines).splitlines()) if child else ""
 
     def close(self) -> None:
         # Servers stop in reverse order of start; PostgreSQL last, then the temp dir.
-        for _name, proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                self.stop(proc)
-        if self.pg is not None:
-            with contextlib.suppress(Exception):
-                self.pg.cleanup()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if this script dies without cleaning up (Linux only)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        self.procs.close()
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -403,23 +207,6 @@ def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: flo
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
-
-
-def wait_ready(run: Run, name: str, proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
-    deadline = time.monotonic() + min(timeout, run.left())
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode} before it was ready\n{run.tail(name)}")
-        try:
-            status, _ = http("GET", url, timeout=2)
-            if status == 200:
-                return
-            last = f"status {status}"
-        except OSError as exc:
-            last = repr(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} not ready at {url} after {timeout:.0f}s ({last})\n{run.tail(name)}")
 
 
 def cpu_snapshot(run: Run) -> dict[str, float]:
@@ -440,13 +227,13 @@ def cpu_snapshot(run: Run) -> dict[str, float]:
         return total
 
     snap: dict[str, float] = {}
-    for name, proc in run.procs:
+    for name, proc in run.served.items():
         if name in ("gateway", "sandbox", "bare"):
             snap[name] = tree(proc.pid)
         elif name.startswith("py-spy"):
             snap["profiler"] = snap.get("profiler", 0.0) + tree(proc.pid)
     with contextlib.suppress(Exception):
-        snap["postgres"] = tree(run.pg.get_pid())
+        snap["postgres"] = tree(run.procs.pg.get_pid())
     machine = psutil.cpu_times()
     snap["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
     return snap
@@ -479,7 +266,8 @@ def run_alternating(run: Run, phases: list[tuple[str, dict[str, Any]]], rounds: 
 
 def _merge_blocks(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
     merged: dict[str, Any] = {"ok": 0, "in_window": 0, "errors": 0, "error_kinds": {}, "error_samples": [],
-                              "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0, "cpu_generator_s": 0.0,
+                              "total_ms": [], "gateway_ms": [], "legs_ms": [], "late_max_ms": 0.0,
+                              "cpu_generator_s": 0.0,
                               "cpu": {}}
     for part in parts:
         _fold(merged, part)
@@ -500,6 +288,7 @@ def _fold(merged: dict[str, Any], part: dict[str, Any]) -> None:
     merged["error_samples"] += part["error_samples"]
     merged["total_ms"] += part["total_ms"]
     merged["gateway_ms"] += part["gateway_ms"]
+    merged["legs_ms"] += part.get("legs_ms", [])
     merged["late_max_ms"] = max(merged["late_max_ms"], part["late_max_ms"])
 
 
@@ -536,7 +325,7 @@ def _run_block(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         out_path = run.tmp / f"out-{label}-{k}.json"
         spec_path.write_text(json.dumps(part))
         name = f"load-{label}-{k}"
-        children.append((name, out_path, run.spawn(name, [sys.executable, __file__, "_load", str(spec_path),
+        children.append((name, out_path, run.spawn(name, [sys.executable, "-m", "bench.load", "http", str(spec_path),
                                                           str(out_path)])))
     # CPU of each of our servers and of the whole machine across the measured window.
     time.sleep(max(0.0, start_at - time.time()))
@@ -545,13 +334,11 @@ def _run_block(run: Run, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         time.sleep(max(0.0, start_at + duration - time.time()))
         after = cpu_snapshot(run)
     merged: dict[str, Any] = {"ok": 0, "in_window": 0, "errors": 0, "error_kinds": {}, "error_samples": [],
-                              "total_ms": [], "gateway_ms": [], "late_max_ms": 0.0,
+                              "total_ms": [], "gateway_ms": [], "legs_ms": [], "late_max_ms": 0.0,
                               "cpu_generator_s": 0.0}
     for name, out_path, proc in children:
-        try:
-            proc.wait(timeout=duration + 2 * REQUEST_TIMEOUT + 20)
-        except subprocess.TimeoutExpired:
-            run.stop(proc, grace=2)
+        if proc.wait(timeout=duration + 2 * REQUEST_TIMEOUT + 20) is None:
+            proc.stop(grace=2)
         if proc.returncode != 0 or not out_path.exists():
             merged["errors"] += 1
             merged["error_kinds"]["generator_failed"] = merged["error_kinds"].get("generator_failed", 0) + 1
@@ -601,38 +388,20 @@ def describe(label: str, spec: dict[str, Any], m: dict[str, Any]) -> None:
 
 def start_everything(run: Run) -> dict[str, Any]:
     """PostgreSQL, the configuration, the sandbox, the gateway, the bare server; returns the URLs."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
     from gateway.security import generate_signing_key_pem
 
     args = run.args
     t = time.monotonic()
-    run.pg = pgserver.get_server(str(run.tmp / "pg"), cleanup_mode="delete")
-    dsn = run.pg.get_uri()
+    dsn = run.procs.postgres()
     print(f"  PostgreSQL (pgserver) up in {time.monotonic() - t:.1f}s", flush=True)
 
     gateway_port, sandbox_port, bare_port = free_port(), free_port(), free_port()
     gateway_origin = f"http://{HOST}:{gateway_port}"
     sandbox_origin = f"http://localhost:{sandbox_port}"  # /etc/hosts maps it to 127.0.0.1
     fhir_base = f"{sandbox_origin}/fhir"
-    env = dict(os.environ)
-    env.update({
-        "VISITGATE_PUBLIC_URL": gateway_origin,
-        "VISITGATE_SECRET_KEY": base64.b64encode(os.urandom(32)).decode(),
-        "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode(),
-        "DATABASE_URL": dsn,
-        "VISITGATE_HOST": HOST,
-        "VISITGATE_PORT": str(gateway_port),
-        "VISITGATE_LOG_LEVEL": args.log_level,
-        "VISITGATE_DATA_DIR": str(run.tmp / "data"),
-        "PYTHONWARNINGS": "ignore",
-    })
+    env = gateway_env(public_url=gateway_origin, secret=os.urandom(32), signing_key_pem=generate_signing_key_pem(),
+                      database_url=dsn, data_dir=run.tmp / "data", log_level=args.log_level)
     visitgate = str(BIN / "visitgate")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     added = subprocess.run([visitgate, "config", "add", "--fhir-base-url", fhir_base, "--environment", "test",
                             "--client-id", CLIENT_ID, "--client-auth", "private_key_jwt", "--approved-by", "bench"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=min(60, run.left()))
@@ -642,31 +411,37 @@ def start_everything(run: Run) -> dict[str, Any]:
 
     clients = [{"client_id": CLIENT_ID, "redirect_uris": [f"{gateway_origin}/launch/callback"],
                 "auth_method": "private_key_jwt", "jwks_url": f"{gateway_origin}/.well-known/jwks.json"}]
-    sandbox_args = ["--host", HOST, "--port", str(sandbox_port), "--base-url", sandbox_origin,
-                    "--app-launch-url", f"{gateway_origin}/launch", "--client-json", json.dumps(clients),
-                    "--test-controls",
-                    # The sandbox scans every live access token on each issue (O(n)); a short lifetime keeps that
-                    # stand-in cost from growing through the run. Nothing here uses the tokens afterwards.
-                    "--access-token-lifetime", "60"]
-    if args.sandbox_uvloop:
-        sandbox = run.spawn("sandbox", [sys.executable, __file__, "_sandbox", *sandbox_args])
-    else:
-        sandbox = run.spawn("sandbox", [sys.executable, "-m", "sandbox", *sandbox_args])
+    sandbox = run.keep(run.procs.sandbox(
+        "sandbox", port=sandbox_port, base_url=sandbox_origin, app_launch_url=f"{gateway_origin}/launch",
+        clients=clients, test_controls=True,
+        # The sandbox scans every live access token on each issue (O(n)); a short lifetime keeps that
+        # stand-in cost from growing through the run. Nothing here uses the tokens afterwards.
+        extra_args=["--access-token-lifetime", "60"],
+        argv=[sys.executable, __file__, "_sandbox"] if args.sandbox_uvloop else None))
+    profiled = None
     if args.profile in ("cprofile", "yappi"):
-        gateway = run.spawn("gateway", [sys.executable, __file__, "_gateway_profiled", args.profile,
-                                        str(run.tmp / "gateway.prof")], env=env)
-    else:
-        gateway = run.spawn("gateway", [visitgate, "serve"], env=env)
-    bare = run.spawn("bare", [sys.executable, __file__, "_bare", str(bare_port)])
-    wait_ready(run, "sandbox", sandbox, f"http://{HOST}:{sandbox_port}/fhir/.well-known/smart-configuration", 30)
-    wait_ready(run, "gateway", gateway, f"{gateway_origin}/readyz", 30)
-    wait_ready(run, "bare", bare, f"http://{HOST}:{bare_port}/healthz", 30)
+        profiled = [sys.executable, __file__, "_gateway_profiled", args.profile, str(run.tmp / "gateway.prof")]
+    gateway = run.keep(run.procs.gateway("gateway", env, argv=profiled))
+    bare = run.spawn("bare", [sys.executable, __file__, "_bare", str(bare_port)],
+                     ready_url=f"http://{HOST}:{bare_port}/healthz")
+    for child in (sandbox, gateway, bare):
+        run.ready(child)
 
     # One launch context per encounter; launch i uses context i % N, so concurrent launches seldom meet on
     # one visit row (a clinic launches different encounters; the same one over and over would measure a
     # row lock). Launch ids stay valid for 10 minutes, longer than this run.
     launch_urls = []
     for i in range(args.encounters):
+        # The Encounter in the EHR, pointing at one of the seeded Appointments, so that the provider view (in
+        # the latency phase) makes every read it makes for a real visit.
+        status, body = http("POST", f"http://{HOST}:{sandbox_port}/_sandbox/resources", {
+            "resourceType": "Encounter", "id": f"bench-enc-{i}", "status": "planned",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+            "subject": {"reference": f"Patient/pat-{i % 5 + 1}"},
+            "participant": [{"individual": {"reference": "Practitioner/prac-1"}}],
+            "appointment": [{"reference": f"Appointment/appt-{i % 6 + 1}"}]})
+        if status != 200:
+            raise RuntimeError(f"the sandbox refused an Encounter: {status} {body[:200]!r}")
         status, body = http("POST", f"http://{HOST}:{sandbox_port}/_sandbox/launches",
                             {"practitioner_id": "prac-1", "patient_id": f"pat-{i % 5 + 1}",
                              "encounter_id": f"bench-enc-{i}"})
@@ -679,17 +454,18 @@ def start_everything(run: Run) -> dict[str, Any]:
         "launch_urls": launch_urls, "bare_url": f"http://{HOST}:{bare_port}/",
         "warm_gateway": f"{gateway_origin}/healthz", "warm_bare": f"http://{HOST}:{bare_port}/healthz",
         "warm_sandbox": f"{sandbox_origin}/fhir/.well-known/smart-configuration",
+        "full_launch_urls": launch_urls, "sandbox_control": f"http://{HOST}:{sandbox_port}",
     }
 
 
-def start_py_spy(run: Run, duration: float) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
+def start_py_spy(run: Run, duration: float) -> list[tuple[str, ServedProcess, Path]]:
     """Sample the gateway and the sandbox with py-spy during the next phase (pip install py-spy)."""
     spy = BIN / "py-spy"
     if not spy.exists():
         print("  (py-spy is not installed in the environment; no samples)", flush=True)
         return []
     spies = []
-    for name, proc in run.procs:
+    for name, proc in list(run.served.items()):
         if name in ("gateway", "sandbox"):
             out = run.tmp / f"py-spy-{name}.txt"
             spies.append((name, run.spawn(f"py-spy-{name}", [
@@ -737,10 +513,8 @@ def main_run(args: argparse.Namespace) -> int:
             ("launch peak", dict(launch_spec, kind="closed", concurrency=best_c, duration=D)),
             ("bare peak", dict(bare_spec, kind="closed", concurrency=best_c, duration=D))], rounds)
         for name, proc, out in spies:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                run.stop(proc, grace=2)
+            if proc.wait(timeout=30) is None:
+                proc.stop(grace=2)
             if out.exists():
                 kept = Path(f"{args.profile_out}.{name}.txt")
                 shutil.copy(out, kept)
@@ -752,6 +526,8 @@ def main_run(args: argparse.Namespace) -> int:
                                          rate=max(1.0, launch_peak["rate"] / 2), duration=D)),
             ("bare at half peak", dict(bare_spec, kind="open", concurrency=best_c,
                                        rate=max(1.0, bare_peak["rate"] / 2), duration=D))], rounds)
+
+        latency = latency_phase(run, launch_spec, urls)
 
         errors = sum(m["errors"] for _, _, m in run.phases)
         ratio = launch_peak["rate"] / bare_peak["rate"] if bare_peak["rate"] else math.nan
@@ -781,17 +557,24 @@ def main_run(args: argparse.Namespace) -> int:
                        f"launches_per_s={launch_peak['rate']:.1f} bare_per_s={bare_peak['rate']:.1f} "
                        f"launch_p99_ms={launch_half['p99_ms']:.2f} bare_p99_ms={bare_half['p99_ms']:.2f} "
                        f"errors={errors}")
-        for name, parts in (("peak", (launch_peak, bare_peak)), ("p99", (launch_half, bare_half))):
+        gateway_cpu = launch_peak["cpu"].get("gateway", math.nan)
+        cpu_ms_per_launch = gateway_cpu * 1000 / launch_peak["in_window"] if launch_peak["in_window"] else math.nan
+        print(f"gateway CPU per launch (both legs, discovery cached, at peak): {cpu_ms_per_launch:.2f} ms; "
+              f"per full launch with the provider view and the EHR 50 ms away: {latency['cpu_ms']:.2f} ms")
+        result_line += (f" latency_ratio={latency['ratio']:.3f} full_launch_p50_ms={latency['p50_ms']:.1f} "
+                        f"ideal_ms={latency['ideal_ms']:.0f} cpu_ms_per_launch={cpu_ms_per_launch:.2f} "
+                        f"cpu_ms_per_full_launch={latency['cpu_ms']:.2f}")
+        for name, parts in (("peak", (launch_peak, bare_peak)), ("p99", (launch_half, bare_half)),
+                            ("latency", (latency["phase"],))):
             steal = CpuSteal.merged(m["steal"] for m in parts)
             result_line += f" steal_pct_{name}={steal.steal_pct:.1f} steal_max1s_{name}={steal.worst_pct:.1f}"
         if args.profile in ("cprofile", "yappi"):
-            gateway = next(p for n, p in run.procs if n == "gateway")
-            run.stop(gateway, grace=30)
+            run.served["gateway"].stop(grace=30)
             prof = run.tmp / "gateway.prof"
             if prof.exists() and args.profile_out:
                 shutil.copy(prof, args.profile_out)
                 print(f"gateway profile written to {args.profile_out}")
-    except (KeyboardInterrupt, Deadline, RuntimeError) as exc:
+    except (KeyboardInterrupt, Deadline, RuntimeError, ProcessFailed) as exc:
         print(f"\naborted: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     except Exception:  # a bug here must still clean up and end with a RESULT line
         import traceback
@@ -803,10 +586,58 @@ def main_run(args: argparse.Namespace) -> int:
             run.close()
     if result_line is None:
         print("RESULT launch ratio=nan p99_ratio=nan launches_per_s=nan bare_per_s=nan launch_p99_ms=nan "
-              "bare_p99_ms=nan errors=1")
+              "bare_p99_ms=nan errors=1 latency_ratio=nan cpu_ms_per_launch=nan")
         return 1
     print(result_line, flush=True)
     return 0
+
+
+# The EHR round trips a warm provider launch must make one after another, each answered EHR_LATENCY after it
+# arrives. Discovery and the EHR's JWKS are not among them: both are cached by the first launch (an hour),
+# and the warm-up made that launch. Nor is the gateway's own JWKS, which the EHR fetches to check our client
+# assertion inside its token request (and caches).
+SERIAL_ROUND_TRIPS = (
+    ("authorize", "the browser at the EHR's authorize endpoint, which answers with the code"),
+    ("token", "the gateway exchanges the code (needs the code); the id_token is checked with the cached JWKS"),
+    ("Encounter + Patient", "the provider view reads both at once (needs the access token)"),
+    ("Appointment", "the provider view reads it (its id is in the Encounter, so it waits for that read)"),
+)
+
+
+def latency_phase(run: Run, launch_spec: dict[str, Any], urls: dict[str, Any]) -> dict[str, Any]:
+    """Full launches, through the provider view, with the sandbox EHR answering every request after
+    EHR_LATENCY: latency_ratio = ideal (the serial round trips x EHR_LATENCY) / the median launch."""
+    args = run.args
+    ideal_ms = len(SERIAL_ROUND_TRIPS) * EHR_LATENCY * 1000
+    print(f"full launches through the provider view, the EHR answering every request {EHR_LATENCY * 1000:.0f} ms "
+          f"after it arrives, closed loop, {args.latency_workers} browsers:", flush=True)
+    print(f"  ideal {ideal_ms:.0f} ms = {len(SERIAL_ROUND_TRIPS)} EHR round trips one after another x "
+          f"{EHR_LATENCY * 1000:.0f} ms:", flush=True)
+    for name, why in SERIAL_ROUND_TRIPS:
+        print(f"    {name}: {why}", flush=True)
+    faults = f"{urls['sandbox_control']}/_sandbox/faults"
+    status, body = http("POST", faults, {"ehr_answer_after": EHR_LATENCY})
+    if status != 200:
+        raise RuntimeError(f"the sandbox refused its latency switch: {status} {body[:200]!r}")
+    try:
+        phase = run_phase(run, "full launch, EHR 50 ms", dict(
+            launch_spec, launch_urls=urls["full_launch_urls"], kind="closed", full=True,
+            concurrency=args.latency_workers, duration=args.latency_duration))
+    finally:
+        http("POST", faults, {"ehr_answer_after": 0})
+    legs = phase["legs_ms"]
+    medians = [statistics.median(leg[k] for leg in legs) if legs else math.nan for k in range(4)]
+    p50 = phase["p50_ms"]
+    ratio = ideal_ms / p50 if p50 and not math.isnan(p50) else math.nan
+    done = phase["in_window"]  # the launches that finished inside the window the CPU was read over
+    cpu_ms = phase["cpu"].get("gateway", math.nan) * 1000 / done if done else math.nan
+    print(f"  median full launch {p50:.1f} ms (p99 {phase['p99_ms']:.1f} ms) over {phase['ok']} launches; "
+          f"ideal {ideal_ms:.0f} ms; latency_ratio {ratio:.3f} (goal >= 0.9)", flush=True)
+    print(f"  median of each request (the EHR's wait in it): GET /launch {medians[0]:.1f} ms (0), authorize "
+          f"{medians[1]:.1f} ms (50), callback {medians[2]:.1f} ms (50: token), provider view {medians[3]:.1f} ms "
+          f"(100: Encounter + Patient, then Appointment)", flush=True)
+    print(f"  gateway CPU per full launch (both legs and the provider view): {cpu_ms:.2f} ms", flush=True)
+    return {"ratio": ratio, "p50_ms": p50, "ideal_ms": ideal_ms, "cpu_ms": cpu_ms, "phase": phase}
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -828,14 +659,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-sandbox-uvloop", dest="sandbox_uvloop", action="store_false")
     parser.add_argument("--profile", choices=["none", "py-spy", "cprofile", "yappi"], default="none")
     parser.add_argument("--profile-out", default="/tmp/visitgate-launch.prof")
+    parser.add_argument("--latency-workers", type=int, default=4,
+                        help="browsers launching one after another in the latency phase (few: it measures waiting)")
+    parser.add_argument("--latency-duration", type=float, default=10.0, help="seconds of the latency phase")
     parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.sweep, args.warmup, args.concurrency, args.rounds = 4.0, 2.0, 2.0, [32], 2
+        args.latency_duration = 4.0
     args.duration = min(max(args.duration, 1.0), 30.0)
     args.sweep = min(max(args.sweep, 1.0), 15.0)
     args.warmup = min(max(args.warmup, 1.0), 10.0)
     args.rounds = min(max(args.rounds, 1), 6)
+    args.latency_workers = min(max(args.latency_workers, 1), 32)
+    args.latency_duration = min(max(args.latency_duration, 2.0), 30.0)
     return args
 
 
@@ -846,7 +683,5 @@ if __name__ == "__main__":
         sandbox_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_gateway_profiled":
         gateway_profiled_main(sys.argv[2], sys.argv[3])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_load":
-        load_main(sys.argv[2], sys.argv[3])
     else:
         sys.exit(main_run(parse_args(sys.argv[1:])))

@@ -7,7 +7,7 @@
 
 Every process runs on 127.0.0.1 and is started and ended by this script: PostgreSQL (pgserver) in a fresh
 /tmp directory, `visitgate serve` (uvloop, as shipped), a bare aiohttp websocket server (uvloop), and load
-client processes (bench/_common.py: a lean asyncio websocket client, so the clients leave the cores to the
+client processes (bench/load.py: a lean asyncio websocket client, so the clients leave the cores to the
 servers as far as possible). Visits and provider sessions are seeded straight into the schema with known
 handles, as a provider launch leaves them; from the socket on, everything is the gateway's real code.
 
@@ -23,7 +23,7 @@ Figures
   process with gateway.events.record_event (insert transaction, NOTIFY after commit) at half of the peak
   end-to-end rate (open loop, paced arrivals); latency from each event's commit until the last of its 3
   subscribers received it (client and writer share CLOCK_MONOTONIC; from the scheduled write, the write
-  included, is printed too). Neither load process collects cycles while this is timed (C.no_gc): their
+  included, is printed too). Neither load process collects cycles while this is timed (no_gc): their
   bookkeeping grows with every event, and a full collection of it is a pause of the apparatus.
 - sustained_ratio: events/s the gateway delivers across the same 100 visits x 3 subscribers (events already
   in the database, one NOTIFY: bus reads in batches -> hub -> sockets -> clients, measured at the clients)
@@ -31,7 +31,7 @@ Figures
   same text size) in a bare send loop. The end-to-end peak including one write transaction per event is
   printed too (it is bound by PostgreSQL writes, not by presence).
 
-Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (C.CpuSteal): a
+Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (CpuSteal): a
 stolen quarter of the machine moves a p99 far more than the code does. The RESULT line ends with
 steal_pct_<phase> (share of all CPU ticks in the timed window) and steal_max1s_<phase> (its worst second)
 for fanout, p99 and sustained.
@@ -51,10 +51,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+# The working tree's packages first, and never this folder (bench/presence.py would shadow the `presence` package).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
 
-HOST = C.HOST
+from bench.load import auth_frames, ClientDriver  # noqa: E402
+from bench.procs import (  # noqa: E402
+    choose_loop, cpu_seconds, free_port, gateway_env, HOST, new_run, raise_more_files, rss_bytes, start_gateway)
+from bench.seed import seed, write_closed_loop, write_open_loop  # noqa: E402
+from bench.spy import inclusive_frames, py_spy, top_frames  # noqa: E402
+from bench.stats import CpuSteal, describe, latencies, no_gc, percentile  # noqa: E402
+from tests.harness import Processes  # noqa: E402
+
 DEADLINE = 420.0
 
 
@@ -132,7 +141,7 @@ def bare_main(port: int, loop: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-async def fanout_phase(run: C.Procs, args: argparse.Namespace) -> dict[str, float]:
+async def fanout_phase(run: Processes, args: argparse.Namespace) -> dict[str, float]:
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
@@ -172,9 +181,9 @@ async def fanout_phase(run: C.Procs, args: argparse.Namespace) -> dict[str, floa
     app = web.Application()
     app.router.add_get("/hub", hub_socket)
     app.router.add_get("/bare", bare_socket)
-    server = TestServer(app, host=HOST, port=C.free_port())
+    server = TestServer(app, host=HOST, port=free_port())
     await server.start_server(access_log=None)
-    client = await C.ClientDriver.start("fanout-client", run.tmp / "fanout-client.log")
+    client = await ClientDriver.start("fanout-client", run.dir / "fanout-client.log")
     try:
         origin = f"http://{HOST}:{server.port}"
         for path in ("/hub", "/bare"):
@@ -211,7 +220,7 @@ async def fanout_phase(run: C.Procs, args: argparse.Namespace) -> dict[str, floa
         next_event = 0
         block = 20
         await client.call("reset", mode="count")
-        with C.CpuSteal() as steal:
+        with CpuSteal() as steal:
             for _ in range(math.ceil(args.fanout_rounds / block)):
                 for _ in range(block):
                     event = events[next_event]
@@ -232,12 +241,12 @@ async def fanout_phase(run: C.Procs, args: argparse.Namespace) -> dict[str, floa
         dropped = n - hub.count()
         hub_rate = n * len(hub_times) / sum(hub_times)
         bare_rate = n * len(bare_times) / sum(bare_times)
-        hub_p99 = C.percentile(hub_times, 99) * 1000
-        bare_p99 = C.percentile(bare_times, 99) * 1000
+        hub_p99 = percentile(hub_times, 99) * 1000
+        bare_p99 = percentile(bare_times, 99) * 1000
         say(f"  one event to {n} subscribers, {len(hub_times)} events each side, interleaved in blocks of {block}:")
-        say(f"    Hub.publish: {hub_rate:,.0f} sends/s (per event p50 {C.percentile(hub_times, 50) * 1000:.2f} ms, "
+        say(f"    Hub.publish: {hub_rate:,.0f} sends/s (per event p50 {percentile(hub_times, 50) * 1000:.2f} ms, "
             f"p99 {hub_p99:.2f} ms); bare send_str loop: {bare_rate:,.0f} sends/s (p50 "
-            f"{C.percentile(bare_times, 50) * 1000:.2f} ms, p99 {bare_p99:.2f} ms); text {len(texts[0])} bytes")
+            f"{percentile(bare_times, 50) * 1000:.2f} ms, p99 {bare_p99:.2f} ms); text {len(texts[0])} bytes")
         say(f"    clients received {got['count']:,} of {expected:,} frames; hub sockets dropped: {dropped}")
         say(f"    {steal.describe()}")
         if got["count"] != expected or dropped:
@@ -263,8 +272,8 @@ async def patient_ids(pool: Any, visits: list[uuid.UUID]) -> list[uuid.UUID]:
         return [await patient_participant(conn, v) for v in visits]
 
 
-async def blast_gateway(pool: Any, client: C.ClientDriver, visits: list[uuid.UUID], patients: list[uuid.UUID],
-                        events: int, subs: int, steal: C.CpuSteal) -> tuple[float, dict[str, Any]]:
+async def blast_gateway(pool: Any, client: ClientDriver, visits: list[uuid.UUID], patients: list[uuid.UUID],
+                        events: int, subs: int, steal: CpuSteal) -> tuple[float, dict[str, Any]]:
     """Insert `events` events round-robin over the visits in one transaction, then one NOTIFY: the bus
     reads them in batches and the hub sends them. Returns events/s measured at the clients; `steal` times
     the delivery (not the insert)."""
@@ -286,8 +295,8 @@ async def blast_gateway(pool: Any, client: C.ClientDriver, visits: list[uuid.UUI
     return (got["count"] / subs) / seconds if seconds > 0 else math.nan, got
 
 
-async def blast_bare(port: int, client: C.ClientDriver, events: int, subs: int,
-                     steal: C.CpuSteal) -> tuple[float, dict[str, Any]]:
+async def blast_bare(port: int, client: ClientDriver, events: int, subs: int,
+                     steal: CpuSteal) -> tuple[float, dict[str, Any]]:
     import aiohttp
 
     await client.call("reset", mode="count")
@@ -301,27 +310,28 @@ async def blast_bare(port: int, client: C.ClientDriver, events: int, subs: int,
     return (got["count"] / subs) / seconds if seconds > 0 else math.nan, got
 
 
-async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret: bytes, pem: bytes) -> dict[str, float]:
+async def gateway_phase(run: Processes, args: argparse.Namespace, dsn: str, secret: bytes, pem: bytes) -> dict[str, float]:
     from gateway.db import create_pool
 
-    port, bare_port = C.free_port(), C.free_port()
-    env = C.gateway_env(dsn, port, secret, pem, run.tmp / "data", args.log_level)
-    gateway = C.start_gateway(run, "gateway", env, std_loop=args.loop == "asyncio")
-    bare = run.spawn("bare", [sys.executable, __file__, "_bare", str(bare_port), args.loop])
-    C.wait_http(run, "bare", bare, f"http://{HOST}:{bare_port}/healthz")
-    seeded = await C.seed(dsn, secret, args.visits, 3)
+    port, bare_port = free_port(), free_port()
+    env = gateway_env(dsn, port, secret, pem, run.dir / "data", args.log_level)
+    gateway = start_gateway(run, "gateway", env, std_loop=args.loop == "asyncio")
+    bare = run.spawn("bare", [sys.executable, __file__, "_bare", str(bare_port), args.loop],
+                     ready_url=f"http://{HOST}:{bare_port}/healthz")
+    bare.wait_ready()
+    seeded = await seed(dsn, secret, args.visits, 3)
     visits = [v for v, _ in seeded]
     # The gateway's own kind of pool (no reset query on release), so the writes cost what the gateway's do.
     pool = await create_pool(dsn, args.writers, min_size=args.writers,
                              server_settings={"synchronous_commit": args.synchronous_commit})
     patients = await patient_ids(pool, visits)
-    gw_client = await C.ClientDriver.start("gw-client", run.tmp / "gw-client.log")
-    bare_client = await C.ClientDriver.start("bare-client", run.tmp / "bare-client.log")
+    gw_client = await ClientDriver.start("gw-client", run.dir / "gw-client.log")
+    bare_client = await ClientDriver.start("bare-client", run.dir / "bare-client.log")
     subs = 3
     out: dict[str, float] = {}
     try:
         origin = f"http://{HOST}:{port}"
-        specs = [{"frames": C.auth_frames(h), "group": k} for k, (_, handles) in enumerate(seeded) for h in handles]
+        specs = [{"frames": auth_frames(h), "group": k} for k, (_, handles) in enumerate(seeded) for h in handles]
         opened = await gw_client.call("open", host=HOST, port=port, path="/ws", origin=origin, sockets=specs,
                                       expect="snapshot", local_addr=None, concurrency=50, rate=2000.0, timeout=60.0)
         if opened["ok"] != len(specs):
@@ -338,10 +348,10 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
             f"alternating, best of {args.blast_rounds}:")
         spy = None
         if args.profile:
-            spy_out = run.tmp / "spy-sustained.txt"
-            spy = (C.py_spy(run, gateway.pid, 4 * args.blast_rounds + 4, spy_out), spy_out)
+            spy_out = run.dir / "spy-sustained.txt"
+            spy = (py_spy(run, gateway.pid, 4 * args.blast_rounds + 4, spy_out), spy_out)
         gw_rates, bare_rates = [], []
-        steal = C.CpuSteal()  # gateway and bare runs together: the ratio is of both
+        steal = CpuSteal()  # gateway and bare runs together: the ratio is of both
         for r in range(args.blast_rounds):
             rate, got = await blast_gateway(pool, gw_client, visits, patients, args.blast, subs, steal)
             gw_rates.append(rate)
@@ -360,9 +370,9 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
 
         # End to end, with a write transaction per event: the peak (closed loop), then p99 at half of it.
         await gw_client.call("reset", mode="count")
-        with C.CpuSteal() as steal:
+        with CpuSteal() as steal:
             t0 = time.monotonic()
-            written = await C.write_closed_loop(pool, visits, patients, args.writers, args.peak_seconds)
+            written = await write_closed_loop(pool, visits, patients, args.writers, args.peak_seconds)
             write_s = time.monotonic() - t0
             got = await gw_client.call("wait_count", count=written * subs, timeout=30.0)
         delivered_s = max(got["last_t"], t0 + write_s) - t0
@@ -376,27 +386,27 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
         rate = peak / 2
         await gw_client.call("reset", mode="record")
         if args.profile:
-            spy_out = run.tmp / "spy-p99.txt"
-            spy = (C.py_spy(run, gateway.pid, args.p99_seconds + 1, spy_out), spy_out)
-        with C.no_gc(), C.CpuSteal() as steal:
-            written_at, overruns = await C.write_open_loop(pool, visits, patients, rate, args.p99_seconds)
+            spy_out = run.dir / "spy-p99.txt"
+            spy = (py_spy(run, gateway.pid, args.p99_seconds + 1, spy_out), spy_out)
+        with no_gc(), CpuSteal() as steal:
+            written_at, overruns = await write_open_loop(pool, visits, patients, rate, args.p99_seconds)
             await gw_client.call("wait_count", count=len(written_at) * subs, timeout=15.0)
         recs = (await gw_client.call("records"))["records"]
         received: dict[int, list[float]] = defaultdict(list)
         for _sock, event_id, _kind, t in recs:
             received[event_id].append(t)
-        lat = C.latencies(written_at, received, subs)
+        lat = latencies(written_at, received, subs)
         commits = [(c - d) * 1000 for d, c, _n in written_at.values()]
         say(f"  at half peak ({rate:,.0f} events/s open loop, {args.p99_seconds:.0f}s, {len(written_at):,} events, "
             f"writer overruns {overruns}, events missing a subscriber {lat['lost']}), until all {subs} received:")
-        say(f"    from commit (the figure): {C.describe(lat['from_commit'])}")
-        say(f"    from every earlier id committed (bus+hub+socket only): {C.describe(lat['from_ready'])}")
-        say(f"    from scheduled write (incl. the write itself): {C.describe(lat['from_write'])}; the write's own "
-            f"transaction took {C.describe(commits)}")
+        say(f"    from commit (the figure): {describe(lat['from_commit'])}")
+        say(f"    from every earlier id committed (bus+hub+socket only): {describe(lat['from_ready'])}")
+        say(f"    from scheduled write (incl. the write itself): {describe(lat['from_write'])}; the write's own "
+            f"transaction took {describe(commits)}")
         say(f"    {steal.describe()}")
         out["steal_pct_p99"], out["steal_max1s_p99"] = steal.steal_pct, steal.worst_pct
-        out["p99_ms_3sub"] = C.percentile(lat["from_commit"], 99) if not lat["lost"] else math.nan
-        out["p99_ready"] = C.percentile(lat["from_ready"], 99)
+        out["p99_ms_3sub"] = percentile(lat["from_commit"], 99) if not lat["lost"] else math.nan
+        out["p99_ready"] = percentile(lat["from_ready"], 99)
         if args.profile and spy[0] is not None:
             await asyncio.to_thread(spy[0].wait, 30)
             report_profile("gateway at half peak (end to end)", spy[1])
@@ -406,20 +416,20 @@ async def gateway_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret
         await gw_client.stop()
         await bare_client.stop()
         await pool.close()
-        run.stop(gateway, grace=2, kill=True)
-        run.stop(bare, grace=2, kill=True)
+        gateway.kill()
+        bare.kill()
     return out
 
 
 def report_profile(label: str, path: Path) -> None:
-    frames = C.top_frames(path, 15)
+    frames = top_frames(path, 15)
     if not frames:
         say(f"  (no py-spy samples for {label})")
         return
     say(f"  py-spy, {label}: hottest frames by own time")
     for share, frame in frames:
         say(f"    {share * 100:5.1f}%  {frame}")
-    incl = C.inclusive_frames(path, ("publish (presence/hub.py", "send (presence/hub.py", "send_str (", "_drain_once",
+    incl = inclusive_frames(path, ("publish (presence/hub.py", "send (presence/hub.py", "send_str (", "_drain_once",
                                      "all_events_after", "_event (gateway/events.py", "to_json", "record_event",
                                      "presence_socket", "_authenticate", "_subscribe"))
     say("    inclusive: " + ", ".join(f"{k.split(' (')[0]} {v * 100:.1f}%" for k, v in incl.items() if v))
@@ -430,7 +440,7 @@ def report_profile(label: str, path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-async def open_many(clients: list[C.ClientDriver], port: int, path: str, origin: str, specs: list[dict[str, Any]],
+async def open_many(clients: list[ClientDriver], port: int, path: str, origin: str, specs: list[dict[str, Any]],
                     expect: str, rate: float, concurrency: int, timeout: float) -> tuple[int, dict[str, int]]:
     share = math.ceil(len(specs) / len(clients))
     calls = []
@@ -452,20 +462,20 @@ def settle_cpu(pid: int, limit: float = 20.0) -> None:
     """Wait until a process is nearly idle (under 5% of a core over 0.5 s), at most `limit` seconds."""
     end = time.monotonic() + limit
     while time.monotonic() < end:
-        before = C.cpu_seconds(pid)
+        before = cpu_seconds(pid)
         time.sleep(0.5)
-        if C.cpu_seconds(pid) - before < 0.025:
+        if cpu_seconds(pid) - before < 0.025:
             return
 
 
-async def memory_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret: bytes, pem: bytes) -> dict[str, float]:
+async def memory_phase(run: Processes, args: argparse.Namespace, dsn: str, secret: bytes, pem: bytes) -> dict[str, float]:
     n, warm = args.sockets, 200
     out: dict[str, float] = {}
     # Every socket is a descriptor of the server, and no process here may open more than the hard limit
     # (20,000 on this machine kind). Past it the server cannot accept and the client sees the connection end
     # (the "~1% closed before ready" of earlier runs). So ask each server for what fits beside its warm-up
     # sockets and its own descriptors (database connections, logs, the event loop's).
-    limit = C.raise_nofile()
+    limit = raise_more_files()
     fits = limit - warm - 150
     if n > fits:
         say(f"  memory: each process may open {limit:,} files here, so each server holds {fits:,} idle sockets, "
@@ -475,7 +485,7 @@ async def memory_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret:
 
     async def measure(label: str, pid: int, port: int, path_of: Any, specs: list[dict[str, Any]],
                       warm_specs: list[dict[str, Any]], expect: str, rate: float) -> float:
-        clients = [await C.ClientDriver.start(f"mem-{label}-{k}", run.tmp / f"mem-{label}-{k}.log")
+        clients = [await ClientDriver.start(f"mem-{label}-{k}", run.dir / f"mem-{label}-{k}.log")
                    for k in range(nclients)]
         try:
             origin = f"http://{HOST}:{port}"
@@ -483,12 +493,12 @@ async def memory_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret:
             if ok != len(warm_specs):
                 raise RuntimeError(f"{label}: warm-up opened {ok} of {len(warm_specs)}: {errors}")
             await asyncio.to_thread(settle_cpu, pid, 10)
-            before = C.rss_bytes(pid)
+            before = rss_bytes(pid)
             t0 = time.monotonic()
             ok, errors = await open_many(clients, port, "/ws", origin, specs, expect, rate, 50, args.open_timeout)
             took = time.monotonic() - t0
             await asyncio.to_thread(settle_cpu, pid, 20)
-            after = C.rss_bytes(pid)
+            after = rss_bytes(pid)
             stats = await asyncio.gather(*(c.call("stats") for c in clients))
             still = sum(s["open"] for s in stats)
             per = (after - before) / max(1, ok)
@@ -503,29 +513,30 @@ async def memory_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret:
 
     say(f"  memory: {n:,} idle sockets on each server after {warm} warm-up sockets; {nclients} client process(es), "
         f"source addresses 127.0.0.2..127.0.0.{1 + nclients}:")
-    bare_port = C.free_port()
-    bare = run.spawn("bare-mem", [sys.executable, __file__, "_bare", str(bare_port), args.loop])
-    C.wait_http(run, "bare-mem", bare, f"http://{HOST}:{bare_port}/healthz")
+    bare_port = free_port()
+    bare = run.spawn("bare-mem", [sys.executable, __file__, "_bare", str(bare_port), args.loop],
+                     ready_url=f"http://{HOST}:{bare_port}/healthz")
+    bare.wait_ready()
     try:
         bare_per = await measure("bare", bare.pid, bare_port, None, [{} for _ in range(n)], [{} for _ in range(warm)],
                                  "upgrade", 4000.0)
     finally:
-        run.stop(bare, grace=2, kill=True)
+        bare.kill()
 
     per_visit = 4
-    seeded = await C.seed(dsn, secret, math.ceil(n / per_visit) + warm // per_visit, 1)
-    specs = [{"frames": C.auth_frames(handles[0])} for _, handles in seeded for _ in range(per_visit)]
+    seeded = await seed(dsn, secret, math.ceil(n / per_visit) + warm // per_visit, 1)
+    specs = [{"frames": auth_frames(handles[0])} for _, handles in seeded for _ in range(per_visit)]
     warm_specs, specs = specs[:warm], specs[warm:warm + n]
-    port = C.free_port()
+    port = free_port()
     # Memory per socket does not depend on how durable the `connected` events are; without a disk flush per
     # socket the ramp to 20,000 fits in the run on this machine's disk. Everything else is as shipped.
     mem_dsn = dsn + ("&" if "?" in dsn else "?") + "synchronous_commit=off"
-    env = C.gateway_env(mem_dsn, port, secret, pem, run.tmp / "data", args.log_level)
-    gateway = C.start_gateway(run, "gateway-mem", env, std_loop=args.loop == "asyncio")
+    env = gateway_env(mem_dsn, port, secret, pem, run.dir / "data", args.log_level)
+    gateway = start_gateway(run, "gateway-mem", env, std_loop=args.loop == "asyncio")
     try:
         gw_per = await measure("gateway", gateway.pid, port, None, specs, warm_specs, "snapshot", args.open_rate)
     finally:
-        run.stop(gateway, grace=2, kill=True)
+        gateway.kill()
     out["mem_ratio"] = gw_per / bare_per if bare_per > 0 else math.nan
     out["sockets"] = min(out.get("gateway_sockets", 0), out.get("bare_sockets", 0))
     out["gw_kib"], out["bare_kib"] = gw_per / 1024, bare_per / 1024
@@ -538,15 +549,15 @@ async def memory_phase(run: C.Procs, args: argparse.Namespace, dsn: str, secret:
 async def main_async(args: argparse.Namespace) -> int:
     from gateway.security import generate_signing_key_pem
 
-    C.raise_nofile()
-    run = C.Procs("vg-bench-presence-")
+    raise_more_files()
+    run = new_run("vg-bench-presence-")
     figures: dict[str, float] = {}
     failed: list[str] = []
     try:
         say(f"presence benchmark: {os.cpu_count()} cores shared by PostgreSQL, the servers and the load clients; "
-            f"temp dir {run.tmp}")
+            f"temp dir {run.dir}")
         t = time.monotonic()
-        dsn = run.start_postgres()
+        dsn = run.postgres()
         say(f"  PostgreSQL up in {time.monotonic() - t:.1f}s")
         secret, pem = secrets.token_bytes(32), generate_signing_key_pem()
         # Migrate once before anything is timed (the gateway would too).
@@ -633,7 +644,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args(sys.argv[1:])
-    args.loop = C.choose_loop(args.loop)
+    args.loop = choose_loop(args.loop)
     return asyncio.run(main_async(args))
 
 

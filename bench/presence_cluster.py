@@ -6,7 +6,8 @@
 
 Processes, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh /tmp directory), two
 `visitgate serve` processes A and B on that one database (same secret and signing key, own ports), and a load
-client process (bench/_common.py) holding the subscribers.
+client process (bench/load.py) holding the subscribers; every process started, logged and ended through
+tests.harness.
 
 Figures
 - p99_ms: 100 visits, one provider-view subscriber per visit on process A (real auth + subscribe). Events are
@@ -24,7 +25,7 @@ Figures
   2 cores. Printed too: the same with synchronous_commit off, and with no process listening at all (what
   the notification costs the write path itself), each with the CPU every side used.
 
-Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (C.CpuSteal), for
+Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (CpuSteal), for
 notify_write_ratio split by side, since steal falling on one side more than the other moves the ratio. The
 RESULT line ends with steal_pct_<phase> (share of all CPU ticks in the timed window) and steal_max1s_<phase>
 (its worst second) for p99 and notify_write (the durable rounds behind notify_write_ratio).
@@ -43,10 +44,17 @@ from typing import Any
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+# The working tree's packages first, and never this folder (its presence.py would shadow the `presence` package).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
 
-HOST = C.HOST
+from bench.load import auth_frames, ClientDriver  # noqa: E402
+from bench.procs import (  # noqa: E402
+    choose_loop, cpu_seconds, free_port, gateway_env, HOST, new_run, raise_more_files, scrape, start_gateway)
+from bench.seed import _ANNOUNCERS, seed, write_closed_loop, write_open_loop  # noqa: E402
+from bench.spy import py_spy, top_frames  # noqa: E402
+from bench.stats import CpuSteal, describe, latencies, no_gc, percentile  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -60,27 +68,27 @@ async def main_async(args: argparse.Namespace) -> int:
     from gateway.events import patient_participant
     from gateway.security import generate_signing_key_pem
 
-    C.raise_nofile()
-    run = C.Procs("vg-bench-cluster-")
+    raise_more_files()
+    run = new_run("vg-bench-cluster-")
     figures: dict[str, float] = {}
     steal_figures: dict[str, float] = {}  # apart from figures, whose count says whether the run succeeded
-    client: C.ClientDriver | None = None
+    client: ClientDriver | None = None
     pool = None
     try:
         say(f"presence_cluster benchmark: {os.cpu_count()} cores shared by PostgreSQL, two gateways, the client "
-            f"and the writers; temp dir {run.tmp}")
-        dsn = run.start_postgres()
+            f"and the writers; temp dir {run.dir}")
+        dsn = run.postgres()
         conn = await asyncpg.connect(dsn)
         await migrate(conn)
         await conn.close()
         secret, pem = secrets.token_bytes(32), generate_signing_key_pem()
-        seeded = await C.seed(dsn, secret, args.visits, 1)
+        seeded = await seed(dsn, secret, args.visits, 1)
         visits = [v for v, _ in seeded]
         gateways = {}
         for name in ("a", "b"):
-            port = C.free_port()
-            env = C.gateway_env(dsn, port, secret, pem, run.tmp / f"data-{name}", args.log_level, app_name=f"vg-{name}")
-            gateways[name] = (port, C.start_gateway(run, f"gateway-{name}", env, std_loop=args.loop == "asyncio"))
+            port = free_port()
+            env = gateway_env(dsn, port, secret, pem, run.dir / f"data-{name}", args.log_level, app_name=f"vg-{name}")
+            gateways[name] = (port, start_gateway(run, f"gateway-{name}", env, std_loop=args.loop == "asyncio"))
         port_a, proc_a = gateways["a"]
         say(f"  gateways up: A on {port_a}, B on {gateways['b'][0]}")
         # The writers' pools are the gateway's own kind (gateway.db.create_pool: no reset query on release).
@@ -90,8 +98,8 @@ async def main_async(args: argparse.Namespace) -> int:
         async with pool.acquire() as conn:
             patients = [await patient_participant(conn, v) for v in visits]
 
-        client = await C.ClientDriver.start("client", run.tmp / "client.log")
-        specs = [{"frames": C.auth_frames(handles[0]), "group": k} for k, (_, handles) in enumerate(seeded)]
+        client = await ClientDriver.start("client", run.dir / "client.log")
+        specs = [{"frames": auth_frames(handles[0]), "group": k} for k, (_, handles) in enumerate(seeded)]
         opened = await client.call("open", host=HOST, port=port_a, path="/ws", origin=f"http://{HOST}:{port_a}",
                                    sockets=specs, expect="snapshot", local_addr=None, concurrency=50, rate=1000.0,
                                    timeout=60.0)
@@ -100,42 +108,42 @@ async def main_async(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.5)
 
         # Warm-up: connections, plans, the buses' first reads.
-        await C.write_open_loop(pool, visits, patients, args.rate / 4, 1.0)
+        await write_open_loop(pool, visits, patients, args.rate / 4, 1.0)
         await asyncio.sleep(0.5)
 
         await client.call("reset", mode="record")
         spy = None
         if args.profile:
-            spy_out = run.tmp / "spy-a.txt"
-            spy = (C.py_spy(run, proc_a.pid, args.seconds + 1, spy_out), spy_out)
-        cpu0 = {n: C.cpu_seconds(p.pid) for n, (_, p) in gateways.items()}
+            spy_out = run.dir / "spy-a.txt"
+            spy = (py_spy(run, proc_a.pid, args.seconds + 1, spy_out), spy_out)
+        cpu0 = {n: cpu_seconds(p.pid) for n, (_, p) in gateways.items()}
         t0 = time.monotonic()
-        with C.no_gc(), C.CpuSteal() as steal:
-            written, overruns = await C.write_open_loop(pool, visits, patients, args.rate, args.seconds)
+        with no_gc(), CpuSteal() as steal:
+            written, overruns = await write_open_loop(pool, visits, patients, args.rate, args.seconds)
             elapsed = time.monotonic() - t0
             await client.call("wait_count", count=len(written), timeout=15.0)
-        cpu = {n: (C.cpu_seconds(p.pid) - cpu0[n]) / elapsed for n, (_, p) in gateways.items()}
+        cpu = {n: (cpu_seconds(p.pid) - cpu0[n]) / elapsed for n, (_, p) in gateways.items()}
         received: dict[int, list[float]] = defaultdict(list)
         for _sock, event_id, _kind, t in (await client.call("records"))["records"]:
             received[event_id].append(t)
-        lat = C.latencies(written, received, 1)
+        lat = latencies(written, received, 1)
         commits = [(c - d) * 1000 for d, c, _n in written.values()]
         achieved = len(written) / args.seconds
         say(f"  {args.rate:,.0f} events/s asked, {achieved:,.0f}/s written ({len(written):,} events over "
             f"{args.seconds:.0f}s, writer overruns {overruns}); events that never reached A: {lat['lost']}; "
             f"gateway CPU: A {cpu['a'] * 100:.0f}%, B {cpu['b'] * 100:.0f}% of a core")
-        say(f"    commit -> received on A (the figure): {C.describe(lat['from_commit'])}")
-        say(f"    every earlier id committed -> received on A: {C.describe(lat['from_ready'])}")
-        say(f"    scheduled write -> received on A: {C.describe(lat['from_write'])}; the write's own transaction: "
-            f"{C.describe(commits)}")
+        say(f"    commit -> received on A (the figure): {describe(lat['from_commit'])}")
+        say(f"    every earlier id committed -> received on A: {describe(lat['from_ready'])}")
+        say(f"    scheduled write -> received on A: {describe(lat['from_write'])}; the write's own transaction: "
+            f"{describe(commits)}")
         say(f"    {steal.describe()}")
         steal_figures["steal_pct_p99"], steal_figures["steal_max1s_p99"] = steal.steal_pct, steal.worst_pct
         if achieved < 0.9 * args.rate:
             say(f"    NOTE: the writers could not sustain {args.rate:,.0f}/s (this machine: PostgreSQL, the writers and the gateways share 2 busy cores)")
-        figures["p99_ms"] = C.percentile(lat["from_commit"], 99) if not lat["lost"] else math.nan
+        figures["p99_ms"] = percentile(lat["from_commit"], 99) if not lat["lost"] else math.nan
         if spy and spy[0] is not None:
             await asyncio.to_thread(spy[0].wait, 30)
-            frames = C.top_frames(spy[1], 15)
+            frames = top_frames(spy[1], 15)
             say("  py-spy, gateway A during the p99 phase, hottest frames by own time:")
             for share, frame in frames:
                 say(f"    {share * 100:5.1f}%  {frame}")
@@ -144,9 +152,9 @@ async def main_async(args: argparse.Namespace) -> int:
         # (the figure), then with synchronous_commit off to show what is the disk's share.
         def cpu_now() -> dict[str, float]:
             """CPU seconds so far of each side that shares the 2 cores with the writers."""
-            found = {name: C.cpu_seconds(proc.pid) for name, (_, proc) in gateways.items() if proc.poll() is None}
+            found = {name: cpu_seconds(proc.pid) for name, (_, proc) in gateways.items() if proc.running()}
             if client is not None and client.proc.returncode is None:
-                found["client"] = C.cpu_seconds(client.proc.pid)
+                found["client"] = cpu_seconds(client.proc.pid)
             found["writers"] = time.process_time()
             with contextlib.suppress(Exception):  # PostgreSQL: the postmaster and every backend
                 import psutil
@@ -155,26 +163,26 @@ async def main_async(args: argparse.Namespace) -> int:
                 found["postgres"] = sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
             return found
 
-        async def ratio_rounds(label: str, writer_pool: Any) -> tuple[float, C.CpuSteal]:
+        async def ratio_rounds(label: str, writer_pool: Any) -> tuple[float, CpuSteal]:
             counts = {True: 0, False: 0}
-            steal = {True: C.CpuSteal(), False: C.CpuSteal()}
+            steal = {True: CpuSteal(), False: CpuSteal()}
             seconds = {True: 0.0, False: 0.0}
             cpu: dict[bool, dict[str, float]] = {True: defaultdict(float), False: defaultdict(float)}
             bus: dict[bool, dict[str, float]] = {True: defaultdict(float), False: defaultdict(float)}
             for r in range(args.rounds):
                 for notify in (True, False) if r % 2 == 0 else (False, True):
                     t, before = time.monotonic(), cpu_now()
-                    seen = await asyncio.to_thread(C.scrape, port_a)
-                    sent = sum(a.notifications for a in C._ANNOUNCERS.values())
+                    seen = await asyncio.to_thread(scrape, port_a)
+                    sent = sum(a.notifications for a in _ANNOUNCERS.values())
                     with steal[notify]:
-                        counts[notify] += await C.write_closed_loop(writer_pool, visits, patients, args.writers,
+                        counts[notify] += await write_closed_loop(writer_pool, visits, patients, args.writers,
                                                                     args.phase_seconds, notify)
                     seconds[notify] += time.monotonic() - t
                     for name, used in cpu_now().items():
                         cpu[notify][name] += used - before.get(name, used)
-                    for name, value in (await asyncio.to_thread(C.scrape, port_a)).items():
+                    for name, value in (await asyncio.to_thread(scrape, port_a)).items():
                         bus[notify][name] += value - seen.get(name, value)
-                    bus[notify]["sent"] += sum(a.notifications for a in C._ANNOUNCERS.values()) - sent
+                    bus[notify]["sent"] += sum(a.notifications for a in _ANNOUNCERS.values()) - sent
                     await asyncio.sleep(0.3)
             with_rate = counts[True] / seconds[True]
             without_rate = counts[False] / seconds[False]
@@ -192,7 +200,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         f"{reads / seconds[notify]:,.0f}/s, "
                         f"{bus[notify]['visitgate_presence_bus_events_total'] / reads:.1f} events a read")
                 say(f"    {'with' if notify else 'without'} notifications: {steal[notify].describe()}")
-            return ratio, C.CpuSteal.merged(steal.values())
+            return ratio, CpuSteal.merged(steal.values())
 
         # The subscribers now only count what arrives: the load client stands in for browsers on other
         # machines, so it should take as little of these 2 cores as it can.
@@ -225,7 +233,7 @@ async def main_async(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.5)
         await ratio_rounds("synchronous_commit=on, listening, nobody subscribed", durable)
         for name, (_, proc) in gateways.items():
-            run.stop(proc)
+            proc.stop()
         await ratio_rounds("synchronous_commit=on, no process listening", durable)
         await durable.close()
     except (RuntimeError, TimeoutError, OSError) as exc:
@@ -284,7 +292,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args(sys.argv[1:])
-    args.loop = C.choose_loop(args.loop)
+    args.loop = choose_loop(args.loop)
     import uvloop  # this process only writes and drives clients: uvloop whatever the servers run on
 
     uvloop.install()

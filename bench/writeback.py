@@ -6,10 +6,11 @@ Run from the repository root with the project's environment:
     .venv/bin/python bench/writeback.py            # about a minute
     .venv/bin/python bench/writeback.py --quick    # smaller, for a smoke test
 
-What runs, all on 127.0.0.1 and all started and ended here: PostgreSQL (pgserver, fresh directory under
-/tmp); the sandbox EHR (`python -m sandbox`) in its own process; the gateway (its real write-back worker,
-`fhir-r4-put`) as an aiohttp server in this process, on uvloop as `visitgate serve` runs. The sandbox
-answers every FHIR call 50 ms after it arrived (`fhir_answer_after`; its own work happens within those 50 ms).
+What runs, all on 127.0.0.1 and all started and ended here (the processes through tests.harness):
+PostgreSQL (pgserver, fresh directory under /tmp); the sandbox EHR (`python -m sandbox`) in its own process;
+the gateway (its real write-back worker, `fhir-r4-put`) as an aiohttp server in this process, on uvloop as
+`visitgate serve` runs. The sandbox answers every FHIR call 50 ms after it arrived (`fhir_answer_after`; its
+own work happens within those 50 ms).
 
 Ideal rate = per-server concurrency / latency (e.g. 8 / 0.05 s = 160 writes/s): one FHIR request per event,
 every slot always busy. Phases:
@@ -25,7 +26,7 @@ every slot always busy. Phases:
    grow (`backlog_growth` = mean of the last third of samples minus mean of the first third, the first second
    of filling left out).
 
-Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (_common.CpuSteal).
+Each timed phase also prints the CPU the hypervisor stole from this shared VM meanwhile (bench.stats.CpuSteal).
 The last line is `RESULT writeback drain_ratio=... ...` (see BENCHMARKS.md); it ends with steal_pct_<phase>
 (share of all CPU ticks in the timed window) and steal_max1s_<phase> (its worst second) for the bare ceiling
 runs, the drains and the steady phase.
@@ -38,19 +39,18 @@ import contextlib
 import json
 import secrets
 import statistics
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal  # noqa: E402
+# The working tree's packages first, and never this folder.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if p and Path(p).resolve() not in (ROOT, Path(__file__).parent.resolve())]
+
+from bench.stats import CpuSteal  # noqa: E402
+from tests.harness import HOST, Processes, free_port  # noqa: E402
 
 LATENCY = 0.05
 CLIENT_ID = "bench-writeback"
@@ -107,7 +107,6 @@ async def _wait_drained(pool: Any, limit: float) -> None:
 async def run(args: argparse.Namespace) -> str:
     import aiohttp
     import asyncpg
-    import pgserver
     from aiohttp import web
 
     from gateway import Settings, create_app
@@ -118,25 +117,18 @@ async def run(args: argparse.Namespace) -> str:
     from presence.writeback import set_strategy
     from gateway.metrics import METRICS
 
-    tmp = Path(tempfile.mkdtemp(prefix="vg-bench-wb-", dir="/tmp"))
-    pg = pgserver.get_server(str(tmp / "pg"), cleanup_mode="delete")
+    procs = Processes(prefix="vg-bench-wb-")
     runners: list[web.AppRunner] = []
-    processes: list[subprocess.Popen[bytes]] = []
     try:
-        admin = await asyncpg.connect(pg.get_uri())
+        admin = await asyncpg.connect(procs.postgres())
         await admin.execute("CREATE DATABASE bench")
         await admin.close()
-        dsn = pg.get_uri("bench")
+        dsn = procs.pg.get_uri("bench")
 
-        with socket.socket() as s1, socket.socket() as s2, socket.socket() as s3:
-            s1.bind(("127.0.0.1", 0))
-            s2.bind(("127.0.0.1", 0))
-            s3.bind(("127.0.0.1", 0))
-            gw_port, sb_port, bare_port = s1.getsockname()[1], s2.getsockname()[1], s3.getsockname()[1]
-        gateway_url, sandbox_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{sb_port}"
-        bare_url = f"http://127.0.0.1:{bare_port}"
-        processes.append(subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port), str(LATENCY)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        gw_port, sb_port, bare_port = free_port(), free_port(), free_port()
+        gateway_url, sandbox_url = f"http://{HOST}:{gw_port}", f"http://{HOST}:{sb_port}"
+        bare_url = f"http://{HOST}:{bare_port}"
+        bare_server = procs.spawn("bare", [sys.executable, "-c", BARE_SERVER, str(bare_port), str(LATENCY)])
         settings = Settings(public_url=gateway_url, secret_key=secrets.token_bytes(32),
                             signing_key_pem=generate_signing_key_pem(), database_url=dsn, port=gw_port,
                             db_pool_max=20, writeback_concurrency=args.concurrency, writeback_poll_interval=0.05,
@@ -144,11 +136,9 @@ async def run(args: argparse.Namespace) -> str:
         client = {"client_id": CLIENT_ID, "redirect_uris": [settings.redirect_uri], "auth_method": "private_key_jwt",
                   "jwks_url": settings.jwks_url}
         # The EHR in its own process, so its CPU is not the worker's.
-        sandbox = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(sb_port), "--base-url", sandbox_url,
-             "--app-launch-url", f"{gateway_url}/launch", "--client-json", json.dumps([client]), "--test-controls"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(sandbox)
+        sandbox = procs.sandbox("sandbox", port=sb_port, base_url=sandbox_url, app_launch_url=f"{gateway_url}/launch",
+                                clients=[client])
+        await sandbox.wait_ready_async()
         gateway_app = create_app(settings)
         runner = web.AppRunner(gateway_app, access_log=None)
         await runner.setup()
@@ -157,13 +147,15 @@ async def run(args: argparse.Namespace) -> str:
         pool = gateway_app[DB]
         sealer = gateway_app[SEALER]
         async with aiohttp.ClientSession() as http:
-            for probe in (f"{sandbox_url}/fhir/metadata", f"{bare_url}/fhir/Encounter/probe"):
-                for _ in range(100):
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with http.request("GET" if "metadata" in probe else "PUT", probe) as r:
-                            if r.status == 200:
-                                break
-                    await asyncio.sleep(0.1)
+            # The bare server answers PUTs only: its readiness is a PUT that succeeds (bounded).
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.put(f"{bare_url}/fhir/Encounter/probe") as r:
+                        if r.status == 200:
+                            break
+                if not bare_server.running():
+                    raise RuntimeError(f"the bare server exited\n{bare_server.tail()}")
+                await asyncio.sleep(0.1)
             # A FHIR server with a 50 ms latency: each answer leaves 50 ms after its request arrived, the
             # sandbox's own work (parsing, versioning, storing: milliseconds in Python on this machine)
             # included, as the ideal assumes and as the bare server below answers.
@@ -303,13 +295,7 @@ async def run(args: argparse.Namespace) -> str:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        for process in processes:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        pg.cleanup()
+        await procs.close_async()
 
 
 def main() -> int:

@@ -35,7 +35,8 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 
 def create_sandbox_app(settings: SandboxSettings) -> web.Application:
     """Build the sandbox EHR: authorization server, FHIR API, pages, and test controls when enabled."""
-    app = web.Application(middlewares=[fhir.fhir_middleware])
+    # Outermost first: the EHR's latency counts from arrival, the FHIR faults' own work included.
+    app = web.Application(middlewares=[controls.answer_after_middleware, fhir.fhir_middleware])
     app[SETTINGS] = settings
     app[FAULTS] = Faults()
     app[STORE] = FhirStore()

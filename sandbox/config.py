@@ -91,6 +91,9 @@ class Faults:
     # A server with this latency: each FHIR answer leaves this many seconds after its request arrived, the
     # sandbox's own work included (fhir_delay adds that work on top). Benchmarks use it.
     fhir_answer_after: float = 0.0
+    # The same for every EHR endpoint a client or a browser calls (discovery, authorize, token, JWKS, FHIR, the
+    # EHR's pages), measured from arrival too: an EHR at this distance. Benchmarks of a whole launch use it.
+    ehr_answer_after: float = 0.0
     fhir_fail_next: int = 0  # the next N FHIR calls answer fhir_fail_status, then calls work again
     fhir_fail_status: int = 500
     fhir_retry_after: int | None = None  # Retry-After seconds on answers with a 429 or 503 fault status
@@ -118,7 +121,7 @@ def _check_fault(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")
         return value
-    if name in ("fhir_delay", "fhir_answer_after"):
+    if name in ("fhir_delay", "fhir_answer_after", "ehr_answer_after"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number")
         return float(value)

@@ -1,9 +1,14 @@
 """Control endpoints for tests and benchmarks running the sandbox in another process.
 
 They exist only when `SandboxSettings.test_controls` is true; a demo or a shared sandbox never has them.
+The latency switch (`ehr_answer_after`) is honoured by `answer_after_middleware`, always installed, since
+tests running the sandbox in their own process set the switches directly.
 """
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -65,6 +70,25 @@ async def post_resource(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from exc
     return web.json_response(stored)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What an EHR serves to clients and browsers; the sandbox's own controls and the phone, mailbox and carrier
+# doubles answer at once whatever the EHR's latency.
+EHR_PATHS = ("/fhir/", "/oauth/", "/ehr", "/portal")
+
+
+@web.middleware
+async def answer_after_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Hold each EHR answer (errors and redirects too) until `ehr_answer_after` seconds after it arrived."""
+    delay = request.app[FAULTS].ehr_answer_after
+    if delay <= 0 or not request.path.startswith(EHR_PATHS):
+        return await handler(request)
+    arrived = time.monotonic()
+    try:
+        return await handler(request)
+    finally:
+        await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
 
 
 def setup_routes(app: web.Application) -> None:

@@ -6,20 +6,17 @@ database, one secret key and one signing key, each on its own port and public or
 in this process. A provider launches through process A and watches the visit on A's /ws; the patient
 exchanges a join link on process B and waits in B's lobby.
 
-Set VISITGATE_TEST_GATEWAY_LOOP=asyncio to run both processes on asyncio's own loop instead of uvloop
-(diagnosis only: it tells a loop-specific fault from a cross-process one).
+The gateway processes are started, logged and stopped by tests.harness. Set VISITGATE_TEST_GATEWAY_LOOP=asyncio
+to run both processes on asyncio's own loop instead of uvloop (diagnosis only: it tells a loop-specific fault
+from a cross-process one).
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import datetime as dt
 import logging
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +35,8 @@ from gateway.events import events_after, patient_participant
 from gateway.security import Sealer
 from gateway.sessions import provider_identity
 from tests.conftest import recv_frame, recv_until
+from tests.harness import Processes, ServedProcess, gateway_env
 
-ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "visitgate-test"
 TIMEOUT = 10.0          # any one frame or request
 READY_TIMEOUT = 30.0    # a gateway process starting (imports, pool, migrations already applied)
@@ -48,8 +45,6 @@ RECONNECT_TIMEOUT = 10.0
 # that a process starved of CPU for a second or two by the rest of the suite is not taken for dead.
 LEASE = 5
 METRICS_TOKEN = "cluster-metrics-token"
-_STD_LOOP = ("from gateway import cli; cli._install_uvloop = lambda: None; "
-             "raise SystemExit(cli.main(['serve']))")
 
 
 @dataclass
@@ -58,13 +53,12 @@ class Gateway:
 
     name: str
     url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+    process: ServedProcess
     settings: Settings
 
     def tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return "\n".join(f"{self.name}| {line}" for line in text[-lines:])
+        """The end of its log."""
+        return self.process.tail(lines)
 
 
 @dataclass
@@ -82,52 +76,18 @@ class Cluster:
         return f"{self.sandbox_url}/fhir"
 
 
-def _spawn(name: str, port: int, database_url: str, secret: bytes, pem: bytes, frame_ancestors: str,
-           tmp: Path) -> Gateway:
+def _spawn(procs: Processes, name: str, port: int, database_url: str, secret: bytes, pem: bytes,
+           frame_ancestors: str) -> Gateway:
     url = f"http://127.0.0.1:{port}"
-    # application_name tells the processes' database connections apart in pg_stat_activity.
-    dsn = f"{database_url}&application_name=vg-{name}"
-    env = dict(os.environ)
-    env.update({
-        "VISITGATE_PUBLIC_URL": url, "VISITGATE_HOST": "127.0.0.1", "VISITGATE_PORT": str(port),
-        "VISITGATE_SECRET_KEY": base64.b64encode(secret).decode(), "VISITGATE_SIGNING_KEY": pem.decode(),
-        "DATABASE_URL": dsn, "VISITGATE_DATA_DIR": str(tmp / f"data-{name}"),
-        "VISITGATE_FRAME_ANCESTORS": frame_ancestors, "VISITGATE_HTTP_TIMEOUT": "5",
-        "VISITGATE_LOG_LEVEL": "INFO", "VISITGATE_WRITEBACK_ENABLED": "false", "PYTHONWARNINGS": "ignore",
-        "VISITGATE_METRICS_TOKEN": METRICS_TOKEN, "VISITGATE_PRESENCE_LEASE": str(LEASE),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-    })
-    if os.environ.get("VISITGATE_TEST_GATEWAY_LOOP") == "asyncio":
-        argv = [sys.executable, "-c", _STD_LOOP]
-    else:
-        argv = [str(Path(sys.executable).parent / "visitgate"), "serve"]
-    log = tmp / f"gateway-{name}.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    settings = Settings(public_url=url, secret_key=secret, signing_key_pem=pem)
-    return Gateway(name, url, proc, log, settings)
-
-
-async def _wait_ready(http: aiohttp.ClientSession, gateway: Gateway) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT
-    while loop.time() < deadline:
-        if gateway.proc.poll() is not None:
-            raise AssertionError(f"gateway {gateway.name} exited ({gateway.proc.returncode})\n{gateway.tail()}")
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with http.get(f"{gateway.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"gateway {gateway.name} not ready\n{gateway.tail()}")
-
-
-def _stop(gateway: Gateway) -> None:
-    if gateway.proc.poll() is None:
-        gateway.proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        gateway.proc.wait(10)
+    env = gateway_env(
+        public_url=url, secret=secret, signing_key_pem=pem,
+        # application_name tells the processes' database connections apart in pg_stat_activity.
+        database_url=f"{database_url}&application_name=vg-{name}", data_dir=procs.dir / f"data-{name}",
+        frame_ancestors=frame_ancestors, http_timeout=5, writeback_enabled=False, metrics_token=METRICS_TOKEN,
+        presence_lease=LEASE)
+    loop = "asyncio" if os.environ.get("VISITGATE_TEST_GATEWAY_LOOP") == "asyncio" else "uvloop"
+    process = procs.gateway(f"gateway-{name}", env, loop=loop)
+    return Gateway(name, url, process, Settings(public_url=url, secret_key=secret, signing_key_pem=pem))
 
 
 @pytest.fixture
@@ -145,23 +105,20 @@ async def cluster(database_url: str, signing_key_pem: bytes, tmp_path: Path) -> 
                                auth_method="private_key_jwt", jwks_url=f"{url_a}/.well-known/jwks.json"),)))
     sandbox = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
     await sandbox.start_server(access_log=logging.getLogger("sandbox.access"))
-    conn = await asyncpg.connect(database_url)
     try:
-        await add_approved(conn, Sealer(secret), NewConfiguration(
-            fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
-            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
+        conn = await asyncpg.connect(database_url)
+        try:
+            await add_approved(conn, Sealer(secret), NewConfiguration(
+                fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
+                client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
+        finally:
+            await conn.close()
+        async with Processes(tmp_path) as procs:
+            a, b = (_spawn(procs, name, port, database_url, secret, signing_key_pem, sandbox_url)
+                    for name, port in (("a", port_a), ("b", port_b)))
+            await asyncio.gather(a.process.wait_ready_async(READY_TIMEOUT), b.process.wait_ready_async(READY_TIMEOUT))
+            yield Cluster(a, b, database_url, sandbox_app, sandbox_url)
     finally:
-        await conn.close()
-    gateways: list[Gateway] = []
-    try:
-        for name, port in (("a", port_a), ("b", port_b)):
-            gateways.append(_spawn(name, port, database_url, secret, signing_key_pem, sandbox_url, tmp_path))
-        async with aiohttp.ClientSession() as http:
-            await asyncio.gather(*(_wait_ready(http, g) for g in gateways))
-        yield Cluster(gateways[0], gateways[1], database_url, sandbox_app, sandbox_url)
-    finally:
-        for gateway in gateways:
-            _stop(gateway)
         await sandbox.close()
 
 
@@ -392,8 +349,7 @@ async def test_a_patient_on_a_process_killed_with_minus_9_is_seen_to_go(cluster:
                 seen.append(frame["kind"])
 
         # Process B dies without a word: no close frame, no closing event, its lease no longer renewed.
-        cluster.b.proc.kill()
-        cluster.b.proc.wait(10)
+        cluster.b.process.kill()
         # Within the lease and one renewal, process A writes what B never did, and the clinician sees it.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEASE * 3 + TIMEOUT

@@ -1,28 +1,23 @@
 """Write-back across real gateway processes: kill -9 in the middle, PostgreSQL restarted under load.
 
-The gateway runs as `visitgate serve` in a subprocess; the sandbox EHR runs in the test's process so the
-test can read what was written. After recovery every visit's Encounter `_history` must be its event log
+The gateway runs as `visitgate serve` in a subprocess (tests.harness starts, logs and stops it); the sandbox
+EHR runs in the test's process so the test can read what was written. After recovery every visit's Encounter `_history` must be its event log
 written exactly once, in order.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import os
 import secrets
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
-import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
@@ -31,11 +26,12 @@ from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approve
 from gateway.events import record_event
 from gateway.security import Sealer, SigningKey
 from presence.writeback import set_strategy
+from tests.harness import BIN, Processes, ServedProcess, gateway_env
 
 from .conftest import (CLIENT_ID, assert_history_is_event_log, attempts, drained, fhir_history_with_key,
                        full_visit, make_visit, outbox_states, people, visit_events, wait_until)
 
-VISITGATE = Path(sys.executable).parent / "visitgate"
+VISITGATE = BIN / "visitgate"
 ENCOUNTERS = [f"enc-{n}" for n in range(1, 7)]
 _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
 
@@ -53,10 +49,8 @@ class Cluster:
     key: SigningKey
     pool: asyncpg.Pool
     configuration_id: int
-    log_dir: Path
-    process: asyncio.subprocess.Process | None = None
-    runs: int = 0
-    logs: list[Any] = field(default_factory=list)
+    procs: Processes
+    process: ServedProcess | None = None
 
     @property
     def fhir_base(self) -> str:
@@ -64,38 +58,14 @@ class Cluster:
         return f"{self.sandbox_url}/fhir"
 
     async def start_gateway(self) -> None:
-        """Start `visitgate serve` and wait until it answers."""
-        self.runs += 1
-        log = open(self.log_dir / f"gateway-{self.runs}.log", "wb")  # noqa: SIM115 (closed with the cluster)
-        self.logs.append(log)
-        self.process = await asyncio.create_subprocess_exec(str(VISITGATE), "serve", env=self.env,
-                                                            stdout=log, stderr=log)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            for _ in range(150):
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(f"{self.gateway_url}/healthz") as r:
-                        if r.status == 200:
-                            return
-                assert self.process.returncode is None, (self.log_dir / f"gateway-{self.runs}.log").read_text()
-                await asyncio.sleep(0.1)
-        raise AssertionError("the gateway did not start")
+        """Start `visitgate serve` and wait until it is ready (each run has its own log)."""
+        self.process = self.procs.gateway("gateway", self.env)
+        await self.process.wait_ready_async()
 
     async def kill9(self) -> None:
         """SIGKILL: no shutdown, no cleanup, leases left behind."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop_gateway(self) -> None:
-        """SIGTERM and wait (bounded), then SIGKILL."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.process.terminate()
-        try:
-            await asyncio.wait_for(self.process.wait(), 15)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        self.process.kill()
 
     async def check_histories(self, visits: dict[str, UUID]) -> None:
         """Each Encounter's _history is its visit's event log written exactly once."""
@@ -121,40 +91,35 @@ async def cluster(dsn: str, signing_key_pem: bytes, tmp_path: Path, fhir_delay: 
     sandbox_app[FAULTS].update({"fhir_delay": fhir_delay})
     server = TestServer(sandbox_app, host="127.0.0.1", port=sb_port)
     await server.start_server(access_log=logging.getLogger("sandbox.access"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VISITGATE_", "DATABASE_URL"))}
-    env.update({
-        "VISITGATE_PUBLIC_URL": gateway_url, "VISITGATE_SECRET_KEY": base64.b64encode(secret).decode(),
-        "VISITGATE_SIGNING_KEY": signing_key_pem.decode(), "DATABASE_URL": dsn, "VISITGATE_HOST": "127.0.0.1",
-        "VISITGATE_PORT": str(gw_port), "VISITGATE_DATA_DIR": str(tmp_path / "data"),
-        "VISITGATE_LOG_LEVEL": "INFO", "VISITGATE_DB_POOL_MAX": "4",
-        "VISITGATE_WRITEBACK_LEASE_SECONDS": "2", "VISITGATE_WRITEBACK_BACKOFF_BASE": "0.05",
-        "VISITGATE_WRITEBACK_BACKOFF_MAX": "0.5", "VISITGATE_WRITEBACK_POLL_INTERVAL": "0.05",
-        "VISITGATE_WRITEBACK_MAX_ATTEMPTS": "50", "VISITGATE_WRITEBACK_REQUEST_TIMEOUT": "1.5",
-    })
-    # The gateway migrates at start-up; the test needs the schema first, to register the configuration.
-    conn = await asyncpg.connect(dsn)
+    env = gateway_env(
+        public_url=gateway_url, secret=secret, signing_key_pem=signing_key_pem, database_url=dsn,
+        data_dir=tmp_path / "data", db_pool_max=4, writeback_lease_seconds=2, writeback_backoff_base=0.05,
+        writeback_backoff_max=0.5, writeback_poll_interval=0.05, writeback_max_attempts=50,
+        writeback_request_timeout=1.5)
+    pool: asyncpg.Pool | None = None
     try:
-        from gateway.db import migrate
+        # The gateway migrates at start-up; the test needs the schema first, to register the configuration.
+        conn = await asyncpg.connect(dsn)
+        try:
+            from gateway.db import migrate
 
-        await migrate(conn)
-        sealer = Sealer(secret)
-        config_id = await add_approved(conn, sealer, NewConfiguration(
-            fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
-            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
-        await set_strategy(conn, config_id, "fhir-r4-put")
+            await migrate(conn)
+            sealer = Sealer(secret)
+            config_id = await add_approved(conn, sealer, NewConfiguration(
+                fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
+                client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
+            await set_strategy(conn, config_id, "fhir-r4-put")
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        assert pool is not None
+        # The gateway stops (SIGTERM, then SIGKILL after a bound) before the pool and the sandbox it talks to.
+        async with Processes(tmp_path) as procs:
+            yield Cluster(dsn, sandbox_app, sandbox_url, gateway_url, env, sealer,
+                          SigningKey.from_pem(signing_key_pem), pool, config_id, procs)
     finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    assert pool is not None
-    c = Cluster(dsn, sandbox_app, sandbox_url, gateway_url, env, sealer, SigningKey.from_pem(signing_key_pem),
-                pool, config_id, tmp_path)
-    try:
-        yield c
-    finally:
-        await c.stop_gateway()
-        for log in c.logs:
-            log.close()
-        await pool.close()
+        if pool is not None:
+            await pool.close()
         await server.close()
 
 
