@@ -1,12 +1,21 @@
 """Helpers for the tests of the sandbox's OpenID provider (a plain module, imported by name)."""
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sandbox_helpers import BASE_URL, pkce_pair, query_of
 
 from sandbox.oidc_directory import TENANT_MAIN
@@ -119,3 +128,52 @@ async def verified_claims(idp: TestClient[Any, Any], id_token: str, *, tenant: s
     claims: dict[str, Any] = jwt.decode(id_token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience=audience,
                                         issuer=issuer_of(tenant))
     return claims
+
+
+@dataclass
+class SandboxTls:
+    """A throw-away certificate authority and a server certificate for 127.0.0.1 signed by it."""
+
+    server_context: ssl.SSLContext  # for the sandbox's listening socket
+    client_context: ssl.SSLContext  # trusts only the test authority
+    ca_path: Path  # the authority's certificate as PEM, for clients that take a file (requests, MSAL)
+
+
+def make_sandbox_tls(folder: Path) -> SandboxTls:
+    """Make a certificate authority and a 127.0.0.1 server certificate, valid for a day, in folder."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Visitgate sandbox test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path = folder / "test-ca.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain_path = folder / "server.pem"
+    chain_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path = folder / "server-key.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(chain_path, key_path)
+    client = ssl.create_default_context(cafile=str(ca_path))
+    return SandboxTls(server, client, ca_path)
