@@ -611,7 +611,7 @@ async def token(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Mount the OpenID provider on the sandbox app: its state, its routes and the applications registered at start."""
-    provider = OidcProvider(OidcKeys.generate())
+    provider = OidcProvider(OidcKeys())
     for client in app[SETTINGS].oidc_clients:
         provider.register(client)
     app[OIDC] = provider

@@ -74,17 +74,22 @@ class OidcCode:
     used: bool = False
 
 
-@dataclass
 class OidcKeys:
-    """Two published signing keys; id_tokens are signed with the active one, and rotating swaps them."""
+    """Two published signing keys; id_tokens are signed with the active one, and rotating swaps them.
 
-    keys: list[SigningKey]
-    active: int = 0
+    The keys are made on first use: most sandboxes (every gateway test's) never sign anyone in here, and two
+    RSA keys cost about 0.15 s to make."""
 
-    @classmethod
-    def generate(cls) -> OidcKeys:
-        """Two fresh RSA keys, the first active."""
-        return cls([SigningKey.generate(), SigningKey.generate()])
+    def __init__(self) -> None:
+        self._keys: list[SigningKey] | None = None
+        self.active = 0
+
+    @property
+    def keys(self) -> list[SigningKey]:
+        """Both keys, the published order."""
+        if self._keys is None:
+            self._keys = [SigningKey.generate(), SigningKey.generate()]
+        return self._keys
 
     @property
     def signing(self) -> SigningKey:
