@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 AUTH_METHODS = ("none", "client_secret_basic", "private_key_jwt")
 ID_TOKEN_FAULTS = ("bad_signature", "wrong_aud", "wrong_nonce", "expired", "wrong_iss", "malformed")
@@ -78,6 +79,11 @@ class OidcClient:
                 raise ValueError(f"client {self.client_id!r}: jwks must be a JWK set with a 'keys' list")
         if not self.redirect_uris:
             raise ValueError(f"client {self.client_id!r}: at least one redirect URI is needed")
+        for uri in (*self.redirect_uris, *self.post_logout_redirect_uris):
+            parts = urlsplit(uri)
+            # RFC 6749 3.1.2: absolute, and no fragment.
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment or "#" in uri:
+                raise ValueError(f"client {self.client_id!r}: {uri!r} is not an absolute http(s) URI without fragment")
         object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
         object.__setattr__(self, "post_logout_redirect_uris", tuple(self.post_logout_redirect_uris))
         object.__setattr__(self, "tenants", tuple(self.tenants))
@@ -113,6 +119,21 @@ class OidcClient:
             post_logout_redirect_uris=lists["post_logout_redirect_uris"],
             tenants=lists["tenants"],
         )
+
+
+DEMO_PORTAL_CLIENT_ID = "visitgate-portal-demo"
+
+
+def demo_portal_client(redirect_uri: str, client_secret: str, signed_out_uri: str | None = None) -> OidcClient:
+    """The demo portal's registration with the OpenID provider: a confidential client of every tenant, so the
+    demo can also show a sign-in from another tenant opening nothing."""
+    return OidcClient(
+        client_id=DEMO_PORTAL_CLIENT_ID,
+        redirect_uris=(redirect_uri,),
+        auth_method="client_secret_post",
+        client_secret=client_secret,
+        post_logout_redirect_uris=(signed_out_uri,) if signed_out_uri else (),
+    )
 
 
 @dataclass(frozen=True)

@@ -467,6 +467,10 @@ async def _verify_assertion(request: web.Request, tenant_id: str, form: dict[str
         raise OidcError("invalid_client", "the key is registered for another algorithm")
     try:
         key = jwt.PyJWK(jwk, algorithm=alg)
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+        # A registered or fetched key that does not parse is the client's fault, never a 500.
+        raise OidcError("invalid_client", "the client's key cannot be used for this algorithm") from exc
+    try:
         claims = jwt.decode(assertion, key.key, algorithms=[alg], audience=_token_endpoint(request, tenant_id),
                             options={"require": ["iss", "sub", "aud", "exp", "jti"]})
     except jwt.PyJWTError as exc:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -28,7 +29,7 @@ from sandbox_helpers import ClientKeys, basic_header, pkce_pair, query_of
 
 from sandbox import SandboxSettings, create_sandbox_app
 from sandbox.appkeys import OIDC
-from sandbox.config import OidcClient
+from sandbox.config import DEMO_PORTAL_CLIENT_ID, OidcClient, demo_portal_client
 from sandbox.oidc_directory import (
     GROUP_ADMINS, GROUP_APPROVERS, TENANT_GENERIC, TENANT_MAIN, TENANT_OTHER, USERS,
 )
@@ -678,3 +679,58 @@ async def test_controls_do_not_exist_without_test_controls(
     assert r.status in (404, 405)
     r = await client.get(path(TENANT_MAIN, "discovery"))
     assert r.status == 200
+
+
+async def test_a_registered_key_that_does_not_parse_is_invalid_client_not_a_crash(idp: Client) -> None:
+    r = await idp.post("/_sandbox/oidc/clients", json={
+        "client_id": "portal-badkey", "redirect_uris": [PORTAL_REDIRECT], "auth_method": "private_key_jwt",
+        "jwks": {"keys": [{"kty": "RSA", "kid": "bad", "n": 5, "e": "AQAB"}]}})
+    assert r.status == 200, await r.text()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    assertion = jwt.encode({"iss": "portal-badkey", "sub": "portal-badkey", "aud": f"{IDP}/{TENANT_MAIN}/oauth2/v2.0/token",
+                            "exp": now + 60, "jti": str(uuid.uuid4())}, key, algorithm="RS256", headers={"kid": "bad"})
+    r = await redeem(idp, "any", "A" * 43, client_secret=None, client_id="portal-badkey",
+                     client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                     client_assertion=assertion)
+    assert r.status == 401 and (await r.json())["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("assertion", ["", "not.a.jwt", "e30.e30.", "W10.W10.x"], ids=["empty", "garbage", "unsigned", "arrays"])
+async def test_malformed_client_assertions_are_invalid_client(idp: Client, assertion: str) -> None:
+    r = await redeem(idp, "any", "A" * 43, client_secret=None, client_id=JWT_ID,
+                     client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                     client_assertion=assertion)
+    assert r.status == 401 and (await r.json())["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("hint", ["garbage", "e30.e30.e30", "W10.W10.x"], ids=["garbage", "empty-objects", "arrays"])
+async def test_sign_out_with_a_garbage_id_token_hint_gets_a_page(idp: Client, hint: str) -> None:
+    r = await idp.get(path(TENANT_MAIN, "logout"), params={"post_logout_redirect_uri": PORTAL_SIGNED_OUT,
+                                                          "id_token_hint": hint}, allow_redirects=False)
+    assert r.status == 400 and "Location" not in r.headers
+
+
+async def test_sign_in_form_posted_as_multipart_is_refused(idp: Client) -> None:
+    form = aiohttp.FormData()
+    form.add_field("tx", "x")
+    form.add_field("file", b"bytes", filename="f.txt")
+    r = await idp.post(path(TENANT_MAIN, "login"), data=form)
+    assert r.status == 400, await r.text()
+
+
+async def test_the_demo_portal_registered_at_start_signs_in(
+    aiohttp_client: Callable[..., Awaitable[Client]], settings: SandboxSettings,
+) -> None:
+    demo = demo_portal_client(PORTAL_REDIRECT, "demo-secret", PORTAL_SIGNED_OUT)
+    client = await aiohttp_client(create_sandbox_app(dataclasses.replace(settings, oidc_clients=(demo,))))
+    code, verifier, _ = await authorize_code(client, client_id=DEMO_PORTAL_CLIENT_ID)
+    r = await redeem(client, code, verifier, client_id=DEMO_PORTAL_CLIENT_ID, client_secret="demo-secret")
+    assert r.status == 200, await r.text()
+
+
+@pytest.mark.parametrize("uri", ["/relative/cb", "javascript:alert(1)", "http://127.0.0.1/cb#frag"],
+                         ids=["relative", "javascript", "fragment"])
+async def test_registration_refuses_redirect_uris_that_are_not_absolute_http(idp: Client, uri: str) -> None:
+    r = await idp.post("/_sandbox/oidc/clients", json={"client_id": "x", "redirect_uris": [uri], "client_secret": "s"})
+    assert r.status == 400, await r.text()
