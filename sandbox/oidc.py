@@ -117,8 +117,10 @@ async def openid_configuration(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     switches = request.app[OIDC].tenants[found.tenant_id]
     base = _tenant_base(request, found.tenant_id)
+    # Entra's multi-tenant endpoint names its issuer as a template; each id_token has its user's tenant.
+    named = "{tenantid}" if found.tenant_id == directory.ORGANIZATIONS else found.tenant_id
     doc: dict[str, Any] = {
-        "issuer": issuer(settings.oidc_base, found.tenant_id),
+        "issuer": issuer(settings.oidc_base, named),
         "authorization_endpoint": base + "/oauth2/v2.0/authorize",
         "token_endpoint": base + "/oauth2/v2.0/token",
         "jwks_uri": base + "/discovery/v2.0/keys",
@@ -172,7 +174,8 @@ def _success(request: web.Request, areq: AuthorizationRequest, user: OidcUser, a
     code = provider.add_code(areq, user, auth_time)
     params = {"code": code, "state": areq.state}
     if provider.tenants[areq.tenant_id].iss_parameter:
-        params["iss"] = issuer(request.app[SETTINGS].oidc_base, areq.tenant_id)
+        # The user's tenant: the same as the request's, except at `organizations`.
+        params["iss"] = issuer(request.app[SETTINGS].oidc_base, user.tenant_id)
     return _respond(request, areq.redirect_uri, areq.response_mode, params)
 
 
@@ -335,9 +338,11 @@ def _hinted_client(request: web.Request, tenant_id: str, hint: str) -> str | Non
         if key is None:
             return None
         claims = jwt.decode(hint, key.private_key.public_key(), algorithms=["RS256"],
-                            issuer=issuer(request.app[SETTINGS].oidc_base, tenant_id),
                             options={"verify_exp": False, "verify_aud": False})
     except jwt.PyJWTError:
+        return None
+    tid = claims.get("tid")
+    if tenant_id not in (tid, directory.ORGANIZATIONS) or claims.get("iss") != issuer(request.app[SETTINGS].oidc_base, str(tid)):
         return None
     aud = claims.get("aud")
     return aud if isinstance(aud, str) else None
@@ -527,7 +532,7 @@ def id_token_claims(base: str, areq: AuthorizationRequest, user: OidcUser, auth_
     """The claims of an id_token for a user signed in through an authorization request."""
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": issuer(base, areq.tenant_id),
+        "iss": issuer(base, user.tenant_id),
         "sub": user.sub,
         "aud": areq.client_id,
         "iat": now,

@@ -10,6 +10,10 @@ sign-in page: this is a test double, nobody's secret.
 | Other Clinic (`TENANT_OTHER`) | same shape | no | no |
 | Generic OpenID (`TENANT_GENERIC`) | same shape | yes | yes |
 
+`organizations` plays Entra's multi-tenant endpoint: its sign-in page takes any tenant's user, its discovery
+names the issuer as the literal template `{base}/{tenantid}/v2.0`, and each id_token's `iss` and `tid` are the
+signed-in user's own tenant (a portal must check them itself).
+
 Both switches can be flipped per tenant through `/_sandbox/oidc/tenants/<id>`; S256 is enforced either way.
 
 Sandbox Health's users are one per portal role (admin, approver, report reader) and an outsider with no
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 TENANT_MAIN = "5a9d0c1e-0b7f-4c3a-9e21-5a4d0000a001"
 TENANT_OTHER = "5a9d0c1e-0b7f-4c3a-9e21-5a4d0000b002"
 TENANT_GENERIC = "5a9d0c1e-0b7f-4c3a-9e21-5a4d0000c003"
+ORGANIZATIONS = "organizations"  # Entra's alias for "any work or school tenant"
 
 # Group object ids as Entra puts them in the `groups` claim.
 GROUP_ADMINS = "9f1b6a00-0000-4a00-8000-00000000ad01"
@@ -60,6 +65,7 @@ TENANTS = (
     Tenant(TENANT_MAIN, "Sandbox Health", lists_s256=False, iss_parameter=False),
     Tenant(TENANT_OTHER, "Other Clinic", lists_s256=False, iss_parameter=False),
     Tenant(TENANT_GENERIC, "Generic OpenID", lists_s256=True, iss_parameter=True),
+    Tenant(ORGANIZATIONS, "any organisation", lists_s256=False, iss_parameter=False),
 )
 
 USERS = (
@@ -93,8 +99,8 @@ def tenant(tenant_id: str) -> Tenant | None:
 
 
 def users_of(tenant_id: str) -> tuple[OidcUser, ...]:
-    """The users of one tenant, in sign-in page order."""
-    return tuple(u for u in USERS if u.tenant_id == tenant_id)
+    """The users who can sign in at one tenant's endpoints (every user at `organizations`), in page order."""
+    return tuple(u for u in USERS if tenant_id in (u.tenant_id, ORGANIZATIONS))
 
 
 def user(tenant_id: str, username: str) -> OidcUser | None:

@@ -31,7 +31,7 @@ from sandbox import SandboxSettings, create_sandbox_app
 from sandbox.appkeys import OIDC
 from sandbox.config import DEMO_PORTAL_CLIENT_ID, OidcClient, demo_portal_client
 from sandbox.oidc_directory import (
-    GROUP_ADMINS, GROUP_APPROVERS, TENANT_GENERIC, TENANT_MAIN, TENANT_OTHER, USERS,
+    GROUP_ADMINS, GROUP_APPROVERS, ORGANIZATIONS, TENANT_GENERIC, TENANT_MAIN, TENANT_OTHER, USERS,
 )
 
 Client = TestClient[Any, Any]
@@ -734,3 +734,31 @@ async def test_the_demo_portal_registered_at_start_signs_in(
 async def test_registration_refuses_redirect_uris_that_are_not_absolute_http(idp: Client, uri: str) -> None:
     r = await idp.post("/_sandbox/oidc/clients", json={"client_id": "x", "redirect_uris": [uri], "client_secret": "s"})
     assert r.status == 400, await r.text()
+
+
+# --- the multi-tenant endpoint --------------------------------------------------------------------------
+
+
+async def test_organizations_discovery_names_its_issuer_as_entras_template(idp: Client) -> None:
+    doc = await (await idp.get(path(ORGANIZATIONS, "discovery"))).json()
+    assert doc["issuer"] == f"{IDP}/{{tenantid}}/v2.0"
+    assert doc["token_endpoint"] == f"{IDP}/organizations/oauth2/v2.0/token"
+
+
+async def test_organizations_signs_in_any_tenants_user_with_that_users_own_issuer(idp: Client) -> None:
+    code, verifier, _ = await authorize_code(idp, tenant=ORGANIZATIONS, user=IMPOSTOR)
+    r = await redeem(idp, code, verifier, tenant=ORGANIZATIONS)
+    assert r.status == 200, await r.text()
+    claims = await verified_claims(idp, (await r.json())["id_token"], tenant=TENANT_OTHER)
+    assert claims["tid"] == TENANT_OTHER and claims["iss"] == issuer_of(TENANT_OTHER)
+
+
+async def test_organizations_refuses_a_single_tenant_application(idp: Client) -> None:
+    r = await _authorize(idp, ORGANIZATIONS, client_id=SINGLE_ID)
+    assert r.status == 400 and "Location" not in r.headers
+
+
+async def test_an_organizations_code_cannot_be_redeemed_at_the_users_tenant(idp: Client) -> None:
+    code, verifier, _ = await authorize_code(idp, tenant=ORGANIZATIONS)
+    r = await redeem(idp, code, verifier, tenant=TENANT_MAIN)
+    assert r.status == 400 and (await r.json())["error"] == "invalid_grant"

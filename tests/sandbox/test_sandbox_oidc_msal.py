@@ -24,7 +24,7 @@ from oidc_helpers import ADMIN, PORTAL_REDIRECT, POST_ID, POST_SECRET, make_sand
 
 from sandbox import SandboxSettings, create_sandbox_app
 from sandbox.config import OidcClient
-from sandbox.oidc_directory import TENANT_GENERIC, TENANT_MAIN
+from sandbox.oidc_directory import ORGANIZATIONS, TENANT_GENERIC, TENANT_MAIN, TENANT_OTHER
 
 _FIELD = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 GENERIC_ADMIN = ("admin@generic-idp.example", "generic-admin-pw")
@@ -131,3 +131,10 @@ async def test_msal_max_age_gets_an_auth_time(provider: Provider) -> None:
 def test_msal_refuses_a_plain_http_authority(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="https"):
         msal.ConfidentialClientApplication(POST_ID, client_credential=POST_SECRET, **kwargs)
+
+
+async def test_msal_at_the_organizations_endpoint_hands_back_another_tenants_user_unchecked(provider: Provider) -> None:
+    result = await _msal_sign_in(provider, ORGANIZATIONS, ("admin@other-clinic.example", "impostor-sandbox-pw"))
+    claims = result["id_token_claims"]
+    # MSAL accepts it: checking tid and iss against the organisation is the portal's job.
+    assert claims["tid"] == TENANT_OTHER and claims["email"] == "admin@sandbox-health.example"
