@@ -409,13 +409,17 @@ def _matching_key(keyset: list[dict[str, Any]], header: dict[str, Any]) -> dict[
     """The client key an assertion names: by `kid`, or by certificate thumbprint (`x5t#S256`) as MSAL sends."""
     kid = header.get("kid")
     thumb = header.get("x5t#S256")
+    if isinstance(thumb, str):
+        # MSAL pads the base64url thumbprint with "="; RFC 7515 does not. Entra takes both.
+        thumb = thumb.rstrip("=")
     for jwk in keyset:
         if isinstance(kid, str) and kid and jwk.get("kid") == kid:
             return jwk
         if isinstance(thumb, str) and thumb:
             x5c = jwk.get("x5c")
-            published = jwk.get("x5t#S256") or (_thumbprint(x5c[0]) if isinstance(x5c, list) and x5c and isinstance(x5c[0], str) else None)
-            if published == thumb:
+            published = jwk.get("x5t#S256") or (
+                _thumbprint(x5c[0]) if isinstance(x5c, list) and x5c and isinstance(x5c[0], str) else None)
+            if isinstance(published, str) and published.rstrip("=") == thumb:
                 return jwk
     return None
 

@@ -7,8 +7,11 @@ MSAL is told to trust (`verify=`). MSAL is blocking: every call into it runs in 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import datetime as dt
 import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable
 from html import unescape
@@ -16,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import msal
 import pytest
 import requests
 from aiohttp.test_utils import TestServer, unused_port
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from oidc_helpers import ADMIN, PORTAL_REDIRECT, POST_ID, POST_SECRET, make_sandbox_tls, tx_of
 
 from sandbox import SandboxSettings, create_sandbox_app
@@ -138,3 +146,44 @@ async def test_msal_at_the_organizations_endpoint_hands_back_another_tenants_use
     claims = result["id_token_claims"]
     # MSAL accepts it: checking tid and iss against the organisation is the portal's job.
     assert claims["tid"] == TENANT_OTHER and claims["email"] == "admin@sandbox-health.example"
+
+
+async def test_msal_with_a_certificate_authenticates_by_private_key_jwt(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], settings: SandboxSettings, tmp_path: Path,
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "visitgate portal")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk["x5c"] = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+    tls = make_sandbox_tls(tmp_path)
+    port = unused_port()
+    base = f"https://127.0.0.1:{port}"
+    app = create_sandbox_app(dataclasses.replace(settings, base_url=base, oidc_clients=(
+        OidcClient("portal-cert", (PORTAL_REDIRECT,), "private_key_jwt", jwks={"keys": [jwk]}),)))
+    await aiohttp_server(app, port=port, ssl=tls.server_context)
+    http = requests.Session()
+    http.trust_env = False
+    http.verify = str(tls.ca_path)
+    credential = {
+        "private_key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode(),
+        "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context),
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        try:
+            msal_app = await asyncio.to_thread(
+                msal.ConfidentialClientApplication, "portal-cert", client_credential=credential,
+                oidc_authority=f"{base}/idp/{TENANT_MAIN}/v2.0", http_client=http, timeout=10)
+            flow = await asyncio.to_thread(msal_app.initiate_auth_code_flow, [], redirect_uri=PORTAL_REDIRECT,
+                                           response_mode="form_post")
+            answer = await _browser_sign_in(Provider(base, tls.ca_path, browser, []), flow["auth_uri"], ADMIN)
+            result = await asyncio.to_thread(msal_app.acquire_token_by_auth_code_flow, flow, answer)
+        finally:
+            http.close()
+    assert "error" not in result, result
+    assert result["id_token_claims"]["aud"] == "portal-cert"
