@@ -98,7 +98,8 @@ def _page(request: web.Request, title: str, message: str, status: int) -> web.Re
     """A plain page for what cannot be sent back to the application."""
     log.info("identity provider page %d: %s", status, message)
     return _no_store(
-        aiohttp_jinja2.render_template("oidc_message.html", request, {"title": title, "message": message}, status=status)
+        aiohttp_jinja2.render_template("oidc_message.html", request, {"title": title, "message": message},
+                                       status=status)
     )
 
 
@@ -217,12 +218,14 @@ async def authorize(request: web.Request) -> web.Response:
         return _page(request, "Sign-in request refused", "client_id and redirect_uri must each be given once.", 400)
     client = provider.clients.get(query.get("client_id", ""))
     if client is None:
-        return _page(request, "Sign-in request refused", "This application is not registered with the identity provider.", 400)
+        return _page(request, "Sign-in request refused",
+                     "This application is not registered with the identity provider.", 400)
     if client.tenants and tenant.tenant_id not in client.tenants:
         return _page(request, "Sign-in request refused", f"This application is not registered in {tenant.name}.", 400)
     redirect_uri = query.get("redirect_uri", "")
     if redirect_uri not in client.redirect_uris:
-        return _page(request, "Sign-in request refused", "The redirect URI is not registered for this application.", 400)
+        return _page(request, "Sign-in request refused",
+                     "The redirect URI is not registered for this application.", 400)
 
     response_mode = query.get("response_mode", "query")
     state = query.get("state")
@@ -342,7 +345,8 @@ def _hinted_client(request: web.Request, tenant_id: str, hint: str) -> str | Non
     except jwt.PyJWTError:
         return None
     tid = claims.get("tid")
-    if tenant_id not in (tid, directory.ORGANIZATIONS) or claims.get("iss") != issuer(request.app[SETTINGS].oidc_base, str(tid)):
+    own_issuer = issuer(request.app[SETTINGS].oidc_base, str(tid))
+    if tenant_id not in (tid, directory.ORGANIZATIONS) or claims.get("iss") != own_issuer:
         return None
     aud = claims.get("aud")
     return aud if isinstance(aud, str) else None
@@ -486,9 +490,11 @@ async def _verify_assertion(request: web.Request, tenant_id: str, form: dict[str
         raise OidcError("invalid_client", f"client_assertion rejected: {exc}") from exc
     if claims["iss"] != client.client_id or claims["sub"] != client.client_id:
         raise OidcError("invalid_client", "iss and sub must both be the client_id")
-    if not isinstance(claims["exp"], (int, float)) or claims["exp"] > time.time() + ASSERTION_MAX_AHEAD + ASSERTION_CLOCK_SLACK:
+    latest = time.time() + ASSERTION_MAX_AHEAD + ASSERTION_CLOCK_SLACK
+    if not isinstance(claims["exp"], (int, float)) or claims["exp"] > latest:
         raise OidcError("invalid_client", "assertion exp is more than 10 minutes ahead")
-    if not isinstance(claims["jti"], str) or not provider.remember_jti(client.client_id, claims["jti"], float(claims["exp"])):
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not provider.remember_jti(client.client_id, jti, float(claims["exp"])):
         raise OidcError("invalid_client", "assertion jti was already used")
     return client
 

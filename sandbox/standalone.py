@@ -85,7 +85,8 @@ async def sign_in(request: web.Request) -> web.Response:
         return _refused(request, "This sign-in is unknown or has expired. Go back to the application and start again.")
     browser = _browser_id(request)
     if browser is None or not hmac.compare_digest(browser, pending.browser):
-        return _refused(request, "This sign-in was started in another browser. Go back to the application and start again.")
+        return _refused(request,
+                        "This sign-in was started in another browser. Go back to the application and start again.")
     username = str(posted.get("username", ""))[:256]
     practitioner_id = practitioner_for(username, str(posted.get("password", ""))[:256])
     if practitioner_id is None:
