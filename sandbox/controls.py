@@ -115,6 +115,17 @@ async def post_oidc_age_sessions(request: web.Request) -> web.Response:
     return web.json_response({"aged": seconds})
 
 
+async def post_oidc_faults(request: web.Request) -> web.Response:
+    """POST /_sandbox/oidc/faults: spoil the OpenID provider's id_tokens or its `iss` parameter; answers them."""
+    body = await _json_object(request)
+    faults = request.app[OIDC].faults
+    try:
+        faults.update(body)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response({"id_token": faults.id_token, "callback_iss": faults.callback_iss})
+
+
 def setup_routes(app: web.Application) -> None:
     """Add the control routes."""
     app.router.add_post("/_sandbox/launches", post_launch)
@@ -124,3 +135,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/_sandbox/oidc/tenants/{tenant}", post_oidc_tenant)
     app.router.add_post("/_sandbox/oidc/keys/rotate", post_oidc_rotate)
     app.router.add_post("/_sandbox/oidc/sessions/age", post_oidc_age_sessions)
+    app.router.add_post("/_sandbox/oidc/faults", post_oidc_faults)

@@ -38,6 +38,7 @@ from . import oidc_directory as directory
 from .appkeys import HTTP_SESSION, OIDC, SETTINGS
 from .config import OidcClient
 from .grants import new_secret
+from .keys import SigningKey
 from .oidc_directory import OidcUser
 from .oidc_state import AuthorizationRequest, ClientKeySet, OidcKeys, OidcProvider, Session
 
@@ -177,6 +178,8 @@ def _success(request: web.Request, areq: AuthorizationRequest, user: OidcUser, a
     if provider.tenants[areq.tenant_id].iss_parameter:
         # The user's tenant: the same as the request's, except at `organizations`.
         params["iss"] = issuer(request.app[SETTINGS].oidc_base, user.tenant_id)
+    if provider.faults.callback_iss is not None:
+        params["iss"] = provider.faults.callback_iss
     return _respond(request, areq.redirect_uri, areq.response_mode, params)
 
 
@@ -562,6 +565,41 @@ def id_token_claims(base: str, areq: AuthorizationRequest, user: OidcUser, auth_
     return claims
 
 
+def _another_tenant(tenant_id: str) -> str:
+    return next(t.tenant_id for t in directory.TENANTS if t.tenant_id not in (tenant_id, directory.ORGANIZATIONS))
+
+
+def _signed_id_token(provider: OidcProvider, claims: dict[str, Any], base: str) -> str:
+    """Sign the claims with the active key, or spoil them as the id_token fault asks."""
+    fault = provider.faults.id_token
+    signing = provider.keys.signing
+    if fault == "wrong_aud":
+        claims["aud"] = claims["aud"] + "-someone-else"
+    elif fault == "wrong_nonce":
+        claims["nonce"] = "not-the-nonce-that-was-sent"
+    elif fault == "missing_nonce":
+        claims.pop("nonce", None)
+    elif fault == "expired":
+        claims["iat"] = claims["nbf"] = claims["iat"] - 2 * ID_TOKEN_LIFETIME
+        claims["exp"] = claims["iat"] + ID_TOKEN_LIFETIME
+    elif fault == "wrong_iss":
+        # Another tenant's issuer on this tenant's user: a portal must compare iss with the organisation's.
+        claims["iss"] = issuer(base, _another_tenant(claims["tid"]))
+    elif fault == "wrong_tid":
+        claims["tid"] = _another_tenant(claims["tid"])
+    if fault == "alg_none":
+        return jwt.encode(claims, "", algorithm="none", headers={"kid": signing.kid})
+    if fault == "bad_signature":
+        # A key nobody published, under the real kid: only the signature is wrong.
+        return SigningKey(SigningKey.generate().private_key, signing.kid).sign(claims)
+    if fault == "unknown_kid":
+        return SigningKey.generate().sign(claims)
+    token = signing.sign(claims)
+    if fault == "malformed":
+        token = "W10." + token.split(".", 1)[1]
+    return token
+
+
 def _redeem(request: web.Request, tenant_id: str, client: OidcClient, form: dict[str, str]) -> dict[str, Any]:
     provider = request.app[OIDC]
     code = provider.codes.get(form.get("code", ""))
@@ -590,7 +628,7 @@ def _redeem(request: web.Request, tenant_id: str, client: OidcClient, form: dict
         "access_token": new_secret(),
         "expires_in": ACCESS_TOKEN_LIFETIME,
         "scope": " ".join(areq.scopes),
-        "id_token": provider.keys.signing.sign(claims),
+        "id_token": _signed_id_token(provider, claims, request.app[SETTINGS].oidc_base),
     }
     if form.get("client_info") == "1":
         # Entra answers MSAL's client_info=1 with the user's object id and tenant, base64url JSON.

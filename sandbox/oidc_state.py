@@ -108,6 +108,32 @@ class OidcKeys:
         return {"keys": [k.public_jwk() for k in self.keys]}
 
 
+ID_TOKEN_FAULTS = (
+    "bad_signature", "unknown_kid", "alg_none", "wrong_aud", "wrong_nonce", "missing_nonce", "expired",
+    "wrong_iss", "wrong_tid", "malformed",
+)
+
+
+@dataclass
+class OidcFaults:
+    """Ways to make the provider answer what a portal must refuse; all off by default."""
+
+    id_token: str | None = None  # one of ID_TOKEN_FAULTS
+    callback_iss: str | None = None  # put into (or replaces) the RFC 9207 `iss` of authorization responses
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Set switches, refusing unknown names and values before changing anything."""
+        for name, value in changes.items():
+            if name not in ("id_token", "callback_iss"):
+                raise ValueError(f"unknown fault {name!r}")
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string or null")
+            if name == "id_token" and value is not None and value not in ID_TOKEN_FAULTS:
+                raise ValueError(f"id_token must be one of {ID_TOKEN_FAULTS}")
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+
 @dataclass
 class ClientKeySet:
     """A client's public keys fetched from its JWKS URL."""
@@ -121,6 +147,7 @@ class OidcProvider:
     """All mutable state of the OpenID provider, kept under one application key."""
 
     keys: OidcKeys
+    faults: OidcFaults = field(default_factory=OidcFaults)
     clients: dict[str, OidcClient] = field(default_factory=dict)
     tenants: dict[str, TenantSwitches] = field(
         default_factory=lambda: {t.tenant_id: TenantSwitches(t.lists_s256, t.iss_parameter) for t in TENANTS}

@@ -124,7 +124,9 @@ async def verified_claims(idp: TestClient[Any, Any], id_token: str, *, tenant: s
     """The id_token's claims, checked against the tenant's published keys by kid, issuer and audience."""
     kid = jwt.get_unverified_header(id_token)["kid"]
     published = (await (await idp.get(path(tenant, "keys"))).json())["keys"]
-    jwk = next(k for k in published if k["kid"] == kid)
+    jwk = next((k for k in published if k["kid"] == kid), None)
+    if jwk is None:
+        raise jwt.InvalidKeyError(f"no published key has kid {kid!r}")
     claims: dict[str, Any] = jwt.decode(id_token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience=audience,
                                         issuer=issuer_of(tenant))
     return claims

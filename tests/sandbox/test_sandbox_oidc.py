@@ -762,3 +762,55 @@ async def test_an_organizations_code_cannot_be_redeemed_at_the_users_tenant(idp:
     code, verifier, _ = await authorize_code(idp, tenant=ORGANIZATIONS)
     r = await redeem(idp, code, verifier, tenant=TENANT_MAIN)
     assert r.status == 400 and (await r.json())["error"] == "invalid_grant"
+
+
+# --- faults: id_tokens and responses a portal must refuse -----------------------------------------------
+
+
+async def _faulty_token(idp: Client, fault: str) -> str:
+    r = await idp.post("/_sandbox/oidc/faults", json={"id_token": fault})
+    assert r.status == 200, await r.text()
+    return await _id_token(idp)
+
+
+@pytest.mark.parametrize("fault", ["bad_signature", "unknown_kid", "alg_none", "malformed"])
+async def test_id_token_faults_that_break_the_signature_fail_verification(idp: Client, fault: str) -> None:
+    token = await _faulty_token(idp, fault)
+    with pytest.raises(jwt.PyJWTError):
+        await verified_claims(idp, token)
+
+
+@pytest.mark.parametrize(("fault", "error"), [
+    ("wrong_aud", jwt.InvalidAudienceError),
+    ("expired", jwt.ExpiredSignatureError),
+    ("wrong_iss", jwt.InvalidIssuerError),
+])
+async def test_id_token_faults_on_claims_keep_a_valid_signature(idp: Client, fault: str, error: type[Exception]) -> None:
+    token = await _faulty_token(idp, fault)
+    with pytest.raises(error):
+        await verified_claims(idp, token)
+
+
+@pytest.mark.parametrize(("fault", "check"), [
+    ("wrong_nonce", lambda c: c["nonce"] != "portal-nonce-42"),
+    ("missing_nonce", lambda c: "nonce" not in c),
+    ("wrong_tid", lambda c: c["tid"] != TENANT_MAIN and c["iss"] == issuer_of(TENANT_MAIN)),
+])
+async def test_id_token_faults_a_portal_must_catch_itself(
+    idp: Client, fault: str, check: Callable[[dict[str, Any]], bool],
+) -> None:
+    claims = await verified_claims(idp, await _faulty_token(idp, fault))
+    assert check(claims), claims
+
+
+async def test_callback_iss_fault_puts_a_wrong_iss_into_the_authorization_response(idp: Client) -> None:
+    r = await idp.post("/_sandbox/oidc/faults", json={"callback_iss": "https://attacker.example/v2.0"})
+    assert r.status == 200, await r.text()
+    _, _, q = await authorize_code(idp, tenant=TENANT_GENERIC, user=GENERIC_ADMIN)
+    assert q["iss"] == "https://attacker.example/v2.0"
+
+
+@pytest.mark.parametrize("body", [{"id_token": "sometimes"}, {"id_token": 3}, {"colour": "red"}])
+async def test_fault_control_refuses_unknown_faults(idp: Client, body: dict[str, Any]) -> None:
+    r = await idp.post("/_sandbox/oidc/faults", json=body)
+    assert r.status == 400, await r.text()
