@@ -8,7 +8,7 @@ import sys
 from aiohttp import web
 
 from .app import create_sandbox_app
-from .config import SandboxClient, SandboxSettings
+from .config import OidcClient, SandboxClient, SandboxSettings
 
 
 def parse_args(argv: list[str]) -> tuple[SandboxSettings, str, int]:
@@ -20,6 +20,8 @@ def parse_args(argv: list[str]) -> tuple[SandboxSettings, str, int]:
     parser.add_argument("--app-launch-url", required=True, help="the gateway's provider launch URL")
     parser.add_argument("--patient-launch-url", help="the gateway's patient launch URL")
     parser.add_argument("--client-json", default="[]", help="JSON list of registered clients")
+    parser.add_argument("--oidc-client-json", default="[]",
+                        help="JSON list of applications registered with the OpenID provider (/idp)")
     parser.add_argument("--access-token-lifetime", type=int, default=3600)
     parser.add_argument("--test-controls", action="store_true", help="expose /_sandbox/* (tests only)")
     args = parser.parse_args(argv)
@@ -30,11 +32,19 @@ def parse_args(argv: list[str]) -> tuple[SandboxSettings, str, int]:
         clients = tuple(SandboxClient.from_json(c) for c in raw_clients)
     except (ValueError, KeyError, TypeError) as exc:
         parser.error(f"--client-json: {exc}")
+    try:
+        raw_oidc = json.loads(args.oidc_client_json)
+        if not isinstance(raw_oidc, list):
+            raise ValueError("--oidc-client-json must be a JSON list")
+        oidc_clients = tuple(OidcClient.from_json(c) for c in raw_oidc)
+    except ValueError as exc:
+        parser.error(f"--oidc-client-json: {exc}")
     settings = SandboxSettings(
         base_url=args.base_url.rstrip("/"),
         app_launch_url=args.app_launch_url,
         patient_launch_url=args.patient_launch_url,
         clients=clients,
+        oidc_clients=oidc_clients,
         access_token_lifetime=args.access_token_lifetime,
         test_controls=args.test_controls,
     )

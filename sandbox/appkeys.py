@@ -7,6 +7,8 @@ from aiohttp import web
 from .config import Faults, SandboxSettings
 from .grants import LaunchRegistry, OAuthState
 from .keys import ClientKeyCache, KeyRing
+from .oidc_state import OidcProvider
+from .standalone_state import StandaloneSignIns
 from .store import FhirStore
 
 SETTINGS = web.AppKey("sandbox_settings", SandboxSettings)
@@ -17,3 +19,5 @@ OAUTH = web.AppKey("sandbox_oauth", OAuthState)
 KEYS = web.AppKey("sandbox_keys", KeyRing)
 CLIENT_KEYS = web.AppKey("sandbox_client_keys", ClientKeyCache)
 HTTP_SESSION = web.AppKey("sandbox_http_session", aiohttp.ClientSession)
+OIDC = web.AppKey("sandbox_oidc", OidcProvider)
+STANDALONE = web.AppKey("sandbox_standalone", StandaloneSignIns)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 AUTH_METHODS = ("none", "client_secret_basic", "private_key_jwt")
 ID_TOKEN_FAULTS = ("bad_signature", "wrong_aud", "wrong_nonce", "expired", "wrong_iss", "malformed")
@@ -44,6 +45,97 @@ class SandboxClient:
         )
 
 
+OIDC_AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
+
+
+@dataclass(frozen=True)
+class OidcClient:
+    """One application registered with the sandbox's OpenID provider, as an identity admin would register it.
+
+    `tenants` empty means a multi-tenant application (usable at every tenant's endpoints); otherwise only at
+    the tenants named. A private_key_jwt client gives its public keys inline (`jwks`) or by URL (`jwks_url`).
+    """
+
+    client_id: str
+    redirect_uris: tuple[str, ...]
+    auth_method: str = "client_secret_post"  # one of OIDC_AUTH_METHODS
+    client_secret: str | None = None
+    jwks: dict[str, Any] | None = None
+    jwks_url: str | None = None
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.client_id:
+            raise ValueError("client_id must not be empty")
+        if self.auth_method not in OIDC_AUTH_METHODS:
+            raise ValueError(f"client {self.client_id!r}: auth_method must be one of {OIDC_AUTH_METHODS}")
+        if self.auth_method.startswith("client_secret") and not self.client_secret:
+            raise ValueError(f"client {self.client_id!r}: {self.auth_method} needs a client_secret")
+        if self.auth_method == "private_key_jwt":
+            if (self.jwks is None) == (self.jwks_url is None):
+                raise ValueError(f"client {self.client_id!r}: private_key_jwt needs exactly one of jwks, jwks_url")
+            if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
+                raise ValueError(f"client {self.client_id!r}: jwks must be a JWK set with a 'keys' list")
+        if not self.redirect_uris:
+            raise ValueError(f"client {self.client_id!r}: at least one redirect URI is needed")
+        for uri in (*self.redirect_uris, *self.post_logout_redirect_uris):
+            parts = urlsplit(uri)
+            # RFC 6749 3.1.2: absolute, and no fragment.
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment or "#" in uri:
+                raise ValueError(f"client {self.client_id!r}: {uri!r} is not an absolute http(s) URI without fragment")
+        object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
+        object.__setattr__(self, "post_logout_redirect_uris", tuple(self.post_logout_redirect_uris))
+        object.__setattr__(self, "tenants", tuple(self.tenants))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OidcClient:
+        """Build a client from the JSON shape the command line and the control endpoint accept."""
+        if not isinstance(data, dict):
+            raise ValueError("a client must be a JSON object")
+        jwks = data.get("jwks")
+        if jwks is not None and not isinstance(jwks, dict):
+            raise ValueError("jwks must be a JSON object")
+        for name in ("client_secret", "jwks_url"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise ValueError(f"{name} must be a string")
+        lists = {}
+        for name in ("redirect_uris", "post_logout_redirect_uris", "tenants"):
+            value = data.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} must be a list of strings")
+            lists[name] = tuple(value)
+        client_id = data.get("client_id")
+        auth_method = data.get("auth_method", "client_secret_post")
+        if not isinstance(client_id, str) or not isinstance(auth_method, str):
+            raise ValueError("client_id and auth_method must be strings")
+        return cls(
+            client_id=client_id,
+            redirect_uris=lists["redirect_uris"],
+            auth_method=auth_method,
+            client_secret=data.get("client_secret"),
+            jwks=jwks,
+            jwks_url=data.get("jwks_url"),
+            post_logout_redirect_uris=lists["post_logout_redirect_uris"],
+            tenants=lists["tenants"],
+        )
+
+
+DEMO_PORTAL_CLIENT_ID = "visitgate-portal-demo"
+
+
+def demo_portal_client(redirect_uri: str, client_secret: str, signed_out_uri: str | None = None) -> OidcClient:
+    """The demo portal's registration with the OpenID provider: a confidential client of every tenant, so the
+    demo can also show a sign-in from another tenant opening nothing."""
+    return OidcClient(
+        client_id=DEMO_PORTAL_CLIENT_ID,
+        redirect_uris=(redirect_uri,),
+        auth_method="client_secret_post",
+        client_secret=client_secret,
+        post_logout_redirect_uris=(signed_out_uri,) if signed_out_uri else (),
+    )
+
+
 @dataclass(frozen=True)
 class SandboxSettings:
     """Everything the sandbox needs to know at start-up."""
@@ -54,11 +146,15 @@ class SandboxSettings:
     clients: tuple[SandboxClient, ...] = ()
     access_token_lifetime: int = 3600
     test_controls: bool = False  # exposes /_sandbox/* control endpoints
+    # Applications registered with the OpenID provider at start-up (the demo's portal); tests add more
+    # through /_sandbox/oidc/clients.
+    oidc_clients: tuple[OidcClient, ...] = ()
 
     def __post_init__(self) -> None:
         if self.base_url.endswith("/"):
             raise ValueError("base_url must not end with '/'")
         object.__setattr__(self, "clients", tuple(self.clients))
+        object.__setattr__(self, "oidc_clients", tuple(self.oidc_clients))
 
     @property
     def fhir_base(self) -> str:
@@ -69,6 +165,11 @@ class SandboxSettings:
     def token_endpoint(self) -> str:
         """Absolute URL of the token endpoint, the only audience accepted in client assertions."""
         return self.base_url + "/oauth/token"
+
+    @property
+    def oidc_base(self) -> str:
+        """Where the OpenID provider lives, as login.microsoftonline.com does for Entra ID."""
+        return self.base_url + "/idp"
 
     def client(self, client_id: str | None) -> SandboxClient | None:
         """The registered client with this id, or None."""

@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .appkeys import FAULTS, STORE
+from .appkeys import FAULTS, OIDC, STORE
+from .config import OidcClient
 from .launches import create_launch
 from .store import StoreError
 
@@ -91,8 +92,71 @@ async def answer_after_middleware(request: web.Request, handler: Handler) -> web
         await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
 
 
+async def post_oidc_client(request: web.Request) -> web.Response:
+    """POST /_sandbox/oidc/clients: register (or replace) an application with the OpenID provider."""
+    body = await _json_object(request)
+    try:
+        client = OidcClient.from_json(body)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    request.app[OIDC].register(client)
+    return web.json_response({"client_id": client.client_id})
+
+
+async def post_oidc_tenant(request: web.Request) -> web.Response:
+    """POST /_sandbox/oidc/tenants/{tenant}: switch what a tenant's discovery announces; answers the switches."""
+    switches = request.app[OIDC].tenants.get(request.match_info["tenant"])
+    if switches is None:
+        raise web.HTTPNotFound(text="unknown tenant")
+    body = await _json_object(request)
+    for name in body:
+        if name not in ("lists_s256", "iss_parameter") or not isinstance(body[name], bool):
+            raise web.HTTPBadRequest(text="only lists_s256 and iss_parameter, as booleans")
+    for name, value in body.items():
+        setattr(switches, name, value)
+    return web.json_response({"lists_s256": switches.lists_s256, "iss_parameter": switches.iss_parameter})
+
+
+async def post_oidc_rotate(request: web.Request) -> web.Response:
+    """POST /_sandbox/oidc/keys/rotate: sign id_tokens with the other published key (optionally replacing
+    the retired one with a new key); answers the signing kid and the published kids."""
+    body = await _json_object(request)
+    replace = body.get("replace_retired", False)
+    if not isinstance(replace, bool):
+        raise web.HTTPBadRequest(text="replace_retired must be a boolean")
+    keys = request.app[OIDC].keys
+    keys.rotate(replace_retired=replace)
+    return web.json_response({"signing_kid": keys.signing.kid, "kids": [k.kid for k in keys.keys]})
+
+
+async def post_oidc_age_sessions(request: web.Request) -> web.Response:
+    """POST /_sandbox/oidc/sessions/age: make every sign-in at the OpenID provider that many seconds older."""
+    body = await _json_object(request)
+    seconds = body.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400 * 7:
+        raise web.HTTPBadRequest(text="seconds must be a number from 0 to a week")
+    request.app[OIDC].age_sessions(float(seconds))
+    return web.json_response({"aged": seconds})
+
+
+async def post_oidc_faults(request: web.Request) -> web.Response:
+    """POST /_sandbox/oidc/faults: spoil the OpenID provider's id_tokens or its `iss` parameter; answers them."""
+    body = await _json_object(request)
+    faults = request.app[OIDC].faults
+    try:
+        faults.update(body)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response({"id_token": faults.id_token, "callback_iss": faults.callback_iss})
+
+
 def setup_routes(app: web.Application) -> None:
     """Add the control routes."""
     app.router.add_post("/_sandbox/launches", post_launch)
     app.router.add_post("/_sandbox/faults", post_faults)
     app.router.add_post("/_sandbox/resources", post_resource)
+    app.router.add_post("/_sandbox/oidc/clients", post_oidc_client)
+    app.router.add_post("/_sandbox/oidc/tenants/{tenant}", post_oidc_tenant)
+    app.router.add_post("/_sandbox/oidc/keys/rotate", post_oidc_rotate)
+    app.router.add_post("/_sandbox/oidc/sessions/age", post_oidc_age_sessions)
+    app.router.add_post("/_sandbox/oidc/faults", post_oidc_faults)

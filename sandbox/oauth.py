@@ -1,8 +1,9 @@
 """The SMART App Launch 2.2 authorization server of the sandbox EHR.
 
-Discovery, /oauth/authorize (EHR launch; the EHR user is already signed in, so there is no consent
-screen), /oauth/token (authorization_code with PKCE S256, refresh_token with rotation, and
-client_credentials for SMART Backend Services) and the JWKS that verifies the id_tokens.
+Discovery, /oauth/authorize (EHR launch: the EHR user is already signed in, so there is no consent
+screen; standalone launch: no `launch`, so the EHR's sign-in page asks who is there, see standalone.py),
+/oauth/token (authorization_code with PKCE S256, refresh_token with rotation, and client_credentials for
+SMART Backend Services) and the JWKS that verifies the id_tokens.
 
 The rules follow what production EHRs enforce: exact redirect URIs, never a redirect to an unverified
 URI, PKCE S256 only, single-use codes whose replay revokes what they issued, asymmetric client
@@ -17,6 +18,7 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
@@ -24,11 +26,13 @@ import aiohttp_jinja2
 import jwt
 from aiohttp import web
 
-from .appkeys import CLIENT_KEYS, FAULTS, KEYS, LAUNCHES, OAUTH, SETTINGS, STORE
+from . import standalone
+from .appkeys import CLIENT_KEYS, FAULTS, KEYS, LAUNCHES, OAUTH, SETTINGS, STANDALONE, STORE
 from .config import SandboxClient, SandboxSettings
 from .grants import CODE_LIFETIME, AuthorizationCode, Grant, LaunchContext
 from .keys import CLIENT_ASSERTION_ALGS, KeyFetchError
 from .scopes import known_scopes, parse_resource_scope
+from .standalone_state import StandaloneRequest, StandaloneSignIns
 
 # Refusals are logged with their reason, so a failing gateway test shows why the EHR said no.
 log = logging.getLogger("sandbox.oauth")
@@ -52,7 +56,8 @@ SCOPES_SUPPORTED = (
     "user/Encounter.cu", "user/Appointment.rs", "system/Encounter.rs", "system/Encounter.cu",
 )
 CAPABILITIES = (
-    "launch-ehr", "client-public", "client-confidential-symmetric", "client-confidential-asymmetric",
+    "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
+    "client-confidential-asymmetric",
     "context-ehr-patient", "context-ehr-encounter", "context-banner", "context-style",
     "sso-openid-connect", "permission-offline", "permission-online", "permission-patient", "permission-user",
     "permission-v1", "permission-v2",
@@ -183,6 +188,10 @@ async def authorize(request: web.Request) -> web.Response:
     if not requested:
         return error("invalid_scope", "scope is required")
 
+    if "launch" not in requested and "launch" not in query:
+        # SMART standalone launch: no EHR context, so the EHR asks who is there.
+        return _standalone(request, client, redirect_uri, requested, code_challenge, state, iss, error)
+
     context: LaunchContext | None = None
     if "launch" in requested:
         context = request.app[LAUNCHES].get(query.get("launch"))
@@ -209,6 +218,18 @@ async def authorize(request: web.Request) -> web.Response:
         )
     )
     return _redirect(redirect_uri, {"code": code, "state": state, "iss": iss})
+
+
+def _standalone(request: web.Request, client: SandboxClient, redirect_uri: str, requested: list[str],
+                code_challenge: str, state: str, iss: str, error: Callable[[str, str], web.Response]) -> web.Response:
+    """Check what only a standalone launch must satisfy, then show the EHR's sign-in page."""
+    # A standalone launch here has no patient picker: nothing may ask for a patient or encounter context.
+    contextual = [s for s in requested if s in ("launch/patient", "launch/encounter") or s.startswith("patient/")]
+    if contextual:
+        return error("invalid_scope", f"a standalone launch has no patient context: {', '.join(contextual)}")
+    return standalone.begin(request, StandaloneRequest(
+        client_id=client.client_id, redirect_uri=redirect_uri, scopes=known_scopes(requested),
+        code_challenge=code_challenge, state=state, nonce=request.query.get("nonce"), iss=iss))
 
 
 # --- client authentication -----------------------------------------------------------------------
@@ -488,5 +509,7 @@ def setup_routes(app: web.Application) -> None:
     """Add the authorization server's routes (discovery is under /fhir, next to the FHIR routes)."""
     app.router.add_get("/fhir/.well-known/smart-configuration", smart_configuration)
     app.router.add_get("/oauth/authorize", authorize)
+    app[STANDALONE] = StandaloneSignIns()
+    app.router.add_post("/oauth/signin", standalone.sign_in)  # the standalone launch's sign-in form
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/oauth/jwks", jwks)

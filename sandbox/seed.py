@@ -7,6 +7,9 @@ Stable ids, for tests to refer to:
 
 - Practitioners `prac-1` (Dr Ada Sandbox), `prac-2` (Dr Ben Placeholder), `prac-3` (Dr Cleo Fixture),
   each with a PractitionerRole `role-1` .. `role-3`.
+- Each practitioner signs in to the EHR (the SMART standalone launch's sign-in page) with a user name and a
+  password from `PRACTITIONER_SIGN_IN`: `ada.sandbox` / `ada-ehr-pw`, `ben.placeholder` / `ben-ehr-pw`,
+  `cleo.fixture` / `cleo-ehr-pw`. The page shows them: they are test fixtures, nobody's secret.
 - Patients `pat-1` .. `pat-5` (Alex Testpatient, Bea Example, Cam Synthetic, Dee Mockwell, Eli Fictive),
   each with an MRN `SBX-0001` .. `SBX-0005`.
 - Appointments `appt-1` .. `appt-6`, status booked, each a video visit, and for each a planned virtual
@@ -41,6 +44,12 @@ PRACTITIONERS = (
     ("prac-1", "Ada", "Sandbox", "9990000011"),
     ("prac-2", "Ben", "Placeholder", "9990000029"),
     ("prac-3", "Cleo", "Fixture", "9990000037"),
+)
+# (practitioner id, user name, password) for the EHR's own sign-in page (SMART standalone launch).
+PRACTITIONER_SIGN_IN = (
+    ("prac-1", "ada.sandbox", "ada-ehr-pw"),
+    ("prac-2", "ben.placeholder", "ben-ehr-pw"),
+    ("prac-3", "cleo.fixture", "cleo-ehr-pw"),
 )
 # (id, given, family, birthDate, gender)
 PATIENTS = (

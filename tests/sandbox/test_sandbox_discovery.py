@@ -29,7 +29,7 @@ async def test_smart_configuration_names_endpoints_and_s256(ehr: TestClient[Any,
                        "sso-openid-connect", "permission-offline", "permission-patient", "permission-user",
                        "permission-v2"):
         assert capability in doc["capabilities"]
-    assert "launch-standalone" not in doc["capabilities"]
+    assert "launch-standalone" in doc["capabilities"]
     assert "authorize-post" not in doc["capabilities"]
 
 
