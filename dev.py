@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,19 +54,72 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
+# How long a child may take to stop after SIGINT or SIGTERM before it is killed. The demo needs a few
+# seconds (its web servers give open requests up to 10 s, then the embedded PostgreSQL stops).
+STOP_WAIT = 30.0
+
+
+class _Stopping(Exception):
+    """A stop signal arrived while this process waited for its child."""
+
+
+def _run_passing_stops_on(cmd: list[str], passed: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> int:
+    """Run cmd in ROOT until it ends; returns its exit status (128 + the number of a signal that ended it).
+
+    SIGINT and SIGTERM sent to this process do not end it: those in `passed` go on to the child, which then
+    has STOP_WAIT seconds to stop before it is killed. Before, a SIGTERM ended this process alone and left
+    the demo, and the PostgreSQL it started, running; and Ctrl-C made subprocess.call kill the demo
+    before it had stopped that PostgreSQL."""
+    child: subprocess.Popen[bytes] | None = None
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if child is not None and signum in passed:
+            child.send_signal(signum)  # a demo takes a second one calmly (Ctrl-C reaches it from the terminal too)
+        if not stopping:
+            stopping.append(signum)
+            if child is not None:
+                raise _Stopping  # out of the unbounded wait below, into the bounded one
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child = subprocess.Popen(cmd, cwd=ROOT)
+        try:
+            if stopping:  # it came while the child was being started
+                if stopping[0] in passed:
+                    child.send_signal(stopping[0])
+                raise _Stopping
+            code = child.wait()
+        except _Stopping:
+            try:
+                code = child.wait(timeout=STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                print(f"dev.py: {cmd[0]} did not stop within {STOP_WAIT:.0f} s; killing it", file=sys.stderr)
+                child.kill()
+                code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
 def main() -> int:
     """Entry point: `python3 dev.py demo` or `python3 dev.py test [pytest args]`."""
     what = sys.argv[1] if len(sys.argv) > 1 else "demo"
     rest = sys.argv[2:]
     if what == "demo":
         _setup("")
-        return subprocess.call([str(BIN / "visitgate"), "demo", *rest], cwd=ROOT)
+        return _run_passing_stops_on([str(BIN / "visitgate"), "demo", *rest])
     if what == "test":
         _setup("test")
         cmd = [str(BIN / "python"), "-m", "pytest", *rest]
-        return subprocess.call(_private_network(cmd), cwd=ROOT)
+        # Ctrl-C reaches pytest from the terminal; a second one, passed on, would cut its own clean-up short.
+        return _run_passing_stops_on(_private_network(cmd), passed=(signal.SIGTERM,))
     sys.exit(f"unknown command {what!r}: use 'demo' or 'test'")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while the virtual environment is set up
+        sys.exit(128 + signal.SIGINT)
