@@ -31,7 +31,11 @@ def _setup(extras: str) -> None:
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
     target = f".[{extras}]" if extras else "."
-    subprocess.run([*pip, "install", "-e", target], check=True, cwd=ROOT)
+    # setuptools tells every editable install, as a warning pip shows even with -q, to beware of folders
+    # named like its packages in the working directory: here they are those very packages. A first run
+    # should be quiet.
+    quiet = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:Editable installation"]))
+    subprocess.run([*pip, "install", "-e", target], check=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": quiet})
     stamp.write_text(digest)
 
 

@@ -64,8 +64,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
     settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
     gateway_app = create_app(settings)
-    runners = [web.AppRunner(gateway_app, **runner_options()),  # type: ignore[arg-type]
-               web.AppRunner(sandbox_app)]
+    # Open requests get 10 s to finish on the way out (as under `visitgate serve`): dev.py waits 30 s in all.
+    runners = [web.AppRunner(gateway_app, shutdown_timeout=10, **runner_options()),  # type: ignore[arg-type]
+               web.AppRunner(sandbox_app, shutdown_timeout=10)]
     try:
         try:
             for runner in runners:
@@ -75,9 +76,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            print(f"visitgate demo: a port it needs is taken ({exc.strerror}): it serves on 127.0.0.1 ports "
-                  f"{settings.port} (gateway), {sandbox_port} (sandbox EHR) and {smtp_port(settings.port)} "
-                  f"(SMTP); is another demo running? Choose others with --port.", file=sys.stderr)
+            print(f"visitgate demo: {exc.strerror}.\nThe demo needs ports {settings.port}, {sandbox_port} and "
+                  f"{smtp_port(settings.port)} on 127.0.0.1 (the gateway, the sandbox EHR, its SMTP server): "
+                  f"is another demo running? Choose others with --port.", file=sys.stderr)
             return 1
         fhir_base = f"{sandbox_url}/fhir"
         async with gateway_app[DB].acquire() as conn:
