@@ -26,17 +26,26 @@ def _setup(extras: str) -> None:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
-    if not (BIN / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    if not (BIN / "python").exists() or not (BIN / "pip").exists():
+        if subprocess.run([sys.executable, "-m", "venv", str(VENV)]).returncode != 0:
+            shutil.rmtree(VENV, ignore_errors=True)  # half made: the next run starts afresh
+            sys.exit("dev.py: could not create .venv; Python's venv module is missing "
+                     "(Debian and Ubuntu: apt install python3-venv)")
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
+    _or_exit("upgrading pip", [*pip, "install", "--upgrade", "pip"])
     target = f".[{extras}]" if extras else "."
     # setuptools tells every editable install, as a warning pip shows even with -q, to beware of folders
     # named like its packages in the working directory: here they are those very packages. A first run
     # should be quiet.
     quiet = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:Editable installation"]))
-    subprocess.run([*pip, "install", "-e", target], check=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": quiet})
+    _or_exit(f"installing {target}", [*pip, "install", "-e", target], env={**os.environ, "PYTHONWARNINGS": quiet})
     stamp.write_text(digest)
+
+
+def _or_exit(what: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    """Run a set-up step; when it fails, stop with one line under pip's own message, not a traceback."""
+    if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+        sys.exit(f"dev.py: {what} into .venv failed (see above); the next run tries again")
 
 
 def _private_network(cmd: list[str]) -> list[str]:
