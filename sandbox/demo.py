@@ -65,8 +65,10 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
     settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
     gateway_app = create_app(settings)
     # Open requests get 10 s to finish on the way out (as under `visitgate serve`): dev.py waits 30 s in all.
+    # The sandbox EHR logs no requests: aiohttp's access log would put whole request lines, with live launch
+    # states and PKCE challenges in their query strings, among the gateway's lines on the demo's console.
     runners = [web.AppRunner(gateway_app, shutdown_timeout=10, **runner_options()),  # type: ignore[arg-type]
-               web.AppRunner(sandbox_app, shutdown_timeout=10)]
+               web.AppRunner(sandbox_app, shutdown_timeout=10, access_log=None)]
     try:
         try:
             for runner in runners:
