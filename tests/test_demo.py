@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import psutil
 import pytest
 from aiohttp.test_utils import unused_port
@@ -60,6 +61,13 @@ def _postgres_serving(data: Path) -> list[psutil.Process]:
                 and process.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(process)
     return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -168,3 +176,29 @@ async def test_demo_after_a_killed_one_stops_the_postgresql_that_one_left(data_d
         assert not _postgres_serving(data_dir), output
     finally:
         await _kill(again)
+
+
+async def test_embedded_postgresql_starts_when_its_postmaster_pid_names_another_process(data_dir: Path) -> None:
+    from gateway import db
+
+    server, _ = await asyncio.to_thread(db.start_embedded, data_dir)  # a first run, stopped as it should be
+    await asyncio.to_thread(server.cleanup)
+    # After a reboot or a container restart the old server's pid can belong to any process.
+    other = await asyncio.create_subprocess_exec("sleep", "60")
+    pid_file = data_dir / "pg" / "postmaster.pid"
+    pid_file.write_text(f"{other.pid}\n{(data_dir / 'pg').resolve()}\n1764690000\n5432\n{(data_dir / 'pg').resolve()}\n"
+                        f"\n  5432001 0\nready\n")
+    try:
+        server, dsn = await asyncio.to_thread(db.start_embedded, data_dir)
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            assert await conn.fetchval("SELECT 1") == 1
+            await conn.close()
+        finally:
+            await asyncio.to_thread(server.cleanup)
+        assert _alive(other.pid), "the process that has the old server's pid is left alone"
+        assert not _postgres_serving(data_dir)
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()
