@@ -69,7 +69,8 @@ def _forget_gone_holders(pgdata: Path) -> None:
     pgserver stops the server when its last holder lets go, and a holder killed without letting go (kill -9,
     a terminal closed) stayed on the list for ever: the server then outlived every later run, each attaching
     to it and none stopping it. A pid that now names a process started after the list was last written is
-    another process that reuses the number, so it is dropped too."""
+    another process that reuses the number, so it is dropped too; a live holder is never dropped, so a
+    server some running process still uses is never stopped under it."""
     holders = pgdata / ".handle_pids.json"
     try:
         written = holders.stat().st_mtime
@@ -78,7 +79,9 @@ def _forget_gone_holders(pgdata: Path) -> None:
         return
     if not isinstance(pids, list):
         return
-    alive = [pid for pid in pids if isinstance(pid, int) and _started_before(pid, written)]
+    # The margin: a process's start time is known to about a second (the boot time it counts from is
+    # whole seconds), and some file systems keep modification times in whole seconds or two.
+    alive = [pid for pid in pids if isinstance(pid, int) and _started_before(pid, written + 5)]
     if alive != pids:
         log.info("embedded PostgreSQL: %d holder(s) of an earlier run are gone", len(pids) - len(alive))
         holders.write_text(json.dumps(alive))
