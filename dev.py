@@ -120,6 +120,10 @@ def main() -> int:
     """Entry point: `python3 dev.py demo` or `python3 dev.py test [pytest args]`."""
     what = sys.argv[1] if len(sys.argv) > 1 else "demo"
     rest = sys.argv[2:]
+    if what in ("-h", "--help", "help"):
+        print("python3 dev.py demo [--port 8080]   the gateway and the sandbox EHR on 127.0.0.1 (README: Quick start)\n"
+              "python3 dev.py test [pytest args]   the test suite")
+        return 0
     if what == "demo":
         _setup("")
         return _run_passing_stops_on([str(BIN / "visitgate"), "demo", *rest])
