@@ -6,7 +6,9 @@ import asyncio
 from importlib import metadata
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -167,12 +169,27 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `visitgate` console script."""
-    args = parser().parse_args(argv)
+    # SIGTERM (a service manager, `kill`, dev.py passing a stop on) ends a command as Ctrl-C does: unwinding,
+    # so an embedded PostgreSQL it started is stopped, with no traceback. `serve` and `demo` replace both
+    # with a graceful shutdown once their event loop runs.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c) if in_main_thread else None
     try:
+        args = parser().parse_args(argv)
         result: int = args.func(args)
         return result
     except ConfigError as exc:
         print(f"visitgate: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        return 128 + signum  # the shell's convention for "ended by this signal"
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

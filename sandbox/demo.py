@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
+import errno
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +48,40 @@ def demo_settings(data_dir: Path, port: int, sandbox_url: str) -> Settings:
                     data_dir=data_dir, host="127.0.0.1", port=port, frame_ancestors=(sandbox_url,))
 
 
-async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> None:
+async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int:
+    # Signals are taken first, and one that comes while the apps start is honoured once they have started:
+    # the embedded PostgreSQL starts in a thread that cannot be cancelled, and whole apps stop cleanly
+    # where half-started ones might leave that server running. Start-up takes seconds.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # A second signal changes nothing: Ctrl-C under dev.py arrives twice, from the terminal and passed on.
+        loop.add_signal_handler(sig, stop.set)
     sandbox_app = create_sandbox_app(SandboxSettings(
         base_url=sandbox_url, app_launch_url=f"{settings.public_url}/launch",
         patient_launch_url=f"{settings.public_url}/launch/patient",
         clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
-    settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=sandbox_port + 1)
+    settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
     gateway_app = create_app(settings)
-    runners = [web.AppRunner(gateway_app, **runner_options()),  # type: ignore[arg-type]
-               web.AppRunner(sandbox_app)]
-    for runner in runners:
-        await runner.setup()
+    # Open requests get 10 s to finish on the way out (as under `visitgate serve`): dev.py waits 30 s in all.
+    # The sandbox EHR logs no requests: aiohttp's access log would put whole request lines, with live launch
+    # states and PKCE challenges in their query strings, among the gateway's lines on the demo's console.
+    runners = [web.AppRunner(gateway_app, shutdown_timeout=10, **runner_options()),  # type: ignore[arg-type]
+               web.AppRunner(sandbox_app, shutdown_timeout=10, access_log=None)]
     try:
-        await web.TCPSite(runners[0], "127.0.0.1", settings.port).start()
-        await web.TCPSite(runners[1], "127.0.0.1", sandbox_port).start()
+        try:
+            for runner in runners:
+                await runner.setup()
+            await web.TCPSite(runners[0], "127.0.0.1", settings.port).start()
+            await web.TCPSite(runners[1], "127.0.0.1", sandbox_port).start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(f"visitgate demo: {exc.strerror}.\nThe demo needs ports {settings.port}, {sandbox_port} and "
+                  f"{smtp_port(settings.port)} on 127.0.0.1 (the gateway, the sandbox EHR, its SMTP server): "
+                  f"is another demo running? Choose others with --port.", file=sys.stderr)
+            return 1
         fhir_base = f"{sandbox_url}/fhir"
         async with gateway_app[DB].acquire() as conn:
             if not any(c["fhir_base_url"] == fhir_base for c in await list_all(conn)):
@@ -69,37 +89,40 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> Non
                     fhir_base_url=fhir_base, environment="test", client_id=DEMO_CLIENT_ID,
                     client_auth="private_key_jwt", scopes=DEFAULT_SCOPES, writeback_strategy="fhir-r4-put"),
                     approved_by="visitgate demo")
-        print(f"\nVisitgate demo is running.\n"
-              f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
-              f"  Play the patient: send the link from the visit, then open it from {sandbox_url}/mailbox\n"
-              f"    or {sandbox_url}/phone, or start from the patient portal at {sandbox_url}/portal\n"
-              f"  The sandbox EHR's FHIR base URL: {fhir_base}\n"
-              f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        if not stop.is_set():
+            print(f"\nVisitgate demo is running.\n"
+                  f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
+                  f"  Play the patient: send the link from the visit, then open it from {sandbox_url}/mailbox\n"
+                  f"    or {sandbox_url}/phone, or start from the patient portal at {sandbox_url}/portal\n"
+                  f"  The sandbox EHR's FHIR base URL: {fhir_base}\n"
+                  f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
+            await stop.wait()
         print("stopping...", flush=True)
     finally:
+        # The gateway's cleanup stops the embedded PostgreSQL, unless another process still holds it.
         for runner in reversed(runners):
             await runner.cleanup()
+    return 0
+
+
+def smtp_port(port: int) -> int:
+    """The demo's SMTP server port, for a gateway on port (the sandbox EHR has the one between)."""
+    return port + 2
 
 
 def add_command(commands: Any) -> None:
     """Add `visitgate demo` to the command line (registered under the visitgate.commands entry points)."""
     demo = commands.add_parser("demo", help="run the gateway with the sandbox EHR on 127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="gateway port (the sandbox takes the next one)")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="gateway port; the sandbox EHR takes the next one and its SMTP server the one after")
     demo.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo until interrupted."""
+    """Run the demo until SIGINT or SIGTERM; returns 0 once everything it started has stopped."""
     configure_logging(os.environ.get("VISITGATE_LOG_LEVEL", "INFO"))
     port = int(args.port)
     sandbox_port = port + 1
     sandbox_url = f"http://localhost:{sandbox_port}"
     settings = demo_settings(Path(os.environ.get("VISITGATE_DATA_DIR", ".visitgate")), port, sandbox_url)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, sandbox_port, sandbox_url))
-    return 0
+    return asyncio.run(_serve(settings, sandbox_port, sandbox_url))
