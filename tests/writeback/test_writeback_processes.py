@@ -28,7 +28,7 @@ import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
-from gateway.events import record_event
+from presence.eventlog import record_event
 from gateway.security import Sealer, SigningKey
 from presence.writeback import set_strategy
 
