@@ -25,7 +25,7 @@ from yarl import URL
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
-from presence.appkeys import LEASE
+from presence.appkeys import ANNOUNCER, LEASE
 from presence.writeback import set_strategy
 from tests.conftest import Stack, recv_frame, recv_until, running_stack
 
@@ -211,3 +211,51 @@ async def test_a_socket_event_retried_after_an_ambiguous_commit_is_written_once(
                                 patient)
     assert first is not None and again is None
     assert [r["at"] for r in rows] == [happened]
+
+
+async def test_a_kept_closing_event_is_not_written_when_a_sweep_closed_the_socket_meanwhile(
+        stack: Stack) -> None:
+    from gateway.db import create_pool
+    from presence.announcer import Announcer
+    from presence.hub import Connection
+    from presence.lease import ProcessLease, close_lapsed
+
+    pool = stack.gateway_app[DB]
+    handle = await stack.provider_handle()
+    assert handle
+    async with pool.acquire() as conn:
+        visit_id = await conn.fetchval("SELECT id FROM visits LIMIT 1")
+        patient = await participants.patient_participant(conn, visit_id)
+    dsn = stack.settings.database_url
+    assert dsn is not None
+    socket_dir = parse_qs(urlsplit(dsn).query)["host"][0]
+    proxy = PostgresProxy(f"{socket_dir}/.s.PGSQL.5432")
+    await proxy.start()
+    # Process B: its own pool, through the proxy, so only B loses the database.
+    b_pool = await create_pool(f"postgresql://postgres@127.0.0.1:{proxy.port}{urlsplit(dsn).path}?sslmode=disable",
+                               max_size=2)
+    b_lease = ProcessLease(b_pool, Announcer(b_pool), 3)
+    try:
+        await b_lease.start()
+        room = Connection(None, None, visit_id, patient, "patient", "room")  # type: ignore[arg-type]
+        assert await b_lease.opened(room, "connected")
+        proxy.cut_off()
+        assert await b_lease.closed(room, "disconnected")  # kept: B cannot reach the database
+        assert b_lease.kept() == 1
+        # B stays away past its lease; another process sweeps it and writes the socket's closing event.
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE presence_processes SET renewed_at = now() - interval '1 hour' WHERE id = $1",
+                               b_lease.id)
+        assert [n for _, n in await close_lapsed(pool, 3, stack.gateway_app[ANNOUNCER])] == [1]
+        proxy.restore()
+        for _ in range(100):  # bounded: B writes (or drops) what it kept within seconds of the return
+            if not b_lease.kept():
+                break
+            await asyncio.sleep(0.1)
+        assert b_lease.kept() == 0
+    finally:
+        await b_lease.stop()
+        await b_pool.close()
+        await proxy.close()
+    rows = await _events_of(dsn, patient, "disconnected")
+    assert len(rows) == 1, rows  # the sweep's, and not B's as well
