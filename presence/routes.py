@@ -93,6 +93,18 @@ class _PresenceCollector(Collector):
             yield CounterMetricFamily("visitgate_presence_lease_lost",
                                       "Times this process found its own lease lapsed and reconnected its sockets",
                                       value=lease.written_off)
+            yield GaugeMetricFamily("visitgate_presence_events_kept",
+                                    "Socket events waiting in memory for the database to come back", value=lease.kept())
+            yield CounterMetricFamily("visitgate_presence_events_written_late",
+                                      "Socket events written after the database came back", value=lease.written_late)
+            yield CounterMetricFamily("visitgate_presence_events_dropped",
+                                      "Socket events dropped while the database was away (memory full, or a stop)",
+                                      value=lease.lost)
+        budget = self._app.get(STORE_BUDGET)
+        if budget is not None:
+            yield CounterMetricFamily("visitgate_presence_rate_limited",
+                                      "Requests refused because their participant stored its budget of events",
+                                      value=budget.refused)
 
 
 async def _close_sockets(app: web.Application) -> None:
