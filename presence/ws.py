@@ -81,7 +81,11 @@ async def presence_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(compress=False, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "websocket_expected"}, status=400)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except _GONE:  # the page went away (reload, back) during the handshake
+        log.debug("presence socket went away before its upgrade completed")
+        return ws
     # From here on the answer is this socket: nothing may escape to the error middleware, whose HTML page
     # would be written into the upgraded connection.
     try:
