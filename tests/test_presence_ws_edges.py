@@ -239,3 +239,28 @@ async def test_admitting_an_admitted_patient_again_stores_nothing_new(stack: Sta
                                        "AND kind = 'admitted'", patient)
     assert admitted == 1
     await view.close()
+
+
+async def test_a_page_that_goes_away_during_the_handshake_is_an_ordinary_close(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+    import struct
+
+    url = URL(stack.gateway_url)
+    request = (f"GET /ws HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nOrigin: {stack.gateway_url}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode()
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(url.host, url.port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, as a tab closing
+            writer.write(request)
+            await writer.drain()
+            writer.transport.abort()
+        await asyncio.sleep(0.5)  # let the server meet the reset
+        # The gateway still serves sockets.
+        ws, _visit, _patient = await _provider_socket(stack)
+        await ws.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
