@@ -8,6 +8,7 @@ What a participant can make the gateway store is bounded (presence.limits), apar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -95,7 +96,8 @@ async def presence_socket(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("presence socket failed")
         if not ws.closed:
-            await ws.close(code=1011, message=b"internal error")
+            with contextlib.suppress(*_GONE):
+                await ws.close(code=1011, message=b"internal error")
     return ws
 
 
