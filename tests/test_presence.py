@@ -11,11 +11,10 @@ import pytest
 from yarl import URL
 
 from gateway import participants
+from gateway.appkeys import DB
 from presence import eventlog
 from presence.announcer import Announcer
-from gateway.appkeys import DB
-from presence.appkeys import ANNOUNCER
-from presence.appkeys import BUS, HUB
+from presence.appkeys import ANNOUNCER, BUS, HUB
 from tests.conftest import Stack, recv_frame, recv_until
 
 TIMEOUT = 5.0

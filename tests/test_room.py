@@ -12,11 +12,11 @@ import pytest
 from yarl import URL
 
 from gateway import joinlinks, participants
-from presence import eventlog
 from gateway.appkeys import DB
 from gateway.errors import ConfigError
 from gateway.meetings.builtin import ice_servers
 from gateway.settings import Settings
+from presence import eventlog
 from tests.conftest import Stack, reason_code
 
 # An independent vector: computed with

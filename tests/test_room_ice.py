@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from presence import eventlog
 from gateway.appkeys import DB
+from presence import eventlog
 from tests.conftest import Stack, recv_until
 from tests.test_room import _config, _patient_session, _visit_id
 

@@ -14,8 +14,8 @@ import pytest
 from playwright.async_api import BrowserContext, expect
 
 from gateway import joinlinks, participants
-from presence import eventlog
 from gateway.appkeys import DB
+from presence import eventlog
 from tests.browser.test_video_room import ALL_PEERS_LIVE, MESH_TIMEOUT_MS
 from tests.conftest import Stack
 

@@ -8,10 +8,10 @@ import pytest
 from playwright.async_api import BrowserContext, expect
 
 from gateway import participants
-from presence import eventlog, lease as leases
 from gateway.appkeys import DB
-from presence.appkeys import ANNOUNCER
-from presence.appkeys import LEASE
+from presence import eventlog
+from presence import lease as leases
+from presence.appkeys import ANNOUNCER, LEASE
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser

@@ -18,8 +18,8 @@ import pytest
 from playwright.async_api import BrowserContext, ConsoleMessage, Page
 
 from gateway import joinlinks, participants
-from presence import eventlog
 from gateway.appkeys import DB
+from presence import eventlog
 from presence.appkeys import HUB
 from tests.conftest import Stack
 

@@ -35,9 +35,9 @@ from aiohttp.test_utils import TestServer, unused_port
 from gateway import Settings, joinlinks
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.participants import patient_participant
-from presence.eventlog import events_after
 from gateway.security import Sealer
 from gateway.sessions import provider_identity
+from presence.eventlog import events_after
 from tests.conftest import recv_frame, recv_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway import Settings, joinlinks
-from presence import eventlog
 from gateway.appkeys import DB, SETTINGS
+from presence import eventlog
 from tests.conftest import Stack, database_text, reason_code
 
 from .conftest import Invite, get_page, issue, open_visit, post_join

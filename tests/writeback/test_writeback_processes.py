@@ -28,8 +28,8 @@ import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
-from presence.eventlog import record_event
 from gateway.security import Sealer, SigningKey
+from presence.eventlog import record_event
 from presence.writeback import set_strategy
 
 from .conftest import (CLIENT_ID, assert_history_is_event_log, attempts, drained, fhir_history_with_key,
