@@ -20,7 +20,7 @@ Figures
   prebuilt PresenceEvent to 1,000 real sockets of a real aiohttp server ÷ a bare `await ws.send_str(text)`
   loop over 1,000 sockets of the same server; same text; interleaved blocks; a client process drains all.
 - p99_ms_3sub: 100 visits x 3 provider-view subscribers on a gateway process; events written by this
-  process with gateway.events.record_event (insert transaction, NOTIFY after commit) at half of the peak
+  process with presence.eventlog.record_event (insert transaction, NOTIFY after commit) at half of the peak
   end-to-end rate (open loop, paced arrivals); latency from each event's commit until the last of its 3
   subscribers received it (client and writer share CLOCK_MONOTONIC; from the scheduled write, the write
   included, is printed too). Neither load process collects cycles while this is timed (no_gc): their
@@ -79,7 +79,7 @@ def say(text: str) -> None:
 def bare_main(port: int, loop: str) -> None:
     from aiohttp import web
 
-    from gateway.events import PresenceEvent
+    from presence.eventlog import PresenceEvent
 
     groups: dict[str, list[web.WebSocketResponse]] = defaultdict(list)
     running: set[asyncio.Task[None]] = set()
@@ -145,7 +145,7 @@ async def fanout_phase(run: Processes, args: argparse.Namespace) -> dict[str, fl
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from gateway.events import PresenceEvent
+    from presence.eventlog import PresenceEvent
     from presence.hub import Connection, Hub
 
     n = args.fanout_subs
@@ -266,7 +266,7 @@ async def fanout_phase(run: Processes, args: argparse.Namespace) -> dict[str, fl
 
 
 async def patient_ids(pool: Any, visits: list[uuid.UUID]) -> list[uuid.UUID]:
-    from gateway.events import patient_participant
+    from gateway.participants import patient_participant
 
     async with pool.acquire() as conn:
         return [await patient_participant(conn, v) for v in visits]
@@ -430,7 +430,7 @@ def report_profile(label: str, path: Path) -> None:
     for share, frame in frames:
         say(f"    {share * 100:5.1f}%  {frame}")
     incl = inclusive_frames(path, ("publish (presence/hub.py", "send (presence/hub.py", "send_str (", "_drain_once",
-                                     "all_events_after", "_event (gateway/events.py", "to_json", "record_event",
+                                     "all_events_after", "_event (presence/eventlog.py", "to_json", "record_event",
                                      "presence_socket", "_authenticate", "_subscribe"))
     say("    inclusive: " + ", ".join(f"{k.split(' (')[0]} {v * 100:.1f}%" for k, v in incl.items() if v))
 

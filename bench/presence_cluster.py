@@ -11,7 +11,7 @@ tests.harness.
 
 Figures
 - p99_ms: 100 visits, one provider-view subscriber per visit on process A (real auth + subscribe). Events are
-  written by this benchmark process with gateway.events' own write path (append_event, one statement, then the
+  written by this benchmark process with presence.eventlog's own write path (append_event, one statement, then the
   process's coalescing Announcer: record_event, step for step, with the commit time noted in between) at 1,000
   events/s, open loop, round robin over the visits. So every event reaches A only through LISTEN/NOTIFY and
   A's bus, never through a local poke. Latency: from the event's commit until A's subscriber received it.
@@ -65,7 +65,7 @@ async def main_async(args: argparse.Namespace) -> int:
     import asyncpg
 
     from gateway.db import create_pool, migrate
-    from gateway.events import patient_participant
+    from gateway.participants import patient_participant
     from gateway.security import generate_signing_key_pem
 
     raise_more_files()

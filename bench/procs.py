@@ -86,7 +86,7 @@ async def _hub_probe() -> bool:
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from gateway.events import PresenceEvent
+    from presence.eventlog import PresenceEvent
     from presence.hub import Connection, Hub
 
     hub = Hub()

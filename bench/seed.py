@@ -58,9 +58,10 @@ async def seed(dsn: str, secret: bytes, visits: int, handles_per_visit: int) -> 
 
 async def write_event(pool: Any, visit_id: uuid.UUID, participant_id: uuid.UUID | None, kind: str,
                       notify: bool = True) -> tuple[int, float]:
-    """gateway.events.record_event, step for step (append, one statement, then announce through the
+    """presence.eventlog.record_event, step for step (append, one statement, then announce through the
     process's coalescing Announcer), with the moment the commit returned (the event became visible) noted."""
-    from gateway.events import Announcer, append_event
+    from presence.announcer import Announcer
+    from presence.eventlog import append_event
 
     async with pool.acquire() as conn:
         event_id = await append_event(conn, visit_id, participant_id, kind)
@@ -73,7 +74,7 @@ async def write_event(pool: Any, visit_id: uuid.UUID, participant_id: uuid.UUID 
     return event_id, committed
 
 
-# One announcer per writer pool, as each gateway process has one (gateway.events.Announcer).
+# One announcer per writer pool, as each gateway process has one (presence.announcer.Announcer).
 _ANNOUNCERS: dict[int, Any] = {}
 
 

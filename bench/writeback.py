@@ -112,7 +112,8 @@ async def run(args: argparse.Namespace) -> str:
     from gateway import Settings, create_app
     from gateway.appkeys import DB, SEALER
     from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
-    from gateway.events import append_event, patient_participant
+    from gateway.participants import patient_participant
+    from presence.eventlog import append_event
     from gateway.security import generate_signing_key_pem
     from presence.writeback import set_strategy
     from gateway.metrics import METRICS

@@ -17,8 +17,7 @@ import jinja2
 from aiohttp import web
 
 from . import db, notify
-from .appkeys import ANNOUNCER, DB, DSN, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
-from .events import Announcer
+from .appkeys import DB, DSN, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
@@ -66,11 +65,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await db.migrate(conn)
     app[DB] = pool
     app[DSN] = dsn
-    app[ANNOUNCER] = Announcer(pool)
     try:
         yield
     finally:
-        await app[ANNOUNCER].close()
         await pool.close()
         if embedded is not None:
             # Stops the embedded server unless another process still holds it.

@@ -5,7 +5,6 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from .events import Announcer
 from .meetings import MeetingProvider
 from .notify import Notifier
 from .security import Sealer, SigningKey
@@ -19,4 +18,3 @@ SIGNING_KEY = web.AppKey("signing_key", SigningKey)
 MEETINGS = web.AppKey("meetings", dict[str, MeetingProvider])
 DSN = web.AppKey("dsn", str)  # for connections outside the pool (the presence LISTEN connection)
 NOTIFIER = web.AppKey("notifier", Notifier)  # join links by email and SMS
-ANNOUNCER = web.AppKey("announcer", Announcer)  # this process's coalesced event notifications

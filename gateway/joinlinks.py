@@ -32,7 +32,7 @@ import sql
 
 from .appkeys import SETTINGS
 from .errors import FhirError, JoinLinkInvalid
-from .events import Participant
+from .participants import Participant
 from .fhir import FhirClient, parse_reference
 from .security import jws_header, new_token, token_hash
 from .settings import Settings

@@ -18,7 +18,7 @@ from uuid import UUID
 import aiohttp_jinja2
 from aiohttp import web
 
-from gateway import events, joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB, HTTP, NOTIFIER, SEALER
 from gateway.errors import CrossSiteRequest, FhirError, SessionExpired
 from gateway.fhir import FhirClient
@@ -240,10 +240,10 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
         async with app[DB].acquire() as conn:
             async with conn.transaction():
                 if form.role == "patient":
-                    participant_id = await events.patient_participant(conn, session.visit_id)
+                    participant_id = await participants.patient_participant(conn, session.visit_id)
                 else:
                     assert form.guest_kind is not None
-                    participant_id = await events.add_guest(conn, session.visit_id, form.guest_kind)
+                    participant_id = await participants.add_guest(conn, session.visit_id, form.guest_kind)
                 token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
     except ValueError:
         # issue_link refuses a window that has passed: the appointment is over.

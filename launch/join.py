@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway import joinlinks
 from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS
 from gateway.errors import CrossSiteRequest, JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
-from gateway.events import Participant, patient_participant
+from gateway.participants import Participant, patient_participant
 from gateway.fhir import FhirClient
 from gateway.web import from_our_pages
 

@@ -15,7 +15,7 @@ from uuid import UUID
 import aiohttp_jinja2
 from aiohttp import web
 
-from gateway import events, joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB, SETTINGS
 from gateway.errors import SessionExpired
 from gateway.meetings.builtin import ice_servers, turn_lifetime
@@ -56,7 +56,7 @@ async def participant_room(request: web.Request) -> web.Response:
         participant = await joinlinks.participant_for_session(conn, handle)
         if participant is None:
             return _to_lobby()
-        state = await events.admission_state(conn, participant.id)
+        state = await participants.admission_state(conn, participant.id)
     if state != "admitted":
         # Not admitted yet, or denied or removed since: the lobby is where one waits.
         return _to_lobby()
@@ -70,7 +70,7 @@ async def provider_room(request: web.Request) -> web.Response:
         found = await provider_identity(conn, handle)
         if found is None:
             raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
-        participant_id = await events.provider_participant(conn, found.visit_id, found.fhir_user)
+        participant_id = await participants.provider_participant(conn, found.visit_id, found.fhir_user)
     view_url = str(request.app.router["provider_view"].url_for(handle=handle))
     renew_in = renew_after(request.app[SETTINGS].provider_handle_ttl, found.handle_expires_in)
     return _render(request, participant_id, "provider", {"provider": handle, "where": "room"}, leave_url=view_url,

@@ -1,4 +1,5 @@
-"""Presence: the event hub, the PostgreSQL bus between processes, websockets, and write-back to FHIR."""
+"""Presence: the event log and its storage (eventlog, lease, announcer, outbox), the event hub, the PostgreSQL
+bus between processes, websockets, and write-back to FHIR."""
 from __future__ import annotations
 
 from aiohttp import web

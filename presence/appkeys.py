@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .announcer import Announcer
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
+from .limits import StoreBudget
 from .writeback import WritebackWorker
 
+ANNOUNCER = web.AppKey("presence_announcer", Announcer)  # this process's coalesced event notifications
 HUB = web.AppKey("presence_hub", Hub)
 BUS = web.AppKey("presence_bus", PresenceBus)
 WRITEBACK = web.AppKey("writeback_worker", WritebackWorker)
 LEASE = web.AppKey("presence_lease", ProcessLease)
+STORE_BUDGET = web.AppKey("presence_store_budget", StoreBudget)  # events each participant may still store

@@ -27,9 +27,9 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.events import CHANNEL, all_events_after, last_event_id, running_writers, writers_finished
 from gateway.security import Sealer
 
+from .eventlog import CHANNEL, all_events_after, last_event_id, running_writers, writers_finished
 from .hub import Hub
 
 log = logging.getLogger(__name__)

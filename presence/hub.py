@@ -16,7 +16,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from gateway.events import PresenceEvent
+from .eventlog import PresenceEvent
 
 log = logging.getLogger(__name__)
 

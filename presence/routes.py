@@ -10,13 +10,15 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from gateway import metrics
-from gateway.appkeys import ANNOUNCER, DB, DSN, HTTP, SEALER, SETTINGS, SIGNING_KEY
+from gateway.appkeys import DB, DSN, HTTP, SEALER, SETTINGS, SIGNING_KEY
 
-from .appkeys import BUS, HUB, LEASE, WRITEBACK
+from .announcer import Announcer
+from .appkeys import ANNOUNCER, BUS, HUB, LEASE, STORE_BUDGET, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
+from .limits import StoreBudget
 from .writeback import WritebackMetrics, WritebackWorker
 from .ws import presence_socket
 
@@ -24,12 +26,20 @@ from .ws import presence_socket
 def setup(app: web.Application) -> None:
     """Add the websocket endpoint, the hub, the bus and the write-back worker."""
     app[HUB] = Hub()
+    app[STORE_BUDGET] = StoreBudget()
     metrics.registry(app).register(_PresenceCollector(app))
+    app.cleanup_ctx.append(_announcer)
     app.cleanup_ctx.append(_bus)
     app.cleanup_ctx.append(_lease)  # ended before the bus stops: its last closing events are announced
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", presence_socket, name="presence_socket")
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
+
+
+async def _announcer(app: web.Application) -> AsyncIterator[None]:
+    app[ANNOUNCER] = Announcer(app[DB])
+    yield
+    await app[ANNOUNCER].close()  # the last notification goes out before the pool closes
 
 
 async def _bus(app: web.Application) -> AsyncIterator[None]:
@@ -83,6 +93,18 @@ class _PresenceCollector(Collector):
             yield CounterMetricFamily("visitgate_presence_lease_lost",
                                       "Times this process found its own lease lapsed and reconnected its sockets",
                                       value=lease.written_off)
+            yield GaugeMetricFamily("visitgate_presence_events_kept",
+                                    "Socket events waiting in memory for the database to come back", value=lease.kept())
+            yield CounterMetricFamily("visitgate_presence_events_written_late",
+                                      "Socket events written after the database came back", value=lease.written_late)
+            yield CounterMetricFamily("visitgate_presence_events_dropped",
+                                      "Socket events dropped while the database was away (memory full, or a stop)",
+                                      value=lease.lost)
+        budget = self._app.get(STORE_BUDGET)
+        if budget is not None:
+            yield CounterMetricFamily("visitgate_presence_rate_limited",
+                                      "Requests refused because their participant stored its budget of events",
+                                      value=budget.refused)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -32,18 +32,18 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
-import sql
 from gateway import metrics
 from gateway.fhir import valid_id
 from gateway.security import Sealer
 from gateway.settings import Settings
 
 from .backend_auth import BackendClient, BackendTokens, TokenUnavailable, WritebackDisabled
-from .encounter_mapping import (EncounterChanges, VisitEvent, derive, desired_encounter, patch_operations,
-                                unchanged)
+from . import outbox
+from .encounter_mapping import EncounterChanges, derive, desired_encounter, patch_operations, unchanged
+# For operators, the portal and tests, where they always were.
+from .outbox import backlog as backlog, dead_letters as dead_letters, set_strategy as set_strategy
 
 log = logging.getLogger(__name__)
-Q = sql.queries("writeback")
 
 CONFIG_REFRESH = 5.0  # at most this many seconds between re-reads of which configurations write back
 CACHE_SIZE = 10_000  # Encounters remembered as we last wrote them, to skip a read before the next write
@@ -205,7 +205,7 @@ class WritebackWorker:
             with contextlib.suppress(*_DB_ERRORS):
                 async with asyncio.timeout(2):
                     async with self._pool.acquire() as conn:
-                        await conn.execute(Q["release_mine"], self.worker_id)
+                        await outbox.release_mine(conn, self.worker_id)
 
     def poke(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -214,7 +214,7 @@ class WritebackWorker:
     async def _active_configs(self, conn: asyncpg.Connection) -> list[WritebackConfig]:
         refresh = min(CONFIG_REFRESH, self._settings.writeback_poll_interval * 10)
         if time.monotonic() - self._configs_read >= refresh:
-            rows = await conn.fetch(Q["active_configurations"])
+            rows = await outbox.active_configurations(conn)
             self._configs = [WritebackConfig(r["id"], r["fhir_base_url"], r["writeback_strategy"],
                                              BackendClient(r["id"], r["fhir_base_url"], r["client_id"],
                                                            r["client_auth"], r["writeback_scopes"]))
@@ -232,11 +232,11 @@ class WritebackWorker:
                 # Claim in batches: a round trip per freed slot would cost more than the slots are idle.
                 if free <= 0 or (held and free < max(settings.writeback_concurrency // 2, 1)):
                     continue
-                rows = await conn.fetch(Q["claim_visits"], config.id, free, settings.writeback_lease_seconds,
-                                        self.worker_id)
+                rows = await outbox.claim_visits(conn, config.id, free, settings.writeback_lease_seconds,
+                                                 self.worker_id)
                 for row in rows:
                     self._inflight[config.fhir_base_url] += 1
-                    task = asyncio.create_task(self._work(config, row["event_id"], row["visit_id"], row["attempts"]))
+                    task = asyncio.create_task(self._work(config, row.event_id, row.visit_id, row.attempts))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 claimed += len(rows)
@@ -286,12 +286,10 @@ class WritebackWorker:
 
     async def _changes(self, visit_id: UUID) -> tuple[EncounterChanges, bytes]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(Q["visit_with_events"], visit_id)
-        if not rows:
+            found = await outbox.visit_log(conn, visit_id)
+        if found is None:
             raise Permanent("visit_missing")
-        events = [VisitEvent(r["id"], r["kind"], r["at"], r["participant_id"], r["role"], r["guest_kind"],
-                             r["fhir_user"]) for r in rows if r["id"] is not None]
-        return derive(events, rows[0]["meeting_provider"]), rows[0]["encounter_ref"]
+        return derive(found.events, found.meeting_provider), found.encounter_ref
 
     async def _write(self, config: WritebackConfig, changes: EncounterChanges, encounter_ref: bytes) -> Outcome:
         encounter_id = self._sealer.unseal(encounter_ref, "visits.encounter_ref")
@@ -386,37 +384,37 @@ class WritebackWorker:
     async def _attempt(self, conn: asyncpg.Connection, config: WritebackConfig, visit_id: UUID, up_to: int,
                        outcome: str, status: int | None, reason: str | None, version: str | None,
                        started: float) -> None:
-        await conn.execute(Q["record_attempt"], visit_id, config.id, up_to, config.strategy, outcome, status,
-                           reason, version, int((time.monotonic() - started) * 1000))
+        await outbox.record_attempt(conn, visit_id, config.id, up_to, config.strategy, outcome, status, reason,
+                                    version, int((time.monotonic() - started) * 1000))
         self._metrics.attempts.labels(outcome).inc()
 
     async def _finish(self, config: WritebackConfig, visit_id: UUID, outcome: Outcome, started: float) -> None:
         async with self._pool.acquire() as conn:
-            await conn.execute(Q["finish_visit"], visit_id, outcome.up_to_event_id, config.id, config.strategy,
-                               outcome.kind, outcome.status, outcome.version_id,
-                               int((time.monotonic() - started) * 1000))
+            await outbox.finish_visit(conn, visit_id, outcome.up_to_event_id, config.id, config.strategy,
+                                      outcome.kind, outcome.status, outcome.version_id,
+                                      int((time.monotonic() - started) * 1000))
         self._metrics.attempts.labels(outcome.kind).inc()
 
     async def _retry(self, config: WritebackConfig, visit_id: UUID, head: int, up_to: int, exc: Retryable,
                      delay: float, started: float) -> None:
         log.info("write-back of a visit will be retried in %.1fs: %s", delay, exc.reason)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(Q["retry_visit"], head, delay, exc.reason)
+            await outbox.retry_visit(conn, head, delay, exc.reason)
             await self._attempt(conn, config, visit_id, up_to, "retry", exc.status, exc.reason, None, started)
 
     async def _dead(self, config: WritebackConfig, visit_id: UUID, up_to: int, reason: str, status: int | None,
                     started: float) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            dead = await conn.fetch(Q["dead_letter_visit"], visit_id, up_to, reason)
+            dead = await outbox.dead_letter_visit(conn, visit_id, up_to, reason)
             await self._attempt(conn, config, visit_id, up_to, "dead", status, reason, None, started)
-        self._metrics.dead_letters.labels(reason.split(" ", 1)[0].split(":", 1)[0]).inc(len(dead))
-        log.warning("write-back gave up on %d event(s) of configuration %d: %s", len(dead), config.id, reason)
+        self._metrics.dead_letters.labels(reason.split(" ", 1)[0].split(":", 1)[0]).inc(dead)
+        log.warning("write-back gave up on %d event(s) of configuration %d: %s", dead, config.id, reason)
 
     async def _disable(self, config: WritebackConfig, visit_id: UUID, head: int, up_to: int, reason: str,
                        started: float) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            turned_off = await conn.fetchval(Q["disable"], config.id, reason)
-            await conn.execute(Q["release_visit"], head)
+            turned_off = await outbox.disable(conn, config.id, reason)
+            await outbox.release_visit(conn, head)
             await self._attempt(conn, config, visit_id, up_to, "disabled", None, reason, None, started)
         self._configs = [c for c in self._configs if c.id != config.id]
         if turned_off:
@@ -431,24 +429,3 @@ def _version_of(headers: Any, resource: dict[str, Any]) -> str | None:
         return match.group(1)
     version = (resource.get("meta") or {}).get("versionId")
     return version if isinstance(version, str) and version else None
-
-
-# --- for operators, the portal and tests ----------------------------------------------------------
-
-
-async def set_strategy(conn: asyncpg.Connection, configuration_id: int, strategy: str) -> None:
-    """Choose a configuration's write-back strategy; this also turns write-back back on."""
-    if strategy not in ("fhir-r4-put", "fhir-r4-patch", "none"):
-        raise ValueError(f"unknown write-back strategy {strategy!r}")
-    await conn.execute(Q["set_strategy"], configuration_id, strategy)
-
-
-async def dead_letters(conn: asyncpg.Connection, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest dead-lettered events, with their reasons."""
-    return [dict(r) for r in await conn.fetch(Q["dead_letters"], limit)]
-
-
-async def backlog(conn: asyncpg.Connection, configuration_id: int) -> int:
-    """How many events of a configuration wait to be written back."""
-    value: int = await conn.fetchval(Q["backlog"], configuration_id)
-    return value

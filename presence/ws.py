@@ -1,23 +1,35 @@
-"""The presence websocket (docs/presence-protocol.md): authenticate first, then subscribe and act."""
+"""The presence websocket (docs/presence-protocol.md): authenticate first, then subscribe and act.
+
+Once upgraded, a socket is answered only with frames: every request type has a schema and a handler in one
+table (MESSAGES), a frame that fails its schema gets an error frame and the socket lives on, and a failure of
+ours (the database away, a bug) becomes an error frame too, never an HTTP page written into the socket.
+What a participant can make the gateway store is bounded (presence.limits), apart from the frame rate itself.
+"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import aiohttp
+import asyncpg
 from aiohttp import WSMsgType, web
 
-from gateway import events, joinlinks
-from gateway.appkeys import ANNOUNCER, DB, SETTINGS
+from gateway import joinlinks, participants
+from gateway.appkeys import DB, SETTINGS
 from gateway.meetings.builtin import ice_servers
 from gateway.sessions import provider_identity
 
-from .appkeys import BUS, HUB, LEASE
+from . import eventlog
+from .appkeys import ANNOUNCER, BUS, HUB, LEASE, STORE_BUDGET
 from .bus import RelayTooLarge
 from .hub import Connection
 from .lease import RESTART_CODE
@@ -33,6 +45,11 @@ SNAPSHOT_LIMIT = 5000
 ON_OPEN = {"lobby": "lobby_entered", "room": "connected", "view": "connected"}
 ON_CLOSE = {"lobby": "left", "room": "disconnected", "view": "disconnected"}
 PROVIDER_ACTIONS = {"admit": "admitted", "deny": "denied", "remove": "removed"}
+MAX_EVENT_ID = 2**63 - 1  # presence_events.id is a bigint
+MAX_REQUEST_ID = 2**53  # ids a browser can hold exactly
+_HANDLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# The peer went away mid-send (a reload, the back button, a dropped network): an ordinary close.
+_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, BrokenPipeError)
 
 
 @dataclass(frozen=True)
@@ -65,31 +82,60 @@ async def presence_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(compress=False, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "websocket_expected"}, status=400)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except _GONE:  # the page went away (reload, back) during the handshake
+        log.debug("presence socket went away before its upgrade completed")
+        return ws
+    # From here on the answer is this socket: nothing may escape to the error middleware, whose HTML page
+    # would be written into the upgraded connection.
+    try:
+        await _socket(request, ws)
+    except _GONE:
+        log.debug("presence socket went away mid-send")
+    except Exception:
+        log.exception("presence socket failed")
+        if not ws.closed:
+            with contextlib.suppress(*_GONE):
+                await ws.close(code=1011, message=b"internal error")
+    return ws
+
+
+async def _socket(request: web.Request, ws: web.WebSocketResponse) -> None:
     app = request.app
     conn: Connection | None = None
     try:
         first = await _first_frame(ws)
         if first is None:
-            return ws
-        identity, where = await _authenticate(request, first)
+            return
+        req_id = _request_id(first)
+        try:
+            identity, where = await _authenticate(request, first)
+        except eventlog.UNAVAILABLE as exc:
+            log.warning("presence socket refused: database unavailable (%s)", type(exc).__name__)
+            await _error(ws, req_id, "database_unavailable")
+            await ws.close(code=1013, message=b"try again later")
+            return
         if identity is None:
-            await ws.send_str(json.dumps({"type": "error", "id": first.get("id"), "code": "auth_failed"}))
+            await _error(ws, req_id, "auth_failed")
             await ws.close(code=4401, message=b"auth failed")
-            return ws
+            return
         conn = Connection(ws, request.transport, identity.visit_id, identity.participant_id, identity.role, where)
         if not await _opened(app, conn):
             # This process holds no lease right now (it was just written off): the browser comes back at once.
             await ws.close(code=RESTART_CODE, message=b"reconnect")
-            return ws
-        await ws.send_str(json.dumps({"type": "auth_ok", "id": first.get("id"), "participant": str(conn.participant_id),
+            return
+        await ws.send_str(json.dumps({"type": "auth_ok", "id": req_id, "participant": str(conn.participant_id),
                                       "role": conn.role, "visit": str(conn.visit_id)}))
         await _serve(app, conn)
     finally:
         if conn is not None:
             app[HUB].remove(conn)
             await asyncio.shield(_closed(app, conn))
-    return ws
+
+
+async def _error(ws: web.WebSocketResponse, req_id: int | None, code: str) -> None:
+    await ws.send_str(json.dumps({"type": "error", "id": req_id, "code": code}))
 
 
 async def _first_frame(ws: web.WebSocketResponse) -> dict[str, Any] | None:
@@ -110,40 +156,48 @@ def _parse(msg: Any) -> dict[str, Any] | None:
         return None
     try:
         frame = json.loads(msg.data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return None
     return frame if isinstance(frame, dict) and isinstance(frame.get("type"), str) else None
 
 
+def _request_id(frame: dict[str, Any]) -> int | None:
+    value = frame.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and -MAX_REQUEST_ID <= value <= MAX_REQUEST_ID:
+        return value
+    return None
+
+
 async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Identity | None, str]:
     where = str(frame["where"])
-    pool = request.app[DB]
     handle = frame.get("provider")
-    async with pool.acquire() as db:
-        if isinstance(handle, str):
-            if where == "lobby":
-                return None, where
+    if handle is not None:
+        # Checked before it reaches the database: a lone surrogate or a megabyte is not a handle.
+        if where == "lobby" or not isinstance(handle, str) or not _HANDLE.fullmatch(handle):
+            return None, where
+        async with request.app[DB].acquire() as db:
             found = await provider_identity(db, handle)
             if found is None:
                 return None, where
-            participant_id = await events.provider_participant(db, found.visit_id, found.fhir_user)
-            return Identity(found.visit_id, participant_id, "provider"), where
-        cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
-        if not cookie or where == "view":
-            return None, where
+            participant_id = await participants.provider_participant(db, found.visit_id, found.fhir_user)
+        return Identity(found.visit_id, participant_id, "provider"), where
+    cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
+    if not cookie or where == "view" or not _HANDLE.fullmatch(cookie):
+        return None, where
+    async with request.app[DB].acquire() as db:
         participant = await joinlinks.participant_for_session(db, cookie)
-        if participant is None:
-            return None, where
-        return Identity(participant.visit_id, participant.id, participant.role), where
+    if participant is None:
+        return None, where
+    return Identity(participant.visit_id, participant.id, participant.role), where
 
 
 async def _opened(app: web.Application, conn: Connection) -> bool:
     """Record the socket's opening event under this process's lease; False when there is no lease."""
     kind = ON_OPEN[conn.where]
     try:
-        if await app[LEASE].opened(conn, kind) is None:
+        if not await app[LEASE].opened(conn, kind):
             return False
-    except Exception:  # the socket still works; neither its opening nor its closing event is written
+    except Exception:  # not an outage (that is kept and retried): the socket works, without its events
         log.exception("could not record %s for visit %s", kind, conn.visit_id)
         return True
     app[BUS].poke()
@@ -153,18 +207,9 @@ async def _opened(app: web.Application, conn: Connection) -> bool:
 async def _closed(app: web.Application, conn: Connection) -> None:
     kind = ON_CLOSE[conn.where]
     try:
-        if await app[LEASE].closed(conn, kind) is None:
+        if not await app[LEASE].closed(conn, kind):
             return
     except Exception:  # not lost: the lease's end (clean stop, or a sweep after a crash) writes it
-        log.exception("could not record %s for visit %s", kind, conn.visit_id)
-        return
-    app[BUS].poke()
-
-
-async def _record(app: web.Application, conn: Connection, kind: str) -> None:
-    try:
-        await events.record_event(app[DB], conn.visit_id, conn.participant_id, kind, app[ANNOUNCER])
-    except Exception:  # the socket's life must not hang on a failed write; the failure is logged
         log.exception("could not record %s for visit %s", kind, conn.visit_id)
         return
     app[BUS].poke()
@@ -198,21 +243,55 @@ async def _serve(app: web.Application, conn: Connection) -> None:
             break
         frame = _parse(msg)
         if frame is None:
-            await ws.send_str(json.dumps({"type": "error", "id": None, "code": "bad_frame"}))
+            await _error(ws, None, "bad_frame")
             continue
-        req_id = frame.get("id") if isinstance(frame.get("id"), int) else None
-        try:
-            answered = await _handle(app, conn, frame, req_id)
-        except Refusal as refusal:
-            await ws.send_str(json.dumps({"type": "error", "id": req_id, "code": refusal.code}))
-            continue
-        if not answered:
-            await ws.send_str(json.dumps({"type": "result", "id": req_id}))
+        req_id = _request_id(frame)
+        code = await _dispatch(app, conn, frame, req_id)
+        if code is not None:
+            await _error(ws, req_id, code)
 
 
-def _participant_arg(frame: dict[str, Any]) -> UUID:
+async def _dispatch(app: web.Application, conn: Connection, frame: dict[str, Any], req_id: int | None) -> str | None:
+    """Check a frame against its type's schema and run its handler; an error code, or None when answered."""
+    spec = MESSAGES.get(frame["type"])
+    if spec is None:
+        return "unknown_type"
     try:
-        return UUID(str(frame.get("participant") or frame.get("to")))
+        if spec.roles is not None and conn.role not in spec.roles:
+            raise Refusal("not_allowed")
+        args = {name: check(frame.get(name)) for name, check in spec.fields.items()}
+        answered = await spec.handler(app, conn, args, req_id)
+    except Refusal as refusal:
+        return refusal.code
+    except eventlog.UNAVAILABLE as exc:
+        log.warning("presence request %s refused: database unavailable (%s)", frame["type"], type(exc).__name__)
+        return "database_unavailable"
+    except _GONE:
+        raise
+    except Exception:  # a bug of ours: the page learns its request failed, the socket stays
+        log.exception("presence request %s failed", frame["type"])
+        return "server_error"
+    if not answered:
+        await conn.ws.send_str(json.dumps({"type": "result", "id": req_id}))
+    return None
+
+
+# --- schemas: each check returns the value the handler gets, or refuses with the code the page sees ---------
+
+
+def _after(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_EVENT_ID:
+        raise Refusal("bad_after")
+    return value
+
+
+def _participant(value: Any) -> UUID:
+    if not isinstance(value, str) or len(value) > 36:
+        raise Refusal("bad_participant")
+    try:
+        return UUID(value)
     except ValueError:
         raise Refusal("bad_participant") from None
 
@@ -220,77 +299,151 @@ def _participant_arg(frame: dict[str, Any]) -> UUID:
 def _display_name(value: Any) -> str:
     if not isinstance(value, str):
         raise Refusal("bad_display_name")
+    # Control, format, surrogate and unassigned characters go: a lone surrogate cannot be encoded, and the
+    # others hide or reorder what the clinician reads.
     text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C").strip()
     if not 1 <= len(text) <= 60:
         raise Refusal("bad_display_name")
     return text
 
 
-async def _handle(app: web.Application, conn: Connection, frame: dict[str, Any], req_id: int | None) -> bool:
-    kind = frame["type"]
-    bus = app[BUS]
-    if kind == "subscribe":
-        await _subscribe(app, conn, frame.get("after"), req_id)
-        return True
-    if kind == "ice":
-        # Fresh TURN credentials before the page's run out, so a connection started late in a long visit
-        # (a rejoin, a recovery after a failure) can still be relayed.
-        if conn.where != "room":
-            raise Refusal("not_in_room")
-        servers = ice_servers(app[SETTINGS], str(conn.participant_id))
-        await conn.ws.send_str(json.dumps({"type": "ice", "id": req_id, "servers": servers}))
-        return True
-    if kind == "hello" and conn.role != "provider":
-        conn.display_name = _display_name(frame.get("display_name"))
-        # Every process watching the visit keeps it (this one too, when its own notification comes back).
-        await bus.share_names(conn.visit_id, {conn.participant_id: conn.display_name})
-        return False
-    if kind == "device_test" and conn.role != "provider":
-        await _record(app, conn, "device_test_passed" if frame.get("passed") is True else "device_test_failed")
-        return False
-    if kind in PROVIDER_ACTIONS:
-        if conn.role != "provider":
-            raise Refusal("not_allowed")
-        target = _participant_arg(frame)
-        async with app[DB].acquire() as db:
-            participant = await events.get_participant(db, target)
+def _passed(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Refusal("bad_device_test")
+    return value
+
+
+def _signal_data(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Refusal("bad_signal")
+    return value
+
+
+# --- handlers: True when they answered the request themselves, False for a plain `result` ----------------
+
+
+Handler = Callable[[web.Application, Connection, dict[str, Any], "int | None"], Awaitable[bool]]
+
+
+async def _on_subscribe(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    await _subscribe(app, conn, args["after"], req_id)
+    return True
+
+
+async def _on_ice(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    # Fresh TURN credentials before the page's run out, so a connection started late in a long visit
+    # (a rejoin, a recovery after a failure) can still be relayed.
+    if conn.where != "room":
+        raise Refusal("not_in_room")
+    servers = ice_servers(app[SETTINGS], str(conn.participant_id))
+    await conn.ws.send_str(json.dumps({"type": "ice", "id": req_id, "servers": servers}))
+    return True
+
+
+async def _on_hello(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    conn.display_name = args["display_name"]
+    # Every process watching the visit keeps it (this one too, when its own notification comes back).
+    await app[BUS].share_names(conn.visit_id, {conn.participant_id: args["display_name"]})
+    return False
+
+
+async def _on_device_test(app: web.Application, conn: Connection, args: dict[str, Any],
+                          req_id: int | None) -> bool:
+    kind = "device_test_passed" if args["passed"] else "device_test_failed"
+    budget = app[STORE_BUDGET]
+    if not budget.allows(conn.participant_id):
+        raise Refusal("rate_limited")
+    async with app[DB].acquire() as db:
+        if await eventlog.latest_device_test(db, conn.participant_id) == kind:
+            return False  # the same result again: already stored
+    await _store(app, conn, conn.participant_id, kind)
+    return False
+
+
+async def _on_provider_action(app: web.Application, conn: Connection, args: dict[str, Any],
+                              req_id: int | None, kind: str) -> bool:
+    target = args["participant"]
+    budget = app[STORE_BUDGET]
+    if not budget.allows(conn.participant_id):
+        raise Refusal("rate_limited")
+    async with app[DB].acquire() as db:
+        participant = await participants.get_participant(db, target)
         if participant is None or participant.visit_id != conn.visit_id or participant.role == "provider":
             raise Refusal("unknown_participant")
-        await events.record_event(app[DB], conn.visit_id, target, PROVIDER_ACTIONS[kind], app[ANNOUNCER])
-        bus.poke()
-        return False
-    if kind == "signal":
-        if conn.role != "provider":
-            # Only someone in the room may reach the others' browsers; the lobby may not.
-            async with app[DB].acquire() as db:
-                if await events.admission_state(db, conn.participant_id) != "admitted":
-                    raise Refusal("not_admitted")
-        target = _participant_arg(frame)
-        data = frame.get("data")
-        if not isinstance(data, dict):
-            raise Refusal("bad_signal")
-        text = json.dumps({"type": "signal", "from": str(conn.participant_id), "data": data})
-        try:
-            await bus.relay(conn.visit_id, text, to=target)
-        except RelayTooLarge:
-            raise Refusal("signal_too_large") from None
-        return False
-    raise Refusal("unknown_type")
+        if await participants.admission_state(db, target) == kind:
+            return False  # admitted (denied, removed) already: nothing new to store
+    await _store(app, conn, target, kind)
+    return False
 
 
-async def _subscribe(app: web.Application, conn: Connection, after: Any, req_id: int | None) -> None:
-    if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < 0):
-        raise Refusal("bad_after")
+def _provider_action(kind: str) -> Handler:
+    async def handler(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+        return await _on_provider_action(app, conn, args, req_id, kind)
+
+    return handler
+
+
+async def _on_signal(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    if conn.role != "provider":
+        # Only someone in the room may reach the others' browsers; the lobby may not.
+        async with app[DB].acquire() as db:
+            if await participants.admission_state(db, conn.participant_id) != "admitted":
+                raise Refusal("not_admitted")
+    try:
+        text = json.dumps({"type": "signal", "from": str(conn.participant_id), "data": args["data"]})
+    except (ValueError, RecursionError):
+        raise Refusal("bad_signal") from None
+    try:
+        await app[BUS].relay(conn.visit_id, text, to=args["to"])
+    except RelayTooLarge:
+        raise Refusal("signal_too_large") from None
+    return False
+
+
+async def _store(app: web.Application, conn: Connection, participant_id: UUID, kind: str) -> None:
+    """Store an event a request asked for (the database away: refused, the page shows it), and count it."""
+    await eventlog.record_event(app[DB], conn.visit_id, participant_id, kind, app[ANNOUNCER])
+    app[STORE_BUDGET].spend(conn.participant_id)
+    app[BUS].poke()
+
+
+@dataclass(frozen=True)
+class MessageType:
+    """A request type: who may send it, the fields it carries (each checked), and what it does."""
+
+    handler: Handler
+    fields: Mapping[str, Callable[[Any], Any]]
+    roles: frozenset[str] | None = None  # None: anyone authenticated
+
+
+_PARTICIPANTS = frozenset({"patient", "guest"})
+MESSAGES: Mapping[str, MessageType] = {
+    "subscribe": MessageType(_on_subscribe, {"after": _after}),
+    "ice": MessageType(_on_ice, {}),
+    "hello": MessageType(_on_hello, {"display_name": _display_name}, _PARTICIPANTS),
+    "device_test": MessageType(_on_device_test, {"passed": _passed}, _PARTICIPANTS),
+    **{name: MessageType(_provider_action(kind), {"participant": _participant}, frozenset({"provider"}))
+       for name, kind in PROVIDER_ACTIONS.items()},
+    "signal": MessageType(_on_signal, {"to": _participant, "data": _signal_data}),
+}
+
+
+async def _subscribe(app: web.Application, conn: Connection, after: int | None, req_id: int | None) -> None:
     hub, bus = app[HUB], app[BUS]
     if conn.pending is None and not conn.ready:
         hub.add(conn)
     elif conn.ready:
         raise Refusal("already_subscribed")
-    # Only what the bus has published, in order, comes from the database; later ones wait in pending.
-    up_to = bus.position
-    async with app[DB].acquire() as db:
-        found = await events.events_after(db, conn.visit_id, after or 0, up_to, SNAPSHOT_LIMIT)
-        named = await events.named_participants(db, conn.visit_id) if after is None else set()
+    try:
+        # Only what the bus has published, in order, comes from the database; later ones wait in pending.
+        up_to = bus.position
+        async with app[DB].acquire() as db:
+            found = await eventlog.events_after(db, conn.visit_id, after or 0, up_to, SNAPSHOT_LIMIT)
+            named = await participants.named_participants(db, conn.visit_id) if after is None else set()
+    except BaseException:
+        hub.remove(conn)  # not subscribed after all: the page may try again
+        conn.pending = None
+        raise
     floor = max(after or 0, up_to)
     if after is None:
         names = hub.display_names.get(conn.visit_id, {})
@@ -309,3 +462,4 @@ async def _subscribe(app: web.Application, conn: Connection, after: Any, req_id:
         # Names live only in the memory of the processes watching the visit: one typed on another process (or
         # before this one started) is asked for, and arrives as a display_name frame now that conn is ready.
         await bus.ask_names(conn.visit_id)
+

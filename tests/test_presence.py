@@ -10,9 +10,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway import events
-from gateway.appkeys import ANNOUNCER, DB
-from presence.appkeys import BUS, HUB
+from gateway import participants
+from gateway.appkeys import DB
+from presence import eventlog
+from presence.announcer import Announcer
+from presence.appkeys import ANNOUNCER, BUS, HUB
 from tests.conftest import Stack, recv_frame, recv_until
 
 TIMEOUT = 5.0
@@ -67,7 +69,7 @@ async def _visit_with_patient(stack: Stack) -> tuple[str, aiohttp.ClientWebSocke
     ws, auth, _ = await _provider_socket(stack, handle)
     visit_id = UUID(auth["visit"])
     async with stack.gateway_app[DB].acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+        patient = await participants.patient_participant(conn, visit_id)
     return handle, ws, auth, visit_id, patient
 
 
@@ -87,7 +89,7 @@ async def test_provider_view_socket_gets_a_snapshot_with_its_own_connection(stac
 async def test_patient_events_reach_the_provider_live(stack: Stack) -> None:
     _handle, ws, auth, visit_id, patient = await _visit_with_patient(stack)
     pool = stack.gateway_app[DB]
-    await events.record_event(pool, visit_id, patient, "lobby_entered")
+    await eventlog.record_event(pool, visit_id, patient, "lobby_entered")
     frame = await _recv_event(ws, "lobby_entered")
     assert frame["kind"] == "lobby_entered" and frame["participant"] == str(patient) and frame["role"] == "patient"
     await ws.close()
@@ -96,12 +98,12 @@ async def test_patient_events_reach_the_provider_live(stack: Stack) -> None:
 async def test_resume_after_reconnect_loses_and_repeats_nothing(stack: Stack) -> None:
     handle, ws, auth, visit_id, patient = await _visit_with_patient(stack)
     pool = stack.gateway_app[DB]
-    await events.record_event(pool, visit_id, patient, "lobby_entered")
+    await eventlog.record_event(pool, visit_id, patient, "lobby_entered")
     seen = [(await _recv_event(ws, "lobby_entered"))["id"]]
     last = seen[-1]
     await ws.close()
     # While the provider is away: the disconnect itself, then three patient events.
-    missed = [await events.record_event(pool, visit_id, patient, kind)
+    missed = [await eventlog.record_event(pool, visit_id, patient, kind)
               for kind in ("device_test_passed", "left", "lobby_entered")]
     ws2 = await _connect(stack)
     await ws2.send_json({"type": "auth", "id": 1, "provider": handle, "where": "view"})
@@ -114,10 +116,10 @@ async def test_resume_after_reconnect_loses_and_repeats_nothing(stack: Stack) ->
             break
         replayed.append(frame["id"])
     async with pool.acquire() as conn:
-        expected = [e.id for e in await events.events_after(conn, visit_id, last, 10**12)]
+        expected = [e.id for e in await eventlog.events_after(conn, visit_id, last, 10**12)]
     assert set(missed) <= set(expected)
     # The new socket's own "connected" may arrive live rather than in the replay; together, each once.
-    live_id = await events.record_event(pool, visit_id, patient, "device_test_passed")
+    live_id = await eventlog.record_event(pool, visit_id, patient, "device_test_passed")
     for _ in range(20):
         frame = await _recv(ws2)
         if frame["type"] == "event":
@@ -127,7 +129,7 @@ async def test_resume_after_reconnect_loses_and_repeats_nothing(stack: Stack) ->
     assert len(replayed) == len(set(replayed)), "an event was repeated"
     assert replayed == sorted(replayed)
     async with pool.acquire() as conn:
-        everything = [e.id for e in await events.events_after(conn, visit_id, last, 10**12)]
+        everything = [e.id for e in await eventlog.events_after(conn, visit_id, last, 10**12)]
     assert replayed == everything, "an event was lost"
     await ws2.close()
 
@@ -161,10 +163,10 @@ async def test_a_socket_sees_only_its_own_visit(stack: Stack) -> None:
     assert auth_a["visit"] != auth_b["visit"]
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
-        patient_b = await events.patient_participant(conn, UUID(auth_b["visit"]))
-        patient_a = await events.patient_participant(conn, UUID(auth_a["visit"]))
-    await events.record_event(pool, UUID(auth_b["visit"]), patient_b, "lobby_entered")
-    await events.record_event(pool, UUID(auth_a["visit"]), patient_a, "lobby_entered")
+        patient_b = await participants.patient_participant(conn, UUID(auth_b["visit"]))
+        patient_a = await participants.patient_participant(conn, UUID(auth_a["visit"]))
+    await eventlog.record_event(pool, UUID(auth_b["visit"]), patient_b, "lobby_entered")
+    await eventlog.record_event(pool, UUID(auth_a["visit"]), patient_a, "lobby_entered")
     frame = await _recv_event(ws_a, "lobby_entered")
     assert frame["visit"] == auth_a["visit"] and frame["participant"] == str(patient_a)
     # Provider A may not admit visit B's patient.
@@ -224,7 +226,7 @@ async def test_client_that_cannot_keep_up_is_dropped_not_waited_for(stack: Stack
     base = bus.position + 1000
     sent = 0
     for i in range(4000):
-        event = events.PresenceEvent(id=base + i, visit_id=visit_id, participant_id=None, kind=big_kind,
+        event = eventlog.PresenceEvent(id=base + i, visit_id=visit_id, participant_id=None, kind=big_kind,
                                      at=dt.datetime.now(dt.timezone.utc), role="x" * 4000, guest_kind=None)
         await hub.publish(event)
         sent += 1
@@ -298,7 +300,7 @@ async def test_a_dead_peer_is_dropped_by_heartbeat(stack: Stack, monkeypatch: py
             break
     assert not list(hub.connections(visit_id)), "the dead peer should have been dropped"
     async with stack.gateway_app[DB].acquire() as conn:
-        kinds = [e.kind for e in await events.events_after(conn, visit_id, 0, 10**12)]
+        kinds = [e.kind for e in await eventlog.events_after(conn, visit_id, 0, 10**12)]
     assert kinds[-1] == "disconnected"
     await ws.close()
 
@@ -311,8 +313,8 @@ async def test_event_notification_reaches_listeners_and_leaves_the_connection_du
     sender, listener = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
     try:
         heard: asyncio.Queue[str] = asyncio.Queue()
-        await listener.add_listener(events.CHANNEL, lambda *args: heard.put_nowait(args[3]))
-        await events.notify_after_commit(sender, 4242)
+        await listener.add_listener(eventlog.CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        await eventlog.notify_after_commit(sender, 4242)
         assert await asyncio.wait_for(heard.get(), 5) == "4242"
         assert not sender.is_in_transaction()
         assert await sender.fetchval("SHOW synchronous_commit") == "on"
@@ -330,8 +332,8 @@ async def test_an_event_committing_after_a_later_one_was_announced_still_wakes_l
     listener = await asyncpg.connect(database_url)
     try:
         heard: asyncio.Queue[str] = asyncio.Queue()
-        await listener.add_listener(events.CHANNEL, lambda *args: heard.put_nowait(args[3]))
-        announcer = events.Announcer(pool)
+        await listener.add_listener(eventlog.CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        announcer = Announcer(pool)
         announcer.announce(7)
         assert await asyncio.wait_for(heard.get(), 5) == "7"
         announcer.announce(5)
@@ -353,10 +355,10 @@ async def test_a_forged_notification_shows_the_provider_nothing(stack: Stack, da
     _handle, ws, _auth, visit_id, patient = await _visit_with_patient(stack)
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SELECT pg_notify($1, $2)", events.CHANNEL, payload)
+        await conn.execute("SELECT pg_notify($1, $2)", eventlog.CHANNEL, payload)
     finally:
         await conn.close()
-    real = await events.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
+    real = await eventlog.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
     seen = []
     for _ in range(20):
         frame = await _recv(ws)
@@ -364,7 +366,7 @@ async def test_a_forged_notification_shows_the_provider_nothing(stack: Stack, da
         if frame["type"] == "event" and frame["id"] == real:
             break
     async with stack.gateway_app[DB].acquire() as db:
-        stored = {e.id: e.kind for e in await events.events_after(db, visit_id, 0, 10**12)}
+        stored = {e.id: e.kind for e in await eventlog.events_after(db, visit_id, 0, 10**12)}
     shown = [(f["id"], f["kind"]) for f in seen if f["type"] == "event"]
     assert shown and all(stored.get(i) == kind for i, kind in shown), (shown, stored)
     assert "admitted" not in stored.values()
@@ -382,7 +384,7 @@ def test_an_event_reaches_subscribers_as_the_json_it_stands_for(participant: UUI
     import datetime as dt
 
     at = dt.datetime(2026, 11, 22, 10, 30, 5, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
-    event = events.PresenceEvent(id=42, visit_id=UUID(int=1), participant_id=participant, kind=kind, at=at,
+    event = eventlog.PresenceEvent(id=42, visit_id=UUID(int=1), participant_id=participant, kind=kind, at=at,
                                  role=role, guest_kind=guest_kind)
     assert json.loads(event.to_json()) == {
         "type": "event", "id": 42, "visit": str(UUID(int=1)), "participant": str(participant) if participant else None,
@@ -408,8 +410,8 @@ async def _held_then_later(stack: Stack, visit_id: UUID, patient: UUID) -> tuple
     conn = await pool.acquire()
     tx = conn.transaction()
     await tx.start()
-    held = await events.append_event(conn, visit_id, patient, "lobby_entered")
-    later = await events.record_event(pool, visit_id, patient, "device_test_passed", stack.gateway_app[ANNOUNCER])
+    held = await eventlog.append_event(conn, visit_id, patient, "lobby_entered")
+    later = await eventlog.record_event(pool, visit_id, patient, "device_test_passed", stack.gateway_app[ANNOUNCER])
     assert later == held + 1
     return conn, tx, held, later
 

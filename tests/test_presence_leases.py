@@ -10,9 +10,12 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 
-from gateway import events
-from gateway.appkeys import ANNOUNCER, DB
-from presence.appkeys import LEASE
+from gateway import participants
+from gateway.appkeys import DB
+from presence import eventlog
+from presence import lease as leases
+from presence.announcer import Announcer
+from presence.appkeys import ANNOUNCER, LEASE
 from tests.conftest import Stack, recv_frame
 
 TIMEOUT = 5.0
@@ -37,22 +40,22 @@ async def _watched_visit(stack: Stack) -> tuple[aiohttp.ClientWebSocketResponse,
     view, auth, _ = await _provider_view(stack)
     visit_id = UUID(auth["visit"])
     async with stack.gateway_app[DB].acquire() as conn:
-        return view, visit_id, await events.patient_participant(conn, visit_id)
+        return view, visit_id, await participants.patient_participant(conn, visit_id)
 
 
-async def _events(pool: asyncpg.Pool, visit_id: UUID) -> list[events.PresenceEvent]:
+async def _events(pool: asyncpg.Pool, visit_id: UUID) -> list[eventlog.PresenceEvent]:
     async with pool.acquire() as conn:
-        return await events.events_after(conn, visit_id, 0, 2**62)
+        return await eventlog.events_after(conn, visit_id, 0, 2**62)
 
 
-async def _another_process(pool: asyncpg.Pool, visit_id: UUID, patient: UUID, announcer: events.Announcer,
+async def _another_process(pool: asyncpg.Pool, visit_id: UUID, patient: UUID, announcer: Announcer,
                            kinds: list[str]) -> UUID:
     """A second gateway process, as the database sees it: a lease, and its sockets' events under it."""
     process = uuid.uuid4()
     async with pool.acquire() as conn:
-        await events.take_lease(conn, process)
+        await leases.take_lease(conn, process)
     for kind in kinds:
-        assert await events.record_held_event(pool, process, visit_id, patient, kind, announcer) is not None
+        assert await eventlog.record_held_event(pool, process, visit_id, patient, kind, announcer) is not None
     return process
 
 
@@ -107,7 +110,7 @@ async def test_a_late_close_from_a_process_that_was_written_off_is_not_written_t
     await _lapse(pool, stalled)
     assert await lease.sweep() == 1
     # The stalled process wakes up and closes its socket: the sweep has written that already.
-    assert await events.record_held_event(pool, stalled, visit_id, patient, "disconnected", announcer) is None
+    assert await eventlog.record_held_event(pool, stalled, visit_id, patient, "disconnected", announcer) is None
     kinds = [e.kind for e in await _events(pool, visit_id) if e.participant_id == patient]
     assert kinds == ["connected", "disconnected"]
     await view.close()
@@ -119,7 +122,7 @@ async def test_a_process_that_finds_its_lease_gone_reconnects_its_sockets(stack:
     visit_id, me = UUID(auth["visit"]), UUID(auth["participant"])
     first_lease = lease.id
     # This process stalled past its lease and another one wrote it off (closing its sockets in the log).
-    assert await events.close_lapsed(pool, 0, announcer) == [(first_lease, 1)]
+    assert await leases.close_lapsed(pool, 0, announcer) == [(first_lease, 1)]
 
     await lease.sweep()  # the renewal finds the lease gone
     for _ in range(20):  # events written before the close may come first
@@ -145,10 +148,10 @@ async def test_a_clean_stop_writes_what_its_sockets_left_open_and_ends_its_lease
     pool, announcer = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER]
     view, visit_id, patient = await _watched_visit(stack)
     stopping = await _another_process(pool, visit_id, patient, announcer, ["lobby_entered", "left", "connected"])
-    assert await events.end_lease(pool, stopping, announcer) == 1
+    assert await leases.end_lease(pool, stopping, announcer) == 1
     kinds = [e.kind for e in await _events(pool, visit_id) if e.participant_id == patient]
     assert kinds == ["lobby_entered", "left", "connected", "disconnected"]
-    assert await events.record_held_event(pool, stopping, visit_id, patient, "connected", announcer) is None
+    assert await eventlog.record_held_event(pool, stopping, visit_id, patient, "connected", announcer) is None
     await view.close()
 
 
@@ -162,12 +165,12 @@ async def test_a_sweep_waits_for_a_socket_event_being_written_and_then_counts_it
     try:
         tx = conn.transaction()
         await tx.start()
-        await conn.fetchrow(events.Q["append_event"], visit_id, patient, "connected", dying)
-        assert await events.close_lapsed(pool, 1, announcer) == []  # skipped for now, not raced
+        await eventlog.append_held_event(conn, dying, visit_id, patient, "connected", uuid.uuid4())
+        assert await leases.close_lapsed(pool, 1, announcer) == []  # skipped for now, not raced
         await tx.commit()
     finally:
         await pool.release(conn)
-    assert await events.close_lapsed(pool, 1, announcer) == [(dying, 2)]  # both sockets, the late one too
+    assert await leases.close_lapsed(pool, 1, announcer) == [(dying, 2)]  # both sockets, the late one too
     kinds = [e.kind for e in await _events(pool, visit_id) if e.participant_id == patient]
     assert kinds == ["connected", "connected", "disconnected", "disconnected"]
     await view.close()

@@ -93,7 +93,7 @@ async def test_a_name_typed_in_the_lobby_lives_only_in_memory(stack: Stack, capl
 
     from yarl import URL
 
-    from gateway import events, joinlinks
+    from gateway import joinlinks, participants
     from tests.conftest import recv_until
 
     caplog.set_level(logging.DEBUG)
@@ -101,7 +101,7 @@ async def test_a_name_typed_in_the_lobby_lives_only_in_memory(stack: Stack, capl
     typed = f"{CANARIES['given']} {CANARIES['family']}"
     async with stack.gateway_app[DB].acquire() as conn:
         visit_id = await conn.fetchval("SELECT id FROM visits")
-        patient = await events.patient_participant(conn, visit_id)
+        patient = await participants.patient_participant(conn, visit_id)
         session = await joinlinks.create_session(conn, patient, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     stack.browser.cookie_jar.update_cookies({joinlinks.PARTICIPANT_COOKIE: session.handle}, URL(stack.gateway_url))

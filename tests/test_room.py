@@ -11,11 +11,12 @@ from uuid import UUID
 import pytest
 from yarl import URL
 
-from gateway import events, joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from gateway.errors import ConfigError
 from gateway.meetings.builtin import ice_servers
 from gateway.settings import Settings
+from presence import eventlog
 from tests.conftest import Stack, reason_code
 
 # An independent vector: computed with
@@ -43,7 +44,7 @@ async def _patient_session(stack: Stack) -> UUID:
     """The visit's patient with a browser session, as the join-link exchange leaves it; the cookie is set."""
     visit_id = await _visit_id(stack)
     async with stack.gateway_app[DB].acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
+        patient = await participants.patient_participant(conn, visit_id)
         session = await joinlinks.create_session(conn, patient, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     stack.browser.cookie_jar.update_cookies({joinlinks.PARTICIPANT_COOKIE: session.handle}, URL(stack.gateway_url))
@@ -59,7 +60,7 @@ def _config(body: str) -> dict[str, object]:
 async def test_patient_not_yet_admitted_is_sent_to_the_lobby(stack: Stack) -> None:
     await stack.provider_handle()
     patient = await _patient_session(stack)
-    await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "lobby_entered")
+    await eventlog.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "lobby_entered")
     response = await stack.get(f"{stack.gateway_url}/room")
     assert response.status == 303, await response.text()
     assert response.headers["Location"] == "/lobby"
@@ -68,7 +69,7 @@ async def test_patient_not_yet_admitted_is_sent_to_the_lobby(stack: Stack) -> No
 async def test_admitted_patient_gets_the_room(stack: Stack) -> None:
     await stack.provider_handle()
     patient = await _patient_session(stack)
-    await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
+    await eventlog.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     response = await stack.get(f"{stack.gateway_url}/room")
     body = await response.text()
     assert response.status == 200, body
@@ -84,7 +85,7 @@ async def test_patient_removed_after_admission_goes_back_to_the_lobby(stack: Sta
     patient = await _patient_session(stack)
     visit_id = await _visit_id(stack)
     for kind in ("lobby_entered", "admitted", "connected", "removed"):
-        await events.record_event(stack.gateway_app[DB], visit_id, patient, kind)
+        await eventlog.record_event(stack.gateway_app[DB], visit_id, patient, kind)
     response = await stack.get(f"{stack.gateway_url}/room")
     assert response.status == 303 and response.headers["Location"] == "/lobby"
 
@@ -94,7 +95,7 @@ async def test_patient_admitted_again_after_removal_gets_the_room(stack: Stack) 
     patient = await _patient_session(stack)
     visit_id = await _visit_id(stack)
     for kind in ("admitted", "removed", "lobby_entered", "admitted"):
-        await events.record_event(stack.gateway_app[DB], visit_id, patient, kind)
+        await eventlog.record_event(stack.gateway_app[DB], visit_id, patient, kind)
     response = await stack.get(f"{stack.gateway_url}/room")
     assert response.status == 200, await response.text()
 
@@ -102,7 +103,7 @@ async def test_patient_admitted_again_after_removal_gets_the_room(stack: Stack) 
 async def test_denied_patient_is_sent_to_the_lobby(stack: Stack) -> None:
     await stack.provider_handle()
     patient = await _patient_session(stack)
-    await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "denied")
+    await eventlog.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "denied")
     response = await stack.get(f"{stack.gateway_url}/room")
     assert response.status == 303 and response.headers["Location"] == "/lobby"
 
@@ -118,13 +119,13 @@ async def test_admission_state_is_the_latest_decision(stack: Stack) -> None:
     visit_id = await _visit_id(stack)
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
-        patient = await events.patient_participant(conn, visit_id)
-        assert await events.admission_state(conn, patient) is None
+        patient = await participants.patient_participant(conn, visit_id)
+        assert await participants.admission_state(conn, patient) is None
     for kind, expected in (("admitted", "admitted"), ("connected", "admitted"), ("removed", "removed"),
                            ("lobby_entered", "removed"), ("admitted", "admitted"), ("denied", "denied")):
-        await events.record_event(pool, visit_id, patient, kind)
+        await eventlog.record_event(pool, visit_id, patient, kind)
         async with pool.acquire() as conn:
-            assert await events.admission_state(conn, patient) == expected, kind
+            assert await participants.admission_state(conn, patient) == expected, kind
 
 
 async def test_provider_handle_opens_the_room(stack: Stack) -> None:
@@ -137,7 +138,7 @@ async def test_provider_handle_opens_the_room(stack: Stack) -> None:
     # The presence socket takes provider handles with where=view only.
     assert config["auth"] == {"provider": handle, "where": "room"}
     async with stack.gateway_app[DB].acquire() as conn:
-        participant = await events.get_participant(conn, UUID(str(config["participant"])))
+        participant = await participants.get_participant(conn, UUID(str(config["participant"])))
     assert participant is not None and participant.role == "provider"
     assert f'href="/provider/{handle}"' in body  # the way back to the provider view
 

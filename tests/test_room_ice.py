@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import events
 from gateway.appkeys import DB
+from presence import eventlog
 from tests.conftest import Stack, recv_until
 from tests.test_room import _config, _patient_session, _visit_id
 
@@ -35,7 +35,7 @@ async def _room_socket(stack: Stack) -> aiohttp.ClientWebSocketResponse:
     """An admitted patient's room socket, authenticated."""
     await stack.provider_handle()
     patient = await _patient_session(stack)
-    await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
+    await eventlog.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     ws = await stack.browser.ws_connect(f"{stack.gateway_url}/ws", origin=stack.gateway_url)
     await ws.send_json({"type": "auth", "id": 1, "where": "room"})
     assert (await recv_until(ws, "auth_ok"))["role"] == "patient"
@@ -52,7 +52,7 @@ def _expiry_of(server: dict[str, Any]) -> int:
 async def test_room_page_says_how_long_its_turn_credentials_last(stack: Stack) -> None:
     await stack.provider_handle()
     patient = await _patient_session(stack)
-    await events.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
+    await eventlog.record_event(stack.gateway_app[DB], await _visit_id(stack), patient, "admitted")
     config = _config(await (await stack.get(f"{stack.gateway_url}/room")).text())
     assert config["ice_ttl"] == TTL
     servers = config["ice_servers"]

@@ -59,7 +59,8 @@ CREATE TABLE visits (
     meeting_id       text,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
--- serves: visits.find_or_create_visit (one visit per encounter of a configuration)
+-- serves: launch.find_or_create_visit, launch.find_or_create_visit_with_session (one visit per encounter of a
+-- configuration)
 CREATE UNIQUE INDEX visits_configuration_encounter ON visits (configuration_id, encounter_key);
 
 -- A clinician's launch into a visit. The browser holds the handle (the iframe may not keep cookies).

@@ -10,11 +10,11 @@ CREATE TABLE participants (
     fhir_user   text,            -- for providers: the EHR user's unique id (a clinician, not a patient)
     created_at  timestamptz NOT NULL DEFAULT now()
 );
--- serves: visits.participants_of_visit
+-- serves: participants.named_participants
 CREATE INDEX participants_visit ON participants (visit_id);
--- serves: visits.provider_participant (one participant per clinician per visit)
+-- serves: participants.ensure_provider_participant (one participant per clinician per visit)
 CREATE UNIQUE INDEX participants_provider ON participants (visit_id, fhir_user) WHERE role = 'provider';
--- serves: visits.patient_participant (one patient per visit)
+-- serves: participants.ensure_patient_participant (one patient per visit)
 CREATE UNIQUE INDEX participants_patient ON participants (visit_id) WHERE role = 'patient';
 
 -- The append-only log of what happened in a visit. Readers resume from the last id they saw.
@@ -27,7 +27,8 @@ CREATE TABLE presence_events (
                        'connected', 'disconnected', 'left', 'removed', 'visit_ended')),
     at             timestamptz NOT NULL DEFAULT now()
 );
--- serves: events.events_after (snapshot and resume of one visit, in id order)
+-- serves: events.events_after (snapshot and resume of one visit, in id order), participants.admission_state,
+-- events.latest_device_test (a participant's newest events, within its visit)
 CREATE INDEX presence_events_visit ON presence_events (visit_id, id);
 
 CREATE TRIGGER presence_events_append_only BEFORE UPDATE OR DELETE ON presence_events

@@ -31,8 +31,8 @@ CREATE TABLE writeback_outbox (
 );
 -- serves: writeback.claim_visits (oldest pending rows of one configuration), writeback.backlog
 CREATE INDEX writeback_outbox_pending ON writeback_outbox (configuration_id, event_id) WHERE state = 'pending';
--- serves: writeback.claim_visits (is there an older pending row of the same visit?), writeback.pending_up_to,
--- writeback.finish_visit, writeback.retry_visit, writeback.dead_letter_visit
+-- serves: writeback.claim_visits (is there an older pending row of the same visit?), writeback.finish_visit,
+-- writeback.dead_letter_visit
 CREATE INDEX writeback_outbox_visit_pending ON writeback_outbox (visit_id, event_id) WHERE state = 'pending';
 -- serves: writeback.dead_letters (newest first)
 CREATE INDEX writeback_outbox_dead ON writeback_outbox (finished_at DESC) WHERE state = 'dead';

@@ -11,5 +11,5 @@ CREATE TABLE presence_processes (
 );
 
 ALTER TABLE presence_events ADD COLUMN process_id uuid;
--- serves: events.orphans_of_process (the sweep of a lapsed process; only socket events carry a process)
+-- serves: events.close_orphans (the sweep of a lapsed process; only socket events carry a process)
 CREATE INDEX presence_events_process ON presence_events (process_id) WHERE process_id IS NOT NULL;

@@ -5,11 +5,15 @@
 -- written only while that process still holds its lease. KEY SHARE on the lease row makes a sweep of that
 -- process wait for this insert, and an insert after the sweep finds no row and writes nothing (no row comes
 -- back). So each socket's closing event is written once, by its own process or by the sweep, never by both.
+-- $5 is when it happened (NULL: now), for an event written late because the database was away; $6 its
+-- idempotency key (see 0011): an event already written under that key is not written again (no row back).
 WITH holder AS (
     SELECT id FROM presence_processes WHERE id = $4 FOR KEY SHARE
 ), event AS (
-    INSERT INTO presence_events (visit_id, participant_id, kind, process_id)
-    SELECT $1, $2, $3, $4::uuid WHERE $4::uuid IS NULL OR EXISTS (SELECT 1 FROM holder)
+    INSERT INTO presence_events (visit_id, participant_id, kind, process_id, at, idempotency_key)
+    SELECT $1, $2, $3, $4::uuid, coalesce($5::timestamptz, now()), $6::uuid
+    WHERE $4::uuid IS NULL OR EXISTS (SELECT 1 FROM holder)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, at, visit_id
 ), outbox AS (
     INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
@@ -104,52 +108,19 @@ SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x WHERE pg_
 SELECT coalesce(max(id), 0) FROM presence_events;
 
 -- name: notify_events
--- One simple-protocol round trip, {event_id} an integer formatted in by gateway.events. The notification's own
+-- One simple-protocol round trip, {event_id} an integer formatted in by presence.eventlog. The notification's own
 -- transaction skips the wait for its WAL flush: listeners see a NOTIFY only once its transaction counts as
 -- committed, so a durable commit would hold every wake-up back by one disk flush, and nothing in it needs to
 -- survive a crash (the events are durable already; listeners catch up by id).
 SET LOCAL synchronous_commit = off; SELECT pg_notify('presence_events', '{event_id}');
 
--- name: ensure_provider_participant
-WITH found AS (
-    SELECT id FROM participants WHERE visit_id = $1 AND role = 'provider' AND fhir_user = $2
-), created AS (
-    INSERT INTO participants (visit_id, role, fhir_user)
-    SELECT $1, 'provider', $2 WHERE NOT EXISTS (SELECT 1 FROM found)
-    ON CONFLICT DO NOTHING
-    RETURNING id
-)
-SELECT id FROM found UNION ALL SELECT id FROM created;
-
--- name: ensure_patient_participant
-WITH found AS (
-    SELECT id FROM participants WHERE visit_id = $1 AND role = 'patient'
-), created AS (
-    INSERT INTO participants (visit_id, role)
-    SELECT $1, 'patient' WHERE NOT EXISTS (SELECT 1 FROM found)
-    ON CONFLICT DO NOTHING
-    RETURNING id
-)
-SELECT id FROM found UNION ALL SELECT id FROM created;
-
--- name: named_participants
--- The participants of a visit who type a display name in the lobby (patient, guests); serves the snapshot's
--- question for names another process holds in memory.
-SELECT id FROM participants WHERE visit_id = $1 AND role <> 'provider';
-
--- name: add_guest
-INSERT INTO participants (visit_id, role, guest_kind) VALUES ($1, 'guest', $2) RETURNING id;
-
--- name: get_participant
-SELECT id, visit_id, role, guest_kind, fhir_user FROM participants WHERE id = $1;
-
--- name: admission_state
--- The participant's latest admission decision (admitted, denied or removed), or no row: read newest first
--- through presence_events_visit (visit_id, id), within the participant's own visit.
+-- name: latest_device_test
+-- The participant's latest device test result, so the same result sent again is not stored again: read
+-- newest first through presence_events_visit (visit_id, id), within the participant's own visit.
 SELECT e.kind
 FROM presence_events e
 WHERE e.visit_id = (SELECT p.visit_id FROM participants p WHERE p.id = $1)
   AND e.participant_id = $1
-  AND e.kind IN ('admitted', 'denied', 'removed')
+  AND e.kind IN ('device_test_passed', 'device_test_failed')
 ORDER BY e.id DESC
 LIMIT 1;

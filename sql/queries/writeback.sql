@@ -12,16 +12,10 @@ UPDATE configurations
 SET writeback_strategy = $2, writeback_disabled_reason = NULL, writeback_disabled_at = NULL
 WHERE id = $1;
 
--- name: set_scopes
-UPDATE configurations SET writeback_scopes = $2 WHERE id = $1;
-
 -- name: disable
 UPDATE configurations SET writeback_disabled_reason = $2, writeback_disabled_at = now()
 WHERE id = $1 AND writeback_disabled_reason IS NULL
 RETURNING id;
-
--- name: writeback_state
-SELECT writeback_strategy, writeback_disabled_reason, writeback_disabled_at FROM configurations WHERE id = $1;
 
 -- name: claim_visits
 -- Lease up to $2 visits of configuration $1 for $3 seconds, through each visit's oldest pending row.

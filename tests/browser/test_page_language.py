@@ -8,7 +8,7 @@ from uuid import UUID
 import pytest
 from playwright.async_api import Browser, expect
 
-from gateway import events, joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from tests.browser.conftest import ACTION_TIMEOUT_MS, PROFILES
 from tests.conftest import Stack
@@ -20,7 +20,7 @@ async def test_a_spanish_browser_gets_the_lobby_and_its_script_in_spanish(stack:
     await stack.provider_handle()
     async with stack.gateway_app[DB].acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at DESC LIMIT 1")
-        patient = await events.patient_participant(conn, visit_id)
+        patient = await participants.patient_participant(conn, visit_id)
         session = await joinlinks.create_session(conn, patient, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     context = await browser.new_context(locale="es-ES", **PROFILES["phone"])  # Accept-Language: es-ES

@@ -13,8 +13,9 @@ from uuid import UUID
 import pytest
 from playwright.async_api import BrowserContext, expect
 
-from gateway import events, joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB
+from presence import eventlog
 from tests.browser.test_video_room import ALL_PEERS_LIVE, MESH_TIMEOUT_MS
 from tests.conftest import Stack
 
@@ -37,7 +38,7 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits")
-        patient_id = await events.patient_participant(conn, visit_id)
+        patient_id = await participants.patient_participant(conn, visit_id)
         token = await joinlinks.issue_link(conn, stack.gateway_app, patient_id, visit_id,
                                            dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
     link = joinlinks.keys_of(stack.gateway_app).link_url(token)
@@ -83,7 +84,7 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     assert practitioner["id"] not in patient_sees
 
     async with pool.acquire() as conn:
-        kinds = [e.kind for e in await events.events_after(conn, visit_id, 0, 10**12)
+        kinds = [e.kind for e in await eventlog.events_after(conn, visit_id, 0, 10**12)
                  if e.participant_id == patient_id]
     assert kinds[:3] == ["lobby_entered", "device_test_passed", "admitted"]
     assert "connected" in kinds[3:]

@@ -17,8 +17,9 @@ from uuid import UUID
 import pytest
 from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
 
-from gateway import events
+from gateway import participants
 from gateway.appkeys import DB
+from presence import eventlog
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -121,7 +122,7 @@ async def _provider_view(stack: Stack, context: BrowserContext) -> View:
     await expect(page.locator("#presence-status")).to_have_text("live", timeout=WAIT_MS)
     async with stack.gateway_app[DB].acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at DESC LIMIT 1")
-        patient = await events.patient_participant(conn, visit_id)
+        patient = await participants.patient_participant(conn, visit_id)
     return View(page, tap, visit_id, patient, problems)
 
 
@@ -143,8 +144,8 @@ async def test_after_a_dropped_socket_the_provider_view_gets_each_event_once(
     page, tap, visit_id, patient = view.page, view.tap, view.visit_id, view.patient
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
-        guest = await events.add_guest(conn, visit_id, "interpreter")
-    await events.record_event(pool, visit_id, patient, "lobby_entered")
+        guest = await participants.add_guest(conn, visit_id, "interpreter")
+    await eventlog.record_event(pool, visit_id, patient, "lobby_entered")
     patient_row = page.locator(f'li[data-participant="{patient}"]')
     guest_row = page.locator(f'li[data-participant="{guest}"]')
     await expect(patient_row).to_have_attribute("data-state", "waiting")
@@ -157,9 +158,9 @@ async def test_after_a_dropped_socket_the_provider_view_gets_each_event_once(
     await first.cut()
     second = await tap.link(2)
     await expect(page.locator("#presence-status")).to_have_text("reconnecting…")
-    await events.record_event(pool, visit_id, patient, "device_test_passed")
-    await events.record_event(pool, visit_id, guest, "lobby_entered")
-    await events.record_event(pool, visit_id, patient, "left")
+    await eventlog.record_event(pool, visit_id, patient, "device_test_passed")
+    await eventlog.record_event(pool, visit_id, guest, "lobby_entered")
+    await eventlog.record_event(pool, visit_id, patient, "left")
     second.connect()
 
     # It resumes after the last event it saw: nothing it missed is lost, nothing it had is applied again
@@ -172,7 +173,7 @@ async def test_after_a_dropped_socket_the_provider_view_gets_each_event_once(
 
     # An event the page already has, arriving again, changes nothing.
     second.route.send(entered)
-    await events.record_event(pool, visit_id, guest, "device_test_failed")
+    await eventlog.record_event(pool, visit_id, guest, "device_test_failed")
     await expect(guest_row.locator(".state")).to_contain_text("device problem")
     await expect(patient_row).to_have_attribute("data-state", "left")
     assert view.problems == []
@@ -190,7 +191,7 @@ async def test_a_malformed_frame_does_not_break_the_provider_view(stack: Stack, 
                  '{"type": "auth_ok", "participant": 5}', '{"type": "signal", "from": [], "data": null}'):
         link.route.send(junk)
     # The page goes on: the next real event shows, and nothing was thrown.
-    await events.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
+    await eventlog.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
     row = page.locator(f'li[data-participant="{patient}"]')
     await expect(row).to_have_attribute("data-state", "waiting")
     await expect(row.get_by_role("button", name="Admit")).to_be_enabled()
@@ -203,7 +204,7 @@ async def test_an_admit_the_gateway_cannot_store_is_said_to_the_clinician(
         stack: Stack, context: BrowserContext) -> None:
     view = await _provider_view(stack, context)
     page, tap, visit_id, patient = view.page, view.tap, view.visit_id, view.patient
-    await events.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
+    await eventlog.record_event(stack.gateway_app[DB], visit_id, patient, "lobby_entered")
     row = page.locator(f'li[data-participant="{patient}"]')
     admit = row.get_by_role("button", name="Admit")
     notice = page.locator("#presence-notice")

@@ -7,9 +7,11 @@ import uuid
 import pytest
 from playwright.async_api import BrowserContext, expect
 
-from gateway import events
-from gateway.appkeys import ANNOUNCER, DB
-from presence.appkeys import LEASE
+from gateway import participants
+from gateway.appkeys import DB
+from presence import eventlog
+from presence import lease as leases
+from presence.appkeys import ANNOUNCER, LEASE
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -24,14 +26,14 @@ async def test_a_patient_whose_old_process_died_stays_in_the_visit_until_their_l
     await expect(page.locator("#presence-status")).to_have_text("live")
     async with pool.acquire() as conn:
         visit_id = await conn.fetchval("SELECT id FROM visits ORDER BY created_at DESC LIMIT 1")
-        patient = await events.patient_participant(conn, visit_id)
-        guest = await events.add_guest(conn, visit_id, "interpreter")
+        patient = await participants.patient_participant(conn, visit_id)
+        guest = await participants.add_guest(conn, visit_id, "interpreter")
         died, alive = uuid.uuid4(), uuid.uuid4()
-        await events.take_lease(conn, died)
-        await events.take_lease(conn, alive)
+        await leases.take_lease(conn, died)
+        await leases.take_lease(conn, alive)
     # The patient's room was on a process that then died; the browser reconnected to another one.
-    await events.record_held_event(pool, died, visit_id, patient, "connected", announcer)
-    await events.record_held_event(pool, alive, visit_id, patient, "connected", announcer)
+    await eventlog.record_held_event(pool, died, visit_id, patient, "connected", announcer)
+    await eventlog.record_held_event(pool, alive, visit_id, patient, "connected", announcer)
     row = page.locator(f'li[data-participant="{patient}"]')
     await expect(row).to_have_attribute("data-state", "in_visit")
 
@@ -40,12 +42,12 @@ async def test_a_patient_whose_old_process_died_stays_in_the_visit_until_their_l
         await conn.execute("UPDATE presence_processes SET renewed_at = now() - interval '1 hour' WHERE id = $1", died)
     assert await stack.gateway_app[LEASE].sweep() == 1
     # Once an event written after that one shows, the page has seen it: the patient is still in the visit.
-    await events.record_held_event(pool, alive, visit_id, guest, "lobby_entered", announcer)
+    await eventlog.record_held_event(pool, alive, visit_id, guest, "lobby_entered", announcer)
     await expect(page.locator(f'li[data-participant="{guest}"]')).to_have_attribute("data-state", "waiting")
     await expect(row).to_have_attribute("data-state", "in_visit")
     await expect(row.locator(".state")).to_contain_text("in the visit since")
 
     # The socket the patient really has closes: now they are gone.
-    await events.record_held_event(pool, alive, visit_id, patient, "disconnected", announcer)
+    await eventlog.record_held_event(pool, alive, visit_id, patient, "disconnected", announcer)
     await expect(row).to_have_attribute("data-state", "disconnected")
     await expect(row.locator(".state")).to_contain_text("disconnected at")

@@ -17,8 +17,9 @@ from uuid import UUID
 import pytest
 from playwright.async_api import BrowserContext, ConsoleMessage, Page
 
-from gateway import events, joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB
+from presence import eventlog
 from presence.appkeys import HUB
 from tests.conftest import Stack
 
@@ -67,7 +68,7 @@ async def _launched_visit(stack: Stack) -> tuple[str, UUID, UUID]:
     handle = urlsplit(visited[-1]).path.rsplit("/", 1)[1]
     async with stack.gateway_app[DB].acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
-        patient_id = await events.patient_participant(conn, visit_id)
+        patient_id = await participants.patient_participant(conn, visit_id)
     return handle, visit_id, patient_id
 
 
@@ -81,7 +82,7 @@ async def _open_room(stack: Stack, open_context: OpenContext, patient_profile: s
         session = await joinlinks.create_session(conn, patient_id, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     for kind in ("lobby_entered", "admitted"):
-        await events.record_event(pool, visit_id, patient_id, kind)
+        await eventlog.record_event(pool, visit_id, patient_id, kind)
 
     provider_ctx = await open_context("desktop")
     patient_ctx = await open_context(patient_profile)
@@ -229,10 +230,10 @@ async def test_three_people_form_a_mesh(stack: Stack, open_context: OpenContext)
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits ORDER BY created_at LIMIT 1")
-        guest_id = await events.add_guest(conn, visit_id, "interpreter")
+        guest_id = await participants.add_guest(conn, visit_id, "interpreter")
         session = await joinlinks.create_session(conn, guest_id, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
-    await events.record_event(pool, visit_id, guest_id, "admitted")
+    await eventlog.record_event(pool, visit_id, guest_id, "admitted")
     guest_ctx = await open_context("desktop")
     await guest_ctx.add_cookies([{"name": joinlinks.PARTICIPANT_COOKIE, "value": session.handle,
                                   "url": stack.gateway_url, "httpOnly": True, "sameSite": "Lax"}])
@@ -255,11 +256,11 @@ async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
     handle, visit_id, patient_id = await _launched_visit(stack)
     pool = stack.gateway_app[DB]
     async with pool.acquire() as conn:
-        guests = [await events.add_guest(conn, visit_id, kind) for kind in ("interpreter", "family", "caregiver")]
+        guests = [await participants.add_guest(conn, visit_id, kind) for kind in ("interpreter", "family", "caregiver")]
     for guest in guests:  # with the clinician, four people: the mesh is full
         for kind in ("admitted", "connected"):
-            await events.record_event(pool, visit_id, guest, kind)
-    await events.record_event(pool, visit_id, patient_id, "lobby_entered")
+            await eventlog.record_event(pool, visit_id, guest, kind)
+    await eventlog.record_event(pool, visit_id, patient_id, "lobby_entered")
 
     problems: list[str] = []
     page = await (await open_context("desktop")).new_page()
@@ -271,7 +272,7 @@ async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
     assert await page.locator("#waiting-alert").is_visible()
 
     # The interpreter drops out of the room: a place is free, and the warning goes without a reload.
-    await events.record_event(pool, visit_id, guests[0], "disconnected")
+    await eventlog.record_event(pool, visit_id, guests[0], "disconnected")
     await full.wait_for(state="hidden", timeout=MEDIA_TIMEOUT_MS)
     assert await page.locator("#waiting-alert").is_visible()
     assert not problems, problems

@@ -12,7 +12,7 @@ import pytest
 
 from gateway import joinlinks
 from gateway.appkeys import DB, SEALER
-from gateway.events import patient_participant
+from gateway.participants import patient_participant
 from launch import store
 from tests.conftest import Stack
 

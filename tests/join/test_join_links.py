@@ -21,8 +21,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway import Settings, events, joinlinks
+from gateway import Settings, joinlinks
 from gateway.appkeys import DB, SETTINGS
+from presence import eventlog
 from tests.conftest import Stack, database_text, reason_code
 
 from .conftest import Invite, get_page, issue, open_visit, post_join
@@ -288,7 +289,7 @@ async def test_revoke_link_by_token(stack: Stack, invite: Invite) -> None:
 async def test_link_of_an_ended_visit_is_expired_and_its_session_ends(stack: Stack, invite: Invite) -> None:
     response = await post_join(stack, stack.browser, invite.token)
     handle = response.cookies[joinlinks.PARTICIPANT_COOKIE].value
-    await events.record_event(stack.gateway_app[DB], invite.visit_id, None, "visit_ended")
+    await eventlog.record_event(stack.gateway_app[DB], invite.visit_id, None, "visit_ended")
     async with stack.gateway_app[DB].acquire() as conn:
         assert await joinlinks.participant_for_session(conn, handle) is None
     again = await post_join(stack, stack.browser, invite.token)

@@ -19,10 +19,11 @@ from aiohttp import web
 import sql
 from gateway import Settings
 from gateway.appkeys import DB, SEALER
-from gateway.events import add_guest, patient_participant, provider_participant, record_event
+from gateway.participants import add_guest, patient_participant, provider_participant
 from gateway.security import Sealer, SigningKey
 from presence.backend_auth import BackendClient, BackendTokens
 from presence.encounter_mapping import VisitEvent, derive, desired_encounter, patch_operations, unchanged
+from presence.eventlog import record_event
 from tests.conftest import CLIENT_ID, running_stack
 
 Q = sql.queries("writeback")

@@ -23,8 +23,8 @@ import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
-from gateway.events import record_event
 from gateway.security import Sealer, SigningKey
+from presence.eventlog import record_event
 from presence.writeback import set_strategy
 from tests.harness import BIN, Processes, ServedProcess, gateway_env
 
