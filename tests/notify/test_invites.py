@@ -202,7 +202,7 @@ async def test_provider_view_has_the_send_link_panel(stack: Stack) -> None:
     response, _visited = await stack.launch()
     body = await response.text()
     assert 'id="send-link"' in body and 'data-channel="sms"' in body and 'name="guest_kind"' in body
-    assert '<script src="/static/launch/invite.js" defer></script>' in body
+    assert '<script type="module" src="/static/launch/invite.js"></script>' in body
     script = await stack.get(f"{stack.gateway_url}/static/launch/invite.js")
     assert script.status == 200
     assert "/invite" in await script.text()
