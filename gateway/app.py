@@ -22,7 +22,7 @@ from .events import Announcer
 from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
-from .web import error_middleware, security_headers_middleware
+from .web import csrf_middleware, error_middleware, input_middleware, security_headers_middleware
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ PARTS = ("launch", "presence")
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole gateway from its settings."""
-    app = web.Application(middlewares=[security_headers_middleware, error_middleware],
+    app = web.Application(middlewares=[security_headers_middleware, error_middleware, csrf_middleware, input_middleware],
                           client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[SEALER] = Sealer(settings.secret_key)
