@@ -218,14 +218,10 @@ async def input_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     Whatever fails here is the sender's fault and gets a 4xx with a reason code, never a 500.
     """
-    if not all(_clean(value) for value in request.headers.values()):
-        raise BadRequest("A header holds bytes that are not text.", reason="invalid_header")
-    try:
-        cookies = request.cookies
-    except Exception:  # the parser's refusal of a cookie header is the sender's fault, whatever its kind
-        raise BadRequest("A cookie could not be read. Clear this site's cookies.", reason="invalid_cookie") from None
-    if not all(_clean(name, value) for name, value in cookies.items()):
+    if not _cookies_clean(request):
         raise BadRequest("A cookie could not be read. Clear this site's cookies.", reason="invalid_cookie")
+    if not all(_clean(value) for name, value in request.headers.items() if name != "Cookie"):
+        raise BadRequest("A header holds bytes that are not text.", reason="invalid_header")
     if not all(_clean(value) for value in request.match_info.values()) or not _clean(request.path):
         raise BadRequest("The address holds characters it cannot hold.", reason="invalid_characters")
     route = getattr(request.match_info, "route", None)
@@ -238,6 +234,17 @@ async def input_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.method in STATE_CHANGING and request.can_read_body:
         await _check_body(request)
     return await handler(request)
+
+
+def _cookies_clean(request: web.Request) -> bool:
+    if not all(_clean(value) for value in request.headers.getall("Cookie", ())):
+        return False
+    try:
+        cookies = request.cookies
+    except Exception:  # the cookie parser's refusal is the sender's fault, whatever its kind
+        return False
+    # The parser undoes a quoted value's octal escapes (a NUL can hide there): look at what came out.
+    return all(_clean(name, value) for name, value in cookies.items())
 
 
 async def _check_body(request: web.Request) -> None:
