@@ -1,4 +1,5 @@
-"""Web edges shared by every part: error pages, security headers, templates, the access log."""
+"""Web edges shared by every part: the middlewares every request passes (security headers, the one error
+policy, CSRF, the input checks), error pages, templates, and the access and server logs."""
 from __future__ import annotations
 
 import gc
@@ -158,7 +159,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             log.info("refused %s %s: %s", request.method, loggable_path(request), exc.reason)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json" or _response_begun(request):
+        if _response_begun(request):
+            return _AlreadyAnswered()
+        if exc.status < 400 or exc.content_type == "application/json":
             raise
         return error_response(request, exc.status, HTTP_REASONS.get(exc.status, f"http_{exc.status}"),
                               exc.reason)
