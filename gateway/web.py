@@ -190,8 +190,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return error_response(request, error.status, error.reason, error.title, error.detail)
 
 
-# aiohttp's own HTTP errors (no route, wrong method, body too large), by a reason that says so.
-HTTP_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+# aiohttp's own HTTP errors (no route, wrong method, body too large, a folder of static files), by a
+# reason that says so.
+HTTP_REASONS = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "body_too_large"}
 
 
 @web.middleware

@@ -527,3 +527,76 @@ async def test_the_database_away_is_a_503_with_one_warning_line(
                 break
             await asyncio.sleep(0.1)
         assert again.status == 200, await again.text()
+
+
+# --- The error policy's mapping, route by route of a bare app ---------------------------------------------
+
+def _raising(exc: BaseException) -> web.RouteDef:
+    async def handler(request: web.Request) -> web.Response:
+        raise exc
+
+    return web.get(f"/{type(exc).__name__}", handler)
+
+
+
+
+@pytest.mark.parametrize("path, status, reason", [
+    ("/CannotConnectNowError", 503, "database_unavailable"),
+    ("/TooManyConnectionsError", 503, "database_unavailable"),
+    ("/ConnectionDoesNotExistError", 503, "database_unavailable"),
+    ("/InterfaceError", 503, "database_unavailable"),
+    ("/connect_refused", 503, "database_unavailable"),
+    ("/CharacterNotInRepertoireError", 400, "invalid_input"),
+    ("/ClientConnectorError", 502, "upstream_unavailable"),
+    ("/TimeoutError", 504, "upstream_timeout"),
+    ("/ConnectionRefusedError", 500, "internal_error"),  # not the database's socket: a bug of ours
+])
+async def test_each_kind_of_failure_has_its_status_and_reason(caplog: pytest.LogCaptureFixture, path: str,
+                                                              status: int, reason: str) -> None:
+    async def connect_refused(request: web.Request) -> web.Response:
+        await asyncpg.connect("postgresql://postgres@127.0.0.1:1/none", timeout=2)
+        return web.Response()
+
+    app = _bare_app(
+        _raising(asyncpg.CannotConnectNowError("the database system is starting up")),
+        _raising(asyncpg.TooManyConnectionsError("sorry, too many clients already")),
+        _raising(asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")),
+        _raising(asyncpg.InterfaceError("pool is closing")),
+        _raising(asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence")),
+        _raising(aiohttp.ClientConnectorError(aiohttp.client_reqrep.ConnectionKey(
+            "ehr.example", 443, True, True, None, None, None), OSError(111, "refused"))),
+        _raising(TimeoutError()),
+        _raising(ConnectionRefusedError(111, "refused")),
+        web.get("/connect_refused", connect_refused))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        page = await client.get(path)
+        assert page.status == status, await page.text()
+        assert reason_code(await page.text()) == reason
+        answer = await client.get(path, headers={"Accept": "application/json"})
+        assert answer.status == status and (await answer.json())["error"] == reason
+    ours = [r for r in caplog.records if r.name == "gateway.web"]
+    if status == 500:
+        assert all(r.levelno == logging.ERROR for r in ours)
+    else:  # known failures: one warning each, never a traceback
+        assert ours and all(r.levelno == logging.WARNING and r.exc_info is None for r in ours), ours
+
+
+async def test_a_pool_acquire_that_times_out_is_the_database_unavailable(database_url: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    assert pool is not None
+
+    async def busy(request: web.Request) -> web.Response:
+        async with pool.acquire(timeout=0.05) as conn:
+            await conn.fetchval("SELECT 1")
+        return web.Response()
+
+    try:
+        async with pool.acquire():  # every connection taken, as under a burst
+            async with TestClient(TestServer(_bare_app(web.get("/busy", busy)), host="127.0.0.1")) as client:
+                response = await client.get("/busy")
+                assert response.status == 503, await response.text()
+                assert reason_code(await response.text()) == "database_unavailable"
+    finally:
+        await pool.close()
+    assert [(r.levelname, r.exc_info) for r in caplog.records if r.name == "gateway.web"] == [("WARNING", None)]
