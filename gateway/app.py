@@ -32,7 +32,9 @@ PARTS = ("launch", "presence")
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole gateway from its settings."""
-    app = web.Application(middlewares=[security_headers_middleware, error_middleware, csrf_middleware, input_middleware],
+    # Outermost first: headers on every answer; errors translated; CSRF before the body is even read.
+    app = web.Application(middlewares=[security_headers_middleware, error_middleware, csrf_middleware,
+                                       input_middleware],
                           client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[SEALER] = Sealer(settings.secret_key)

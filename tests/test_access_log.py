@@ -24,15 +24,17 @@ async def _send(stack: Stack, data: bytes) -> bytes:
         await writer.wait_closed()
 
 
+CALLBACK = f"/launch/callback?state={SECRET}"
 MALFORMED = {
-    "junk after the version": f"GET /launch/callback?state={SECRET} HTTP/1.1 junk\r\nHost: x\r\n\r\n",
-    "a header without a colon": f"GET /launch/callback?state={SECRET} HTTP/1.1\r\nBad Header\r\n\r\n",
+    "junk after the version": f"GET {CALLBACK} HTTP/1.1 junk\r\nHost: x\r\n\r\n",
+    "a header without a colon": f"GET {CALLBACK} HTTP/1.1\r\nBad Header\r\n\r\n",
     "a control character in the query": f"GET /join?t={SECRET}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
     "a Content-Length that is not a number": f"POST /join?t={SECRET} HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n",
-    "a header line over the limit": f"GET /launch/callback?state={SECRET} HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * 9000}\r\n\r\n",
-    "a request line over the limit": f"GET /launch/callback?state={SECRET}&pad={'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n",
-    "chunked framing that is broken": f"POST /join?t={SECRET} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    "a method that is not a token": f"BR@W /launch/callback?state={SECRET} HTTP/1.1\r\nHost: x\r\n\r\n",
+    "a header line over the limit": f"GET {CALLBACK} HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * 9000}\r\n\r\n",
+    "a request line over the limit": f"GET {CALLBACK}&pad={'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n",
+    "chunked framing that is broken":
+        f"POST /join?t={SECRET} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "a method that is not a token": f"BR@W {CALLBACK} HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 

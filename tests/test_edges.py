@@ -151,7 +151,9 @@ async def test_a_nul_in_a_guest_address_is_refused_and_nothing_is_kept(stack: St
 
 
 async def test_a_static_file_name_over_255_bytes_is_not_found(stack: Stack, logs: pytest.LogCaptureFixture) -> None:
-    for path in ("/static/" + "a" * 300, "/static/launch/" + "é" * 200 + ".js", "/static/" + "/".join(["b" * 250] * 20)):
+    too_long = ("/static/" + "a" * 300, "/static/launch/" + "é" * 200 + ".js",
+                "/static/" + "/".join(["b" * 250] * 20))  # each name short enough, the whole path not
+    for path in too_long:
         response = await stack.get(f"{stack.gateway_url}{path}")
         body = await response.text()
         assert response.status == 404, body
