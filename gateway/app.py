@@ -21,7 +21,7 @@ from .appkeys import DB, DSN, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNIN
 from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
-from .web import error_middleware, security_headers_middleware
+from .web import csrf_middleware, error_middleware, input_middleware, security_headers_middleware
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ PARTS = ("launch", "presence")
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole gateway from its settings."""
-    app = web.Application(middlewares=[security_headers_middleware, error_middleware],
+    # Outermost first: headers on every answer; errors translated; CSRF before the body is even read.
+    app = web.Application(middlewares=[security_headers_middleware, error_middleware, csrf_middleware,
+                                       input_middleware],
                           client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[SEALER] = Sealer(settings.secret_key)

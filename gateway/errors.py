@@ -111,3 +111,36 @@ class CrossSiteRequest(VisitgateError):
     status = 403
     reason = "cross_site_request"
     title = "This request was refused"
+
+
+class BadRequest(VisitgateError):
+    """A request we cannot read: characters no value may hold, a body that does not parse, a bad header.
+
+    Raised at the edge (gateway.web) before any handler sees the input; the reason names what was wrong.
+    """
+
+    status = 400
+    reason = "bad_request"
+    title = "This request could not be read"
+    # Per reason: the status (400 unless named here).
+    STATUSES = {"unsupported_charset": 415, "unsupported_media_type": 415}
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.status = self.STATUSES.get(self.reason, 400)
+
+
+class DatabaseUnavailable(VisitgateError):
+    """The database cannot be reached or refuses work for now (down, restarting, out of connections)."""
+
+    status = 503
+    reason = "database_unavailable"
+    title = "The service is briefly unavailable"
+
+
+class GatewayTimeout(UpstreamError):
+    """Something we waited on (an outside service) did not answer in time."""
+
+    status = 504
+    reason = "upstream_timeout"
+    title = "The EHR did not answer in time"

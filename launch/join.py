@@ -19,10 +19,10 @@ from aiohttp import web
 
 from gateway import joinlinks
 from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS
-from gateway.errors import CrossSiteRequest, JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
+from gateway.errors import JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
 from gateway.participants import Participant, patient_participant
 from gateway.fhir import FhirClient
-from gateway.web import from_our_pages
+from gateway.web import serves_json
 
 from . import store
 from .appkeys import CATALOGS
@@ -52,8 +52,6 @@ LINK_MESSAGES = {
 }
 NO_SESSION = (N_("Your visit session has ended"),
               N_("Open the link your clinic sent you again, or start the visit again from your patient portal."))
-CROSS_SITE = (N_("This request was refused"),
-              N_("Open the link your clinic sent you again and press the button on that page."))
 LAUNCH_FAILED = (N_("Your video visit could not be started"),
                  N_("Go back to your patient portal and start the visit again. If this keeps happening, call "
                     "your clinic."))
@@ -111,12 +109,6 @@ def _patient_page(response: web.Response) -> web.Response:
     return response
 
 
-def _require_same_origin(request: web.Request) -> None:
-    """CSRF: a POST must come from one of our pages (gateway.web.from_our_pages)."""
-    if not from_our_pages(request):
-        raise _localized(request, CrossSiteRequest(), CROSS_SITE)
-
-
 async def join_page(request: web.Request) -> web.Response:
     """GET /join?t=: check the link without using it, and show one button that POSTs it."""
     token = request.query.get("t", "")
@@ -129,7 +121,6 @@ async def join_page(request: web.Request) -> web.Response:
 
 async def join_exchange(request: web.Request) -> web.Response:
     """POST /join: exchange the link for this browser's session, then go to the clean /lobby URL."""
-    _require_same_origin(request)
     form = await request.post()
     token = form.get("t")
     presented = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
@@ -164,13 +155,13 @@ async def lobby_page(request: web.Request) -> web.Response:
     return _patient_page(aiohttp_jinja2.render_template("lobby.html", request, context))
 
 
+@serves_json
 async def lobby_handoff(request: web.Request) -> web.Response:
     """POST /lobby/handoff: a fresh join link for this participant, to open the visit in another browser.
 
     For a lobby opened inside an app's browser that cannot use the camera: the patient copies the link and
     pastes it into Safari or Chrome, where it binds to that browser's session like any new link.
     """
-    _require_same_origin(request)
     participant, expires_at = await _session(request)
     async with request.app[DB].acquire() as conn:
         token = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,

@@ -20,7 +20,7 @@ from gateway.fhir import FhirClient, parse_reference
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
 from gateway.sessions import renew_after
-from gateway.web import add_templates, from_our_pages
+from gateway.web import add_templates, serves_json
 
 from . import store
 from .appkeys import SMART
@@ -252,6 +252,7 @@ async def _read_or_note(fhir: FhirClient, resource_type: str, logical_id: str | 
         return None
 
 
+@serves_json
 async def renew_handle(request: web.Request) -> web.Response:
     """POST /provider/{handle}/renew: a fresh handle for an open provider page (view or room), as JSON.
 
@@ -259,8 +260,6 @@ async def renew_handle(request: web.Request) -> web.Response:
     replaces its URL, so the handles left in the browser's history expire within minutes while the page
     stays usable for the whole session. The old handle keeps working until its own expiry.
     """
-    if not from_our_pages(request):
-        return no_store(web.json_response({"error": "cross_site"}, status=403))
     handle = request.match_info["handle"]
     ttl = request.app[SETTINGS].provider_handle_ttl
     fresh = new_token()

@@ -90,7 +90,7 @@ async def test_renewal_is_refused_for_forged_and_expired_handles_and_from_other_
     status, body = await _renew(stack, "x" * 500)
     assert status == 401 and "handle" not in body
     status, body = await _renew(stack, handle, origin="https://evil.example")
-    assert status == 403 and body == {"error": "cross_site"}
+    assert status == 403 and body["error"] == "cross_site_request"
     async with stack.gateway_app[DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM provider_handles") == 1  # nothing was issued
 
