@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from gateway import events, joinlinks
 from gateway.appkeys import ANNOUNCER, DB, SETTINGS
 from gateway.meetings.builtin import ice_servers
-from gateway.sessions import provider_identity
+from gateway.sessions import browser_keys, provider_identity
 
 from .appkeys import BUS, HUB, LEASE
 from .bus import RelayTooLarge
@@ -123,7 +123,7 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
         if isinstance(handle, str):
             if where == "lobby":
                 return None, where
-            found = await provider_identity(db, handle)
+            found = await provider_identity(db, handle, browser=browser_keys(request))
             if found is None:
                 return None, where
             participant_id = await events.provider_participant(db, found.visit_id, found.fhir_user)
