@@ -137,20 +137,22 @@ async def launch_callback(request: web.Request) -> web.Response:
         raise StateInvalid("The sign-in answer carries no state. Start the visit again from the EHR.",
                            reason="missing_state")
     app = request.app
-    async with app[DB].acquire() as conn:
-        taken = await store.take_launch_state(conn, token_hash(state))
-    if taken is None:
-        raise StateInvalid("This sign-in answer is unknown or was already used. Start the visit again from "
-                           "the EHR.")
     held = browser_hashes(browser_keys(request))
-    if not held:
-        # Nothing to tell this browser from any other that got hold of the URL. Not an answer to finish
-        # here, then; in a window of its own the browser keeps the cookie, and the launch can start again.
-        return _continue_in_new_window(request, taken)
-    if taken.browser_hash is None or taken.browser_hash not in held:
+    pending = None
+    async with app[DB].acquire() as conn:
+        taken = await store.take_launch_state(conn, token_hash(state), held)
+        if taken is None:
+            pending = await store.pending_launch(conn, token_hash(state))
+    if taken is None:
+        if pending is None:
+            raise StateInvalid("This sign-in answer is unknown or was already used. Start the visit again from "
+                               "the EHR.")
+        if not held:
+            # Nothing tells this browser from any other that got hold of the URL: not an answer to finish
+            # here. In a window of its own the browser keeps the cookie, and the launch can start again.
+            return _continue_in_new_window(request, pending)
         raise StateInvalid("This sign-in was started in another browser or window. Start the visit again "
                            "from the EHR.", reason="other_browser")
-    browser_hash = taken.browser_hash
     fresh, config = taken.fresh, taken.config
     if config.audience == "patient":
         with patient_facing_errors(request):
@@ -171,26 +173,27 @@ async def launch_callback(request: web.Request) -> web.Response:
             access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
             token_ttl=grant.expires_in, scopes=" ".join(sorted(grant.scopes)),
             need_patient_banner=grant.need_patient_banner, smart_style_url=grant.smart_style_url,
-            session_ttl=settings.provider_session_ttl, browser_hash=browser_hash,
+            session_ttl=settings.provider_session_ttl, browser_hash=taken.browser_hash,
             handle_hash=token_hash(handle), handle_ttl=settings.provider_handle_ttl)
     log.info("provider launch opened visit %s (configuration %s)", visit.id, config.id)
     location = str(app.router["provider_view"].url_for(handle=handle))
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _continue_in_new_window(request: web.Request, taken: store.TakenLaunch) -> web.Response:
-    """The page for a callback that brought no browser key: the launch again, in a window of its own."""
-    config = taken.config
+def _continue_in_new_window(request: web.Request, pending: store.PendingLaunch) -> web.Response:
+    """The page for a callback that brought no browser key: the launch again, in a window of its own.
+
+    The state stays for the browser that has the key, if this one was not it.
+    """
     launch = None
-    if taken.launch_ref is not None:
+    if pending.launch_ref is not None:
         with contextlib.suppress(ValueError, InvalidTag):
-            launch = request.app[SEALER].unseal(taken.launch_ref, _LAUNCH_REF)
+            launch = request.app[SEALER].unseal(pending.launch_ref, _LAUNCH_REF)
     if launch is None:  # a state from before launches were bound: nothing to start again with
-        raise StateInvalid("This sign-in answer cannot be used. Start the visit again from the EHR.")
-    start = "patient_launch" if config.audience == "patient" else "launch"
-    restart = request.app.router[start].url_for().with_query(iss=config.fhir_base_url, launch=launch)
-    log.info("launch callback without the browser's cookie (configuration %s): offering a new window",
-             config.id)
+        raise StateInvalid("This sign-in answer cannot be used here. Start the visit again from the EHR.")
+    start = "patient_launch" if pending.audience == "patient" else "launch"
+    restart = request.app.router[start].url_for().with_query(iss=pending.fhir_base_url, launch=launch)
+    log.info("launch callback without the browser's cookie: offering a new window")
     response = aiohttp_jinja2.render_template("launch_new_window.html", request, {
         "restart_url": str(restart), "reason": "no_browser_cookie"}, status=400)
     return no_store(response)

@@ -55,11 +55,19 @@ class TakenLaunch:
     """A launch state just consumed: whether it was still fresh, the browser it is bound to, its configuration."""
 
     fresh: bool
-    browser_hash: bytes | None
-    """sha256 of the browser key its /launch request carried (None for a state made before migration 0009)."""
-    launch_ref: bytes | None
-    """The EHR's `launch` value, sealed, to start the launch again in a new window."""
+    browser_hash: bytes
+    """sha256 of the browser key its /launch request carried (and the callback brought back)."""
     config: LaunchConfiguration
+
+
+@dataclass(frozen=True)
+class PendingLaunch:
+    """A live launch state the callback's browser could not take: enough to start the launch again."""
+
+    audience: str
+    launch_ref: bytes | None
+    """The EHR's `launch` value, sealed (None for a state made before migration 0009)."""
+    fhir_base_url: str
 
 
 class Visit(NamedTuple):
@@ -83,16 +91,23 @@ async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str, tt
     return (row["client_id"], row["client_auth"], row["scopes"]) if row else None
 
 
-async def take_launch_state(conn: asyncpg.Connection, state_hash: bytes) -> TakenLaunch | None:
-    """Consume a launch state (single use), or None if unknown."""
-    row = await conn.fetchrow(Q["take_launch_state"], state_hash)
+async def take_launch_state(conn: asyncpg.Connection, state_hash: bytes,
+                            browser_hashes: list[bytes]) -> TakenLaunch | None:
+    """Consume a launch state (single use) bound to one of these browser keys, or None if there is none."""
+    row = await conn.fetchrow(Q["take_launch_state"], state_hash, browser_hashes)
     if row is None:
         return None
-    return TakenLaunch(row["fresh"], row["browser_hash"], row["launch_ref"], LaunchConfiguration(
+    return TakenLaunch(row["fresh"], row["browser_hash"], LaunchConfiguration(
         id=row["id"], fhir_base_url=row["fhir_base_url"], client_id=row["client_id"],
         client_auth=row["client_auth"], client_secret=row["client_secret"], scopes=row["scopes"],
         meeting_provider=row["meeting_provider"], approved=row["status"] == "approved",
         audience=row["audience"]))
+
+
+async def pending_launch(conn: asyncpg.Connection, state_hash: bytes) -> PendingLaunch | None:
+    """The live launch state of this hash, left where it is, or None."""
+    row = await conn.fetchrow(Q["pending_launch"], state_hash)
+    return PendingLaunch(row["audience"], row["launch_ref"], row["fhir_base_url"]) if row else None
 
 
 async def find_or_create_visit(conn: asyncpg.Connection, *, configuration_id: int, encounter_key: bytes,

@@ -12,12 +12,19 @@ WITH c AS (
 SELECT c.client_id, c.client_auth, c.scopes FROM c JOIN kept ON kept.configuration_id = c.id;
 
 -- name: take_launch_state
--- Single use: the row is gone whether or not it had expired.
+-- Single use, and only by the browser the state is bound to (its key among $2): the row is gone whether or
+-- not it had expired. Another browser's try leaves it for the browser that started the launch.
 DELETE FROM launch_states s
 USING configurations c
-WHERE s.state_hash = $1 AND c.id = s.configuration_id
-RETURNING s.expires_at > now() AS fresh, s.audience, s.browser_hash, s.launch_ref, c.id, c.fhir_base_url, c.client_id, c.client_auth,
-          c.client_secret, c.scopes, c.meeting_provider, c.status;
+WHERE s.state_hash = $1 AND s.browser_hash = ANY($2::bytea[]) AND c.id = s.configuration_id
+RETURNING s.expires_at > now() AS fresh, s.audience, s.browser_hash, c.id, c.fhir_base_url, c.client_id,
+          c.client_auth, c.client_secret, c.scopes, c.meeting_provider, c.status;
+
+-- name: pending_launch
+-- A state that take_launch_state did not take: whose launch it is and how to start it again.
+SELECT s.audience, s.launch_ref, c.fhir_base_url
+FROM launch_states s JOIN configurations c ON c.id = s.configuration_id
+WHERE s.state_hash = $1 AND s.expires_at > now();
 
 -- name: purge_expired_states
 DELETE FROM launch_states WHERE expires_at < now();
