@@ -10,6 +10,7 @@ from playwright.async_api import BrowserContext, expect
 from gateway import events
 from gateway.appkeys import ANNOUNCER, DB
 from presence.appkeys import LEASE
+from tests.browser.conftest import carry_browser_keys
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -19,6 +20,7 @@ async def test_a_patient_whose_old_process_died_stays_in_the_visit_until_their_l
         stack: Stack, context: BrowserContext) -> None:
     pool, announcer = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER]
     handle = await stack.provider_handle()
+    await carry_browser_keys(stack.browser, context, stack.gateway_url)
     page = await context.new_page()
     await page.goto(f"{stack.gateway_url}/provider/{handle}")
     await expect(page.locator("#presence-status")).to_have_text("live")
