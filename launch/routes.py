@@ -29,7 +29,7 @@ from .invites import invite
 from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
                    open_patient_visit, patient_facing_errors, setup_join)
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
-from .sessions import browser_key_for_launch, keep_browser_key, provider_session
+from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
 from .smart import Client, SmartClient, TokenGrant
 from .visits import open_visit
 
@@ -43,6 +43,7 @@ _LAUNCH_REF = "launch_states.launch_ref"
 def setup(app: web.Application) -> None:
     """Mount the launch routes (ROUTES, at the end of this module) and their resources on the gateway."""
     add_templates(app, "launch")
+    warn_if_cookies_cannot_stick(app[SETTINGS].public_url)
     setup_join(app)
     app.cleanup_ctx.append(_smart_client)
     app.cleanup_ctx.append(_purge_expired)

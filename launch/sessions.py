@@ -1,14 +1,19 @@
 """The browser a launch belongs to, and the clinician's session behind a provider page.
 
 A launch is bound to the browser that started it: /launch gives the browser a random key in a `__Host-`,
-Partitioned cookie (named gateway.sessions.BROWSER_COOKIE and a tag) and keeps only its hash with the state; the callback
-must bring the same key, and the provider session it opens keeps the hash too. A provider page's URL handle
-then works only together with that cookie, so neither a callback URL nor a provider page URL copied into
-another browser (or read from a history or a log) opens the visit there.
+Partitioned cookie (named gateway.sessions.BROWSER_COOKIE and a tag) and keeps only its hash with the state;
+the callback must bring the same key, and the provider session it opens keeps the hash too. A provider page's
+URL handle then works only together with that cookie, so neither a callback URL nor a provider page URL
+copied into another browser (or read from a history or a log) opens the visit there.
+
+The cookie is Secure, as `__Host-` requires: browsers keep it over https, and over plain http only on
+127.0.0.1 and localhost (which they count as trustworthy), as in the demo and the tests.
 """
 from __future__ import annotations
 
+import logging
 import secrets
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -19,7 +24,18 @@ from gateway.sessions import BROWSER_COOKIE, BrowserKey, browser_hashes, browser
 
 from . import store
 
+log = logging.getLogger(__name__)
+
 _MAX_HANDLE = 128
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_cookies_cannot_stick(public_url: str) -> None:
+    """Say at start-up when browsers will refuse the browser key: plain http on a host other than loopback."""
+    parts = urlsplit(public_url)
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        log.warning("VISITGATE_PUBLIC_URL is plain http on %s: browsers refuse the Secure cookie every launch "
+                    "is bound to, so no launch can finish. Serve the gateway over https.", parts.hostname)
 
 
 def browser_key_for_launch(request: web.Request) -> BrowserKey:
