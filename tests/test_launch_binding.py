@@ -233,3 +233,25 @@ async def test_a_provider_view_whose_patient_was_read_has_no_unverified_alert(st
     response, _ = await stack.launch()
     body = await response.text()
     assert response.status == 200 and 'id="patient-unverified"' not in body
+
+
+async def test_a_portal_launch_callback_in_another_browser_opens_no_lobby_and_offers_a_new_window(
+        stack: Stack, other_browser: aiohttp.ClientSession, sandbox_calls: list[str]) -> None:
+    from sandbox import create_launch
+
+    launch = create_launch(stack.sandbox_app, practitioner_id=None, patient_id=PATIENT, encounter_id="enc-1",
+                           need_patient_banner=False)
+    first = await stack.get(f"{stack.gateway_url}/launch/patient?iss={stack.fhir_base}&launch={launch}")
+    authorize = await stack.get(first.headers["Location"])
+    callback = authorize.headers["Location"]
+    before = len(sandbox_calls)
+    status, body, response = await _get(other_browser, callback)
+    assert status == 400 and reason_code(body) == "no_browser_cookie", body
+    link = re.search(r'id="continue-new-window" href="([^"]+)"', body)
+    assert link is not None and urlsplit(link.group(1)).path == "/launch/patient"
+    assert _ehr_reads(sandbox_calls[before:]) == [] and "Set-Cookie" not in response.headers
+    async with stack.gateway_app[DB].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM participant_sessions") == 0
+    # The patient's own browser goes on to the lobby with the same answer.
+    mine = await stack.get(callback)
+    assert mine.status == 303 and mine.headers["Location"] == "/lobby", await mine.text()
