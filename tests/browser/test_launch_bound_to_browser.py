@@ -3,7 +3,8 @@
 A launch from the sandbox EHR runs in its iframe (gateway on 127.0.0.1, EHR on localhost: two sites). Then a
 second launch's callback URL, caught before the iframe uses it, and the provider page URL are opened in a
 second browser context: it gets neither the patient nor the Admit button, and the EHR gets no token call and no
-FHIR read for it. The iframe's own launches work, on its partitioned cookie alone.
+FHIR read for it. A browser without the cookie is offered the launch again in a new window, which works; the
+iframe's own launches work, on its partitioned cookie alone.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import pytest
 from playwright.async_api import BrowserContext, expect
 
 from sandbox.appkeys import OAUTH
-from tests.browser.test_provider_launch_in_ehr import (_app_frame, _begin_visit, _expect_provider_view,
-                                                       _patient_name, _schedule)
+from tests.browser.test_provider_launch_in_ehr import (LAUNCH_TIMEOUT_MS, _app_frame, _begin_visit,
+                                                       _expect_provider_view, _patient_name, _schedule)
 from tests.browser.conftest import OpenContext
 from tests.conftest import Stack
 
@@ -92,10 +93,21 @@ async def test_a_launch_and_its_provider_page_work_only_in_the_browser_that_star
     assert _ehr_reads(sandbox_calls[before:]) == []
     assert await other.cookies(stack.gateway_url) == []
 
-    # In the iframe that started it, the same callback URL opens the visit.
+    # A window that cannot keep the cookie (here: a third browser, which never had it) goes on with the button:
+    # the launch runs again, from the EHR's launch, in a top-level window of its own.
+    third = await (await open_context("desktop")).new_page()
+    await third.goto(callback_url)
+    async with third.expect_popup() as opened:
+        await third.locator("#continue-new-window").click()
+    window = await opened.value
+    await expect(window.locator("#patient-name")).to_have_text(name, timeout=LAUNCH_TIMEOUT_MS)
+    assert urlsplit(window.url).path.startswith("/provider/") and window.url != provider_url
+    assert len(stack.sandbox_app[OAUTH].access_tokens) == tokens + 1
+
+    # In the iframe that started it, the same callback URL opens the visit: no other browser spent it.
     await frame.goto(callback_url)
     await _expect_provider_view(page, stack, name)
-    assert len(stack.sandbox_app[OAUTH].access_tokens) == tokens + 1
+    assert len(stack.sandbox_app[OAUTH].access_tokens) == tokens + 2
 
     # The gateway's only cookie is its partitioned, host-only key (third-party cookies are blocked here).
     cookies = await context.cookies(stack.gateway_url)
