@@ -483,9 +483,15 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     perf = time.perf_counter
 
     async def get(url: Any, browser: Any = None) -> tuple[int, str | None]:
-        async with (browser or session).get(url, allow_redirects=False) as response:
+        return (await leg(url, browser))[:2]
+
+    async def leg(url: Any, browser: Any = None, cookie: str | None = None) -> tuple[int, str | None, str]:
+        """One request: status, Location, and the name=value of the cookie it set ("" if none)."""
+        async with (browser or session).get(url, allow_redirects=False,
+                                            headers={"Cookie": cookie} if cookie else None) as response:
             await response.read()
-            return response.status, response.headers.get("Location")
+            return (response.status, response.headers.get("Location"),
+                    response.headers.get("Set-Cookie", "").split(";", 1)[0])
 
     bare_url = URL(spec.get("bare_url", "http://127.0.0.1/"), encoded=True)
 
@@ -505,7 +511,9 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         index = seq[0]
         seq[0] += 1
         t0 = perf()
-        status, location = await get(launch_urls[index % len(launch_urls)])
+        # Each launch is its own browser: the key /launch sets goes back with the callback, by hand (no jar,
+        # so launches stay apart and a jar costs the generator nothing).
+        status, location, browser_key = await leg(launch_urls[index % len(launch_urls)])
         t1 = perf()
         if status != OK_LAUNCH or not location or not location.startswith(sandbox_origin + "/oauth/authorize?"):
             errors.add("launch_status", f"{status} {(location or '')[:80]}")
@@ -516,7 +524,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             errors.add("authorize_status", f"{status} {(location or '')[:120]}")
             return None
         t2 = perf()
-        status, location = await get(URL(location, encoded=True))
+        status, location, _ = await leg(URL(location, encoded=True), None, browser_key)
         t3 = perf()
         if status != OK_CALLBACK or not location or not location.startswith("/provider/"):
             errors.add("callback_status", f"{status} {(location or '')[:80]}")

@@ -20,12 +20,12 @@ from aiohttp import web
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB, HTTP, NOTIFIER, SEALER
-from gateway.errors import FhirError, SessionExpired
+from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
-from gateway.security import token_hash
 
 from . import store
+from .sessions import provider_session
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ ROLES = ("patient", "guest")
 GUEST_KINDS = ("interpreter", "family", "caregiver", "other")
 _EMAIL = re.compile(r"^[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 _MAX_FIELD = 320
-
-
-def setup_invites(app: web.Application) -> None:
-    """Mount the invite endpoint (its script, static/invite.js, is served with launch's static files)."""
-    app.router.add_post("/provider/{handle}/invite", invite, name="provider_invite")
 
 
 class InviteRefused(Exception):
@@ -187,14 +182,7 @@ def _answer(request: web.Request, status: int, payload: dict[str, Any]) -> web.R
 
 async def invite(request: web.Request) -> web.Response:
     """POST /provider/{handle}/invite: make (or reuse) the participant, issue a join link, send or show it."""
-    handle = request.match_info["handle"]
-    app = request.app
-    session = None
-    if len(handle) <= 128:
-        async with app[DB].acquire() as conn:
-            session = await store.get_provider_session(conn, token_hash(handle))
-    if session is None:
-        raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
+    session = await provider_session(request)
     try:
         form = parse_form(await request.post())
         return await _invite(request, session, form)

@@ -18,10 +18,10 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import joinlinks
-from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS
+from gateway.appkeys import DB, HTTP, SETTINGS
 from gateway.errors import JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
-from gateway.participants import Participant, patient_participant
 from gateway.fhir import FhirClient
+from gateway.participants import Participant, patient_participant
 from gateway.web import serves_json
 
 from . import store
@@ -29,6 +29,7 @@ from .appkeys import CATALOGS
 from .i18n import DEFAULT_LOCALE, N_, Catalogs
 from .page_strings import for_page
 from .smart import TokenGrant
+from .visits import open_visit
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,13 @@ LAUNCH_FAILED = (N_("Your video visit could not be started"),
 
 
 def setup_join(app: web.Application) -> None:
-    """Mount the join-link and lobby routes, the catalog and the patient pages' static files."""
+    """Load the join-link keys and the translation catalog (the routes are in launch.routes.ROUTES)."""
     app[joinlinks.JOIN_KEYS] = joinlinks.JoinKeys.from_settings(app[SETTINGS])
     catalogs = Catalogs.load()
     app[CATALOGS] = catalogs
     # The default language for templates rendered without a page context (i18n.page_context gives theirs).
     aiohttp_jinja2.get_env(app).install_gettext_translations(  # type: ignore[attr-defined]  # added by ext.i18n
         catalogs.translations(DEFAULT_LOCALE), newstyle=True)
-    app.router.add_get("/join", join_page, name="join")
-    app.router.add_post("/join", join_exchange)
-    app.router.add_get("/lobby", lobby_page, name="lobby")
-    app.router.add_post("/lobby/handoff", lobby_handoff, name="lobby_handoff")
-    app.router.add_static("/static/launch/", STATIC_DIR, append_version=False)
 
 
 def _gettext(request: web.Request, message: str) -> str:
@@ -179,7 +175,6 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
         raise LaunchRefused("the portal launched without a patient", reason="no_patient")
     if grant.encounter is None:
         raise LaunchRefused("the portal launched without an encounter", reason="no_encounter")
-    sealer = app[SEALER]
     now = dt.datetime.now(dt.timezone.utc)
     # Read live with the patient's own token, used for this and then forgotten.
     window_end = await joinlinks.visit_window_end(
@@ -188,24 +183,14 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
                      now + PORTAL_MIN_SESSION)
     presented = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
     async with app[DB].acquire() as conn:
+        visit = await open_visit(conn, app, config, grant.encounter, grant.patient, same_patient=True)
         async with conn.transaction():
-            visit_id, meeting_id, provider_name, patient_ref = await store.find_or_create_visit(
-                conn, configuration_id=config.id,
-                encounter_key=sealer.lookup("encounter", f"{config.fhir_base_url}|{grant.encounter}"),
-                encounter_ref=sealer.seal(grant.encounter, "visits.encounter_ref"),
-                patient_ref=sealer.seal(grant.patient, "visits.patient_ref"),
-                meeting_provider=config.meeting_provider)
-            if patient_ref is not None and sealer.unseal(patient_ref, "visits.patient_ref") != grant.patient:
-                raise LaunchRefused("the encounter belongs to another patient", reason="patient_mismatch")
-            participant_id = await patient_participant(conn, visit_id)
+            participant_id = await patient_participant(conn, visit.id)
             current = await joinlinks.session_for_handle(conn, presented)
             if current is not None and current[0].id == participant_id and presented is not None:
                 session = joinlinks.ParticipantSession(handle=presented, participant_id=participant_id,
-                                                       visit_id=visit_id, expires_at=current[1])
+                                                       visit_id=visit.id, expires_at=current[1])
             else:
-                session = await joinlinks.create_session(conn, participant_id, visit_id, expires_at)
-        if meeting_id is None:
-            meeting = await app[MEETINGS][provider_name].create_meeting(str(visit_id))
-            await store.set_meeting(conn, visit_id, meeting.meeting_id)
-    log.info("patient launch opened visit %s (configuration %s)", visit_id, config.id)
+                session = await joinlinks.create_session(conn, participant_id, visit.id, expires_at)
+    log.info("patient launch opened visit %s (configuration %s)", visit.id, config.id)
     return _to_lobby(request, session)

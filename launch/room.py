@@ -4,7 +4,7 @@ Browsers connect peer to peer (WebRTC, a mesh of at most four) and signal over t
 (docs/presence-protocol.md). This module only decides who may open the room and hands the page what it needs:
 who the browser is, how to authenticate its socket, and the ICE servers (STUN, and TURN with a credential that
 expires). A patient or guest comes from the lobby with a `vg_participant` session and must have been admitted;
-the clinician comes from the provider view with the handle in the path.
+the clinician comes from the provider view with the handle in the path (and the browser's key in its cookie).
 """
 from __future__ import annotations
 
@@ -17,23 +17,17 @@ from aiohttp import web
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB, SETTINGS
-from gateway.errors import SessionExpired
 from gateway.meetings.builtin import ice_servers, turn_lifetime
-from gateway.sessions import provider_identity, renew_after
+from gateway.sessions import renew_after
 
 from .page_strings import for_page
+from .sessions import provider_session
 
 log = logging.getLogger(__name__)
 
 LOBBY_URL = "/lobby"
 ROOM_SIZE = 4
 """Participants in one room at most: each browser sends its video to every other one (a mesh)."""
-
-
-def setup_room(app: web.Application) -> None:
-    """Mount the room pages (their script and style are served with the launch part's static files)."""
-    app.router.add_get("/room", participant_room, name="room")
-    app.router.add_get("/provider/{handle}/room", provider_room, name="provider_room")
 
 
 def no_store(response: web.Response) -> web.Response:
@@ -66,10 +60,8 @@ async def participant_room(request: web.Request) -> web.Response:
 async def provider_room(request: web.Request) -> web.Response:
     """GET /provider/{handle}/room: the room for the clinician of the visit the handle names."""
     handle = request.match_info["handle"]
+    found = await provider_session(request)
     async with request.app[DB].acquire() as conn:
-        found = await provider_identity(conn, handle)
-        if found is None:
-            raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
         participant_id = await participants.provider_participant(conn, found.visit_id, found.fhir_user)
     view_url = str(request.app.router["provider_view"].url_for(handle=handle))
     renew_in = renew_after(request.app[SETTINGS].provider_handle_ttl, found.handle_expires_in)

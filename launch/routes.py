@@ -1,5 +1,5 @@
-"""Routes of the launch part: /launch, /launch/patient, /launch/callback, the provider view, and (from
-join.py) join links and the lobby."""
+"""Routes of the launch part: /launch, /launch/patient, /launch/callback and the provider view, and the one
+route table (ROUTES) of every launch URL, join links, the lobby, the room and invites included."""
 from __future__ import annotations
 
 import asyncio
@@ -11,44 +11,44 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from cryptography.exceptions import InvalidTag
 
 from gateway import joinlinks
-from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
+from gateway.appkeys import DB, HTTP, SEALER, SETTINGS, SIGNING_KEY
 from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
                             UpstreamError)
 from gateway.fhir import FhirClient, parse_reference
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
-from gateway.sessions import renew_after
+from gateway.sessions import browser_hashes, browser_keys, renew_after
 from gateway.web import add_templates, serves_json
 
 from . import store
 from .appkeys import SMART
-from .join import PATIENT_SCOPES, open_patient_visit, patient_facing_errors, setup_join
+from .invites import invite
+from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
+                   open_patient_visit, patient_facing_errors, setup_join)
 from .page_strings import for_page
-from .room import ROOM_SIZE, no_store, setup_room
+from .room import ROOM_SIZE, no_store, participant_room, provider_room
+from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
 from .smart import Client, SmartClient, TokenGrant
+from .visits import open_visit
 
 log = logging.getLogger(__name__)
 
 _MAX_PARAM = 2048
 PURGE_EVERY = 300.0
+_LAUNCH_REF = "launch_states.launch_ref"
 
 
 def setup(app: web.Application) -> None:
-    """Mount the launch routes and their resources on the gateway."""
+    """Mount the launch routes (ROUTES, at the end of this module) and their resources on the gateway."""
     add_templates(app, "launch")
+    warn_if_cookies_cannot_stick(app[SETTINGS].public_url)
+    setup_join(app)
     app.cleanup_ctx.append(_smart_client)
     app.cleanup_ctx.append(_purge_expired)
-    app.router.add_get("/launch", launch_start, name="launch")
-    app.router.add_get("/launch/patient", patient_launch_start, name="patient_launch")
-    app.router.add_get("/launch/callback", launch_callback, name="launch_callback")
-    app.router.add_get("/provider/{handle}", provider_view, name="provider_view")
-    app.router.add_post("/provider/{handle}/renew", renew_handle, name="provider_renew")
-    from .invites import setup_invites  # "Send the link" from the provider view
-    setup_invites(app)
-    setup_join(app)
-    setup_room(app)
+    app.router.add_routes(ROUTES)
 
 
 async def _smart_client(app: web.Application) -> AsyncIterator[None]:
@@ -104,8 +104,10 @@ async def _start(request: web.Request, audience: str) -> web.Response:
                             "appointment in the EHR.", reason="missing_launch")
     settings = request.app[SETTINGS]
     state = new_token()
+    browser = browser_key_for_launch(request)
     async with request.app[DB].acquire() as conn:
-        found = await store.start_launch(conn, token_hash(state), iss, settings.launch_state_ttl, audience)
+        found = await store.start_launch(conn, token_hash(state), iss, settings.launch_state_ttl, audience,
+                                         token_hash(browser.key), request.app[SEALER].seal(launch, _LAUNCH_REF))
     if found is None:
         raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "
                             "administrator to register and approve it.")
@@ -120,11 +122,14 @@ async def _start(request: web.Request, audience: str) -> web.Response:
         code_challenge=pkce_challenge(sealer.launch_secret("pkce", state)),
         nonce=sealer.launch_secret("nonce", state))
     # Returned, not raised: the raised form measured far slower on this hot path.
-    return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
+    response = web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
+    # The launch is bound to this browser: the callback must bring the same key back.
+    keep_browser_key(response, browser, settings.provider_session_ttl)
+    return response
 
 
 async def launch_callback(request: web.Request) -> web.Response:
-    """SMART launch, second leg: check state and issuer, exchange the code, open the visit.
+    """SMART launch, second leg: check state, browser and issuer, exchange the code, open the visit.
 
     The state says whose launch it was: a clinician's goes on to the provider view, a patient's (from the
     portal) to the lobby.
@@ -134,12 +139,23 @@ async def launch_callback(request: web.Request) -> web.Response:
         raise StateInvalid("The sign-in answer carries no state. Start the visit again from the EHR.",
                            reason="missing_state")
     app = request.app
+    held = browser_hashes(browser_keys(request))
+    pending = None
     async with app[DB].acquire() as conn:
-        taken = await store.take_launch_state(conn, token_hash(state))
+        taken = await store.take_launch_state(conn, token_hash(state), held)
+        if taken is None:
+            pending = await store.pending_launch(conn, token_hash(state))
     if taken is None:
-        raise StateInvalid("This sign-in answer is unknown or was already used. Start the visit again from "
-                           "the EHR.")
-    fresh, config = taken
+        if pending is None:
+            raise StateInvalid("This sign-in answer is unknown or was already used. Start the visit again from "
+                               "the EHR.")
+        if not held:
+            # Nothing tells this browser from any other that got hold of the URL: not an answer to finish
+            # here. In a window of its own the browser keeps the cookie, and the launch can start again.
+            return _continue_in_new_window(request, pending)
+        raise StateInvalid("This sign-in was started in another browser or window. Start the visit again "
+                           "from the EHR.", reason="other_browser")
+    fresh, config = taken.fresh, taken.config
     if config.audience == "patient":
         with patient_facing_errors(request):
             grant, _fhir_user = await _complete_sign_in(request, state, fresh, config)
@@ -153,23 +169,36 @@ async def launch_callback(request: web.Request) -> web.Response:
     # The session's own key is never shown; the URL carries a short-lived handle the page renews.
     handle = new_token()
     async with app[DB].acquire() as conn:
-        visit_id, meeting_id, provider_name = await store.find_or_create_visit_with_session(
-            conn, configuration_id=config.id,
-            encounter_key=sealer.lookup("encounter", f"{config.fhir_base_url}|{grant.encounter}"),
-            encounter_ref=sealer.seal(grant.encounter, "visits.encounter_ref"),
-            patient_ref=sealer.seal(grant.patient, "visits.patient_ref") if grant.patient else None,
-            meeting_provider=config.meeting_provider, session_hash=token_hash(new_token()), fhir_user=fhir_user,
+        visit = await open_visit(conn, app, config, grant.encounter, grant.patient)
+        await store.create_provider_session(
+            conn, visit_id=visit.id, session_hash=token_hash(new_token()), fhir_user=fhir_user,
             access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
             token_ttl=grant.expires_in, scopes=" ".join(sorted(grant.scopes)),
             need_patient_banner=grant.need_patient_banner, smart_style_url=grant.smart_style_url,
-            session_ttl=settings.provider_session_ttl, handle_hash=token_hash(handle),
-            handle_ttl=settings.provider_handle_ttl)
-        if meeting_id is None:
-            meeting = await app[MEETINGS][provider_name].create_meeting(str(visit_id))
-            await store.set_meeting(conn, visit_id, meeting.meeting_id)
-    log.info("provider launch opened visit %s (configuration %s)", visit_id, config.id)
+            session_ttl=settings.provider_session_ttl, browser_hash=taken.browser_hash,
+            handle_hash=token_hash(handle), handle_ttl=settings.provider_handle_ttl)
+    log.info("provider launch opened visit %s (configuration %s)", visit.id, config.id)
     location = str(app.router["provider_view"].url_for(handle=handle))
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _continue_in_new_window(request: web.Request, pending: store.PendingLaunch) -> web.Response:
+    """The page for a callback that brought no browser key: the launch again, in a window of its own.
+
+    The state stays for the browser that has the key, if this one was not it.
+    """
+    launch = None
+    if pending.launch_ref is not None:
+        with contextlib.suppress(ValueError, InvalidTag):
+            launch = request.app[SEALER].unseal(pending.launch_ref, _LAUNCH_REF)
+    if launch is None:  # a state from before launches were bound: nothing to start again with
+        raise StateInvalid("This sign-in answer cannot be used here. Start the visit again from the EHR.")
+    start = "patient_launch" if pending.audience == "patient" else "launch"
+    restart = request.app.router[start].url_for().with_query(iss=pending.fhir_base_url, launch=launch)
+    log.info("launch callback without the browser's cookie: offering a new window")
+    response = aiohttp_jinja2.render_template("launch_new_window.html", request, {
+        "restart_url": str(restart), "reason": "no_browser_cookie"}, status=400)
+    return no_store(response)
 
 
 async def _complete_sign_in(request: web.Request, state: str, fresh: bool,
@@ -182,6 +211,10 @@ async def _complete_sign_in(request: web.Request, state: str, fresh: bool,
     if not config.approved:
         raise UnknownIssuer("This EHR's FHIR server is no longer approved for virtual visits here.")
     error = _param(request, "error")
+    if error == "access_denied":
+        # The user's own choice at the EHR (or the EHR's policy for them), not a fault of anyone's.
+        raise LaunchRefused("The sign-in was declined at the EHR, so the visit was not opened. To open it, "
+                            "start the visit again from the EHR and allow access.", reason="access_denied")
     if error is not None:
         said = error if error.isidentifier() else "unknown"
         raise UpstreamError(f"The EHR refused the sign-in ({said}).", reason="authorize_refused")
@@ -260,13 +293,16 @@ async def renew_handle(request: web.Request) -> web.Response:
     replaces its URL, so the handles left in the browser's history expire within minutes while the page
     stays usable for the whole session. The old handle keeps working until its own expiry.
     """
-    handle = request.match_info["handle"]
     ttl = request.app[SETTINGS].provider_handle_ttl
     fresh = new_token()
-    expires_in = None
-    if len(handle) <= 128:
+    try:
+        await provider_session(request)
         async with request.app[DB].acquire() as conn:
-            expires_in = await store.renew_provider_handle(conn, token_hash(handle), token_hash(fresh), ttl)
+            expires_in = await store.renew_provider_handle(conn, token_hash(request.match_info["handle"]),
+                                                           token_hash(fresh), ttl,
+                                                           browser_hashes(browser_keys(request)))
+    except SessionExpired:
+        expires_in = None
     if expires_in is None:
         return no_store(web.json_response({"error": "session_expired", "message": SessionExpired.title},
                                            status=401))
@@ -276,24 +312,23 @@ async def renew_handle(request: web.Request) -> web.Response:
 
 async def provider_view(request: web.Request) -> web.Response:
     """The clinician's page for a visit: the appointment, the patient banner, who is connected."""
+    session = await provider_session(request)
     handle = request.match_info["handle"]
     app = request.app
-    if len(handle) > 128:
-        raise SessionExpired("This visit link is not valid.")
-    async with app[DB].acquire() as conn:
-        session = await store.get_provider_session(conn, token_hash(handle))
-    if session is None:
-        raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
     sealer = app[SEALER]
     fhir = FhirClient(app[HTTP], session.fhir_base_url,
                       sealer.unseal(session.access_token, "provider_sessions.access_token"))
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
     patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
     problems: list[str] = []
+    wanted_patient = patient_id if session.need_patient_banner else None
     # Patient details are read live from FHIR for this page only; nothing of them is kept.
     encounter, patient = await asyncio.gather(
         _read_or_note(fhir, "Encounter", encounter_id, problems),
-        _read_or_note(fhir, "Patient", patient_id if session.need_patient_banner else None, problems))
+        _read_or_note(fhir, "Patient", wanted_patient, problems))
+    # Without the Encounter (or the Patient the banner needs) nothing on this page vouches for who the
+    # patient is: the clinician must hear so before admitting anyone.
+    unverified = encounter is None or (wanted_patient is not None and patient is None)
     appointment = None
     if encounter is not None:
         listed = encounter.get("appointment")
@@ -306,6 +341,7 @@ async def provider_view(request: web.Request) -> web.Response:
         "visit_id": str(session.visit_id),
         "environment": session.environment,
         "banner": session.need_patient_banner,
+        "unverified": unverified,
         "patient": patient and {
             "name": _patient_name(patient),
             "birth_date": patient.get("birthDate") if isinstance(patient.get("birthDate"), str) else None,
@@ -328,3 +364,24 @@ async def provider_view(request: web.Request) -> web.Response:
     response = aiohttp_jinja2.render_template("provider.html", request, context)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+ROUTES: list[web.AbstractRouteDef] = [
+    # The SMART launches: the clinician's from the EHR, the patient's from the portal, and their callback.
+    web.get("/launch", launch_start, name="launch"),
+    web.get("/launch/patient", patient_launch_start, name="patient_launch"),
+    web.get("/launch/callback", launch_callback, name="launch_callback"),
+    # The clinician's pages: the handle in the path, and the browser's key in its cookie (launch.sessions).
+    web.get("/provider/{handle}", provider_view, name="provider_view"),
+    web.post("/provider/{handle}/renew", renew_handle, name="provider_renew"),
+    web.post("/provider/{handle}/invite", invite, name="provider_invite"),
+    web.get("/provider/{handle}/room", provider_room, name="provider_room"),
+    # The patient's and guests' way in: join links, the lobby, the room.
+    web.get("/join", join_page, name="join"),
+    web.post("/join", join_exchange),
+    web.get("/lobby", lobby_page, name="lobby"),
+    web.post("/lobby/handoff", lobby_handoff, name="lobby_handoff"),
+    web.get("/room", participant_room, name="room"),
+    web.static("/static/launch/", STATIC_DIR, append_version=False),
+]
+"""Every URL of the launch part, in one place."""

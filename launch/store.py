@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -49,53 +50,83 @@ class ProviderSession:
     """Seconds the handle the session was found by still works."""
 
 
-async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str,
-                       ttl: int, audience: str = "provider") -> tuple[str, str, str] | None:
-    """Keep a launch state when iss is an approved FHIR base URL: (client id, client auth, scopes), else None.
+@dataclass(frozen=True)
+class TakenLaunch:
+    """A launch state just consumed: whether it was still fresh, the browser it is bound to, its configuration."""
+
+    fresh: bool
+    browser_hash: bytes
+    """sha256 of the browser key its /launch request carried (and the callback brought back)."""
+    config: LaunchConfiguration
+
+
+@dataclass(frozen=True)
+class PendingLaunch:
+    """A live launch state the callback's browser could not take: enough to start the launch again."""
+
+    audience: str
+    launch_ref: bytes | None
+    """The EHR's `launch` value, sealed (None for a state made before migration 0009)."""
+    fhir_base_url: str
+
+
+class Visit(NamedTuple):
+    """An encounter's visit as a launch finds or creates it."""
+
+    id: UUID
+    meeting_id: str | None
+    meeting_provider: str
+    patient_ref: bytes | None
+    """The sealed Patient id the visit was first opened with."""
+
+
+async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str, ttl: int, audience: str,
+                       browser_hash: bytes, launch_ref: bytes) -> tuple[str, str, str] | None:
+    """Keep a launch state, bound to a browser, when iss is an approved FHIR base URL: (client id, client auth,
+    scopes), else None.
 
     audience says whose launch it is ("provider" from the EHR, "patient" from the portal).
     """
-    row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl), audience)
+    row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl), audience, browser_hash, launch_ref)
     return (row["client_id"], row["client_auth"], row["scopes"]) if row else None
 
 
-async def take_launch_state(conn: asyncpg.Connection,
-                            state_hash: bytes) -> tuple[bool, LaunchConfiguration] | None:
-    """Consume a launch state (single use); returns (still fresh, its configuration) or None if unknown."""
-    row = await conn.fetchrow(Q["take_launch_state"], state_hash)
+async def take_launch_state(conn: asyncpg.Connection, state_hash: bytes,
+                            browser_hashes: list[bytes]) -> TakenLaunch | None:
+    """Consume a launch state (single use) bound to one of these browser keys, or None if there is none."""
+    row = await conn.fetchrow(Q["take_launch_state"], state_hash, browser_hashes)
     if row is None:
         return None
-    return row["fresh"], LaunchConfiguration(
+    return TakenLaunch(row["fresh"], row["browser_hash"], LaunchConfiguration(
         id=row["id"], fhir_base_url=row["fhir_base_url"], client_id=row["client_id"],
         client_auth=row["client_auth"], client_secret=row["client_secret"], scopes=row["scopes"],
         meeting_provider=row["meeting_provider"], approved=row["status"] == "approved",
-        audience=row["audience"])
+        audience=row["audience"]))
 
 
-async def find_or_create_visit_with_session(
-        conn: asyncpg.Connection, *, configuration_id: int, encounter_key: bytes, encounter_ref: bytes,
-        patient_ref: bytes | None, meeting_provider: str, session_hash: bytes, fhir_user: str | None,
-        access_token: bytes, token_ttl: int, scopes: str, need_patient_banner: bool,
-        smart_style_url: str | None, session_ttl: int, handle_hash: bytes,
-        handle_ttl: int) -> tuple[UUID, str | None, str]:
-    """The visit of an encounter (created if new), a provider session in it and the session's first URL
-    handle: (visit id, meeting id, provider)."""
-    row = await conn.fetchrow(
-        Q["find_or_create_visit_with_session"], configuration_id, encounter_key, encounter_ref, patient_ref,
-        meeting_provider, session_hash, fhir_user, access_token, float(token_ttl), scopes, need_patient_banner,
-        smart_style_url, float(session_ttl), handle_hash, float(handle_ttl))
-    assert row is not None
-    return row["id"], row["meeting_id"], row["meeting_provider"]
+async def pending_launch(conn: asyncpg.Connection, state_hash: bytes) -> PendingLaunch | None:
+    """The live launch state of this hash, left where it is, or None."""
+    row = await conn.fetchrow(Q["pending_launch"], state_hash)
+    return PendingLaunch(row["audience"], row["launch_ref"], row["fhir_base_url"]) if row else None
 
 
 async def find_or_create_visit(conn: asyncpg.Connection, *, configuration_id: int, encounter_key: bytes,
-                               encounter_ref: bytes, patient_ref: bytes | None,
-                               meeting_provider: str) -> tuple[UUID, str | None, str, bytes | None]:
-    """The visit of an encounter, created if new: (visit id, meeting id, meeting provider, sealed patient)."""
+                               encounter_ref: bytes, patient_ref: bytes | None, meeting_provider: str) -> Visit:
+    """The visit of an encounter, created if new."""
     row = await conn.fetchrow(Q["find_or_create_visit"], configuration_id, encounter_key, encounter_ref,
                               patient_ref, meeting_provider)
     assert row is not None
-    return row["id"], row["meeting_id"], row["meeting_provider"], row["patient_ref"]
+    return Visit(row["id"], row["meeting_id"], row["meeting_provider"], row["patient_ref"])
+
+
+async def create_provider_session(
+        conn: asyncpg.Connection, *, visit_id: UUID, session_hash: bytes, fhir_user: str | None,
+        access_token: bytes, token_ttl: int, scopes: str, need_patient_banner: bool, smart_style_url: str | None,
+        session_ttl: int, browser_hash: bytes, handle_hash: bytes, handle_ttl: int) -> None:
+    """A clinician's session in a visit, bound to a browser, and the session's first URL handle."""
+    await conn.execute(
+        Q["create_provider_session"], session_hash, visit_id, fhir_user, access_token, float(token_ttl), scopes,
+        need_patient_banner, smart_style_url, float(session_ttl), browser_hash, handle_hash, float(handle_ttl))
 
 
 async def set_meeting(conn: asyncpg.Connection, visit_id: UUID, meeting_id: str) -> str:
@@ -104,16 +135,19 @@ async def set_meeting(conn: asyncpg.Connection, visit_id: UUID, meeting_id: str)
     return value
 
 
-async def get_provider_session(conn: asyncpg.Connection, handle_hash: bytes) -> ProviderSession | None:
-    """The live provider session with this handle, or None."""
-    row = await conn.fetchrow(Q["get_provider_session"], handle_hash)
+async def get_provider_session(conn: asyncpg.Connection, handle_hash: bytes,
+                               browser_hashes: list[bytes]) -> ProviderSession | None:
+    """The live provider session with this handle, bound to one of these browser keys, or None."""
+    row = await conn.fetchrow(Q["get_provider_session"], handle_hash, browser_hashes)
     return ProviderSession(**dict(row)) if row else None
 
 
-async def renew_provider_handle(conn: asyncpg.Connection, handle_hash: bytes, new_hash: bytes,
-                                ttl: int) -> float | None:
-    """Add a fresh handle to the session of a live one; its seconds to live, or None if the old one is not live."""
-    value: float | None = await conn.fetchval(Q["renew_provider_handle"], handle_hash, new_hash, float(ttl))
+async def renew_provider_handle(conn: asyncpg.Connection, handle_hash: bytes, new_hash: bytes, ttl: int,
+                                browser_hashes: list[bytes]) -> float | None:
+    """Add a fresh handle to the session of a live one, in a browser holding one of these keys; its seconds to
+    live, or None if the old one is not live there."""
+    value: float | None = await conn.fetchval(Q["renew_provider_handle"], handle_hash, new_hash, float(ttl),
+                                              browser_hashes)
     return value
 
 

@@ -26,7 +26,7 @@ from aiohttp import WSMsgType, web
 from gateway import joinlinks, participants
 from gateway.appkeys import DB, SETTINGS
 from gateway.meetings.builtin import ice_servers
-from gateway.sessions import provider_identity
+from gateway.sessions import browser_keys, provider_identity
 
 from . import eventlog
 from .appkeys import ANNOUNCER, BUS, HUB, LEASE, STORE_BUDGET
@@ -176,7 +176,7 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
         if where == "lobby" or not isinstance(handle, str) or not _HANDLE.fullmatch(handle):
             return None, where
         async with request.app[DB].acquire() as db:
-            found = await provider_identity(db, handle)
+            found = await provider_identity(db, handle, browser=browser_keys(request))
             if found is None:
                 return None, where
             participant_id = await participants.provider_participant(db, found.visit_id, found.fhir_user)

@@ -171,6 +171,21 @@ async def database_text(conn: asyncpg.Connection) -> tuple[set[str], str]:
     return set(tables), "\n".join(rows)
 
 
+def browser_jar(*origins: str) -> aiohttp.CookieJar:
+    """A cookie jar that keeps cookies as Chromium does for the gateway on http://127.0.0.1.
+
+    unsafe: keep cookies of a bare IP address. treat_as_secure_origin: Chromium counts http://127.0.0.1 and
+    localhost as potentially trustworthy, so it stores and sends `Secure` (and `__Host-`) cookies there;
+    aiohttp sends a Secure cookie over plain http only to the origins named here. Production is https.
+    """
+    return aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=list(origins))
+
+
+def browser_session(*origins: str) -> aiohttp.ClientSession:
+    """A browser-like client with its own cookie jar (browser_jar) for the gateway origins given."""
+    return aiohttp.ClientSession(cookie_jar=browser_jar(*origins), timeout=aiohttp.ClientTimeout(total=20))
+
+
 def reason_code(body: str) -> str | None:
     """The reason code shown on an error page."""
     match = re.search(r'id="reason">([^<]+)<', body)
@@ -210,8 +225,7 @@ async def running_stack(database_url: str, signing_key_pem: bytes,
                 config_id = await add_approved(conn, gateway_app[SEALER], NewConfiguration(
                     fhir_base_url=f"{sandbox_url}/fhir", environment="test", client_id=CLIENT_ID,
                     client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test-operator")
-            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                             timeout=aiohttp.ClientTimeout(total=20)) as browser:
+            async with browser_session(gateway_url) as browser:
                 yield Stack(gateway_url, sandbox_url, gateway_app, sandbox_app, browser, config_id, settings)
         finally:
             await gateway_server.close()

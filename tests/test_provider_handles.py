@@ -20,7 +20,7 @@ from gateway.appkeys import DB, SETTINGS
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.db import migrate
 from gateway.security import Sealer, new_token, token_hash
-from gateway.sessions import provider_identity
+from gateway.sessions import BROWSER_COOKIE, BrowserKey, provider_identity
 from launch import store
 from tests.conftest import Postgres, Stack, reason_code
 
@@ -131,9 +131,10 @@ async def test_the_session_key_itself_is_never_a_handle(stack: Stack) -> None:
     assert session_hash != handle_hash == token_hash(handle)
 
 
-async def test_a_provider_page_open_across_the_upgrade_keeps_working(postgres: Postgres,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # Before migration 0006 the URL carried the session's own key; such a page must survive the upgrade.
+async def test_a_provider_page_open_across_0006_keeps_its_handle_and_across_0009_must_be_opened_again(
+        postgres: Postgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before migration 0006 the URL carried the session's own key; such a page survived that upgrade. Since
+    # 0009 a session must be bound to a browser, and one from before has no browser to be bound to.
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(postgres.dsn("postgres"))
     await admin.execute(f"CREATE DATABASE {name}")
@@ -155,10 +156,15 @@ async def test_a_provider_page_open_across_the_upgrade_keeps_working(postgres: P
             "INSERT INTO provider_sessions (handle_hash, visit_id, fhir_user, access_token, token_expires_at,"
             " scopes, need_patient_banner, expires_at) VALUES ($1, $2, 'Practitioner/p', $3, now() + interval '1 hour',"
             " 'launch', false, now() + interval '1 hour')", token_hash(handle), visit_id, b"sealed")
-        monkeypatch.undo()
+        monkeypatch.setattr(sql, "migrations", lambda: [m for m in every if m[0] < 9])
         assert (await migrate(conn))[0] == "0006_provider_handles.sql"
-        found = await provider_identity(conn, handle)
-        assert found is not None and found.visit_id == visit_id and found.handle_expires_in > 3000
+        kept = await conn.fetchval("SELECT extract(epoch FROM expires_at - now()) FROM provider_handles"
+                                   " WHERE handle_hash = $1", token_hash(handle))
+        assert kept is not None and kept > 3000
+        monkeypatch.undo()
+        assert "0009_browser_bound_launches.sql" in await migrate(conn)
+        somebody = BrowserKey(BROWSER_COOKIE + "x", new_token())
+        assert await provider_identity(conn, handle, browser=[somebody]) is None
     finally:
         await conn.close()
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

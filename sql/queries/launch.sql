@@ -1,56 +1,56 @@
 -- name: start_launch
--- One round trip: keep the state only if `iss` is exactly an approved FHIR base URL.
+-- One round trip: keep the state, bound to the browser's key ($5), only if `iss` is exactly an approved
+-- FHIR base URL.
 WITH c AS (
     SELECT id, client_id, client_auth, scopes FROM configurations
     WHERE fhir_base_url = $2 AND status = 'approved'
 ), kept AS (
-    INSERT INTO launch_states (state_hash, configuration_id, expires_at, audience)
-    SELECT $1, c.id, now() + make_interval(secs => $3), $4 FROM c
+    INSERT INTO launch_states (state_hash, configuration_id, expires_at, audience, browser_hash, launch_ref)
+    SELECT $1, c.id, now() + make_interval(secs => $3), $4, $5, $6 FROM c
     RETURNING configuration_id
 )
 SELECT c.client_id, c.client_auth, c.scopes FROM c JOIN kept ON kept.configuration_id = c.id;
 
 -- name: take_launch_state
--- Single use: the row is gone whether or not it had expired.
+-- Single use, and only by the browser the state is bound to (its key among $2): the row is gone whether or
+-- not it had expired. Another browser's try leaves it for the browser that started the launch.
 DELETE FROM launch_states s
 USING configurations c
-WHERE s.state_hash = $1 AND c.id = s.configuration_id
-RETURNING s.expires_at > now() AS fresh, s.audience, c.id, c.fhir_base_url, c.client_id, c.client_auth,
-          c.client_secret, c.scopes, c.meeting_provider, c.status;
+WHERE s.state_hash = $1 AND s.browser_hash = ANY($2::bytea[]) AND c.id = s.configuration_id
+RETURNING s.expires_at > now() AS fresh, s.audience, s.browser_hash, c.id, c.fhir_base_url, c.client_id,
+          c.client_auth, c.client_secret, c.scopes, c.meeting_provider, c.status;
+
+-- name: pending_launch
+-- A state that take_launch_state did not take: whose launch it is and how to start it again.
+SELECT s.audience, s.launch_ref, c.fhir_base_url
+FROM launch_states s JOIN configurations c ON c.id = s.configuration_id
+WHERE s.state_hash = $1 AND s.expires_at > now();
 
 -- name: purge_expired_states
 DELETE FROM launch_states WHERE expires_at < now();
 
--- name: find_or_create_visit_with_session
--- Atomic under concurrent launches of one encounter: the unique index makes them meet on one row.
-WITH visit AS (
-    INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (configuration_id, encounter_key)
-        DO UPDATE SET configuration_id = EXCLUDED.configuration_id
-    RETURNING id, meeting_id, meeting_provider
-), session AS (
-    INSERT INTO provider_sessions (handle_hash, visit_id, fhir_user, access_token, token_expires_at, scopes,
-                                   need_patient_banner, smart_style_url, expires_at)
-    SELECT $6, visit.id, $7, $8, now() + make_interval(secs => $9), $10, $11, $12,
-           now() + make_interval(secs => $13)
-    FROM visit
-    RETURNING visit_id, handle_hash, expires_at
-), handle AS (
-    -- The first short-lived handle, for the URL the launch redirects to ($6 itself is never shown).
-    INSERT INTO provider_handles (handle_hash, session_hash, expires_at)
-    SELECT $14, session.handle_hash, least(now() + make_interval(secs => $15), session.expires_at)
-    FROM session
-)
-SELECT visit.id, visit.meeting_id, visit.meeting_provider FROM visit JOIN session ON session.visit_id = visit.id;
-
 -- name: find_or_create_visit
--- The patient portal's launch: the same visit a provider launch of the encounter finds or creates.
+-- Both launches, the clinician's and the patient's: one visit per encounter. Atomic under concurrent
+-- launches of one encounter: the unique index makes them meet on one row.
 INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (configuration_id, encounter_key)
     DO UPDATE SET configuration_id = EXCLUDED.configuration_id
 RETURNING id, meeting_id, meeting_provider, patient_ref;
+
+-- name: create_provider_session
+-- A clinician's session in a visit, bound to the browser key of its launch ($10), and its first short-lived
+-- URL handle ($11), for the address the launch redirects to ($1 itself is never shown).
+WITH session AS (
+    INSERT INTO provider_sessions (handle_hash, visit_id, fhir_user, access_token, token_expires_at, scopes,
+                                   need_patient_banner, smart_style_url, expires_at, browser_hash)
+    VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6, $7, $8, now() + make_interval(secs => $9),
+            $10)
+    RETURNING handle_hash, expires_at
+)
+INSERT INTO provider_handles (handle_hash, session_hash, expires_at)
+SELECT $11, session.handle_hash, least(now() + make_interval(secs => $12), session.expires_at)
+FROM session;
 
 -- name: set_meeting
 -- The first launch to get here names the meeting; later ones read the winner's.
@@ -64,15 +64,16 @@ FROM provider_handles h
 JOIN provider_sessions s ON s.handle_hash = h.session_hash
 JOIN visits v ON v.id = s.visit_id
 JOIN configurations c ON c.id = v.configuration_id
-WHERE h.handle_hash = $1 AND h.expires_at > now() AND s.expires_at > now();
+WHERE h.handle_hash = $1 AND s.browser_hash = ANY($2::bytea[]) AND h.expires_at > now() AND s.expires_at > now();
 
 -- name: renew_provider_handle
 -- A fresh handle for the session a live handle belongs to, lasting $3 seconds but never past the session.
--- The old handle keeps its own expiry: a request already on its way with it still works.
+-- The old handle keeps its own expiry: a request already on its way with it still works. Only a browser
+-- holding the key the session is bound to (one of $4) gets one.
 INSERT INTO provider_handles (handle_hash, session_hash, expires_at)
 SELECT $2, s.handle_hash, least(now() + make_interval(secs => $3), s.expires_at)
 FROM provider_handles h JOIN provider_sessions s ON s.handle_hash = h.session_hash
-WHERE h.handle_hash = $1 AND h.expires_at > now() AND s.expires_at > now()
+WHERE h.handle_hash = $1 AND s.browser_hash = ANY($4::bytea[]) AND h.expires_at > now() AND s.expires_at > now()
 RETURNING extract(epoch FROM expires_at - now())::float8 AS expires_in;
 
 -- name: purge_expired_handles

@@ -15,9 +15,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from gateway.sessions import BROWSER_COOKIE
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -46,6 +50,20 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 OpenContext = Callable[[str], Awaitable[BrowserContext]]
+
+
+async def carry_browser_keys(browser: aiohttp.ClientSession, context: BrowserContext, gateway_url: str) -> None:
+    """Give a context the browser keys an HTTP client's launches got (tests that launch over HTTP and then open
+    the provider pages in Chromium), so that to the gateway it is the browser that launched.
+
+    Its pages are opened top-level, where a first-party cookie is what the launch would have left.
+    """
+    keys = [(cookie.key, cookie.value) for cookie in browser.cookie_jar if cookie.key.startswith(BROWSER_COOKIE)]
+    assert keys, "the client has not launched"
+    host = urlsplit(gateway_url).hostname
+    # Domain and path rather than url: from a url Chromium makes a domain cookie, which `__Host-` forbids.
+    await context.add_cookies([{"name": name, "value": value, "domain": host, "path": "/", "secure": True,
+                                "httpOnly": True, "sameSite": "None"} for name, value in keys])
 
 
 @pytest.fixture

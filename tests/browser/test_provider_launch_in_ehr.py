@@ -3,7 +3,7 @@
 
 The EHR page is on localhost and the gateway on 127.0.0.1, two different sites, and the browser blocks
 third-party cookies (test_browser_fixtures.py proves it), so these tests also show that the launch needs no
-cookies in the iframe: it carries its state in the URL, as it must inside an EHR.
+cookie in the iframe but its partitioned (CHIPS) browser key, which the browser keeps there.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import BrowserContext, ConsoleMessage, Error as PlaywrightError, Frame, Page, Route, expect
+from playwright.async_api import BrowserContext, ConsoleMessage, Cookie, Error as PlaywrightError, Frame, Page, Route, expect
 
+from gateway.sessions import BROWSER_COOKIE
 from sandbox.appkeys import STORE
 from tests.conftest import Stack
 
@@ -79,6 +80,31 @@ async def _expect_provider_view(page: Page, stack: Stack, patient_name: str) -> 
     return url
 
 
+def _site(url: str) -> str:
+    """The site a URL belongs to, as cookie partitions name it (scheme and host, no port)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}"
+
+
+def _only_partitioned_keys(cookies: list[Cookie], stack: Stack) -> bool:
+    """Whether the gateway's cookies are all browser keys partitioned under the EHR's site, and there is one."""
+    return bool(cookies) and all(c["name"].startswith(BROWSER_COOKIE) and c["secure"] and c["sameSite"] == "None"
+                                 and c.get("partitionKey") == _site(stack.sandbox_url) for c in cookies)
+
+
+async def _keep_partitioned(context: BrowserContext, set_cookie: str, partition: str) -> None:
+    """Store a gateway Set-Cookie in the EHR site's partition, as the browser does for an answer it got itself.
+
+    An answer that route.fetch got and route.fulfill hands on does not leave a partitioned cookie (Playwright
+    keeps the Set-Cookie in its own, unpartitioned, jar, where a cross-site iframe cannot use it), so a held
+    answer's browser key is put in place here instead.
+    """
+    name, _, rest = set_cookie.partition("=")
+    value = rest.split(";", 1)[0]
+    await context.add_cookies([{"name": name, "value": value, "domain": "127.0.0.1", "path": "/", "secure": True,
+                                "httpOnly": True, "sameSite": "None", "partitionKey": partition}])
+
+
 async def test_begin_virtual_visit_in_ehr_lands_on_provider_view_in_iframe(
         stack: Stack, context: BrowserContext, tmp_path: Path) -> None:
     page = await context.new_page()
@@ -100,8 +126,9 @@ async def test_begin_virtual_visit_in_ehr_lands_on_provider_view_in_iframe(
     # Nothing was refused on the way (a CSP or framing refusal shows up as a console error).
     assert problems == []
     await page.screenshot(path=str(tmp_path / "provider-view-in-ehr.png"))
-    # The launch needed no cookie from the gateway, so blocking third-party cookies cannot break it.
-    assert await context.cookies(stack.gateway_url) == []
+    # The launch needed no cookie from the gateway but its partitioned browser key, which the iframe keeps
+    # with third-party cookies blocked (test_launch_bound_to_browser.py shows what it is for).
+    assert _only_partitioned_keys(await context.cookies(stack.gateway_url), stack)
 
 
 async def test_two_tabs_launching_at_once_each_show_their_own_patient(
@@ -124,7 +151,11 @@ async def test_two_tabs_launching_at_once_each_show_their_own_patient(
             held.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(release.wait(), timeout=10)
-            await route.fulfill(response=answer)
+            headers = dict(answer.headers)
+            for set_cookie in headers.pop("set-cookie", "").split("\n"):
+                if set_cookie:
+                    await _keep_partitioned(context, set_cookie, _site(stack.sandbox_url))
+            await route.fulfill(status=answer.status, headers=headers, body=await answer.body())
         except PlaywrightError:  # the tab is gone if the test already failed
             pass
 
@@ -147,4 +178,7 @@ async def test_two_tabs_launching_at_once_each_show_their_own_patient(
     # Tab B still shows its own patient, also after a reload of its provider view.
     await (await _app_frame(tab_b)).goto(url_b)
     await _expect_provider_view(tab_b, stack, name_b)
-    assert await context.cookies(stack.gateway_url) == []
+    # Each launch began in a browser without a key, so each made its own, and neither replaced the other.
+    # (route.fetch keeps an unpartitioned copy of the held answer's cookie, which the iframe never sends.)
+    cookies = [c for c in await context.cookies(stack.gateway_url) if c.get("partitionKey")]
+    assert len({c["name"] for c in cookies}) == 2 and _only_partitioned_keys(cookies, stack), cookies

@@ -12,6 +12,7 @@ from gateway.appkeys import DB
 from presence import eventlog
 from presence import lease as leases
 from presence.appkeys import ANNOUNCER, LEASE
+from tests.browser.conftest import carry_browser_keys
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -21,6 +22,7 @@ async def test_a_patient_whose_old_process_died_stays_in_the_visit_until_their_l
         stack: Stack, context: BrowserContext) -> None:
     pool, announcer = stack.gateway_app[DB], stack.gateway_app[ANNOUNCER]
     handle = await stack.provider_handle()
+    await carry_browser_keys(stack.browser, context, stack.gateway_url)
     page = await context.new_page()
     await page.goto(f"{stack.gateway_url}/provider/{handle}")
     await expect(page.locator("#presence-status")).to_have_text("live")

@@ -21,6 +21,7 @@ from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
 from presence.appkeys import HUB
+from tests.browser.conftest import carry_browser_keys
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -85,6 +86,7 @@ async def _open_room(stack: Stack, open_context: OpenContext, patient_profile: s
         await eventlog.record_event(pool, visit_id, patient_id, kind)
 
     provider_ctx = await open_context("desktop")
+    await carry_browser_keys(stack.browser, provider_ctx, stack.gateway_url)
     patient_ctx = await open_context(patient_profile)
     await patient_ctx.add_cookies([{"name": joinlinks.PARTICIPANT_COOKIE, "value": session.handle,
                                     "url": stack.gateway_url, "httpOnly": True, "sameSite": "Lax"}])
@@ -263,7 +265,9 @@ async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
     await eventlog.record_event(pool, visit_id, patient_id, "lobby_entered")
 
     problems: list[str] = []
-    page = await (await open_context("desktop")).new_page()
+    provider_ctx = await open_context("desktop")
+    await carry_browser_keys(stack.browser, provider_ctx, stack.gateway_url)
+    page = await provider_ctx.new_page()
     _watch(page, problems, "provider")
     await page.goto(f"{stack.gateway_url}/provider/{handle}")
     full = page.locator("#room-full")

@@ -32,10 +32,9 @@ from aiohttp.test_utils import TestServer, unused_port
 from gateway import Settings, joinlinks
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.participants import patient_participant
-from gateway.security import Sealer
-from gateway.sessions import provider_identity
+from gateway.security import Sealer, token_hash
 from presence.eventlog import events_after
-from tests.conftest import recv_frame, recv_until
+from tests.conftest import browser_jar, recv_frame, recv_until
 from tests.harness import Processes, ServedProcess, gateway_env
 
 CLIENT_ID = "visitgate-test"
@@ -123,9 +122,9 @@ async def cluster(database_url: str, signing_key_pem: bytes, tmp_path: Path) -> 
         await sandbox.close()
 
 
-def _browser() -> aiohttp.ClientSession:
-    # unsafe: keep cookies for a bare IP address (127.0.0.1), as a browser does.
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+def _browser(cluster: Cluster) -> aiohttp.ClientSession:
+    # Keeps cookies of 127.0.0.1, and the Secure ones of both gateways, as Chromium does (see browser_jar).
+    return aiohttp.ClientSession(cookie_jar=browser_jar(cluster.a.url, cluster.b.url),
                                  timeout=aiohttp.ClientTimeout(total=TIMEOUT))
 
 
@@ -225,7 +224,7 @@ async def _visit_event_ids(dsn: str, visit_id: UUID, after: int) -> list[int]:
 
 
 async def test_a_provider_on_one_process_sees_a_patient_on_the_other(cluster: Cluster) -> None:
-    async with _browser() as provider_browser, _browser() as patient_browser:
+    async with _browser(cluster) as provider_browser, _browser(cluster) as patient_browser:
         view, snapshot, visit_id, lobby, patient = await _watching_and_waiting(
             cluster, provider_browser, patient_browser)
 
@@ -287,7 +286,7 @@ async def _listen_backends(dsn: str, app_name: str) -> list[int]:
 
 
 async def test_a_process_whose_listener_is_cut_catches_up_in_order(cluster: Cluster) -> None:
-    async with _browser() as provider_browser, _browser() as patient_browser:
+    async with _browser(cluster) as provider_browser, _browser(cluster) as patient_browser:
         view, _snapshot, visit_id, lobby, _patient = await _watching_and_waiting(
             cluster, provider_browser, patient_browser)
         entered = await _recv_until(view, "event")
@@ -337,7 +336,7 @@ async def test_a_process_whose_listener_is_cut_catches_up_in_order(cluster: Clus
 
 
 async def test_a_patient_on_a_process_killed_with_minus_9_is_seen_to_go(cluster: Cluster) -> None:
-    async with _browser() as provider_browser, _browser() as patient_browser:
+    async with _browser(cluster) as provider_browser, _browser(cluster) as patient_browser:
         view, _snapshot, visit_id, lobby, patient = await _watching_and_waiting(
             cluster, provider_browser, patient_browser)
         await view.send_json({"type": "admit", "id": 3, "participant": patient["participant"]})
@@ -383,7 +382,7 @@ async def test_a_patient_on_a_process_killed_with_minus_9_is_seen_to_go(cluster:
 
 async def test_a_provider_who_opens_the_visit_later_on_another_process_sees_the_patients_name(
         cluster: Cluster) -> None:
-    async with _browser() as provider_browser, _browser() as patient_browser:
+    async with _browser(cluster) as provider_browser, _browser(cluster) as patient_browser:
         handle = await _launch(cluster, provider_browser, cluster.a)
         visit_id = await _visit_of(cluster, handle)
         # The patient types a name in B's lobby while no one watches the visit on A.
@@ -405,8 +404,10 @@ async def test_a_provider_who_opens_the_visit_later_on_another_process_sees_the_
 async def _visit_of(cluster: Cluster, handle: str) -> UUID:
     conn = await asyncpg.connect(cluster.dsn)
     try:
-        found = await provider_identity(conn, handle)
+        found: UUID | None = await conn.fetchval(
+            "SELECT s.visit_id FROM provider_handles h JOIN provider_sessions s ON s.handle_hash = h.session_hash"
+            " WHERE h.handle_hash = $1", token_hash(handle))
     finally:
         await conn.close()
     assert found is not None
-    return found.visit_id
+    return found
