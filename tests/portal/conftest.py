@@ -133,8 +133,14 @@ def portal_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def portal(database_url: str, signing_key_pem: bytes, tmp_path: Path,
-                 portal_settings: dict[str, Any]) -> AsyncIterator[Portal]:
+def extra_routes() -> list[tuple[str, str, Any]]:
+    """Routes a test adds to the gateway before it starts (method, path, handler)."""
+    return []
+
+
+@pytest.fixture
+async def portal(database_url: str, signing_key_pem: bytes, tmp_path: Path, portal_settings: dict[str, Any],
+                 extra_routes: list[tuple[str, str, Any]]) -> AsyncIterator[Portal]:
     """The gateway and the sandbox's OpenID provider (https), with the organisation and its members set up."""
     tls = make_sandbox_tls(tmp_path)
     gw_port, idp_port = unused_port(), unused_port()
@@ -147,6 +153,8 @@ async def portal(database_url: str, signing_key_pem: bytes, tmp_path: Path,
                         database_url=database_url, port=gw_port, http_timeout=5, idp_ca_file=tls.ca_path)
     settings = dataclasses.replace(settings, **portal_settings)
     gateway_app = create_app(settings)
+    for method, path, handler in extra_routes:
+        gateway_app.router.add_route(method, path, handler)
     idp_server = TestServer(idp_app, host="127.0.0.1", port=idp_port)
     gateway_server = TestServer(gateway_app, host="127.0.0.1", port=gw_port)
     await idp_server.start_server(ssl=tls.server_context, access_log=logging.getLogger("sandbox.access"))
