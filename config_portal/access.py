@@ -198,8 +198,11 @@ async def sign_out(request: web.Request) -> web.Response:
     """End this browser's session, if any, and forget its cookie."""
     token = _cookie_value(request, SESSION_COOKIE)
     if token is not None:
-        async with request.app[DB].acquire() as conn:
-            await store.delete_session(conn, token_hash(token))
+        async with request.app[DB].acquire() as conn, conn.transaction():
+            ended = await store.delete_session(conn, token_hash(token))
+            if ended is not None:
+                org_id, slug, subject = ended
+                await append_audit(conn, f"{slug}:{subject}", "portal.sign_out", f"organisation:{org_id}", {})
     response = web.Response(status=303, headers={"Location": "/portal/signed-out", "Cache-Control": "no-store"})
     _forget_cookie(response, SESSION_COOKIE)
     return response

@@ -49,8 +49,12 @@ async def sign_in_page(request: web.Request) -> web.StreamResponse:
 
 @allowed(*PUBLIC)
 async def start_sign_in(request: web.Request) -> web.StreamResponse:
-    """POST /portal/{org}/sign-in: off to the organisation's identity provider."""
-    _check_csrf(request)
+    """GET /portal/{org}/sign-in/start: off to the organisation's identity provider.
+
+    A link, not a form: browsers apply CSP form-action ('self') to a form's redirects too, which would stop
+    the redirect to the provider. Starting a sign-in changes nothing another site could use: the binding
+    cookie is kept if the browser has one, and the sign-in opens a session only for whoever signs in.
+    """
     org = await access.organisation(request, request.match_info["org"])
     return await access.begin_sign_in(request, org, return_to=f"/portal/{org.slug}")
 
@@ -101,5 +105,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/portal/signed-out", signed_out)
     app.router.add_post("/portal/sign-out", sign_out)
     app.router.add_get("/portal/{org}/sign-in", sign_in_page)
-    app.router.add_post("/portal/{org}/sign-in", start_sign_in)
+    app.router.add_get("/portal/{org}/sign-in/start", start_sign_in)
     app.router.add_get("/portal/{org}", home)

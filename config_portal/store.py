@@ -131,9 +131,10 @@ async def touch_session(conn: asyncpg.Connection, session_hash: bytes, idle_time
                          row["auth_time"], row["auth_age"])
 
 
-async def delete_session(conn: asyncpg.Connection, session_hash: bytes) -> None:
-    """End a session (sign-out, or a fresh sign-in replacing it)."""
-    await conn.execute(Q["delete_session"], session_hash)
+async def delete_session(conn: asyncpg.Connection, session_hash: bytes) -> tuple[int, str, str] | None:
+    """End a session (sign-out, or a fresh sign-in replacing it); answers (organisation id, slug, subject)."""
+    row = await conn.fetchrow(Q["delete_session"], session_hash)
+    return (row["id"], row["slug"], row["subject"]) if row is not None else None
 
 
 async def purge_sessions(conn: asyncpg.Connection, idle_timeout: int, lifetime: int) -> None:

@@ -49,7 +49,9 @@ RETURNING s.organisation_id, o.slug, o.name, s.subject, s.roles,
           extract(epoch FROM now() - s.auth_time)::float8 AS auth_age;
 
 -- name: delete_session
-DELETE FROM portal_sessions WHERE session_hash = $1;
+DELETE FROM portal_sessions s USING organisations o
+WHERE s.session_hash = $1 AND o.id = s.organisation_id
+RETURNING o.id, o.slug, s.subject;
 
 -- name: purge_sessions
 DELETE FROM portal_sessions

@@ -66,12 +66,12 @@ class Portal:
     browser: aiohttp.ClientSession
     database_url: str
 
-    async def start(self, org: str = ORG, origin: str | None = None) -> aiohttp.ClientResponse:
-        """Press "Sign in" on the organisation's landing page; answers the redirect (not followed)."""
-        r = await self.browser.post(f"{self.gateway_url}/portal/{org}/sign-in", allow_redirects=False,
-                                    headers={"Origin": origin or self.gateway_url})
-        await r.read()
-        return r
+    async def start(self, org: str = ORG) -> aiohttp.ClientResponse:
+        """Follow "Sign in" on the organisation's landing page; answers the redirect (not followed)."""
+        landing = await self.get(f"/portal/{org}/sign-in")
+        assert landing.status == 200, await landing.text()
+        assert f'href="/portal/{org}/sign-in/start"' in await landing.text()
+        return await self.get(f"/portal/{org}/sign-in/start")
 
     async def at_idp(self, auth_uri: str, who: OidcUser) -> str:
         """At the provider: open the authorize URL, sign in as who; answers the callback URL it redirects to."""
