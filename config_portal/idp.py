@@ -69,7 +69,7 @@ class IdentityProviders:
         self._requests: list[requests.Session] = []
         self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
         self._keys: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[int, asyncio.Lock] = {}  # per organisation: one slow provider holds up only its own
 
     def close(self) -> None:
         """Close MSAL's HTTP sessions (at shutdown)."""
@@ -101,7 +101,7 @@ class IdentityProviders:
 
     async def _app(self, org: Organisation) -> msal.ConfidentialClientApplication:
         key = (org.id, org.issuer, org.client_id, org.client_secret)
-        async with self._lock:
+        async with self._locks.setdefault(org.id, asyncio.Lock()):
             app = self._apps.get(key)
             if app is None:
                 try:
@@ -147,33 +147,33 @@ class IdentityProviders:
             raise SignInRefused(f"The identity provider refused the sign-in ({code}).", reason="idp_error")
         app = await self._app(org)
         try:
-            result: dict[str, Any] = await asyncio.to_thread(app.acquire_token_by_auth_code_flow, flow, response)
+            result = await asyncio.to_thread(self._redeem, app, flow, response)
         except Exception as exc:
             # MSAL raises on a nonce that is not the hash it sent, on a state mismatch, on an id_token it cannot
             # even decode: nothing of it is trusted, whatever the reason.
             log.info("sign-in to %s refused by MSAL: %s", org.slug, type(exc).__name__)
             raise SignInRefused("The identity provider's answer did not check out.",
                                 reason="id_token_invalid") from exc
-        try:
-            if "error" in result:
-                code = "".join(c for c in str(result["error"])[:64] if c.isalnum() or c == "_")
-                log.info("sign-in to %s: token endpoint answered %s", org.slug, code)
-                raise SignInRefused(f"The identity provider did not redeem the sign-in ({code}).",
-                                    reason="code_refused")
-            id_token = result.get("id_token")
-            if not isinstance(id_token, str):
-                raise SignInRefused("The identity provider sent no id_token.", reason="id_token_invalid")
-            return await self.verify_id_token(org, id_token, nonce_hash(str(flow.get("nonce", ""))))
-        finally:
-            self._forget(app, result)
+        if "error" in result:
+            code = "".join(c for c in str(result["error"])[:64] if c.isalnum() or c == "_")
+            log.info("sign-in to %s: token endpoint answered %s", org.slug, code)
+            raise SignInRefused(f"The identity provider did not redeem the sign-in ({code}).", reason="code_refused")
+        id_token = result.get("id_token")
+        if not isinstance(id_token, str):
+            raise SignInRefused("The identity provider sent no id_token.", reason="id_token_invalid")
+        return await self.verify_id_token(org, id_token, nonce_hash(str(flow.get("nonce", ""))))
 
     @staticmethod
-    def _forget(app: msal.ConfidentialClientApplication, result: dict[str, Any]) -> None:
-        # The portal never uses the tokens again; the cache keeps nothing of the person past the sign-in.
+    def _redeem(app: msal.ConfidentialClientApplication, flow: dict[str, Any],
+                response: dict[str, str]) -> dict[str, Any]:
+        """In a thread: MSAL redeems the code; then its cache forgets the person (the portal never uses the
+        tokens again, and the cache should not grow with every sign-in)."""
+        result: dict[str, Any] = app.acquire_token_by_auth_code_flow(flow, response)
         claims = result.get("id_token_claims") or {}
         for account in app.get_accounts():
             if account.get("local_account_id") in (claims.get("oid"), claims.get("sub")):
                 app.remove_account(account)
+        return result
 
     # --- discovery, keys and the id_token ----------------------------------------------------------------
 

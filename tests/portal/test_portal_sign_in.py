@@ -2,6 +2,8 @@
 TLS), and everything that must open nothing."""
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 
@@ -193,14 +195,18 @@ async def test_sign_in_cookies_are_host_prefixed_secure_http_only_and_lax(portal
     assert portal.session_cookie() == session.value
 
 
-async def test_signing_in_stores_nothing_of_the_person_but_their_subject(portal: Portal) -> None:
-    for who in (ADMIN, APPROVER):
+async def test_signing_in_stores_nothing_of_the_person_but_their_subject(
+        portal: Portal, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    for who in (ADMIN, APPROVER, OUTSIDER):
         portal.browser.cookie_jar.clear()  # another person at another browser (no single sign-on)
         r = await portal.sign_in(who)
-        assert r.status == 303, await r.text()
+        assert r.status == (403 if who is OUTSIDER else 303), await r.text()
     async with portal.gateway_app[DB].acquire() as conn:
         _, text = await database_text(conn)
-    for who in (ADMIN, APPROVER):
-        # Neither is granted by email, so neither address may be anywhere; no name ever.
+    logged = caplog.text
+    for who in (ADMIN, APPROVER, OUTSIDER):
+        # None is granted by email, so no address may be anywhere; no name ever; nothing in the logs either.
         assert who.email not in text and who.name not in text and who.username not in text
+        assert who.email not in logged and who.name not in logged
     assert ADMIN.oid in text and APPROVER.oid in text
