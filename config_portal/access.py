@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from cryptography.exceptions import InvalidTag
 
 from gateway.appkeys import DB, SEALER, SETTINGS
 from gateway.configurations import append_audit
@@ -127,7 +128,11 @@ async def finish_sign_in(request: web.Request) -> web.Response:
         org = await store.organisation_by_id(conn, taken.organisation_id)
     if org is None:
         raise SignInRefused("This sign-in is unknown.", reason="invalid_state")
-    flow = json.loads(request.app[SEALER].unseal(taken.flow, FLOW_CONTEXT))
+    try:
+        flow = json.loads(request.app[SEALER].unseal(taken.flow, FLOW_CONTEXT))
+    except (InvalidTag, ValueError) as exc:  # sealed under a key the gateway no longer has
+        raise SignInRefused("This sign-in is unknown. Start again from the sign-in page.",
+                            reason="invalid_state") from exc
     answer = {k: v for k, v in query.items() if k in ("code", "state", "iss", "error", "client_info",
                                                         "session_state")}
     claims = await request.app[IDPS].finish(org, flow, answer)
