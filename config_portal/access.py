@@ -96,6 +96,13 @@ def resolve_roles(org: Organisation, memberships: list[Membership], claims: dict
     return tuple(r for r in store.ROLES if r in held)
 
 
+def groups_left_out(org: Organisation, claims: dict[str, Any]) -> bool:
+    """Whether the id_token names a source for the group claim instead of the groups (Entra's "overage": a
+    person in more than 200 groups), so that group memberships cannot be read from it."""
+    names = claims.get("_claim_names")
+    return isinstance(names, dict) and org.group_claim in names and org.group_claim not in claims
+
+
 def subject_of(org: Organisation, claims: dict[str, Any]) -> str:
     """Who signed in: Entra's object id (the same in every application of the tenant), else `sub`."""
     value = claims.get("oid") if org.idp_kind == "entra" else claims.get("sub")
@@ -147,11 +154,16 @@ async def finish_sign_in(request: web.Request) -> web.Response:
         roles = resolve_roles(org, await store.memberships_of(conn, org.id), claims)
         actor = f"{org.slug}:{subject}"
         if not roles:
-            await append_audit(conn, actor, "portal.sign_in_refused", f"organisation:{org.id}",
-                               {"reason": "no_role"})
-            log.info("portal sign-in to %s refused: no role", org.slug)
+            overage = groups_left_out(org, claims)
+            reason = "groups_overage" if overage else "no_role"
+            await append_audit(conn, actor, "portal.sign_in_refused", f"organisation:{org.id}", {"reason": reason})
+            log.info("portal sign-in to %s refused: %s", org.slug, reason)
+            if overage:
+                raise SignInRefused("You belong to too many groups for the identity provider to list them, so no "
+                                    "role could be found by group. Ask an admin to grant your role by subject or "
+                                    "email, or to send only the application's groups.", reason=reason)
             raise SignInRefused("You signed in, but you hold no role in this organisation's portal. Ask one of "
-                                "its admins to grant you one.", reason="no_role")
+                                "its admins to grant you one.", reason=reason)
         token = secrets.token_urlsafe(32)
         async with conn.transaction():
             old = _cookie_value(request, SESSION_COOKIE)
