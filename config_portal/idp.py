@@ -65,54 +65,56 @@ class IdentityProviders:
         self._timeout = timeout
         # Only where an operator named a CA file (tests, the demo); otherwise the system's trust store.
         self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        self._apps: dict[tuple[int, str, str, bytes], msal.ConfidentialClientApplication] = {}
-        self._requests: list[requests.Session] = []
+        # Per organisation (and what it was built from): its MSAL application and that application's session.
+        self._apps: dict[tuple[int, str, str, bytes], tuple[msal.ConfidentialClientApplication, requests.Session]] = {}
         self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
         self._keys: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}  # per organisation: one slow provider holds up only its own
 
     def close(self) -> None:
         """Close MSAL's HTTP sessions (at shutdown)."""
-        for session in self._requests:
+        for _, session in self._apps.values():
             session.close()
-        self._requests.clear()
         self._apps.clear()
 
     # --- MSAL ------------------------------------------------------------------------------------------
 
-    def _build_app(self, org: Organisation) -> msal.ConfidentialClientApplication:
+    def _build_app(self, org: Organisation) -> tuple[msal.ConfidentialClientApplication, requests.Session]:
         # The environment's REQUESTS_CA_BUNDLE would override MSAL's verify=, so MSAL gets a session of its own
         # that ignores the environment and trusts exactly what the operator said.
         http = requests.Session()
         http.trust_env = False
         http.verify = str(self._ca_file) if self._ca_file else True
-        self._requests.append(http)
         secret = self._sealer.unseal(org.client_secret, SECRET_CONTEXT)
-        if org.idp_kind == "entra":
-            # The tenant's own authority (never /common or /organizations), without instance discovery: the
-            # authority is known, and the portal checks issuer and tenant itself.
-            authority = org.issuer.removesuffix("/v2.0")
-            return msal.ConfidentialClientApplication(
-                org.client_id, client_credential=secret, authority=authority, instance_discovery=False,
-                http_client=http, timeout=self._timeout)
-        return msal.ConfidentialClientApplication(
-            org.client_id, client_credential=secret, oidc_authority=org.issuer, http_client=http,
-            timeout=self._timeout)
+        # The tenant's own authority for Entra (never /common or /organizations), without instance discovery:
+        # the authority is known, and the portal checks issuer and tenant itself. No offline_access: the
+        # portal signs people in and never calls an API for them, so it asks for no refresh token.
+        where = ({"authority": org.issuer.removesuffix("/v2.0"), "instance_discovery": False}
+                 if org.idp_kind == "entra" else {"oidc_authority": org.issuer})
+        try:
+            app = msal.ConfidentialClientApplication(
+                org.client_id, client_credential=secret, http_client=http, timeout=self._timeout,
+                exclude_scopes=["offline_access"], **where)
+        except BaseException:
+            http.close()
+            raise
+        return app, http
 
     async def _app(self, org: Organisation) -> msal.ConfidentialClientApplication:
         key = (org.id, org.issuer, org.client_id, org.client_secret)
         async with self._locks.setdefault(org.id, asyncio.Lock()):
-            app = self._apps.get(key)
-            if app is None:
+            built = self._apps.get(key)
+            if built is None:
                 try:
                     # MSAL reads the provider's discovery document as it is built.
-                    app = await asyncio.to_thread(self._build_app, org)
+                    built = await asyncio.to_thread(self._build_app, org)
                 except Exception as exc:  # MSAL raises plain ValueErrors and requests' errors alike
                     log.warning("identity provider of organisation %s unusable: %s", org.slug, type(exc).__name__)
                     raise IdentityProviderError("The organisation's sign-in service could not be reached.") from exc
-                self._apps = {k: v for k, v in self._apps.items() if k[0] != org.id}  # a changed organisation
-                self._apps[key] = app
-            return app
+                for stale in [k for k in self._apps if k[0] == org.id]:  # the organisation changed since
+                    self._apps.pop(stale)[1].close()
+                self._apps[key] = built
+            return built[0]
 
     async def start(self, org: Organisation, redirect_uri: str, state: str, *, max_age: int | None) -> dict[str, Any]:
         """Begin an authorization code flow with our own state; answers MSAL's flow (auth_uri, nonce, verifier)."""

@@ -176,6 +176,7 @@ async def test_the_authorization_request_carries_our_own_state_s256_and_a_hashed
     q = query_of(started.headers["Location"])
     assert len(q["state"]) >= 43 and q["code_challenge_method"] == "S256" and len(q["nonce"]) == 64
     assert q["response_mode"] == "query"
+    assert set(q["scope"].split()) == {"openid", "profile"}  # no offline_access: no refresh token wanted
     assert (await portal.sql("SELECT count(*) AS n FROM portal_login_states"))[0]["n"] == 1
     # The state is kept only as its hash.
     rows = await portal.sql("SELECT state_hash FROM portal_login_states")
