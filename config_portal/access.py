@@ -96,6 +96,17 @@ def resolve_roles(org: Organisation, memberships: list[Membership], claims: dict
     return tuple(r for r in store.ROLES if r in held)
 
 
+def auth_time_of(claims: dict[str, Any]) -> float | None:
+    """When the person last typed their credentials, if the id_token says (a whole number of seconds)."""
+    value = claims.get("auth_time")
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def fresh_enough(auth_time: float | None, max_age: int, now: float) -> bool:
+    """Whether a sign-in at auth_time answers a request for one within max_age seconds (a minute's clock slack)."""
+    return auth_time is not None and now - auth_time <= max_age + 60
+
+
 def groups_left_out(org: Organisation, claims: dict[str, Any]) -> bool:
     """Whether the id_token names a source for the group claim instead of the groups (Entra's "overage": a
     person in more than 200 groups), so that group memberships cannot be read from it."""
@@ -144,9 +155,8 @@ async def finish_sign_in(request: web.Request) -> web.Response:
                                                         "session_state")}
     claims = await request.app[IDPS].finish(org, flow, answer)
     subject = subject_of(org, claims)
-    auth_time = claims.get("auth_time")
-    auth_time = float(auth_time) if isinstance(auth_time, int) and not isinstance(auth_time, bool) else None
-    if taken.max_age is not None and (auth_time is None or time.time() - auth_time > taken.max_age + 60):
+    auth_time = auth_time_of(claims)
+    if taken.max_age is not None and not fresh_enough(auth_time, taken.max_age, time.time()):
         raise SignInRefused("A fresh sign-in was needed, and the identity provider did not ask for one.",
                             reason="sign_in_not_fresh")
     settings = request.app[SETTINGS]

@@ -1,7 +1,7 @@
 """How roles are read from an id_token's claims: subject, email (verified or not said) and group claim."""
 from __future__ import annotations
 
-from config_portal.access import groups_left_out, resolve_roles
+from config_portal.access import auth_time_of, fresh_enough, groups_left_out, resolve_roles
 from config_portal.store import Membership, Organisation
 
 ENTRA = Organisation(1, "org", "Org", "entra", "https://login.example/t/v2.0", "t", "client", b"", "groups")
@@ -30,3 +30,12 @@ def test_entras_group_overage_is_recognised() -> None:
     claims = {"oid": "o", "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {}}}
     assert groups_left_out(ENTRA, claims) and resolve_roles(ENTRA, GRANTS, claims) == ()
     assert not groups_left_out(ENTRA, {"oid": "o", "groups": []})
+
+
+def test_a_fresh_sign_in_needs_an_auth_time_within_max_age() -> None:
+    now = 1_800_000_000.0
+    assert fresh_enough(auth_time_of({"auth_time": int(now) - 200}), 300, now)
+    assert not fresh_enough(auth_time_of({"auth_time": int(now) - 600}), 300, now)
+    assert not fresh_enough(auth_time_of({}), 300, now)
+    assert not fresh_enough(auth_time_of({"auth_time": "1800000000"}), 300, now)
+    assert not fresh_enough(auth_time_of({"auth_time": True}), 300, now)

@@ -103,6 +103,14 @@ async def test_the_portal_itself_names_what_is_wrong_with_a_signed_id_token(port
     assert reason_code(await r.text()) == expected, await r.text()
 
 
+async def test_an_id_token_signed_with_the_providers_other_published_key_is_accepted(portal: Portal) -> None:
+    assert (await portal.sign_in(ADMIN)).status == 303  # the portal has fetched the provider's keys
+    await portal.idp_control("keys/rotate", {})
+    portal.browser.cookie_jar.clear()
+    r = await portal.sign_in(ADMIN)
+    assert r.status == 303, await r.text()
+
+
 async def test_a_wrong_rfc_9207_iss_is_refused_before_the_code_is_redeemed(portal: Portal) -> None:
     await portal.idp_control("faults", {"callback_iss": "https://idp.attacker.example/v2.0"})
     r = await portal.sign_in(ADMIN)
