@@ -2,6 +2,7 @@
 public pages of the sign-in itself); ACCESS says which, so the route and role test covers every route."""
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_jinja2
@@ -13,6 +14,7 @@ from gateway.web import add_templates, from_our_pages
 
 from . import access
 from .appkeys import IDPS
+from .errors import NotSignedIn
 from .idp import IdentityProviders
 from .store import ROLES
 
@@ -23,10 +25,25 @@ ACCESS: dict[Handler, tuple[str, ...]] = {}
 
 
 def allowed(*roles: str) -> Callable[[Handler], Handler]:
-    """Declare who may use a handler (the handler itself still checks, through portal_session)."""
+    """Declare who may use a handler (the handler itself still checks, through portal_session).
+
+    A page of an organisation asked for without a live session answers 401 with a link to sign in again (after
+    the idle timeout that is what the person needs next); anything else refused goes to the error pages.
+    """
     def mark(handler: Handler) -> Handler:
-        ACCESS[handler] = roles
-        return handler
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except NotSignedIn as exc:
+                slug = request.match_info.get("org")
+                if request.method != "GET" or slug is None:
+                    raise
+                return _no_store(aiohttp_jinja2.render_template(
+                    "portal_sign_in_again.html", request, {"slug": slug, "detail": exc.detail, "reason": exc.reason},
+                    status=exc.status))
+        ACCESS[guarded] = roles
+        return guarded
     return mark
 
 

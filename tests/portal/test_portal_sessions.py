@@ -25,7 +25,9 @@ async def test_a_session_unused_past_the_idle_timeout_has_ended(portal: Portal) 
     assert (await portal.sign_in(ADMIN)).status == 303
     await portal.sql("UPDATE portal_sessions SET last_seen_at = now() - interval '901 seconds'")
     r = await portal.get(f"/portal/{ORG}")
-    assert r.status == 401 and reason_code(await r.text()) == "not_signed_in", await r.text()
+    text = await r.text()
+    assert r.status == 401 and reason_code(text) == "not_signed_in", text
+    assert f'href="/portal/{ORG}/sign-in"' in text  # the way back in
 
 
 async def test_using_the_portal_keeps_the_session_alive(portal: Portal) -> None:
