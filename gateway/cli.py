@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 from importlib import metadata
 import logging
 import os
@@ -14,6 +15,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .settings import Settings
+
+PART_COMMANDS = ("config_portal.cli",)
 
 
 def configure_logging(level: str) -> None:
@@ -79,7 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_connection(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+async def with_connection(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
     import asyncpg
 
     from . import db
@@ -123,7 +126,7 @@ def _config_add(args: argparse.Namespace) -> int:
         print(f"configuration {config_id} added and approved by {args.approved_by}: {new.fhir_base_url}")
         return 0
 
-    return asyncio.run(_with_connection(settings, work))
+    return asyncio.run(with_connection(settings, work))
 
 
 def _config_list(args: argparse.Namespace) -> int:
@@ -136,7 +139,7 @@ def _config_list(args: argparse.Namespace) -> int:
                   + (f" (off: {row['writeback_disabled_reason']})" if row['writeback_disabled_reason'] else ""))
         return 0
 
-    return asyncio.run(_with_connection(Settings.from_env(), work))
+    return asyncio.run(with_connection(Settings.from_env(), work))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -151,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     # the shell never imports them.
     for entry in metadata.entry_points(group="visitgate.commands"):
         entry.load()(sub)
+    for part in PART_COMMANDS:  # the parts' own commands, named like app.PARTS so no import points up
+        importlib.import_module(part).add_command(sub)
     config = sub.add_parser("config", help="EHR configurations").add_subparsers(dest="action", required=True)
     add = config.add_parser("add", help="register an approved FHIR base URL")
     add.add_argument("--fhir-base-url", required=True)

@@ -84,6 +84,14 @@ class Settings:
     """How long, in seconds, a TURN credential handed to a browser stays valid."""
     metrics_token: str | None = field(default=None, repr=False)
     """Bearer token that Prometheus presents at /metrics; without one /metrics is not served at all."""
+    portal_idle_timeout: int = 900
+    """Seconds a portal session survives unused (HIPAA's automatic logoff; 15 minutes by default)."""
+    portal_session_lifetime: int = 12 * 3600
+    """Seconds a portal session lasts at most, however busy."""
+    portal_sign_in_ttl: int = 600
+    """Seconds a portal sign-in may spend at the identity provider."""
+    idp_ca_file: Path | None = None
+    """A CA bundle trusted for the organisations' identity providers instead of the system's (tests, demo)."""
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:
@@ -146,6 +154,9 @@ class Settings:
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
             provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),
             presence_lease=_seconds(env, "VISITGATE_PRESENCE_LEASE", 30, least=3),
+            portal_idle_timeout=_seconds(env, "VISITGATE_PORTAL_IDLE_TIMEOUT", 900, least=60),
+            portal_session_lifetime=_seconds(env, "VISITGATE_PORTAL_SESSION_LIFETIME", 12 * 3600, least=300),
+            idp_ca_file=Path(env["VISITGATE_IDP_CA_FILE"]) if env.get("VISITGATE_IDP_CA_FILE", "").strip() else None,
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )
