@@ -20,6 +20,7 @@ from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
 from gateway import participants
 from gateway.appkeys import DB
 from presence import eventlog
+from tests.browser.conftest import carry_browser_keys
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -113,6 +114,7 @@ class View:
 
 async def _provider_view(stack: Stack, context: BrowserContext) -> View:
     handle = await stack.provider_handle()
+    await carry_browser_keys(stack.browser, context, stack.gateway_url)
     page = await context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
