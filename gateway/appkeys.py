@@ -5,6 +5,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from .ehr import EhrClient
 from .events import Announcer
 from .meetings import MeetingProvider
 from .notify import Notifier
@@ -20,3 +21,4 @@ MEETINGS = web.AppKey("meetings", dict[str, MeetingProvider])
 DSN = web.AppKey("dsn", str)  # for connections outside the pool (the presence LISTEN connection)
 NOTIFIER = web.AppKey("notifier", Notifier)  # join links by email and SMS
 ANNOUNCER = web.AppKey("announcer", Announcer)  # this process's coalesced event notifications
+EHR = web.AppKey("ehr", EhrClient)  # every call to an EHR: launch, FHIR reads, backend services, write-back

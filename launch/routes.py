@@ -13,9 +13,10 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import joinlinks
-from gateway.appkeys import DB, HTTP, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
+from gateway.appkeys import DB, EHR, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
 from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
                             UpstreamError)
+from gateway.ehr import fhir_base_url
 from gateway.fhir import FhirClient, parse_reference
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
@@ -51,7 +52,7 @@ def setup(app: web.Application) -> None:
 
 
 async def _smart_client(app: web.Application) -> AsyncIterator[None]:
-    app[SMART] = SmartClient(app[HTTP], app[SIGNING_KEY], app[SETTINGS].redirect_uri)
+    app[SMART] = SmartClient(app[EHR], app[SIGNING_KEY], app[SETTINGS].redirect_uri)
     yield
 
 
@@ -103,16 +104,21 @@ async def _start(request: web.Request, audience: str) -> web.Response:
                             "appointment in the EHR.", reason="missing_launch")
     settings = request.app[SETTINGS]
     state = new_token()
-    async with request.app[DB].acquire() as conn:
-        found = await store.start_launch(conn, token_hash(state), iss, settings.launch_state_ttl, audience)
-    if found is None:
+    # Looked up in the one spelling configurations are stored in (`…/fhir/` is `…/fhir`); the EHR's own
+    # spelling still goes to its authorize endpoint as `aud`.
+    base = fhir_base_url(iss)
+    found = None
+    if base is not None:
+        async with request.app[DB].acquire() as conn:
+            found = await store.start_launch(conn, token_hash(state), base, settings.launch_state_ttl, audience)
+    if base is None or found is None:
         raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "
                             "administrator to register and approve it.")
     client_id, client_auth, scopes = found
     if audience == "patient":
         scopes = PATIENT_SCOPES
     smart = request.app[SMART]
-    conf = await smart.discover(iss)
+    conf = await smart.discover(base)
     sealer = request.app[SEALER]
     url = smart.authorize_url(
         conf, Client(client_id, client_auth, None), iss=iss, launch=launch, scopes=scopes, state=state,
@@ -285,7 +291,7 @@ async def provider_view(request: web.Request) -> web.Response:
     if session is None:
         raise SessionExpired("This visit page has expired. Open the visit again from the EHR.")
     sealer = app[SEALER]
-    fhir = FhirClient(app[HTTP], session.fhir_base_url,
+    fhir = FhirClient(app[EHR], session.fhir_base_url,
                       sealer.unseal(session.access_token, "provider_sessions.access_token"))
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
     patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None

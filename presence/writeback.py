@@ -27,13 +27,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from uuid import UUID
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
 import sql
 from gateway import metrics
+from gateway.ehr import EhrClient, fhir_base_url
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.fhir import valid_id
 from gateway.security import Sealer
 from gateway.settings import Settings
@@ -154,10 +155,10 @@ def _failure(status: int, headers: Any, body: bytes) -> Exception:
 class WritebackWorker:
     """Claims visits from the outbox and writes their Encounters back, per-server concurrency bounded."""
 
-    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, sealer: Sealer, tokens: BackendTokens,
+    def __init__(self, pool: asyncpg.Pool, ehr: EhrClient, sealer: Sealer, tokens: BackendTokens,
                  settings: Settings, counters: WritebackMetrics) -> None:
         self._pool = pool
-        self._http = http
+        self._ehr = ehr
         self._sealer = sealer
         self._tokens = tokens
         self._settings = settings
@@ -172,7 +173,6 @@ class WritebackWorker:
         self._configs: list[WritebackConfig] = []
         self._configs_read = -CONFIG_REFRESH
         self._cache: OrderedDict[tuple[str, str], tuple[str, dict[str, Any]]] = OrderedDict()
-        self._timeout = aiohttp.ClientTimeout(total=settings.writeback_request_timeout)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -215,6 +215,10 @@ class WritebackWorker:
         refresh = min(CONFIG_REFRESH, self._settings.writeback_poll_interval * 10)
         if time.monotonic() - self._configs_read >= refresh:
             rows = await conn.fetch(Q["active_configurations"])
+            before = {c.id for c in self._configs}
+            for row in rows:
+                if row["id"] not in before:
+                    self._tokens.forget(row["id"])  # back on (or new): a remembered refusal no longer holds
             self._configs = [WritebackConfig(r["id"], r["fhir_base_url"], r["writeback_strategy"],
                                              BackendClient(r["id"], r["fhir_base_url"], r["client_id"],
                                                            r["client_auth"], r["writeback_scopes"]))
@@ -259,8 +263,6 @@ class WritebackWorker:
                     outcome = await self._write(config, changes, encounter_ref)
             except TimeoutError as exc:
                 raise Retryable("lease_timeout") from exc
-            except (aiohttp.ClientError,) as exc:
-                raise Retryable(f"fhir_unreachable {type(exc).__name__}") from exc
             await self._finish(config, visit_id, outcome, started)
         except Retryable as exc:
             if attempt >= settings.writeback_max_attempts:
@@ -301,7 +303,7 @@ class WritebackWorker:
             token = await self._tokens.token(config.client)
         except TokenUnavailable as exc:
             raise Retryable(exc.reason) from exc
-        url = f"{config.fhir_base_url}/Encounter/{encounter_id}"
+        url = f"{fhir_base_url(config.fhir_base_url) or config.fhir_base_url}/Encounter/{encounter_id}"
         key = (config.fhir_base_url, encounter_id)
         headers = {"Authorization": f"Bearer {token.access_token}", "Accept": "application/fhir+json"}
         for _ in range(self._settings.writeback_max_conflict_rounds):
@@ -358,15 +360,21 @@ class WritebackWorker:
             slots = self._slots[server] = asyncio.Semaphore(self._settings.writeback_concurrency)
         self._metrics.requests.labels(method).inc()
         try:
-            # Only the request itself holds one of the server's slots: the database work, building the
-            # body and reading the answer happen outside, so a slot is never idle while we compute.
-            async with slots, self._http.request(method, url, data=body, headers=headers,
-                                                 timeout=self._timeout) as r:
-                return r.status, r.headers, await r.read()
-        except TimeoutError as exc:
+            # Only the request itself holds one of the server's slots: the database work and building the
+            # body happen outside, so a slot is never idle while we compute.
+            async with slots:
+                answer = await self._ehr.request(method, url, what="fhir", headers=headers, data=body,
+                                                 timeout=self._settings.writeback_request_timeout)
+        except UpstreamTimeout as exc:
             raise Retryable("fhir_timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise Retryable(f"fhir_unreachable {type(exc).__name__}") from exc
+        except UpstreamUnavailable as exc:
+            raise Retryable(exc.reason) from exc
+        except UpstreamError as exc:
+            if exc.reason.endswith(("_redirect", "_too_large", "_bad_url")):
+                # A redirect elsewhere, an answer over the cap, a URL we refuse: no retry changes those.
+                raise Permanent(exc.reason, exc.upstream_status) from exc
+            raise Retryable(exc.reason, exc.upstream_status) from exc  # an answer cut short, say
+        return answer.status, answer.headers, answer.body
 
     def _remember(self, key: tuple[str, str], headers: Any, body: bytes) -> str | None:
         try:
