@@ -214,8 +214,8 @@ class WritebackWorker:
     async def _active_configs(self, conn: asyncpg.Connection) -> list[WritebackConfig]:
         refresh = min(CONFIG_REFRESH, self._settings.writeback_poll_interval * 10)
         if time.monotonic() - self._configs_read >= refresh:
+            before = {c.id for c in self._configs}  # taken before the query: a turn-off meanwhile is no return
             rows = await conn.fetch(Q["active_configurations"])
-            before = {c.id for c in self._configs}
             for row in rows:
                 if row["id"] not in before:
                     self._tokens.forget(row["id"])  # back on (or new): a remembered refusal no longer holds
