@@ -66,9 +66,11 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def is_json(content_type: str) -> bool:
-    """Whether a media type (parameters already stripped) is JSON: application/json or application/*+json."""
+    """Whether a media type (parameters already stripped) is JSON: application/json or application/*+json
+    (application/fhir+json, application/jwk-set+json), or FHIR's pre-R4 application/json+fhir."""
     kind = content_type.strip().lower()
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+    return kind in ("application/json", "application/json+fhir") or \
+        (kind.startswith("application/") and kind.endswith("+json"))
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class EhrResponse:
             return None
         try:
             doc = json.loads(self.body)
-        except ValueError:  # also UnicodeDecodeError
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting is not
             return None
         return doc if isinstance(doc, dict) else None
 

@@ -14,9 +14,9 @@ from aiohttp import web
 
 from gateway import joinlinks
 from gateway.appkeys import DB, EHR, MEETINGS, SEALER, SETTINGS, SIGNING_KEY
+from gateway.ehr import fhir_base_url
 from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
                             UpstreamError)
-from gateway.ehr import fhir_base_url
 from gateway.fhir import FhirClient, parse_reference
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 
 import sql
 from gateway import metrics
-from gateway.ehr import EhrClient, fhir_base_url
+from gateway.ehr import EhrClient, EhrResponse, fhir_base_url
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.fhir import valid_id
 from gateway.security import Sealer
@@ -130,23 +130,21 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def _issue_codes(body: bytes) -> str:
-    """The OperationOutcome issue codes of an error body (codes only: diagnostics may hold patient data)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return ""
-    if not isinstance(doc, dict) or doc.get("resourceType") != "OperationOutcome":
+def _issue_codes(answer: EhrResponse) -> str:
+    """The OperationOutcome issue codes of an error answer (codes only: diagnostics may hold patient data)."""
+    doc = answer.json_or_none()
+    if doc is None or doc.get("resourceType") != "OperationOutcome":
         return ""
     codes = [i.get("code") for i in doc.get("issue") or [] if isinstance(i, dict)]
     return ",".join(sorted({c for c in codes if isinstance(c, str) and _ISSUE_CODE.match(c)}))[:120]
 
 
-def _failure(status: int, headers: Any, body: bytes) -> Exception:
-    codes = _issue_codes(body)
+def _failure(answer: EhrResponse) -> Exception:
+    status = answer.status
+    codes = _issue_codes(answer)
     reason = f"fhir_{status}" + (f" {codes}" if codes else "")
     if status == 429:
-        return Retryable(reason, status, parse_retry_after(headers.get("Retry-After")))
+        return Retryable(reason, status, parse_retry_after(answer.headers.get("Retry-After")))
     if status >= 500 or status in (401, 408):
         return Retryable(reason, status)
     return Permanent(reason, status)
@@ -325,36 +323,35 @@ class WritebackWorker:
                 if unchanged(current, desired):
                     return Outcome("unchanged", changes.up_to_event_id, version)
                 body, content_type, method = json.dumps(desired).encode(), "application/fhir+json", "PUT"
-            status, answer_headers, answer = await self._send(config.fhir_base_url, method, url, {
+            answer = await self._send(config.fhir_base_url, method, url, {
                 **headers, "Content-Type": content_type, "If-Match": f'W/"{version}"'}, body)
-            if status in (200, 201):
-                written = self._remember(key, answer_headers, answer)
-                return Outcome("written", changes.up_to_event_id, written, status)
+            if answer.status in (200, 201):
+                written = self._remember(key, answer)
+                return Outcome("written", changes.up_to_event_id, written, answer.status)
             self._cache.pop(key, None)
-            if status == 412:
+            if answer.status == 412:
                 continue  # someone else wrote in between: read again and re-apply
-            if status == 401:
+            if answer.status == 401:
                 self._tokens.forget(config.id)
-            raise _failure(status, answer_headers, answer)
+            raise _failure(answer)
         raise Retryable("fhir_412 conflict_storm", 412)
 
     async def _read(self, server: str, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        status, answer_headers, body = await self._send(server, "GET", url, headers, None)
-        if status != 200:
-            raise _failure(status, answer_headers, body)
-        try:
-            resource = json.loads(body)
-        except ValueError as exc:
-            raise Retryable("fhir_malformed") from exc
-        if not isinstance(resource, dict) or resource.get("resourceType") != "Encounter":
+        answer = await self._send(server, "GET", url, headers, None)
+        if answer.status != 200:
+            raise _failure(answer)
+        resource = answer.json_or_none()
+        if resource is None:
+            raise Retryable("fhir_malformed")
+        if resource.get("resourceType") != "Encounter":
             raise Permanent("fhir_not_an_encounter")
-        version = _version_of(answer_headers, resource)
+        version = _version_of(answer.headers, resource)
         if version is None:
             raise Permanent("fhir_no_version")  # without a version there is no safe If-Match
         return version, resource
 
     async def _send(self, server: str, method: str, url: str, headers: dict[str, str],
-                    body: bytes | None) -> tuple[int, Any, bytes]:
+                    body: bytes | None) -> EhrResponse:
         slots = self._slots.get(server)
         if slots is None:
             slots = self._slots[server] = asyncio.Semaphore(self._settings.writeback_concurrency)
@@ -374,15 +371,14 @@ class WritebackWorker:
                 # A redirect elsewhere, an answer over the cap, a URL we refuse: no retry changes those.
                 raise Permanent(exc.reason, exc.upstream_status) from exc
             raise Retryable(exc.reason, exc.upstream_status) from exc  # an answer cut short, say
-        return answer.status, answer.headers, answer.body
+        return answer
 
-    def _remember(self, key: tuple[str, str], headers: Any, body: bytes) -> str | None:
-        try:
-            resource = json.loads(body)
-        except ValueError:
+    def _remember(self, key: tuple[str, str], answer: EhrResponse) -> str | None:
+        resource = answer.json_or_none()
+        if resource is None:
             return None
-        version = _version_of(headers, resource) if isinstance(resource, dict) else None
-        if version is not None and isinstance(resource, dict) and resource.get("resourceType") == "Encounter":
+        version = _version_of(answer.headers, resource)
+        if version is not None and resource.get("resourceType") == "Encounter":
             self._cache[key] = (version, resource)
             self._cache.move_to_end(key)
             while len(self._cache) > CACHE_SIZE:

@@ -173,6 +173,16 @@ async def test_json_is_taken_only_under_a_json_content_type(aiohttp_server: Serv
             assert caught.value.reason == "jwks_invalid"
 
 
+async def test_deeply_nested_json_is_an_invalid_answer_not_a_crash(aiohttp_server: Server) -> None:
+    server, _ = await _recording_server(
+        aiohttp_server, lambda request: _answer(b"[" * 100_000 + b"]" * 100_000,
+                                                headers={"Content-Type": "application/json"}))
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(UpstreamError) as caught:
+            await EhrClient(http).get_json(str(server.make_url("/x")), "jwks")
+    assert caught.value.reason == "jwks_invalid"
+
+
 async def test_a_request_path_with_an_empty_segment_is_never_sent(aiohttp_server: Server) -> None:
     server, log = await _recording_server(aiohttp_server, lambda request: _json({}))
     async with aiohttp.ClientSession() as http:
