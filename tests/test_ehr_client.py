@@ -294,7 +294,9 @@ async def test_a_launch_whose_discovery_redirects_elsewhere_is_refused_without_a
         aiohttp_server, lambda request: _json(_discovery(str(request.url.origin()))))
 
     async def redirect(request: web.Request) -> web.Response:
-        return web.Response(status=302, headers={"Location": str(elsewhere.make_url(request.path))})
+        # Another host name (the double listens on 127.0.0.1; localhost reaches it too, were it asked).
+        return web.Response(status=302, headers={"Location": str(elsewhere.make_url(request.path)
+                                                                 .with_host("localhost"))})
 
     ehr, _ = await _recording_server(aiohttp_server, redirect)
     await _approve(stack, str(ehr.make_url("/fhir")))
