@@ -59,10 +59,20 @@ def fhir_base_url(url: str) -> str | None:
     return urlunsplit((scheme, netloc, "/" + path if path else "", "", ""))
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port out of range, a broken IPv6 literal
+        return None
+
+
+def _join(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location) if location else ""
+    except ValueError:
+        return ""
 
 
 def is_json(content_type: str) -> bool:
@@ -150,9 +160,8 @@ class EhrClient:
             async with self._http.request(method, url, headers=headers, data=data, allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=None)) as response:
                 if response.status in (301, 302, 303, 307, 308):
-                    location = response.headers.get("Location", "")
-                    target = urljoin(url, location) if location else ""
-                    if method != "GET" or not target or _origin(target) != first:
+                    target = _join(url, response.headers.get("Location", ""))
+                    if method != "GET" or not target or first is None or _origin(target) != first:
                         raise UpstreamError(f"the EHR redirected elsewhere ({what}); not followed",
                                             reason=f"{what}_redirect", upstream_status=response.status)
                     url = target
@@ -162,9 +171,13 @@ class EhrClient:
         raise UpstreamError(f"the EHR redirected too many times ({what})", reason=f"{what}_redirect")
 
     def _check_url(self, url: str, what: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or "//" in parts.path \
-                or _CONTROL.search(url):
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme.lower() in _DEFAULT_PORTS and bool(parts.hostname) and parts.port != 0 \
+                and "//" not in parts.path and not _CONTROL.search(url)
+        except ValueError:
+            ok = False
+        if not ok:
             raise UpstreamError(f"refused to call a malformed EHR URL ({what})", reason=f"{what}_bad_url")
 
     async def _read_capped(self, response: aiohttp.ClientResponse, what: str) -> bytes:

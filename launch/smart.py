@@ -63,9 +63,13 @@ class TokenGrant:
 def _url_ok(url: object, allow_http: bool) -> bool:
     if not isinstance(url, str):
         return False
-    parts = urlsplit(url)
-    return (parts.scheme == "https" or (allow_http and parts.scheme == "http")) and bool(parts.netloc) \
-        and not parts.fragment
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a broken IPv6 literal, a port out of range
+        return False
+    return (parts.scheme == "https" or (allow_http and parts.scheme == "http")) and bool(parts.hostname) \
+        and not parts.fragment and port != 0 and "//" not in parts.path
 
 
 def _error_code(value: object) -> str:

@@ -105,6 +105,17 @@ async def test_a_same_origin_redirect_is_followed_a_bounded_number_of_times(aioh
     assert log.paths.count("/loop") == 4  # the first request and three redirects, then no more
 
 
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/x", "http://[::1/x", "javascript:alert(1)",
+                                      "//elsewhere.example/x", "http://127.0.0.1:0/x"])
+async def test_a_redirect_to_a_malformed_or_foreign_place_is_refused_not_a_crash(aiohttp_server: Server,
+                                                                                  location: str) -> None:
+    server, log = await _recording_server(aiohttp_server, lambda request: _redirect_to(location))
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(UpstreamError) as caught:
+            await EhrClient(http).get_json(str(server.make_url("/x")), "jwks")
+    assert caught.value.reason == "jwks_redirect" and log.paths == ["/x"]
+
+
 async def test_a_post_is_never_redirected_even_to_the_same_origin(aiohttp_server: Server) -> None:
     server, log = await _recording_server(
         aiohttp_server, lambda request: _redirect_to("/token2") if request.path == "/token" else _json({}))
@@ -303,6 +314,17 @@ async def test_a_launch_whose_discovery_redirects_elsewhere_is_refused_without_a
     response, visited = await stack.follow(f"{stack.gateway_url}/launch?iss={ehr.make_url('/fhir')}&launch=x")
     assert response.status == 502 and reason_code(await response.text()) == "discovery_redirect"
     assert len(visited) == 1 and elsewhere_log.paths == []
+
+
+@pytest.mark.parametrize("endpoint", ["http://[::1/authorize", "http://127.0.0.1:99999/a", "ftp://ehr.example/a",
+                                      "http://127.0.0.1//a"])
+async def test_discovery_naming_a_malformed_endpoint_is_a_502_not_a_crash(stack: Stack, aiohttp_server: Server,
+                                                                        endpoint: str) -> None:
+    server, _ = await _recording_server(aiohttp_server, lambda request: _json(
+        {**_discovery(str(request.url.origin()) + "/fhir"), "authorization_endpoint": endpoint}))
+    await _approve(stack, str(server.make_url("/fhir")))
+    response = await stack.get(f"{stack.gateway_url}/launch?iss={server.make_url('/fhir')}&launch=x")
+    assert response.status == 502 and reason_code(await response.text()) == "discovery_invalid"
 
 
 @pytest.mark.parametrize("fault, status, reason", [
