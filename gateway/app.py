@@ -92,6 +92,7 @@ async def _ehr_client(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(raise_for_status=False, headers={"User-Agent": "visitgate"}) as session:
         app[EHR] = EhrClient(session, timeout=app[SETTINGS].http_timeout)
         yield
+        await app[EHR].close()
 
 
 async def _notifier(app: web.Application) -> AsyncIterator[None]:

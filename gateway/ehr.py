@@ -130,7 +130,14 @@ class EhrClient:
         self.max_body = max_body
         self._discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, Mapping[str, Any]]] = {}
-        self._discovery_locks: dict[str, asyncio.Lock] = {}
+        self._discovery_fetches: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
+
+    async def close(self) -> None:
+        """Cancel discovery fetches still under way (at shutdown, before the session closes)."""
+        fetches = list(self._discovery_fetches.values())
+        for fetch in fetches:
+            fetch.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
 
     async def request(self, method: str, url: str, *, what: str, headers: Mapping[str, str] | None = None,
                       data: bytes | Mapping[str, str] | None = None, timeout: float | None = None) -> EhrResponse:
@@ -216,10 +223,22 @@ class EhrClient:
         cached = self._discovery.get(base)
         if cached and cached[0] > time.monotonic():
             return cached[1]
-        async with self._discovery_locks.setdefault(base, asyncio.Lock()):
-            cached = self._discovery.get(base)
-            if cached and cached[0] > time.monotonic():
-                return cached[1]
-            doc = await self.get_json(f"{base}/.well-known/smart-configuration", "discovery")
-            self._discovery[base] = (time.monotonic() + self._discovery_ttl, doc)
-            return doc
+        # Callers that arrive while a fetch is under way wait for that fetch, and share its failure too: ten
+        # launches against an EHR that is down wait one time limit, not ten in a row.
+        fetch = self._discovery_fetches.get(base)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch_discovery(base))
+            self._discovery_fetches[base] = fetch
+            fetch.add_done_callback(lambda done: self._fetched(base, done))
+        # Shielded: a caller that gives up (its browser went away) does not cancel the others' fetch.
+        return await asyncio.shield(fetch)
+
+    async def _fetch_discovery(self, base: str) -> Mapping[str, Any]:
+        doc = await self.get_json(f"{base}/.well-known/smart-configuration", "discovery")
+        self._discovery[base] = (time.monotonic() + self._discovery_ttl, doc)
+        return doc
+
+    def _fetched(self, base: str, done: asyncio.Future[Mapping[str, Any]]) -> None:
+        self._discovery_fetches.pop(base, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a failure nobody waited for any more is not reported as lost

@@ -247,6 +247,23 @@ async def test_launch_and_backend_services_share_one_discovery_fetch(aiohttp_ser
     assert {c.token_endpoint for c in confs[:5]} == {confs[5]} == {f"{base}/token"}
 
 
+async def test_callers_waiting_on_a_failing_discovery_share_its_failure(aiohttp_server: Server) -> None:
+    async def failing(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)  # so the callers really overlap
+        return web.Response(status=500)
+
+    server, log = await _recording_server(aiohttp_server, failing)
+    async with aiohttp.ClientSession() as http:
+        ehr = EhrClient(http)
+        results = await asyncio.gather(*(ehr.smart_configuration(str(server.make_url("/fhir"))) for _ in range(5)),
+                                       return_exceptions=True)
+        assert [getattr(r, "reason", r) for r in results] == ["discovery_failed"] * 5
+        assert len(log.paths) == 1
+        with pytest.raises(UpstreamError):  # a failure is not kept: the next caller asks again
+            await ehr.smart_configuration(str(server.make_url("/fhir")))
+    assert len(log.paths) == 2
+
+
 # --- id_tokens without a kid ----------------------------------------------------------------------
 
 
