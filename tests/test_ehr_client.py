@@ -33,8 +33,8 @@ Server = Callable[..., Awaitable[TestServer]]
 
 @pytest.fixture
 def stack_overrides() -> Overrides:
-    """A short EHR time limit, so a launch against a slow EHR fails fast (the sandbox answers at once)."""
-    return lambda _gateway, _sandbox: {"http_timeout": 1.0}
+    """A shorter EHR time limit, so a launch against a slow EHR fails sooner (yet ample for the sandbox)."""
+    return lambda _gateway, _sandbox: {"http_timeout": 3.0}
 
 
 class Recorder:
