@@ -17,7 +17,8 @@ import jinja2
 from aiohttp import web
 
 from . import db, notify
-from .appkeys import DB, DSN, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
+from .appkeys import DB, DSN, EHR, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
+from .ehr import EhrClient
 from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     aiohttp_jinja2.get_env(app).install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(_ehr_client)
     app.cleanup_ctx.append(_notifier)  # after the HTTP session, which the SMS provider uses
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -82,6 +84,14 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
                                      headers={"User-Agent": "visitgate"}) as session:
         app[HTTP] = session
         yield
+
+
+async def _ehr_client(app: web.Application) -> AsyncIterator[None]:
+    # Its own session: one per upstream family, and the EHR client sets its own time limits per call.
+    async with aiohttp.ClientSession(raise_for_status=False, headers={"User-Agent": "visitgate"}) as session:
+        app[EHR] = EhrClient(session, timeout=app[SETTINGS].http_timeout)
+        yield
+        await app[EHR].close()
 
 
 async def _notifier(app: web.Application) -> AsyncIterator[None]:

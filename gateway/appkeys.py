@@ -5,6 +5,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from .ehr import EhrClient
 from .meetings import MeetingProvider
 from .notify import Notifier
 from .security import Sealer, SigningKey
@@ -18,3 +19,4 @@ SIGNING_KEY = web.AppKey("signing_key", SigningKey)
 MEETINGS = web.AppKey("meetings", dict[str, MeetingProvider])
 DSN = web.AppKey("dsn", str)  # for connections outside the pool (the presence LISTEN connection)
 NOTIFIER = web.AppKey("notifier", Notifier)  # join links by email and SMS
+EHR = web.AppKey("ehr", EhrClient)  # every call to an EHR: launch, FHIR reads, backend services, write-back

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
 import sql
 
+from .ehr import fhir_base_url
 from .errors import ConfigError
 from .security import Sealer
 
@@ -35,10 +35,11 @@ class NewConfiguration:
     """How visits are written back to the FHIR Encounter: fhir-r4-put, fhir-r4-patch or none."""
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.fhir_base_url)
-        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment \
-                or self.fhir_base_url.endswith("/"):
-            raise ConfigError("the FHIR base URL must be an absolute URL without a trailing slash")
+        base = fhir_base_url(self.fhir_base_url)
+        if base is None:
+            raise ConfigError("the FHIR base URL must be an absolute http(s) URL without query or fragment")
+        # Stored in the one spelling launches look it up in (gateway.ehr.fhir_base_url).
+        object.__setattr__(self, "fhir_base_url", base)
         if self.environment not in ("test", "production"):
             raise ConfigError("the environment must be 'test' or 'production'")
         if self.client_auth not in ("public", "client_secret_basic", "private_key_jwt"):

@@ -44,33 +44,68 @@ class StateInvalid(LaunchRefused):
 
 
 class UpstreamError(VisitgateError):
-    """An outside service (EHR authorization server, FHIR server) failed or answered nonsense."""
+    """An outside service (the EHR's authorization or FHIR server) failed or answered nonsense.
+
+    What we answer for an EHR fault (gateway.ehr raises these; the reason code says which call and how):
+    - 502 Bad Gateway: the EHR answered, but wrongly: an error status, a body that is not JSON, too large,
+      a redirect to another origin (`discovery_redirect`), discovery without S256, a token error, an invalid
+      id_token. This class and AuthServerError, IdTokenInvalid and FhirError.
+    - 503 Service Unavailable: the EHR could not be reached (refused, reset, DNS, TLS) or said it is
+      unavailable (503, 429): UpstreamUnavailable.
+    - 504 Gateway Timeout: the EHR did not answer within the call's time limit: UpstreamTimeout.
+    `status`, when given, replaces the class's (a FhirError for an unreachable server is a 503);
+    `upstream_status` is what the EHR answered, if it answered.
+    """
 
     status = 502
     reason = "upstream_error"
     title = "The EHR did not answer as expected"
 
+    def __init__(self, detail: str = "", *, reason: str | None = None, status: int | None = None,
+                 upstream_status: int | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        if status is not None:
+            self.status = status
+        self.upstream_status = upstream_status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The EHR could not be reached, or said it is unavailable: 503."""
+
+    status = 503
+    reason = "upstream_unavailable"
+    title = "The EHR is not available right now"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The EHR did not answer in time: 504."""
+
+    status = 504
+    reason = "upstream_timeout"
+    title = "The EHR did not answer in time"
+
 
 class AuthServerError(UpstreamError):
-    """The EHR's authorization server refused or failed."""
+    """The EHR's authorization server refused or failed (502)."""
 
     reason = "token_error"
 
 
 class IdTokenInvalid(UpstreamError):
-    """The id_token failed validation (signature, issuer, audience, expiry, nonce)."""
+    """The id_token failed validation (signature, issuer, audience, expiry, nonce): 502."""
 
     reason = "invalid_id_token"
 
 
 class FhirError(UpstreamError):
-    """A FHIR call failed; carries the HTTP status and any OperationOutcome text."""
+    """A FHIR call failed (502, or the status of the fault underneath); carries the EHR's HTTP status."""
 
     reason = "fhir_error"
 
-    def __init__(self, detail: str = "", *, status: int | None = None, reason: str | None = None) -> None:
-        super().__init__(detail, reason=reason)
-        self.http_status = status
+    @property
+    def http_status(self) -> int | None:
+        """The status the FHIR server answered, if it answered."""
+        return self.upstream_status
 
 
 class NotFound(VisitgateError):

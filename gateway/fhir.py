@@ -1,13 +1,11 @@
-"""A small FHIR R4 client: reads with a bearer token, every failure turned into FhirError."""
+"""A small FHIR R4 client: reads with a bearer token over gateway.ehr, every failure turned into FhirError."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-import aiohttp
-
-from .errors import FhirError
+from .ehr import EhrClient, fhir_base_url, status_error
+from .errors import FhirError, UpstreamError
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RESOURCE_TYPES = frozenset({"Patient", "Practitioner", "PractitionerRole", "Encounter", "Appointment"})
@@ -29,33 +27,33 @@ def parse_reference(reference: object, expected_type: str) -> str | None:
 
 
 class FhirClient:
-    """Talks to one FHIR base URL on behalf of one access token."""
+    """Talks to one FHIR base URL on behalf of one access token, through the gateway's EHR client."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str, access_token: str) -> None:
-        self._http = http
-        self._base = base_url.rstrip("/")
+    def __init__(self, ehr: EhrClient, base_url: str, access_token: str) -> None:
+        self._ehr = ehr
+        self._base = fhir_base_url(base_url) or base_url
         self._headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
 
     async def read(self, resource_type: str, logical_id: str) -> dict[str, Any]:
         """Read one resource; refuses ids and answers that are not what FHIR promises."""
         if resource_type not in RESOURCE_TYPES or not valid_id(logical_id):
             raise FhirError(f"refused to read {resource_type} with a malformed id", reason="fhir_bad_reference")
-        url = f"{self._base}/{resource_type}/{logical_id}"
         try:
-            async with self._http.get(url, headers=self._headers) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FhirError(f"the FHIR server could not be reached ({type(exc).__name__})",
-                            reason="fhir_unreachable") from exc
+            response = await self._ehr.request("GET", f"{self._base}/{resource_type}/{logical_id}", what="fhir",
+                                               headers=self._headers)
+        except UpstreamError as exc:
+            # Same reason code and status (503 unreachable, 504 timeout, 502 otherwise), as a FhirError.
+            raise FhirError(exc.detail, reason=exc.reason, status=exc.status,
+                            upstream_status=exc.upstream_status) from exc
+        status = response.status
         if status != 200:
-            raise FhirError(f"the FHIR server answered {status} reading {resource_type}", status=status,
-                            reason="fhir_unavailable" if status >= 500 else "fhir_refused")
-        try:
-            resource = json.loads(body)
-        except ValueError as exc:
-            raise FhirError("the FHIR server answered something that is not JSON", reason="fhir_malformed") from exc
-        if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+            raise FhirError(f"the FHIR server answered {status} reading {resource_type}", upstream_status=status,
+                            reason="fhir_unavailable" if status >= 500 else "fhir_refused",
+                            status=status_error("fhir", status).status)
+        resource = response.json_or_none()
+        if resource is None:
+            raise FhirError("the FHIR server answered something that is not a JSON object", reason="fhir_malformed")
+        if resource.get("resourceType") != resource_type:
             raise FhirError(f"the FHIR server answered something that is not a {resource_type}",
                             reason="fhir_malformed")
         return resource

@@ -19,7 +19,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import joinlinks, participants
-from gateway.appkeys import DB, HTTP, NOTIFIER, SEALER
+from gateway.appkeys import DB, EHR, NOTIFIER, SEALER
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
@@ -205,7 +205,7 @@ async def _take_back(request: web.Request, token: str, participant_id: UUID, new
 async def _invite(request: web.Request, session: store.ProviderSession, form: InviteForm) -> web.Response:
     app = request.app
     sealer = app[SEALER]
-    fhir = FhirClient(app[HTTP], session.fhir_base_url,
+    fhir = FhirClient(app[EHR], session.fhir_base_url,
                       sealer.unseal(session.access_token, "provider_sessions.access_token"))
     if form.channel == "sms" and app[NOTIFIER].sms is None:
         raise InviteRefused(409, NotConfigured.reason, "SMS is not set up on this gateway. Send the link by "

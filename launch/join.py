@@ -18,7 +18,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import joinlinks
-from gateway.appkeys import DB, HTTP, SETTINGS
+from gateway.appkeys import DB, EHR, SETTINGS
 from gateway.errors import JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
 from gateway.fhir import FhirClient
 from gateway.participants import Participant, patient_participant
@@ -178,7 +178,7 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
     now = dt.datetime.now(dt.timezone.utc)
     # Read live with the patient's own token, used for this and then forgotten.
     window_end = await joinlinks.visit_window_end(
-        FhirClient(app[HTTP], config.fhir_base_url, grant.access_token), grant.encounter)
+        FhirClient(app[EHR], config.fhir_base_url, grant.access_token), grant.encounter)
     expires_at = max(joinlinks.link_expiry(window_end or joinlinks.default_not_after(now), now),
                      now + PORTAL_MIN_SESSION)
     presented = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)

@@ -14,7 +14,8 @@ from aiohttp import web
 from cryptography.exceptions import InvalidTag
 
 from gateway import joinlinks
-from gateway.appkeys import DB, HTTP, SEALER, SETTINGS, SIGNING_KEY
+from gateway.appkeys import DB, EHR, SEALER, SETTINGS, SIGNING_KEY
+from gateway.ehr import fhir_base_url
 from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
                             UpstreamError)
 from gateway.fhir import FhirClient, parse_reference
@@ -52,7 +53,7 @@ def setup(app: web.Application) -> None:
 
 
 async def _smart_client(app: web.Application) -> AsyncIterator[None]:
-    app[SMART] = SmartClient(app[HTTP], app[SIGNING_KEY], app[SETTINGS].redirect_uri)
+    app[SMART] = SmartClient(app[EHR], app[SIGNING_KEY], app[SETTINGS].redirect_uri)
     yield
 
 
@@ -105,17 +106,22 @@ async def _start(request: web.Request, audience: str) -> web.Response:
     settings = request.app[SETTINGS]
     state = new_token()
     browser = browser_key_for_launch(request)
-    async with request.app[DB].acquire() as conn:
-        found = await store.start_launch(conn, token_hash(state), iss, settings.launch_state_ttl, audience,
-                                         token_hash(browser.key), request.app[SEALER].seal(launch, _LAUNCH_REF))
-    if found is None:
+    # Looked up in the one spelling configurations are stored in (`…/fhir/` is `…/fhir`); the EHR's own
+    # spelling still goes to its authorize endpoint as `aud`.
+    base = fhir_base_url(iss)
+    found = None
+    if base is not None:
+        async with request.app[DB].acquire() as conn:
+            found = await store.start_launch(conn, token_hash(state), base, settings.launch_state_ttl, audience,
+                                             token_hash(browser.key), request.app[SEALER].seal(launch, _LAUNCH_REF))
+    if base is None or found is None:
         raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "
                             "administrator to register and approve it.")
     client_id, client_auth, scopes = found
     if audience == "patient":
         scopes = PATIENT_SCOPES
     smart = request.app[SMART]
-    conf = await smart.discover(iss)
+    conf = await smart.discover(base)
     sealer = request.app[SEALER]
     url = smart.authorize_url(
         conf, Client(client_id, client_auth, None), iss=iss, launch=launch, scopes=scopes, state=state,
@@ -316,7 +322,7 @@ async def provider_view(request: web.Request) -> web.Response:
     handle = request.match_info["handle"]
     app = request.app
     sealer = app[SEALER]
-    fhir = FhirClient(app[HTTP], session.fhir_base_url,
+    fhir = FhirClient(app[EHR], session.fhir_base_url,
                       sealer.unseal(session.access_token, "provider_sessions.access_token"))
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
     patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None

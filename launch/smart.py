@@ -1,27 +1,29 @@
-"""The SMART App Launch client: discovery, the authorize redirect, the code exchange, id_token checks."""
+"""The SMART App Launch client: discovery, the authorize redirect, the code exchange, id_token checks.
+
+Every request goes through the gateway's EhrClient (gateway.ehr), whose discovery cache backend services
+share; this module vets what the EHR says."""
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
 import jwt
 
+from gateway.ehr import EhrClient, fhir_base_url
 from gateway.errors import AuthServerError, IdTokenInvalid, UpstreamError
 from gateway.fhir import valid_id
 from gateway.security import SigningKey, jws_header
 
-DISCOVERY_TTL = 3600.0
 JWKS_TTL = 3600.0
 JWKS_REFETCH_AFTER = 60.0  # an unknown kid refetches the JWKS at most this often
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "ES256", "ES384"]
+MAX_JWKS_KEYS = 20  # a kid-less token is tried against each: bound the work a hostile JWKS can ask for
 
 
 @dataclass(frozen=True)
@@ -61,79 +63,57 @@ class TokenGrant:
 def _url_ok(url: object, allow_http: bool) -> bool:
     if not isinstance(url, str):
         return False
-    parts = urlsplit(url)
-    return (parts.scheme == "https" or (allow_http and parts.scheme == "http")) and bool(parts.netloc) \
-        and not parts.fragment
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a broken IPv6 literal, a port out of range
+        return False
+    return (parts.scheme == "https" or (allow_http and parts.scheme == "http")) and bool(parts.hostname) \
+        and not parts.fragment and port != 0 and "//" not in parts.path
 
 
 def _error_code(value: object) -> str:
     return value if isinstance(value, str) and _ERROR_CODE.match(value) else "unknown"
 
 
-class SmartClient:
-    """Caches discovery and JWKS per EHR; talks to EHRs through the gateway's shared ClientSession."""
+def _vet_discovery(base: str, doc: Mapping[str, Any]) -> SmartConfiguration:
+    """What launch needs of a discovery document, or UpstreamError (502) saying what is missing."""
+    allow_http = base.startswith("http://")  # only a plain-http EHR (the sandbox) may name http endpoints
+    if not _url_ok(doc.get("authorization_endpoint"), allow_http) or \
+            not _url_ok(doc.get("token_endpoint"), allow_http):
+        raise UpstreamError("the EHR's SMART configuration lacks usable endpoints", reason="discovery_invalid")
+    methods = doc.get("code_challenge_methods_supported")
+    if not isinstance(methods, list) or "S256" not in methods:
+        raise UpstreamError("the EHR does not support PKCE with S256, which we require",
+                            reason="discovery_no_s256")
+    jwks_uri = doc.get("jwks_uri")
+    issuer = doc.get("issuer", base)
+    if not isinstance(issuer, str):
+        raise UpstreamError("the EHR's SMART configuration names no issuer", reason="discovery_invalid")
+    return SmartConfiguration(
+        issuer=issuer,
+        authorization_endpoint=doc["authorization_endpoint"],
+        token_endpoint=doc["token_endpoint"],
+        jwks_uri=jwks_uri if _url_ok(jwks_uri, allow_http) else None,
+        iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
+    )
 
-    def __init__(self, http: aiohttp.ClientSession, signing_key: SigningKey, redirect_uri: str) -> None:
-        self._http = http
+
+class SmartClient:
+    """Vets discovery and keeps JWKS per EHR; talks to EHRs through the gateway's EhrClient."""
+
+    def __init__(self, ehr: EhrClient, signing_key: SigningKey, redirect_uri: str) -> None:
+        self._ehr = ehr
         self._signing_key = signing_key
         self.redirect_uri = redirect_uri
-        self._discovery: dict[str, tuple[float, SmartConfiguration]] = {}
-        self._discovery_locks: dict[str, asyncio.Lock] = {}
-        self._jwks: dict[str, tuple[float, dict[str, jwt.PyJWK]]] = {}
+        self._jwks: dict[str, tuple[float, list[tuple[str | None, Mapping[str, Any]]]]] = {}
 
     async def discover(self, iss: str) -> SmartConfiguration:
-        """The EHR's SMART configuration, fetched once an hour at most (concurrent launches share a fetch)."""
-        cached = self._discovery.get(iss)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
-        lock = self._discovery_locks.setdefault(iss, asyncio.Lock())
-        async with lock:
-            cached = self._discovery.get(iss)
-            if cached and cached[0] > time.monotonic():
-                return cached[1]
-            conf = await self._fetch_discovery(iss)
-            self._discovery[iss] = (time.monotonic() + DISCOVERY_TTL, conf)
-            return conf
-
-    async def _fetch_discovery(self, iss: str) -> SmartConfiguration:
-        doc = await self._get_json(f"{iss}/.well-known/smart-configuration", "discovery")
-        allow_http = iss.startswith("http://")  # only a plain-http EHR (the sandbox) may name http endpoints
-        if not _url_ok(doc.get("authorization_endpoint"), allow_http) or \
-                not _url_ok(doc.get("token_endpoint"), allow_http):
-            raise UpstreamError("the EHR's SMART configuration lacks usable endpoints", reason="discovery_invalid")
-        methods = doc.get("code_challenge_methods_supported")
-        if not isinstance(methods, list) or "S256" not in methods:
-            raise UpstreamError("the EHR does not support PKCE with S256, which we require",
-                                reason="discovery_no_s256")
-        jwks_uri = doc.get("jwks_uri")
-        issuer = doc.get("issuer", iss)
-        if not isinstance(issuer, str):
-            raise UpstreamError("the EHR's SMART configuration names no issuer", reason="discovery_invalid")
-        return SmartConfiguration(
-            issuer=issuer,
-            authorization_endpoint=doc["authorization_endpoint"],
-            token_endpoint=doc["token_endpoint"],
-            jwks_uri=jwks_uri if _url_ok(jwks_uri, allow_http) else None,
-            iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
-        )
-
-    async def _get_json(self, url: str, what: str) -> dict[str, Any]:
-        try:
-            async with self._http.get(url, headers={"Accept": "application/json"}) as response:
-                status = response.status
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"the EHR could not be reached ({what})", reason=f"{what}_unreachable") from exc
-        if status != 200:
-            raise UpstreamError(f"the EHR answered {status} ({what})", reason=f"{what}_failed")
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise UpstreamError(f"the EHR answered something that is not JSON ({what})",
-                                reason=f"{what}_invalid") from exc
-        if not isinstance(doc, dict):
-            raise UpstreamError(f"the EHR answered something unexpected ({what})", reason=f"{what}_invalid")
-        return doc
+        """The EHR's SMART configuration, vetted (fetched through the shared discovery cache)."""
+        base = fhir_base_url(iss)
+        if base is None:
+            raise UpstreamError("refused to discover a malformed FHIR base URL", reason="discovery_bad_url")
+        return _vet_discovery(base, await self._ehr.smart_configuration(base))
 
     def authorize_url(self, conf: SmartConfiguration, client: Client, *, iss: str, launch: str, scopes: str,
                       state: str, code_challenge: str, nonce: str) -> str:
@@ -160,21 +140,12 @@ class SmartClient:
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
             form["client_id"] = client.client_id
-        try:
-            async with self._http.post(conf.token_endpoint, data=form, headers=headers) as response:
-                status = response.status
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthServerError("the EHR's token endpoint could not be reached",
-                                  reason="token_unreachable") from exc
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if status != 200 or not isinstance(doc, dict):
-            code_name = _error_code(doc.get("error")) if isinstance(doc, dict) else "unknown"
-            raise AuthServerError(f"the EHR refused to complete the sign-in ({status}, {code_name})",
-                                  reason="token_error")
+        response = await self._ehr.request("POST", conf.token_endpoint, what="token", data=form, headers=headers)
+        doc = response.json_or_none()
+        if response.status != 200 or doc is None:
+            code_name = _error_code(doc.get("error")) if doc is not None else "unknown"
+            raise AuthServerError(f"the EHR refused to complete the sign-in ({response.status}, {code_name})",
+                                  reason="token_error", upstream_status=response.status)
         return _grant(doc)
 
     async def validate_id_token(self, conf: SmartConfiguration, id_token: str, client_id: str,
@@ -186,52 +157,71 @@ class SmartClient:
             header = jws_header(id_token)
         except ValueError as exc:
             raise IdTokenInvalid("the id_token is malformed", reason="id_token_malformed") from exc
-        key = await self._key_for(conf.jwks_uri, header.get("kid"))
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                id_token, key, algorithms=ID_TOKEN_ALGORITHMS, audience=client_id, issuer=conf.issuer,
-                leeway=30, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
-        except jwt.InvalidSignatureError as exc:
-            raise IdTokenInvalid("the id_token's signature is wrong", reason="id_token_signature") from exc
-        except jwt.ExpiredSignatureError as exc:
-            raise IdTokenInvalid("the id_token has expired", reason="id_token_expired") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise IdTokenInvalid("the id_token is meant for another application",
-                                 reason="id_token_audience") from exc
-        except jwt.InvalidIssuerError as exc:
-            raise IdTokenInvalid("the id_token comes from another issuer", reason="id_token_issuer") from exc
-        except jwt.PyJWTError as exc:
-            raise IdTokenInvalid("the id_token is not valid", reason="id_token_invalid") from exc
+        alg = header.get("alg")
+        if alg not in ID_TOKEN_ALGORITHMS:
+            raise IdTokenInvalid("the id_token is signed with an algorithm we do not accept",
+                                 reason="id_token_signature")
+        claims: dict[str, Any] | None = None
+        # With a kid, the key of that kid; without one (smart-launcher-v2), each key of the JWKS that fits
+        # the algorithm, until one verifies the signature.
+        for key in await self._keys_for(conf.jwks_uri, header.get("kid"), str(alg)):
+            try:
+                claims = jwt.decode(
+                    id_token, key, algorithms=ID_TOKEN_ALGORITHMS, audience=client_id, issuer=conf.issuer,
+                    leeway=30, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+                break
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.InvalidAlgorithmError):
+                continue  # not this key
+            except jwt.ExpiredSignatureError as exc:
+                raise IdTokenInvalid("the id_token has expired", reason="id_token_expired") from exc
+            except jwt.InvalidAudienceError as exc:
+                raise IdTokenInvalid("the id_token is meant for another application",
+                                     reason="id_token_audience") from exc
+            except jwt.InvalidIssuerError as exc:
+                raise IdTokenInvalid("the id_token comes from another issuer", reason="id_token_issuer") from exc
+            except jwt.PyJWTError as exc:
+                raise IdTokenInvalid("the id_token is not valid", reason="id_token_invalid") from exc
+        if claims is None:
+            raise IdTokenInvalid("the id_token's signature is wrong, or made with a key the EHR does not publish",
+                                 reason="id_token_signature")
         if claims.get("nonce") != nonce:
             raise IdTokenInvalid("the id_token belongs to another sign-in", reason="id_token_nonce")
         return claims
 
-    async def _key_for(self, jwks_uri: str, kid: object) -> jwt.PyJWK:
+    async def _keys_for(self, jwks_uri: str, kid: object, alg: str) -> list[jwt.PyJWK]:
+        """The EHR's keys that may have signed a token with this kid (None: any) and alg."""
         cached = self._jwks.get(jwks_uri)
         now = time.monotonic()
-        keys = cached[1] if cached else {}
+        entries = cached[1] if cached else []
         fresh = cached is not None and cached[0] > now
-        if not fresh or (kid not in keys and (cached is None or cached[0] - JWKS_TTL + JWKS_REFETCH_AFTER < now)):
-            keys = await self._fetch_jwks(jwks_uri)
-            self._jwks[jwks_uri] = (now + JWKS_TTL, keys)
-        if isinstance(kid, str) and kid in keys:
-            return keys[kid]
-        if kid is None and len(keys) == 1:
-            return next(iter(keys.values()))
-        raise IdTokenInvalid("the id_token is signed with a key the EHR does not publish",
-                             reason="id_token_signature")
-
-    async def _fetch_jwks(self, jwks_uri: str) -> dict[str, jwt.PyJWK]:
-        doc = await self._get_json(jwks_uri, "jwks")
-        keys: dict[str, jwt.PyJWK] = {}
-        for index, entry in enumerate(doc.get("keys") or []):
-            if not isinstance(entry, dict) or entry.get("kty") not in ("RSA", "EC") or entry.get("use", "sig") != "sig":
+        known = kid is None or any(k == kid for k, _ in entries)
+        # An unknown kid may be a rotated key: refetch, but not more often than JWKS_REFETCH_AFTER.
+        if not fresh or (not known and (cached is None or cached[0] - JWKS_TTL + JWKS_REFETCH_AFTER < now)):
+            entries = await self._fetch_jwks(jwks_uri)
+            self._jwks[jwks_uri] = (now + JWKS_TTL, entries)
+        if kid is not None and not isinstance(kid, str):
+            return []
+        kty = "EC" if alg.startswith("ES") else "RSA"
+        keys: list[jwt.PyJWK] = []
+        for entry_kid, entry in entries:
+            if (kid is not None and entry_kid != kid) or entry.get("kty") != kty \
+                    or entry.get("alg", alg) != alg:
                 continue
             try:
-                keys[str(entry.get("kid", index))] = jwt.PyJWK(entry)
+                keys.append(jwt.PyJWK(dict(entry), algorithm=alg))
             except jwt.PyJWTError:
                 continue  # one odd key must not hide the good ones
         return keys
+
+    async def _fetch_jwks(self, jwks_uri: str) -> list[tuple[str | None, Mapping[str, Any]]]:
+        doc = await self._ehr.get_json(jwks_uri, "jwks")
+        listed = doc.get("keys")
+        entries: list[tuple[str | None, Mapping[str, Any]]] = []
+        for entry in listed[:MAX_JWKS_KEYS] if isinstance(listed, list) else []:
+            if isinstance(entry, dict) and entry.get("kty") in ("RSA", "EC") and entry.get("use", "sig") == "sig":
+                kid = entry.get("kid")
+                entries.append((kid if isinstance(kid, str) else None, entry))
+        return entries
 
 
 def _grant(doc: dict[str, Any]) -> TokenGrant:

@@ -2,30 +2,31 @@
 
 Write-back never uses a clinician's token (it expires, and it is theirs). Each configuration gets its own
 system-level token, cached until shortly before it expires; concurrent writers share one fetch. The token
-endpoint is discovered from `{fhir_base}/.well-known/smart-configuration` with the gateway's shared
-ClientSession. When the EHR will not grant what write-back needs, `WritebackDisabled` says why, and the
-worker turns write-back off for that configuration.
+endpoint comes from the gateway's one discovery cache (gateway.ehr.EhrClient, shared with the launch), and
+every request goes through that client. When the EHR will not grant what write-back needs, `WritebackDisabled`
+says why, the refusal is remembered (so no writer asks again), and the worker turns write-back off for that
+configuration.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
+from gateway.ehr import EhrClient
+from gateway.errors import UpstreamError
 from gateway.security import SigningKey
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-DISCOVERY_TTL = 3600.0
 # A token is renewed this long before it expires (or at half its life, if that is shorter).
 EXPIRY_MARGIN = 60.0
 _SCOPE = re.compile(r"^system/(Encounter|\*)\.([a-z]+|\*)$")
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-# OAuth errors that mean "not without someone changing the EHR's build": write-back goes off.
-_DISABLING_ERRORS = frozenset({"invalid_scope", "unauthorized_client", "invalid_client", "unsupported_grant_type"})
+# OAuth errors (RFC 6749 5.2) that no retry can cure, only someone changing the EHR's build or ours:
+# write-back goes off with the code as its reason, instead of every visit trying its attempts.
+_DISABLING_ERRORS = frozenset({"invalid_request", "invalid_client", "unauthorized_client", "invalid_scope",
+                               "unsupported_grant_type"})
 
 
 class WritebackDisabled(Exception):
@@ -85,37 +86,49 @@ def _error_code(value: object) -> str:
 class BackendTokens:
     """Per-configuration client_credentials tokens, cached until near expiry."""
 
-    def __init__(self, http: aiohttp.ClientSession, signing_key: SigningKey, timeout: float = 10.0) -> None:
-        self._http = http
+    def __init__(self, ehr: EhrClient, signing_key: SigningKey, timeout: float = 10.0) -> None:
+        self._ehr = ehr
         self._signing_key = signing_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._tokens: dict[int, BackendToken] = {}
-        self._endpoints: dict[str, tuple[float, str]] = {}
+        self._refused: dict[int, WritebackDisabled] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
     def forget(self, configuration_id: int) -> None:
-        """Drop a cached token (the FHIR server said it is no longer good)."""
+        """Drop a cached token (the FHIR server said it is no longer good) and any remembered refusal."""
         self._tokens.pop(configuration_id, None)
+        self._refused.pop(configuration_id, None)
 
     async def token(self, client: BackendClient) -> BackendToken:
-        """A live token for this configuration, fetched when missing or about to expire."""
+        """A live token for this configuration, fetched when missing or about to expire.
+
+        A refusal no retry can cure is raised again to every later caller without asking the EHR, until
+        `forget` (write-back turned back on).
+        """
         cached = self._tokens.get(client.configuration_id)
         if cached and cached.expires_at > time.monotonic():
             return cached
         lock = self._locks.setdefault(client.configuration_id, asyncio.Lock())
         async with lock:
+            refused = self._refused.get(client.configuration_id)
+            if refused is not None:
+                raise WritebackDisabled(refused.reason)
             cached = self._tokens.get(client.configuration_id)
             if cached and cached.expires_at > time.monotonic():
                 return cached
-            fresh = await self._fetch(client)
+            try:
+                fresh = await self._fetch(client)
+            except WritebackDisabled as exc:
+                self._refused[client.configuration_id] = exc
+                raise
             self._tokens[client.configuration_id] = fresh
             return fresh
 
     async def _token_endpoint(self, fhir_base_url: str) -> str:
-        cached = self._endpoints.get(fhir_base_url)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
-        doc = await self._post_or_get("GET", f"{fhir_base_url}/.well-known/smart-configuration", None, "discovery")
+        try:
+            doc = await self._ehr.smart_configuration(fhir_base_url)
+        except UpstreamError as exc:
+            raise TokenUnavailable(exc.reason) from exc
         endpoint = doc.get("token_endpoint")
         allow_http = fhir_base_url.startswith("http://")
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://" if allow_http else "https://")):
@@ -123,7 +136,6 @@ class BackendTokens:
         grants = doc.get("grant_types_supported")
         if isinstance(grants, list) and "client_credentials" not in grants:
             raise WritebackDisabled("ehr_no_client_credentials")
-        self._endpoints[fhir_base_url] = (time.monotonic() + DISCOVERY_TTL, endpoint)
         return endpoint
 
     async def _fetch(self, client: BackendClient) -> BackendToken:
@@ -133,7 +145,17 @@ class BackendTokens:
         form = {"grant_type": "client_credentials", "scope": client.scopes,
                 "client_assertion_type": JWT_BEARER,
                 "client_assertion": self._signing_key.client_assertion(client.client_id, endpoint)}
-        doc = await self._post_or_get("POST", endpoint, form, "token")
+        try:
+            response = await self._ehr.request("POST", endpoint, what="token", data=form,
+                                               headers={"Accept": "application/json"}, timeout=self._timeout)
+        except UpstreamError as exc:
+            raise TokenUnavailable(exc.reason) from exc
+        doc = response.json_or_none()
+        if response.status != 200 or doc is None:
+            code = _error_code(doc.get("error")) if doc is not None else "unknown"
+            if 400 <= response.status < 500 and code in _DISABLING_ERRORS:
+                raise WritebackDisabled(f"token_refused: {code}")
+            raise TokenUnavailable(f"token_failed: {response.status} {code}")
         access_token = doc.get("access_token")
         if not isinstance(access_token, str) or not access_token or str(doc.get("token_type", "")).lower() != "bearer":
             raise TokenUnavailable("token_invalid")
@@ -147,22 +169,3 @@ class BackendTokens:
             expires_in = 300
         life = min(float(expires_in), 24 * 3600.0)
         return BackendToken(access_token, granted, time.monotonic() + life - min(EXPIRY_MARGIN, life / 2))
-
-    async def _post_or_get(self, method: str, url: str, form: dict[str, str] | None, what: str) -> dict[str, object]:
-        try:
-            async with self._http.request(method, url, data=form, headers={"Accept": "application/json"},
-                                          timeout=self._timeout) as response:
-                status = response.status
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TokenUnavailable(f"{what}_unreachable") from exc
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if status != 200 or not isinstance(doc, dict):
-            code = _error_code(doc.get("error")) if isinstance(doc, dict) else "unknown"
-            if what == "token" and 400 <= status < 500 and code in _DISABLING_ERRORS:
-                raise WritebackDisabled(f"token_refused: {code}")
-            raise TokenUnavailable(f"{what}_failed: {status} {code}")
-        return doc

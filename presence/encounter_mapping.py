@@ -29,9 +29,11 @@ PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType
 # The only statuses we move an Encounter through, in order; each step goes to the next one only.
 STATUS_CHAIN = ("planned", "arrived", "in-progress", "finished")
 _RANK = {status: rank for rank, status in enumerate(STATUS_CHAIN)}
-# Operations Oracle Health documents for PATCH on Encounter; nothing else is ever sent.
+# Operations Oracle Health documents for PATCH on Encounter; nothing else is ever sent. `/extension` is
+# added whole when the Encounter has none: RFC 6902 4.1 lets `add` create a member of an object that exists,
+# but `add /extension/-` needs the array to exist (Medplum refuses it, rightly, and the whole patch with it).
 ALLOWED_PATCH = frozenset({("replace", "/period/start"), ("replace", "/period/end"), ("replace", "/extension"),
-                           ("add", "/extension/-")})
+                           ("add", "/extension")})
 # What ends a connected stretch (`left` closes a lobby socket, never a room's).
 _CLOSING = frozenset({"disconnected", "removed"})
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
@@ -296,10 +298,23 @@ def patch_operations(current: dict[str, Any], changes: EncounterChanges) -> list
                 ops.append({"op": "replace", "path": f"/period/{member}", "value": times[status]})
     wanted = _extensions(current, changes, with_providers=True)
     have = current.get("extension")
-    if isinstance(have, list):
-        if not same(have, wanted):
-            ops.append({"op": "replace", "path": "/extension", "value": wanted})
-    else:
-        ops.extend({"op": "add", "path": "/extension/-", "value": x} for x in wanted)
-    assert all((op["op"], op["path"]) in ALLOWED_PATCH for op in ops)
+    if "extension" not in current:
+        ops.append({"op": "add", "path": "/extension", "value": wanted})
+    elif not (isinstance(have, list) and same(have, wanted)):
+        ops.append({"op": "replace", "path": "/extension", "value": wanted})
+    assert all((op["op"], op["path"]) in ALLOWED_PATCH and applies(current, op) for op in ops)
     return ops
+
+
+def applies(document: dict[str, Any], op: dict[str, Any]) -> bool:
+    """Whether an add or replace at op's path can apply to document under RFC 6902 (object members only).
+
+    Every parent on the path must exist as an object; `replace` also needs the member itself, `add` does not.
+    """
+    tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+    node: Any = document
+    for token in tokens[:-1]:
+        if not isinstance(node, dict) or token not in node:
+            return False
+        node = node[token]
+    return isinstance(node, dict) and (op["op"] == "add" or tokens[-1] in node)

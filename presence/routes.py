@@ -10,7 +10,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from gateway import metrics
-from gateway.appkeys import DB, DSN, HTTP, SEALER, SETTINGS, SIGNING_KEY
+from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
 from .announcer import Announcer
 from .appkeys import ANNOUNCER, BUS, HUB, LEASE, STORE_BUDGET, WRITEBACK
@@ -116,8 +116,8 @@ def _writeback(counters: WritebackMetrics) -> Callable[[web.Application], AsyncI
     # The counters are registered while the application is built; the worker starts with it.
     async def worker(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        tokens = BackendTokens(app[HTTP], app[SIGNING_KEY], settings.writeback_request_timeout)
-        app[WRITEBACK] = WritebackWorker(app[DB], app[HTTP], app[SEALER], tokens, settings, counters)
+        tokens = BackendTokens(app[EHR], app[SIGNING_KEY], settings.writeback_request_timeout)
+        app[WRITEBACK] = WritebackWorker(app[DB], app[EHR], app[SEALER], tokens, settings, counters)
         task = asyncio.create_task(app[WRITEBACK].run()) if settings.writeback_enabled else None
         yield
         if task is not None:

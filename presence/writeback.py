@@ -27,12 +27,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from uuid import UUID
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
 from gateway import metrics
+from gateway.ehr import EhrClient, EhrResponse, fhir_base_url
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.fhir import valid_id
 from gateway.security import Sealer
 from gateway.settings import Settings
@@ -129,23 +130,21 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def _issue_codes(body: bytes) -> str:
-    """The OperationOutcome issue codes of an error body (codes only: diagnostics may hold patient data)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return ""
-    if not isinstance(doc, dict) or doc.get("resourceType") != "OperationOutcome":
+def _issue_codes(answer: EhrResponse) -> str:
+    """The OperationOutcome issue codes of an error answer (codes only: diagnostics may hold patient data)."""
+    doc = answer.json_or_none()
+    if doc is None or doc.get("resourceType") != "OperationOutcome":
         return ""
     codes = [i.get("code") for i in doc.get("issue") or [] if isinstance(i, dict)]
     return ",".join(sorted({c for c in codes if isinstance(c, str) and _ISSUE_CODE.match(c)}))[:120]
 
 
-def _failure(status: int, headers: Any, body: bytes) -> Exception:
-    codes = _issue_codes(body)
+def _failure(answer: EhrResponse) -> Exception:
+    status = answer.status
+    codes = _issue_codes(answer)
     reason = f"fhir_{status}" + (f" {codes}" if codes else "")
     if status == 429:
-        return Retryable(reason, status, parse_retry_after(headers.get("Retry-After")))
+        return Retryable(reason, status, parse_retry_after(answer.headers.get("Retry-After")))
     if status >= 500 or status in (401, 408):
         return Retryable(reason, status)
     return Permanent(reason, status)
@@ -154,10 +153,10 @@ def _failure(status: int, headers: Any, body: bytes) -> Exception:
 class WritebackWorker:
     """Claims visits from the outbox and writes their Encounters back, per-server concurrency bounded."""
 
-    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, sealer: Sealer, tokens: BackendTokens,
+    def __init__(self, pool: asyncpg.Pool, ehr: EhrClient, sealer: Sealer, tokens: BackendTokens,
                  settings: Settings, counters: WritebackMetrics) -> None:
         self._pool = pool
-        self._http = http
+        self._ehr = ehr
         self._sealer = sealer
         self._tokens = tokens
         self._settings = settings
@@ -172,7 +171,6 @@ class WritebackWorker:
         self._configs: list[WritebackConfig] = []
         self._configs_read = -CONFIG_REFRESH
         self._cache: OrderedDict[tuple[str, str], tuple[str, dict[str, Any]]] = OrderedDict()
-        self._timeout = aiohttp.ClientTimeout(total=settings.writeback_request_timeout)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -214,7 +212,11 @@ class WritebackWorker:
     async def _active_configs(self, conn: asyncpg.Connection) -> list[WritebackConfig]:
         refresh = min(CONFIG_REFRESH, self._settings.writeback_poll_interval * 10)
         if time.monotonic() - self._configs_read >= refresh:
+            before = {c.id for c in self._configs}  # taken before the query: a turn-off meanwhile is no return
             rows = await outbox.active_configurations(conn)
+            for row in rows:
+                if row["id"] not in before:
+                    self._tokens.forget(row["id"])  # back on (or new): a remembered refusal no longer holds
             self._configs = [WritebackConfig(r["id"], r["fhir_base_url"], r["writeback_strategy"],
                                              BackendClient(r["id"], r["fhir_base_url"], r["client_id"],
                                                            r["client_auth"], r["writeback_scopes"]))
@@ -259,8 +261,6 @@ class WritebackWorker:
                     outcome = await self._write(config, changes, encounter_ref)
             except TimeoutError as exc:
                 raise Retryable("lease_timeout") from exc
-            except (aiohttp.ClientError,) as exc:
-                raise Retryable(f"fhir_unreachable {type(exc).__name__}") from exc
             await self._finish(config, visit_id, outcome, started)
         except Retryable as exc:
             if attempt >= settings.writeback_max_attempts:
@@ -299,7 +299,7 @@ class WritebackWorker:
             token = await self._tokens.token(config.client)
         except TokenUnavailable as exc:
             raise Retryable(exc.reason) from exc
-        url = f"{config.fhir_base_url}/Encounter/{encounter_id}"
+        url = f"{fhir_base_url(config.fhir_base_url) or config.fhir_base_url}/Encounter/{encounter_id}"
         key = (config.fhir_base_url, encounter_id)
         headers = {"Authorization": f"Bearer {token.access_token}", "Accept": "application/fhir+json"}
         for _ in range(self._settings.writeback_max_conflict_rounds):
@@ -321,58 +321,62 @@ class WritebackWorker:
                 if unchanged(current, desired):
                     return Outcome("unchanged", changes.up_to_event_id, version)
                 body, content_type, method = json.dumps(desired).encode(), "application/fhir+json", "PUT"
-            status, answer_headers, answer = await self._send(config.fhir_base_url, method, url, {
+            answer = await self._send(config.fhir_base_url, method, url, {
                 **headers, "Content-Type": content_type, "If-Match": f'W/"{version}"'}, body)
-            if status in (200, 201):
-                written = self._remember(key, answer_headers, answer)
-                return Outcome("written", changes.up_to_event_id, written, status)
+            if answer.status in (200, 201):
+                written = self._remember(key, answer)
+                return Outcome("written", changes.up_to_event_id, written, answer.status)
             self._cache.pop(key, None)
-            if status == 412:
+            if answer.status == 412:
                 continue  # someone else wrote in between: read again and re-apply
-            if status == 401:
+            if answer.status == 401:
                 self._tokens.forget(config.id)
-            raise _failure(status, answer_headers, answer)
+            raise _failure(answer)
         raise Retryable("fhir_412 conflict_storm", 412)
 
     async def _read(self, server: str, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        status, answer_headers, body = await self._send(server, "GET", url, headers, None)
-        if status != 200:
-            raise _failure(status, answer_headers, body)
-        try:
-            resource = json.loads(body)
-        except ValueError as exc:
-            raise Retryable("fhir_malformed") from exc
-        if not isinstance(resource, dict) or resource.get("resourceType") != "Encounter":
+        answer = await self._send(server, "GET", url, headers, None)
+        if answer.status != 200:
+            raise _failure(answer)
+        resource = answer.json_or_none()
+        if resource is None:
+            raise Retryable("fhir_malformed")
+        if resource.get("resourceType") != "Encounter":
             raise Permanent("fhir_not_an_encounter")
-        version = _version_of(answer_headers, resource)
+        version = _version_of(answer.headers, resource)
         if version is None:
             raise Permanent("fhir_no_version")  # without a version there is no safe If-Match
         return version, resource
 
     async def _send(self, server: str, method: str, url: str, headers: dict[str, str],
-                    body: bytes | None) -> tuple[int, Any, bytes]:
+                    body: bytes | None) -> EhrResponse:
         slots = self._slots.get(server)
         if slots is None:
             slots = self._slots[server] = asyncio.Semaphore(self._settings.writeback_concurrency)
         self._metrics.requests.labels(method).inc()
         try:
-            # Only the request itself holds one of the server's slots: the database work, building the
-            # body and reading the answer happen outside, so a slot is never idle while we compute.
-            async with slots, self._http.request(method, url, data=body, headers=headers,
-                                                 timeout=self._timeout) as r:
-                return r.status, r.headers, await r.read()
-        except TimeoutError as exc:
+            # Only the request itself holds one of the server's slots: the database work and building the
+            # body happen outside, so a slot is never idle while we compute.
+            async with slots:
+                answer = await self._ehr.request(method, url, what="fhir", headers=headers, data=body,
+                                                 timeout=self._settings.writeback_request_timeout)
+        except UpstreamTimeout as exc:
             raise Retryable("fhir_timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise Retryable(f"fhir_unreachable {type(exc).__name__}") from exc
+        except UpstreamUnavailable as exc:
+            raise Retryable(exc.reason) from exc
+        except UpstreamError as exc:
+            if exc.reason.endswith(("_redirect", "_too_large", "_bad_url")):
+                # A redirect elsewhere, an answer over the cap, a URL we refuse: no retry changes those.
+                raise Permanent(exc.reason, exc.upstream_status) from exc
+            raise Retryable(exc.reason, exc.upstream_status) from exc  # an answer cut short, say
+        return answer
 
-    def _remember(self, key: tuple[str, str], headers: Any, body: bytes) -> str | None:
-        try:
-            resource = json.loads(body)
-        except ValueError:
+    def _remember(self, key: tuple[str, str], answer: EhrResponse) -> str | None:
+        resource = answer.json_or_none()
+        if resource is None:
             return None
-        version = _version_of(headers, resource) if isinstance(resource, dict) else None
-        if version is not None and isinstance(resource, dict) and resource.get("resourceType") == "Encounter":
+        version = _version_of(answer.headers, resource)
+        if version is not None and resource.get("resourceType") == "Encounter":
             self._cache[key] = (version, resource)
             self._cache.move_to_end(key)
             while len(self._cache) > CACHE_SIZE:

@@ -5,6 +5,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.ehr import EhrClient
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient, parse_reference
 
@@ -26,14 +27,14 @@ async def test_malformed_or_failed_fhir_answers_become_fhir_errors(aiohttp_serve
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as http:
         with pytest.raises(FhirError) as caught:
-            await FhirClient(http, str(server.make_url("/fhir")), "t").read("Patient", "p1")
+            await FhirClient(EhrClient(http), str(server.make_url("/fhir")), "t").read("Patient", "p1")
     assert caught.value.reason == reason
 
 
 async def test_ids_that_are_not_fhir_ids_are_never_requested() -> None:
     async with aiohttp.ClientSession() as http:
         with pytest.raises(FhirError) as caught:
-            await FhirClient(http, "http://127.0.0.1:9/fhir", "t").read("Patient", "../../admin")
+            await FhirClient(EhrClient(http), "http://127.0.0.1:9/fhir", "t").read("Patient", "../../admin")
     assert caught.value.reason == "fhir_bad_reference"
 
 

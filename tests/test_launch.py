@@ -58,8 +58,10 @@ async def test_launch_from_unapproved_iss_is_refused_without_contacting_it(stack
     assert hits == []
 
 
-async def test_iss_must_match_exactly_not_by_prefix(stack: Stack) -> None:
-    response = await stack.get(f"{stack.gateway_url}/launch?iss={stack.fhir_base}/&launch=x")
+@pytest.mark.parametrize("tail", ["x", "/other", "/..", "%3Fq=1", "%23frag"])
+async def test_iss_must_match_the_base_not_a_prefix(stack: Stack, tail: str) -> None:
+    # A trailing slash is the same base (tests/test_ehr_client.py); anything else is another one.
+    response = await stack.get(f"{stack.gateway_url}/launch?iss={stack.fhir_base}{tail}&launch=x")
     assert response.status == 403 and reason_code(await response.text()) == "unknown_iss"
 
 

@@ -78,3 +78,48 @@ def test_a_failure_midway_leaves_the_input_unchanged() -> None:
 def test_patch_must_be_an_array() -> None:
     with pytest.raises(PatchError):
         apply_patch({}, {"op": "add", "path": "/a", "value": 1})
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "remove", "path": "/missing"}],
+        [{"op": "replace", "path": "/missing", "value": 1}],
+        [{"op": "add", "path": "/missing/child", "value": 1}],
+        [{"op": "add", "path": "/missing/-", "value": 1}],
+        [{"op": "add", "path": "/list/5", "value": 1}],
+        [{"op": "remove", "path": "/list/-"}],
+        [{"op": "replace", "path": "/list/01", "value": 1}],
+        [{"op": "add", "path": "/a"}],
+        [{"path": "/a", "value": 1}],
+        [{"op": "test", "path": "/a", "value": "1"}],
+        [{"op": "add", "path": "a", "value": 1}],
+    ],
+)
+def test_what_the_sandbox_refuses_an_independent_implementation_refuses_too(ops: list[dict[str, Any]]) -> None:
+    """The sandbox is no more lenient than the PyPI `jsonpatch` library (it is stricter only about `test`
+    comparing true with 1, and about operations it does not offer, like `move`)."""
+    import jsonpatch
+    import jsonpointer
+
+    doc = {"a": 1, "list": [0]}
+    with pytest.raises(PatchError):
+        apply_patch(doc, ops)
+    with pytest.raises((jsonpatch.JsonPatchException, jsonpointer.JsonPointerException)):
+        jsonpatch.JsonPatch(ops).apply(doc)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "add", "path": "/extension", "value": [{"url": "u"}]}],
+        [{"op": "add", "path": "/list/-", "value": 1}, {"op": "add", "path": "/list/0", "value": 2}],
+        [{"op": "replace", "path": "/a", "value": {"b": [1]}}, {"op": "add", "path": "/a/b/-", "value": 2}],
+        [{"op": "remove", "path": "/list/0"}, {"op": "test", "path": "/list", "value": []}],
+    ],
+)
+def test_what_an_independent_implementation_applies_the_sandbox_applies_alike(ops: list[dict[str, Any]]) -> None:
+    import jsonpatch
+
+    doc = {"a": 1, "list": [0]}
+    assert apply_patch(doc, ops) == jsonpatch.JsonPatch(ops).apply(doc)

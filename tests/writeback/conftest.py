@@ -19,6 +19,7 @@ from aiohttp import web
 import sql
 from gateway import Settings
 from gateway.appkeys import DB, SEALER
+from gateway.ehr import EhrClient
 from gateway.participants import add_guest, patient_participant, provider_participant
 from gateway.security import Sealer, SigningKey
 from presence.backend_auth import BackendClient, BackendTokens
@@ -110,7 +111,7 @@ async def fhir_history_with_key(key: SigningKey, fhir_base: str, encounter_id: s
                                 client_id: str = CLIENT_ID) -> list[dict[str, Any]]:
     """The same, for tests whose gateway runs in another process."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        tokens = BackendTokens(http, key)
+        tokens = BackendTokens(EhrClient(http), key)
         token = await tokens.token(BackendClient(0, fhir_base, client_id, "private_key_jwt",
                                                  "system/Encounter.read system/Encounter.write"))
         async with http.get(f"{fhir_base}/Encounter/{encounter_id}/_history",

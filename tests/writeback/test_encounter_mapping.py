@@ -150,8 +150,57 @@ def test_patch_uses_only_the_operations_oracle_health_documents() -> None:
     ops = patch_operations(current, derive(WHOLE, "builtin"))
     assert ops and all((op["op"], op["path"]) in ALLOWED_PATCH for op in ops)
     assert {op["path"] for op in ops} == {"/period/start", "/extension"}
-    assert all(op["op"] == "add" and op["path"] == "/extension/-"
-               for op in patch_operations(encounter(), derive(WHOLE, "builtin")) if "extension" in op["path"])
+    # No extension yet: the array is added whole (an append to a missing array is refused by RFC 6902).
+    added = [op for op in patch_operations(encounter(), derive(WHOLE, "builtin")) if "extension" in op["path"]]
+    assert [(op["op"], op["path"]) for op in added] == [("add", "/extension")]
+    assert isinstance(added[0]["value"], list) and len(added[0]["value"]) > 1
+
+
+# Encounters as EHRs hold them: without extension, participant, statusHistory or period, with their own.
+_THEIRS = {"url": "https://ehr.example/ext", "valueString": "x"}
+_SPREAD = {
+    "bare": encounter(),
+    "no_participant": {k: v for k, v in encounter().items() if k != "participant"},
+    "no_period": {k: v for k, v in encounter().items() if k != "period"},
+    "empty_period": encounter(period={}),
+    "period_with_end": encounter(period={"start": "2025-03-04T09:00:00Z", "end": "2025-03-04T09:30:00Z"}),
+    "their_extension": encounter(extension=[_THEIRS]),
+    "empty_extension": encounter(extension=[]),
+    "status_history": encounter(statusHistory=[{"status": "planned", "period": {"end": "2025-03-04T08:00:00Z"}}]),
+    "in_progress": encounter(status="in-progress", extension=[_THEIRS]),
+    "finished_by_ehr": encounter(status="finished"),
+}
+_PREFIXES = (1, 2, 3, 5, 7, len(WHOLE))
+
+
+@pytest.mark.parametrize("name", sorted(_SPREAD))
+@pytest.mark.parametrize("upto", _PREFIXES)
+def test_patches_apply_under_a_strict_independent_json_patch_and_the_sandbox_alike(name: str, upto: int) -> None:
+    import jsonpatch
+
+    current = _SPREAD[name]
+    changes = derive(WHOLE[:upto], "builtin")
+    ops = patch_operations(current, changes)
+    assert all((op["op"], op["path"]) in ALLOWED_PATCH for op in ops)
+    # jsonpatch (PyPI) is the independent RFC 6902 implementation; the sandbox must agree with it exactly.
+    theirs = jsonpatch.JsonPatch(ops).apply(current)
+    assert apply_patch(current, ops) == theirs
+    validate_encounter(theirs)
+    # Laid over its own result, the patch changes nothing (so a repeated write is never made).
+    assert patch_operations(theirs, changes) == []
+
+
+def test_the_sandbox_refuses_an_append_to_a_missing_array_as_jsonpatch_does() -> None:
+    import jsonpatch
+    import jsonpointer
+
+    from sandbox.jsonpatch import PatchError
+
+    ops = [{"op": "add", "path": "/extension/-", "value": _THEIRS}]
+    with pytest.raises((jsonpatch.JsonPatchException, jsonpointer.JsonPointerException)):
+        jsonpatch.JsonPatch(ops).apply(encounter())
+    with pytest.raises(PatchError):
+        apply_patch(encounter(), ops)
 
 
 def test_nothing_in_the_mapping_carries_patient_data_or_participant_ids() -> None:
