@@ -16,9 +16,8 @@ from cryptography.exceptions import InvalidTag
 from gateway import joinlinks
 from gateway.appkeys import DB, EHR, SEALER, SETTINGS, SIGNING_KEY
 from gateway.ehr import fhir_base_url
-from gateway.errors import (FhirError, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
-                            UpstreamError)
-from gateway.fhir import FhirClient, parse_reference
+from gateway.errors import LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer, UpstreamError
+from gateway.fhir import FhirClient
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
 from gateway.sessions import browser_hashes, browser_keys, renew_after
@@ -33,6 +32,7 @@ from .page_strings import for_page
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
 from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
 from .smart import Client, SmartClient, TokenGrant
+from .view_reads import STARTED_READS, reads_for, started_reads_ctx
 from .visits import open_visit
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def setup(app: web.Application) -> None:
     warn_if_cookies_cannot_stick(app[SETTINGS].public_url)
     setup_join(app)
     app.cleanup_ctx.append(_smart_client)
+    app.cleanup_ctx.append(started_reads_ctx)
     app.cleanup_ctx.append(_purge_expired)
     app.router.add_routes(ROUTES)
 
@@ -170,10 +171,29 @@ async def launch_callback(request: web.Request) -> web.Response:
     if grant.encounter is None:
         raise LaunchRefused("The EHR launched without an encounter. Start the visit from the appointment.",
                             reason="no_encounter")
-    settings = app[SETTINGS]
-    sealer = app[SEALER]
     # The session's own key is never shown; the URL carries a short-lived handle the page renews.
     handle = new_token()
+    handle_hash = token_hash(handle)
+    # The view's FHIR reads start now, so the work below and the redirect happen while the EHR answers.
+    started = app[STARTED_READS]
+    started.start(handle_hash, FhirClient(app[EHR], config.fhir_base_url, grant.access_token), grant.encounter,
+                  grant.patient if grant.need_patient_banner else None)
+    try:
+        visit = await _open_provider_visit(app, config, grant, fhir_user, taken.browser_hash, handle_hash)
+    except BaseException:
+        started.drop(handle_hash)
+        raise
+    log.info("provider launch opened visit %s (configuration %s)", visit.id, config.id)
+    location = str(app.router["provider_view"].url_for(handle=handle))
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def _open_provider_visit(app: web.Application, config: store.LaunchConfiguration, grant: TokenGrant,
+                               fhir_user: str | None, browser_hash: bytes, handle_hash: bytes) -> store.Visit:
+    """The encounter's visit and meeting, and the clinician's session in it with its first handle."""
+    settings = app[SETTINGS]
+    sealer = app[SEALER]
+    assert grant.encounter is not None
     async with app[DB].acquire() as conn:
         visit = await open_visit(conn, app, config, grant.encounter, grant.patient)
         await store.create_provider_session(
@@ -181,11 +201,9 @@ async def launch_callback(request: web.Request) -> web.Response:
             access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
             token_ttl=grant.expires_in, scopes=" ".join(sorted(grant.scopes)),
             need_patient_banner=grant.need_patient_banner, smart_style_url=grant.smart_style_url,
-            session_ttl=settings.provider_session_ttl, browser_hash=taken.browser_hash,
-            handle_hash=token_hash(handle), handle_ttl=settings.provider_handle_ttl)
-    log.info("provider launch opened visit %s (configuration %s)", visit.id, config.id)
-    location = str(app.router["provider_view"].url_for(handle=handle))
-    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+            session_ttl=settings.provider_session_ttl, browser_hash=browser_hash,
+            handle_hash=handle_hash, handle_ttl=settings.provider_handle_ttl)
+    return visit
 
 
 def _continue_in_new_window(request: web.Request, pending: store.PendingLaunch) -> web.Response:
@@ -279,18 +297,6 @@ def _patient_name(patient: dict[str, Any]) -> str:
     return "(no name on record)"
 
 
-async def _read_or_note(fhir: FhirClient, resource_type: str, logical_id: str | None,
-                        problems: list[str]) -> dict[str, Any] | None:
-    if logical_id is None:
-        return None
-    try:
-        return await fhir.read(resource_type, logical_id)
-    except FhirError as exc:
-        log.info("provider view could not read %s: %s", resource_type, exc.reason)
-        problems.append(exc.reason)
-        return None
-
-
 @serves_json
 async def renew_handle(request: web.Request) -> web.Response:
     """POST /provider/{handle}/renew: a fresh handle for an open provider page (view or room), as JSON.
@@ -326,22 +332,14 @@ async def provider_view(request: web.Request) -> web.Response:
                       sealer.unseal(session.access_token, "provider_sessions.access_token"))
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
     patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
-    problems: list[str] = []
     wanted_patient = patient_id if session.need_patient_banner else None
-    # Patient details are read live from FHIR for this page only; nothing of them is kept.
-    encounter, patient = await asyncio.gather(
-        _read_or_note(fhir, "Encounter", encounter_id, problems),
-        _read_or_note(fhir, "Patient", wanted_patient, problems))
+    # Patient details are read live from FHIR for this page only (started by the launch's callback when it
+    # was this process's); nothing of them is kept.
+    reads = await reads_for(app, token_hash(handle), fhir, encounter_id, wanted_patient)
+    encounter, patient, appointment, problems = reads.encounter, reads.patient, reads.appointment, reads.problems
     # Without the Encounter (or the Patient the banner needs) nothing on this page vouches for who the
     # patient is: the clinician must hear so before admitting anyone.
     unverified = encounter is None or (wanted_patient is not None and patient is None)
-    appointment = None
-    if encounter is not None:
-        listed = encounter.get("appointment")
-        refs: list[Any] = listed if isinstance(listed, list) else []
-        appointment_id = next((parse_reference(r.get("reference"), "Appointment") for r in refs
-                               if isinstance(r, dict)), None)
-        appointment = await _read_or_note(fhir, "Appointment", appointment_id, problems)
     meeting = Meeting(session.meeting_provider, session.meeting_id) if session.meeting_id else None
     context = {
         "visit_id": str(session.visit_id),

@@ -252,3 +252,21 @@ def sandbox_faults(stack: Stack) -> Any:
     from sandbox.appkeys import FAULTS
 
     return stack.sandbox_app[FAULTS]
+
+
+@pytest.fixture
+def sandbox_calls(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """The sandbox EHR's requests ("GET /fhir/Patient/pat-1"), from its access log, as they happen."""
+    caplog.set_level(logging.INFO, logger="sandbox.access")
+    calls: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found = re.search(r'"([A-Z]+) (\S+) HTTP', record.getMessage())
+            if found:
+                calls.append(f"{found.group(1)} {urlsplit(found.group(2)).path}")
+
+    recorder = Recorder()
+    logging.getLogger("sandbox.access").addHandler(recorder)
+    yield calls
+    logging.getLogger("sandbox.access").removeHandler(recorder)

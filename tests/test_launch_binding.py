@@ -4,9 +4,8 @@ another browser. Also: the user's own refusal at the EHR, and a provider view th
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
@@ -35,24 +34,6 @@ async def other_browser(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
     """A second browser: its own cookie jar, which keeps the gateway's cookies as the first one's does."""
     async with browser_session(stack.gateway_url) as browser:
         yield browser
-
-
-@pytest.fixture
-def sandbox_calls(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
-    """The sandbox EHR's requests ("GET /fhir/Patient/pat-1"), from its access log, as they happen."""
-    caplog.set_level(logging.INFO, logger="sandbox.access")
-    calls: list[str] = []
-
-    class Recorder(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            found = re.search(r'"([A-Z]+) (\S+) HTTP', record.getMessage())
-            if found:
-                calls.append(f"{found.group(1)} {urlsplit(found.group(2)).path}")
-
-    recorder = Recorder()
-    logging.getLogger("sandbox.access").addHandler(recorder)
-    yield calls
-    logging.getLogger("sandbox.access").removeHandler(recorder)
 
 
 async def _get(browser: aiohttp.ClientSession, url: str) -> tuple[int, str, aiohttp.ClientResponse]:
