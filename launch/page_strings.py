@@ -174,6 +174,19 @@ PROVIDER: Mapping[str, str] = {
     "invite.unreachable": N_("The gateway could not be reached. Check the connection and try again."),
     "invite.copy": N_("Copy"),
     "invite.copied": N_("Copied"),
+    # The invitations sent (invitations.js): whom and how, never where.
+    "invitations.item": N_("{who} · {channel} · sent at {time}"),
+    "invitations.live": N_("the link works"),
+    "invitations.revoked": N_("the link no longer works"),
+    "invitations.channel.email": N_("email"),
+    "invitations.channel.sms": N_("SMS"),
+    "invitations.channel.copy": N_("link to copy"),
+    "invitations.revoke": N_("Revoke"),
+    "invitations.resend": N_("Re-send"),
+    "invitations.address": N_("The guest's email or mobile number (it was not kept)"),
+    "invitations.send": N_("Send"),
+    "invitations.copy_instead": N_("Copy a new link instead"),
+    "invitations.unavailable": N_("The list of links sent could not be loaded."),
 }
 
 PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}

@@ -95,3 +95,24 @@ async def test_a_patient_knocking_shows_in_the_room_and_is_admitted_from_there(
     await lobby.wait_for_url(f"{stack.gateway_url}/room", timeout=SEE_MS)
     await expect(room).to_have_title(title)
     await room.wait_for_function(ALL_PEERS_LIVE, arg=1, timeout=MESH_TIMEOUT_MS)
+
+
+async def test_the_provider_view_lists_the_links_sent_and_revokes_one(stack: Stack, open_context: OpenContext) -> None:
+    handle, _visit_id, _patient_id = await _launched_visit(stack)
+    context = await open_context("desktop")
+    await carry_browser_keys(stack.browser, context, stack.gateway_url)
+    view = await context.new_page()
+    problems: list[str] = []
+    view.on("pageerror", lambda e: problems.append(str(e)))
+    await view.goto(f"{stack.gateway_url}/provider/{handle}")
+    await view.get_by_role("button", name="Copy the patient's link").click()
+    item = view.locator("#invitations li")
+    await expect(item).to_contain_text("Patient · link to copy · sent at", timeout=SEE_MS)
+    await expect(item).to_contain_text("the link works")
+    await item.get_by_role("button", name="Revoke").click()
+    await expect(item).to_contain_text("the link no longer works", timeout=SEE_MS)
+    await expect(view.locator("#send-link-message")).to_have_text("The link sent to the patient no longer works.")
+    await item.get_by_role("button", name="Re-send").click()
+    await expect(item).to_contain_text("the link works", timeout=SEE_MS)
+    assert (await view.locator("#send-link-url").input_value()).startswith(f"{stack.gateway_url}/join?t=")
+    assert problems == []
