@@ -4,6 +4,7 @@ database or either process's log."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 from typing import Any
 from uuid import UUID
@@ -13,6 +14,7 @@ import asyncpg
 import pytest
 
 from gateway import joinlinks, participants
+from presence.bus import RELAY_CHANNEL
 from tests.cluster.test_two_gateways import (  # noqa: F401 -- cluster is a fixture
     TIMEOUT, Cluster, Gateway, _browser, _launch, _provider_view, _recv, _watching_and_waiting, cluster)
 from tests.conftest import database_text
@@ -73,6 +75,10 @@ async def _guest_in_lobby(cluster: Cluster, gateway: Gateway, visit_id: UUID) ->
 
 
 async def test_chat_goes_both_ways_across_processes_once_each_and_is_kept_nowhere(cluster: Cluster) -> None:
+    # Anyone who can connect to the database may listen: what crosses it must be sealed.
+    overheard: list[str] = []
+    listener = await asyncpg.connect(cluster.dsn)
+    await listener.add_listener(RELAY_CHANNEL, lambda _c, _pid, _channel, payload: overheard.append(payload))
     async with _browser(cluster) as provider_browser, _browser(cluster) as patient_browser:
         view, _snapshot, visit_id, lobby, patient = await _watching_and_waiting(
             cluster, provider_browser, patient_browser)
@@ -113,6 +119,11 @@ async def test_chat_goes_both_ways_across_processes_once_each_and_is_kept_nowher
         for ws in (view, room_view, lobby):
             await ws.close()
 
+    await listener.close()
+    assert len(overheard) >= 3  # the three messages crossed the bus ...
+    for payload in overheard:  # ... sealed: not in the notification, nor in its decoded bytes
+        raw = base64.b64decode(payload)
+        assert b"canary" not in raw and "canary" not in payload and b"interpreter" not in raw
     conn = await asyncpg.connect(cluster.dsn)
     try:
         _tables, dump = await database_text(conn)
