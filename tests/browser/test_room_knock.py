@@ -25,6 +25,18 @@ pytestmark = pytest.mark.browser
 OpenContext = Callable[[str], Awaitable[BrowserContext]]
 SEE_MS = 10_000
 HOSTILE = '<img src=x onerror="window.pwned=1">'
+# The desktop's notifications, recorded: headless Chromium shows none, and a hidden tab cannot be made by a test
+# otherwise. Permission starts undecided, as in a browser that never asked.
+NOTIFICATIONS = """
+  window.shown = []; window.asked = 0; window.permission = "default"; window.tabHidden = false;
+  window.Notification = class {
+    constructor(title, options) { window.shown.push({title: title, body: options.body}); }
+    static get permission() { return window.permission; }
+    static requestPermission() { window.asked += 1; window.permission = "granted"; return Promise.resolve("granted"); }
+    close() {}
+  };
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => window.tabHidden});
+"""
 
 
 @pytest.mark.parametrize("clinician_profile", ["desktop", "phone"])
@@ -36,12 +48,19 @@ async def test_a_patient_knocking_shows_in_the_room_and_is_admitted_from_there(
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     clinician_ctx = await open_context(clinician_profile)
     await carry_browser_keys(stack.browser, clinician_ctx, stack.gateway_url)
+    await clinician_ctx.add_init_script(NOTIFICATIONS)
     room = await clinician_ctx.new_page()
     await room.goto(f"{stack.gateway_url}/provider/{handle}/room")
     title = await room.title()
     waiting_list = room.locator("#waiting-list")
     await expect(room.locator("#waiting-empty")).to_be_visible()
     await room.wait_for_function("() => window.visitgateWaiting && window.visitgateWaiting.live", timeout=SEE_MS)
+    # Notifications only once the clinician asks for them with the button; the page never asks by itself.
+    assert await room.evaluate("() => window.asked") == 0
+    await room.get_by_role("button", name="Notify me when someone is waiting").click()
+    await expect(room.locator("#knock-notify-status")).to_have_text("Notifications are on.")
+    assert await room.evaluate("() => window.asked") == 1
+    await room.evaluate("() => { window.tabHidden = true; }")  # the clinician looks at another tab
 
     # The patient comes into the lobby while the clinician is in the video.
     patient_ctx = await open_context("phone")
@@ -56,6 +75,10 @@ async def test_a_patient_knocking_shows_in_the_room_and_is_admitted_from_there(
     await expect(row).to_have_attribute("data-state", "waiting", timeout=SEE_MS)
     await expect(row).to_contain_text("Patient: Alex")
     await expect(room).to_have_title(f"(1) waiting — {title}")
+    # A desktop notification while the page is hidden, naming the role only, never what the patient typed.
+    assert await room.evaluate("() => window.shown") == [
+        {"title": "Someone is waiting", "body": "Patient is waiting to be let in."}]
+    await room.evaluate("() => { window.tabHidden = false; }")
     # The side panel: beside the video on a desktop, below it on a phone, never wider than the screen.
     boxes = await room.evaluate("""() => {
       const box = (el) => el.getBoundingClientRect();
@@ -85,6 +108,7 @@ async def test_a_patient_knocking_shows_in_the_room_and_is_admitted_from_there(
                                                                     timeout=SEE_MS)
     await expect(lobby.locator("#chat [role=log]")).to_contain_text(f"You: {HOSTILE}")
     assert await lobby.locator("#chat [role=log] img").count() == 0
+    await room.screenshot(path=f"/tmp/visitgate-room-knock-{clinician_profile}.png")
     if clinician_profile == "desktop":
         # The side panel and the lobby's chat; the room's tiles (#room-tiles) are the video's own, not this test's.
         await assert_accessible(room, exclude=("#room-tiles",))
@@ -115,4 +139,5 @@ async def test_the_provider_view_lists_the_links_sent_and_revokes_one(stack: Sta
     await item.get_by_role("button", name="Re-send").click()
     await expect(item).to_contain_text("the link works", timeout=SEE_MS)
     assert (await view.locator("#send-link-url").input_value()).startswith(f"{stack.gateway_url}/join?t=")
+    await assert_accessible(view)  # the list, the chat and the notification button included
     assert problems == []
