@@ -146,7 +146,7 @@ class Settings:
             acs_endpoint=(env.get("VISITGATE_ACS_ENDPOINT") or "").strip().rstrip("/") or None,
             acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
-            waiting_chat=_flag(env.get("VISITGATE_WAITING_CHAT", "on")),
+            waiting_chat=_flag(env.get("VISITGATE_WAITING_CHAT", "").strip() or "on"),  # unset or empty: on
             provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),
             presence_lease=_seconds(env, "VISITGATE_PRESENCE_LEASE", 30, least=3),
             **_writeback_from_env(env),

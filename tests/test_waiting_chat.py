@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gateway import Settings
 from tests.conftest import recv_frame, running_stack
 from tests.test_presence_ws_edges import _patient_socket, _provider_socket
 
@@ -61,3 +62,12 @@ async def test_chat_on_shows_on_the_pages(database_url: str, signing_key_pem: by
             page = await r.text()
             assert r.status == 200, page
         assert 'data-chat="on"' in page
+
+
+def test_chat_is_on_unless_the_organisation_turns_it_off(signing_key_pem: bytes) -> None:
+    env = {"VISITGATE_PUBLIC_URL": "https://visits.example.org", "VISITGATE_SECRET_KEY": "A" * 44,
+           "VISITGATE_SIGNING_KEY": signing_key_pem.decode()}
+    assert Settings.from_env(env).waiting_chat is True
+    assert Settings.from_env({**env, "VISITGATE_WAITING_CHAT": ""}).waiting_chat is True
+    assert Settings.from_env({**env, "VISITGATE_WAITING_CHAT": "off"}).waiting_chat is False
+    assert Settings.from_env({**env, "VISITGATE_WAITING_CHAT": "on"}).waiting_chat is True

@@ -103,19 +103,26 @@ async def test_chat_goes_both_ways_across_processes_once_each_and_is_kept_nowher
         [echo] = await _chats(lobby, 1)
         assert echo["text"] == CANARY_BACK
 
-        # A guest in B's lobby heard none of it, and cannot write to the patient (only to the clinicians).
+        # Guests in the lobbies heard none of it, and cannot write to the patient or to each other (only to the
+        # clinicians).
+        other_browser, other, other_id = await _guest_in_lobby(cluster, cluster.a, visit_id)
         guest_browser, guest, guest_id = await _guest_in_lobby(cluster, cluster.b, visit_id)
         try:
             await guest.send_json({"type": "chat", "id": 7, "to": patient["participant"], "text": "psst"})
             assert (await _answer(guest, 7)) == {"type": "error", "id": 7, "code": "not_allowed"}
+            await guest.send_json({"type": "chat", "id": 9, "to": other_id, "text": "psst"})
+            assert (await _answer(guest, 9)) == {"type": "error", "id": 9, "code": "not_allowed"}
             await view.send_json({"type": "chat", "id": 8, "to": guest_id, "text": "Welcome, interpreter"})
             [to_guest] = await _chats(guest, 1)
             assert to_guest["participant"] == guest_id
-            # The patient never sees the clinician's words to the guest.
+            # The patient and the other guest never see the clinician's words to this guest.
             assert await _chats(lobby, 0) == []
+            assert await _chats(other, 0) == []
         finally:
-            await guest.close()
-            await guest_browser.close()
+            for ws in (guest, other):
+                await ws.close()
+            for browser in (guest_browser, other_browser):
+                await browser.close()
         for ws in (view, room_view, lobby):
             await ws.close()
 
