@@ -2,7 +2,10 @@
 and the list of invitations says whom and how, never where."""
 from __future__ import annotations
 
+import logging
+
 import aiohttp
+import pytest
 
 from tests.conftest import Stack, browser_session, reason_code
 
@@ -111,3 +114,28 @@ async def test_revoke_and_resend_refuse_what_is_not_this_visits_invitation(stack
     await link_works(stack, sent["link"])  # still live
     expired = await _post(stack, "not-a-live-handle", f"{sent['participant']}/revoke")
     assert expired.status == 401, await expired.text()
+
+
+async def test_another_browser_or_a_hostile_body_gets_nothing(stack: Stack, smtp: SmtpServer,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    handle = await launch_handle(stack)
+    sent = await (await invite(stack, handle, channel="copy", role="patient")).json()
+    base = f"{stack.gateway_url}/provider/{handle}"
+    async with browser_session(stack.gateway_url) as other:
+        async with other.get(f"{base}/invitations") as listed:
+            assert listed.status == 401, await listed.text()
+        for action in ("revoke", "resend"):
+            async with other.post(f"{base}/invite/{sent['participant']}/{action}",
+                                  headers={"Origin": stack.gateway_url, "Accept": "application/json"}) as r:
+                assert r.status == 401, await r.text()
+    form = "application/x-www-form-urlencoded"
+    for body, kind in ((b"[" * 50_000, "application/json"), (b"address=%00%ff&channel=\x00", form),
+                       (b"channel=carrier-pigeon", form)):
+        response = await stack.browser.post(f"{base}/invite/{sent['participant']}/resend", data=body,
+                                            headers={"Origin": stack.gateway_url, "Content-Type": kind,
+                                                     "Accept": "application/json"})
+        assert 400 <= response.status < 500, await response.text()
+    await link_works(stack, sent["link"])  # nothing was revoked by any of it
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert loud == [], loud
