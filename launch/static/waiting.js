@@ -231,7 +231,7 @@ export class WaitingList {
       list.textContent = "";
       Object.keys(this.people).forEach((id) => {
         const p = this.people[id];
-        if (p.state === "new" || p.role === "provider") { return; }
+        if (p.state === "new") { return; }
         const li = document.createElement("li");
         li.dataset.participant = id;
         li.dataset.state = p.state;
@@ -243,7 +243,9 @@ export class WaitingList {
         state.textContent = describe(p);
         const actions = document.createElement("span");
         actions.className = "actions";
-        if (p.state === "waiting") {
+        if (p.role === "provider") {
+          // Another clinician of the visit: listed, never admitted or removed from here.
+        } else if (p.state === "waiting") {
           actions.appendChild(this._button("admit", "", id));
           actions.appendChild(this._button("deny", "secondary", id));
         } else if (p.state === "admitted" || p.state === "in_visit") {
