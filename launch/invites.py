@@ -355,7 +355,9 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
         await _take_back(request, token, participant_id, new_guest=form.role == "guest" and again is None)
         log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
         status = 422 if exc.reason == "sms_bad_number" else 502
-        raise InviteRefused(status, exc.reason, f"{exc.detail} The link was not sent; nothing was kept.") from None
+        after = ("The link was not sent; nothing was kept." if again is None else
+                 "The new link was not sent, and the earlier one no longer works: try again, or copy a new link.")
+        raise InviteRefused(status, exc.reason, f"{exc.detail} {after}") from None
     except Exception:
         # Whatever else stopped the send (an address the mail library refuses, a bug), the link reached no
         # one: the new guest and its link go too, and the error goes on to the edge.

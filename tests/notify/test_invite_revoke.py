@@ -139,3 +139,21 @@ async def test_another_browser_or_a_hostile_body_gets_nothing(stack: Stack, smtp
     await link_works(stack, sent["link"])  # nothing was revoked by any of it
     loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert loud == [], loud
+
+
+async def test_a_re_send_that_fails_says_so_and_keeps_the_guest(stack: Stack, smtp: SmtpServer) -> None:
+    handle = await launch_handle(stack)
+    guest = await (await invite(stack, handle, channel="email", role="guest", guest_kind="family",
+                                address=GUEST_EMAIL)).json()
+    assert smtp.server is not None
+    smtp.server.close()
+    await smtp.server.wait_closed()
+    failed = await _post(stack, handle, f"{guest['participant']}/resend", address=GUEST_EMAIL)
+    answer = await failed.json()
+    assert failed.status == 502, answer
+    assert answer["message"].endswith("The new link was not sent, and the earlier one no longer works: try again, "
+                                      "or copy a new link.")
+    [listed], _ = await _listed(stack, handle)  # the guest is still invited, with no working link: say so
+    assert listed["participant"] == guest["participant"] and listed["live"] is False
+    copied = await (await _post(stack, handle, f"{guest['participant']}/resend", channel="copy")).json()
+    await link_works(stack, copied["link"])
