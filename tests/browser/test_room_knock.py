@@ -109,6 +109,7 @@ async def test_a_patient_knocking_shows_in_the_room_and_is_admitted_from_there(
     await expect(lobby.locator("#chat [role=log]")).to_contain_text(f"You: {HOSTILE}")
     assert await lobby.locator("#chat [role=log] img").count() == 0
     await room.screenshot(path=f"/tmp/visitgate-room-knock-{clinician_profile}.png")
+    await lobby.screenshot(path="/tmp/visitgate-lobby-chat-phone.png", full_page=True)
     if clinician_profile == "desktop":
         # The side panel and the lobby's chat; the room's tiles (#room-tiles) are the video's own, not this test's.
         await assert_accessible(room, exclude=("#room-tiles",))
