@@ -82,6 +82,8 @@ class Settings:
     """coturn's static-auth-secret: TURN credentials are HMAC-SHA1 of a time-limited username with it."""
     turn_ttl: int = 3600
     """How long, in seconds, a TURN credential handed to a browser stays valid."""
+    waiting_chat: bool = True
+    """Clinicians and waiting patients or guests may exchange short text messages (never stored)."""
     metrics_token: str | None = field(default=None, repr=False)
     """Bearer token that Prometheus presents at /metrics; without one /metrics is not served at all."""
     portal_idle_timeout: int = 900
@@ -152,6 +154,7 @@ class Settings:
             acs_endpoint=(env.get("VISITGATE_ACS_ENDPOINT") or "").strip().rstrip("/") or None,
             acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
+            waiting_chat=_flag(env.get("VISITGATE_WAITING_CHAT", "").strip() or "on"),  # unset or empty: on
             provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),
             presence_lease=_seconds(env, "VISITGATE_PRESENCE_LEASE", 30, least=3),
             portal_idle_timeout=_seconds(env, "VISITGATE_PORTAL_IDLE_TIMEOUT", 900, least=60),

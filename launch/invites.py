@@ -3,7 +3,10 @@ from FHIR `Patient.telecom`), to a guest (interpreter, family member, ...) at an
 types, or shown for the clinician to copy.
 
 Addresses and numbers pass through one request: read or received, used to send, masked in the answer,
-and forgotten. They are never written to the database or the logs; neither is a link or its token.
+and forgotten. They are never written to the database or the logs; neither is a link or its token. What is
+kept of an invitation is whom it was for (the participant) and the channel, so the provider view can list
+the invitations sent, revoke one (its links stop working) or re-send it (a fresh link; the earlier ones stop
+working).
 """
 from __future__ import annotations
 
@@ -16,18 +19,22 @@ from typing import Any
 from uuid import UUID
 
 import aiohttp_jinja2
+import asyncpg
 from aiohttp import web
 
+import sql
 from gateway import joinlinks, participants
 from gateway.appkeys import DB, EHR, NOTIFIER, SEALER
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
+from gateway.web import serves_json
 
 from . import store
 from .sessions import provider_session
 
 log = logging.getLogger(__name__)
+Q = sql.queries("invites")
 
 CHANNELS = ("email", "sms", "copy")
 ROLES = ("patient", "guest")
@@ -202,7 +209,99 @@ async def _take_back(request: web.Request, token: str, participant_id: UUID, new
                     type(exc).__name__)
 
 
-async def _invite(request: web.Request, session: store.ProviderSession, form: InviteForm) -> web.Response:
+@dataclass(frozen=True)
+class SentInvitation:
+    """An invitation as the provider view lists it: for whom (role, guest kind), by which channel, whether live."""
+
+    participant_id: UUID
+    role: str
+    guest_kind: str | None
+    channel: str
+    sent_at: dt.datetime
+    live: bool
+
+
+async def record_invitation(conn: asyncpg.Connection, participant_id: UUID, visit_id: UUID, channel: str) -> None:
+    """Remember that a participant's link went out, and by which channel (never to where)."""
+    await conn.execute(Q["record_invitation"], participant_id, visit_id, channel)
+
+
+async def list_invitations(conn: asyncpg.Connection, visit_id: UUID) -> list[SentInvitation]:
+    """The visit's invitations, oldest first."""
+    return [SentInvitation(r["participant_id"], r["role"], r["guest_kind"], r["channel"], r["sent_at"], r["live"])
+            for r in await conn.fetch(Q["list_invitations"], visit_id)]
+
+
+async def invitation(conn: asyncpg.Connection, participant_id: UUID, visit_id: UUID) -> asyncpg.Record | None:
+    """One invitation of the visit (channel, role, guest kind), or None."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q["invitation"], participant_id, visit_id)
+    return row
+
+
+def _invitation_json(found: SentInvitation) -> dict[str, Any]:
+    return {"participant": str(found.participant_id), "role": found.role, "guest_kind": found.guest_kind,
+            "channel": found.channel, "sent_at": found.sent_at.isoformat(), "live": found.live}
+
+
+@serves_json
+async def invitations(request: web.Request) -> web.Response:
+    """GET /provider/{handle}/invitations: the invitations sent for this visit (whom and how, never where)."""
+    session = await provider_session(request)
+    async with request.app[DB].acquire() as conn:
+        found = await list_invitations(conn, session.visit_id)
+    response = web.json_response({"invitations": [_invitation_json(i) for i in found]})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _invited(request: web.Request, session: store.ProviderSession) -> asyncpg.Record:
+    """The invitation the path names, of this clinician's visit; InviteRefused (404) for any other."""
+    raw = request.match_info.get("participant", "")
+    try:
+        participant_id = UUID(raw) if len(raw) <= 36 else None
+    except ValueError:
+        participant_id = None
+    async with request.app[DB].acquire() as conn:
+        found = await invitation(conn, participant_id, session.visit_id) if participant_id else None
+    if found is None:
+        raise InviteRefused(404, "unknown_invitation", "That invitation is not part of this visit.")
+    return found
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """POST /provider/{handle}/invite/{participant}/revoke: every link of that invitation stops working."""
+    session = await provider_session(request)
+    try:
+        found = await _invited(request, session)
+    except InviteRefused as refused:
+        return _answer(request, refused.status, {"ok": False, "reason": refused.reason, "message": refused.message})
+    participant_id = found["participant_id"]
+    async with request.app[DB].acquire() as conn:
+        await joinlinks.revoke_links(conn, participant_id)
+    log.info("links revoked for participant %s", participant_id)
+    person = "the patient" if found["role"] == "patient" else "the guest"
+    return _answer(request, 200, {"ok": True, "participant": str(participant_id),
+                                  "message": f"The link sent to {person} no longer works."})
+
+
+async def resend(request: web.Request) -> web.Response:
+    """POST /provider/{handle}/invite/{participant}/resend: a fresh link by the same channel (or the one
+    posted); the earlier links stop working. A guest's address was never kept, so it is posted again."""
+    session = await provider_session(request)
+    try:
+        found = await _invited(request, session)
+        posted = await request.post()
+        channel = posted.get("channel") or found["channel"]
+        form = parse_form({"channel": channel, "role": found["role"], "guest_kind": found["guest_kind"] or "",
+                           "address": posted.get("address") or ""})
+        return await _invite(request, session, form, again=found["participant_id"])
+    except InviteRefused as refused:
+        return _answer(request, refused.status, {"ok": False, "reason": refused.reason,
+                                                 "message": refused.message})
+
+
+async def _invite(request: web.Request, session: store.ProviderSession, form: InviteForm,
+                  again: UUID | None = None) -> web.Response:
     app = request.app
     sealer = app[SEALER]
     fhir = FhirClient(app[EHR], session.fhir_base_url,
@@ -219,12 +318,17 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
     try:
         async with app[DB].acquire() as conn:
             async with conn.transaction():
-                if form.role == "patient":
-                    participant_id = await participants.patient_participant(conn, session.visit_id)
+                if again is not None:
+                    # A re-send: the earlier links stop working as the fresh one is made.
+                    participant_id = again
+                    token = await joinlinks.reissue_link(conn, app, participant_id, session.visit_id, not_after)
                 else:
-                    assert form.guest_kind is not None
-                    participant_id = await participants.add_guest(conn, session.visit_id, form.guest_kind)
-                token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
+                    if form.role == "patient":
+                        participant_id = await participants.patient_participant(conn, session.visit_id)
+                    else:
+                        assert form.guest_kind is not None
+                        participant_id = await participants.add_guest(conn, session.visit_id, form.guest_kind)
+                    token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
     except ValueError:
         # issue_link refuses a window that has passed: the appointment is over.
         raise InviteRefused(409, "visit_over", "This visit's time has passed; no new link can be sent.") from None
@@ -234,6 +338,7 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
                                "guest_kind": form.guest_kind, "participant": str(participant_id)}
     if form.channel == "copy":
         log.info("join link shown to copy for participant %s", participant_id)
+        await _recorded(request, participant_id, session.visit_id, form.channel)
         payload.update(link=link, message=f"Copy this link and give it to {person}.")
         return _answer(request, 200, payload)
     assert address is not None
@@ -247,18 +352,30 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
             masked = mask_phone(address)
             where = "mobile number on file" if form.role == "patient" else "mobile number"
     except NotifyError as exc:
-        await _take_back(request, token, participant_id, new_guest=form.role == "guest")
+        await _take_back(request, token, participant_id, new_guest=form.role == "guest" and again is None)
         log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
         status = 422 if exc.reason == "sms_bad_number" else 502
-        raise InviteRefused(status, exc.reason, f"{exc.detail} The link was not sent; nothing was kept.") from None
+        after = ("The link was not sent; nothing was kept." if again is None else
+                 "The new link was not sent, and the earlier one no longer works: try again, or copy a new link.")
+        raise InviteRefused(status, exc.reason, f"{exc.detail} {after}") from None
     except Exception:
         # Whatever else stopped the send (an address the mail library refuses, a bug), the link reached no
         # one: the new guest and its link go too, and the error goes on to the edge.
-        await _take_back(request, token, participant_id, new_guest=form.role == "guest")
+        await _take_back(request, token, participant_id, new_guest=form.role == "guest" and again is None)
         raise
     log.info("sent %s for participant %s", form.channel, participant_id)
+    await _recorded(request, participant_id, session.visit_id, form.channel)
     payload.update(masked=masked, message=f"Sent to {person}'s {where} ({masked}).")
     return _answer(request, 200, payload)
+
+
+async def _recorded(request: web.Request, participant_id: UUID, visit_id: UUID, channel: str) -> None:
+    """Keep the invitation for the provider view's list; the link is out already, so a failure here is logged."""
+    try:
+        async with request.app[DB].acquire() as conn:
+            await record_invitation(conn, participant_id, visit_id, channel)
+    except Exception as exc:  # the link went out: the clinician's answer matters more than the list
+        log.warning("could not record the invitation of participant %s (%s)", participant_id, type(exc).__name__)
 
 
 async def _patient_contact(fhir: FhirClient, patient_id: str | None, channel: str) -> str:

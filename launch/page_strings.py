@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.appkeys import SETTINGS
+
 from .appkeys import CATALOGS
 from .i18n import DEFAULT_LOCALE, N_, page_context
 
@@ -35,10 +37,61 @@ _COPY_LINK: Mapping[str, str] = {
     "link_copy_failed": N_("Could not copy the link. Press and hold the link below to copy it."),
 }
 
+# Waiting-room chat (chat.js), on the lobby, the provider view and the room.
+CHAT: Mapping[str, str] = {
+    "chat.you": N_("You"),
+    "chat.clinician": N_("Clinician"),
+    "chat.someone": N_("Someone"),
+    "chat.you_to": N_("You to {who}"),
+    "chat.clinician_to": N_("Clinician to {who}"),
+    "chat.error.rate_limited": N_("Not sent: too many messages in a short time. Wait a minute, then try again."),
+    "chat.error.chat_off": N_("Not sent: messages are turned off for this clinic."),
+    "chat.error.bad_chat_text": N_("Not sent: a message holds 1 to 500 characters."),
+    "chat.error.unknown_participant": N_("Not sent: that person is no longer part of this visit."),
+    "chat.error.not_allowed": N_("Not sent: messages go only between the clinician and one person waiting."),
+    "chat.error.not_connected": N_("Not sent: this page is not connected right now. Try again in a moment."),
+    "chat.error.connection_lost": N_("The connection dropped while sending. The message may not have arrived."),
+    "chat.error.timeout": N_("No answer in time. The message may not have arrived."),
+    "chat.error.other": N_("Not sent (reason code: {code})."),
+}
+
+# The knock: who is waiting, shown in the room as in the provider view (waiting.js).
+WAITING: Mapping[str, str] = {
+    "role.patient": N_("Patient"),
+    "role.guest": N_("Guest"),
+    "role.provider": N_("Clinician"),
+    "role.other": N_("Participant"),
+    "guest.interpreter": N_("interpreter"),
+    "guest.family": N_("family member"),
+    "guest.caregiver": N_("caregiver"),
+    "guest.other": N_("guest"),
+    "who.guest_kind": N_("{role} ({kind})"),
+    "who.named": N_("{who}: {name}"),
+    "state.waiting": N_("waiting since {time}"),
+    "state.devices_ok": N_("waiting since {time} · devices OK"),
+    "state.device_problem": N_("waiting since {time} · device problem"),
+    "state.admitted": N_("admitted at {time}, joining…"),
+    "state.in_visit": N_("in the visit since {time}"),
+    "state.online": N_("online since {time}"),
+    "state.disconnected": N_("disconnected at {time}"),
+    "state.left": N_("left the lobby at {time}"),
+    "state.denied": N_("not admitted ({time})"),
+    "state.removed": N_("removed at {time}"),
+    "action.admit": N_("Admit"),
+    "action.deny": N_("Deny"),
+    "action.remove": N_("Remove"),
+    "waiting.title": N_("({count}) waiting — {title}"),
+    "waiting.notify_title": N_("Someone is waiting"),
+    "waiting.notify_body": N_("{who} is waiting to be let in."),
+    "waiting.notify_on": N_("Notifications are on."),
+    "waiting.notify_blocked": N_("Notifications are blocked in this browser's settings."),
+}
+
 JOIN: Mapping[str, str] = {**_COPY_LINK}
 
 LOBBY: Mapping[str, str] = {
     **_COPY_LINK,
+    **CHAT,
     "name_required": N_("Please enter your name."),
     "connecting": N_("Connecting to your visit…"),
     "connected": N_("Connected to your visit."),
@@ -68,6 +121,9 @@ LOBBY: Mapping[str, str] = {
 }
 
 ROOM: Mapping[str, str] = {
+    **PRESENCE_ERRORS,
+    **WAITING,
+    **CHAT,
     "connecting": N_("Connecting to your visit…"),
     "waiting_for_others": N_("You are in the room. Waiting for the others to join…"),
     "in_call": N_("You are in the visit."),
@@ -99,34 +155,13 @@ ROOM: Mapping[str, str] = {
 
 PROVIDER: Mapping[str, str] = {
     **PRESENCE_ERRORS,
+    **WAITING,
+    **CHAT,
     "status.connecting": N_("connecting…"),
     "status.live": N_("live"),
     "status.reconnecting": N_("reconnecting…"),
     "status.failed": N_("offline: reload the page"),
     "status.ended": N_("this page has expired: open the visit again from the EHR"),
-    "role.patient": N_("Patient"),
-    "role.guest": N_("Guest"),
-    "role.provider": N_("Clinician"),
-    "role.other": N_("Participant"),
-    "guest.interpreter": N_("interpreter"),
-    "guest.family": N_("family member"),
-    "guest.caregiver": N_("caregiver"),
-    "guest.other": N_("guest"),
-    "who.guest_kind": N_("{role} ({kind})"),
-    "who.named": N_("{who}: {name}"),
-    "state.waiting": N_("waiting since {time}"),
-    "state.devices_ok": N_("waiting since {time} · devices OK"),
-    "state.device_problem": N_("waiting since {time} · device problem"),
-    "state.admitted": N_("admitted at {time}, joining…"),
-    "state.in_visit": N_("in the visit since {time}"),
-    "state.online": N_("online since {time}"),
-    "state.disconnected": N_("disconnected at {time}"),
-    "state.left": N_("left the lobby at {time}"),
-    "state.denied": N_("not admitted ({time})"),
-    "state.removed": N_("removed at {time}"),
-    "action.admit": N_("Admit"),
-    "action.deny": N_("Deny"),
-    "action.remove": N_("Remove"),
     "alert.waiting": N_("{who} waiting since {time}"),
     "room_full": N_("The video room is full ({taken} of {size}): remove someone before admitting another "
                     "person, or they will be turned away."),
@@ -139,6 +174,19 @@ PROVIDER: Mapping[str, str] = {
     "invite.unreachable": N_("The gateway could not be reached. Check the connection and try again."),
     "invite.copy": N_("Copy"),
     "invite.copied": N_("Copied"),
+    # The invitations sent (invitations.js): whom and how, never where.
+    "invitations.item": N_("{who} · {channel} · sent at {time}"),
+    "invitations.live": N_("the link works"),
+    "invitations.revoked": N_("the link no longer works"),
+    "invitations.channel.email": N_("email"),
+    "invitations.channel.sms": N_("SMS"),
+    "invitations.channel.copy": N_("link to copy"),
+    "invitations.revoke": N_("Revoke"),
+    "invitations.resend": N_("Re-send"),
+    "invitations.address": N_("The guest's email or mobile number (it was not kept)"),
+    "invitations.send": N_("Send"),
+    "invitations.copy_instead": N_("Copy a new link instead"),
+    "invitations.unavailable": N_("The list of links sent could not be loaded."),
 }
 
 PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}
@@ -150,7 +198,8 @@ IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
 
 
 def for_page(request: web.Request, page: str) -> dict[str, Any]:
-    """The template context that makes one of PAGES speak the request's language (i18n.page_context)."""
+    """The template context that makes one of PAGES speak the request's language (i18n.page_context), and
+    shows the features the organisation turned on (waiting-room chat)."""
     catalogs = request.app[CATALOGS]
     locale = catalogs.locale_for(request) if page in IN_THE_REQUEST_LANGUAGE else DEFAULT_LOCALE
-    return page_context(catalogs, locale, PAGES[page])
+    return {**page_context(catalogs, locale, PAGES[page]), "waiting_chat": request.app[SETTINGS].waiting_chat}

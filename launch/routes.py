@@ -25,7 +25,7 @@ from gateway.web import add_templates, serves_json
 
 from . import store
 from .appkeys import SMART
-from .invites import invite
+from .invites import invitations, invite, resend, revoke
 from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
                    open_patient_visit, patient_facing_errors, setup_join)
 from .page_strings import for_page
@@ -379,6 +379,9 @@ ROUTES: list[web.AbstractRouteDef] = [
     web.get("/provider/{handle}", provider_view, name="provider_view"),
     web.post("/provider/{handle}/renew", renew_handle, name="provider_renew"),
     web.post("/provider/{handle}/invite", invite, name="provider_invite"),
+    web.get("/provider/{handle}/invitations", invitations, name="provider_invitations"),
+    web.post("/provider/{handle}/invite/{participant}/revoke", revoke, name="provider_invite_revoke"),
+    web.post("/provider/{handle}/invite/{participant}/resend", resend, name="provider_invite_resend"),
     web.get("/provider/{handle}/room", provider_room, name="provider_room"),
     # The patient's and guests' way in: join links, the lobby, the room.
     web.get("/join", join_page, name="join"),

@@ -16,3 +16,4 @@ BUS = web.AppKey("presence_bus", PresenceBus)
 WRITEBACK = web.AppKey("writeback_worker", WritebackWorker)
 LEASE = web.AppKey("presence_lease", ProcessLease)
 STORE_BUDGET = web.AppKey("presence_store_budget", StoreBudget)  # events each participant may still store
+CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages each participant may still send

@@ -125,6 +125,7 @@ class PresenceBus:
             visit_id = UUID(data["visit"])
             to = UUID(data["to"]) if data.get("to") else None
             text = data.get("text")
+            providers = data.get("providers") is True
             names = {UUID(k): v for k, v in (data.get("names") or {}).items() if isinstance(v, str)}
             if text is not None and not isinstance(text, str):
                 raise TypeError("text")
@@ -134,7 +135,7 @@ class PresenceBus:
         if names:
             self._hub.learn_names(visit_id, names)
         if text is not None and self._hub.connections(visit_id):
-            self._spawn(self._hub.relay(visit_id, text, to))
+            self._spawn(self._hub.relay(visit_id, text, to, providers))
         if data.get("ask") is True:
             # Someone here or in another process opened the visit without knowing every name: tell what we know.
             known = self._hub.display_names.get(visit_id)
@@ -159,6 +160,11 @@ class PresenceBus:
     async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
         """Send a message (sealed, never stored) to the visit's sockets in every process."""
         await self._publish({"visit": str(visit_id), "to": str(to) if to else None, "text": text})
+
+    async def relay_chat(self, visit_id: UUID, participant_id: UUID, text: str) -> None:
+        """Send a chat frame (sealed like every relayed message, never stored) to one patient's or guest's
+        sockets and to the visit's clinicians, in every process."""
+        await self._publish({"visit": str(visit_id), "to": str(participant_id), "text": text, "providers": True})
 
     async def share_names(self, visit_id: UUID, names: dict[UUID, str]) -> None:
         """Tell every process the display names of a visit's participants (kept in memory where it is watched)."""

@@ -157,11 +157,12 @@ class Hub:
                 if conn.ready:
                     self._write(conn, data)
 
-    async def relay(self, visit_id: UUID, text: str, to: UUID | None = None) -> None:
-        """Deliver a relayed message to the visit's ready sockets (or only to one participant's)."""
+    async def relay(self, visit_id: UUID, text: str, to: UUID | None = None, providers: bool = False) -> None:
+        """Deliver a relayed message to the visit's ready sockets (or only to one participant's, and with
+        providers=True to the clinicians' too)."""
         frame = text_frame(text)
         for conn in self.connections(visit_id):
-            if conn.ready and (to is None or conn.participant_id == to):
+            if conn.ready and (to is None or conn.participant_id == to or (providers and conn.role == "provider")):
                 self._write(conn, frame)
 
     async def send(self, conn: Connection, text: str) -> None:

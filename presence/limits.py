@@ -12,6 +12,8 @@ from uuid import UUID
 
 # Events a participant's requests may store per minute (device tests, admissions).
 STORED_PER_MINUTE = 10
+# Chat messages a participant may send per minute (waiting-room chat: a few short lines, never a flood).
+CHAT_PER_MINUTE = 10
 BUDGET_PARTICIPANTS = 10_000  # participants remembered by the budget; the least recently active are forgotten
 
 

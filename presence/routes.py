@@ -13,12 +13,12 @@ from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
 from .announcer import Announcer
-from .appkeys import ANNOUNCER, BUS, HUB, LEASE, STORE_BUDGET, WRITEBACK
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
-from .limits import StoreBudget
+from .limits import CHAT_PER_MINUTE, StoreBudget
 from .writeback import WritebackMetrics, WritebackWorker
 from .ws import presence_socket
 
@@ -27,6 +27,7 @@ def setup(app: web.Application) -> None:
     """Add the websocket endpoint, the hub, the bus and the write-back worker."""
     app[HUB] = Hub()
     app[STORE_BUDGET] = StoreBudget()
+    app[CHAT_BUDGET] = StoreBudget(CHAT_PER_MINUTE)
     metrics.registry(app).register(_PresenceCollector(app))
     app.cleanup_ctx.append(_announcer)
     app.cleanup_ctx.append(_bus)

@@ -29,7 +29,7 @@ from gateway.meetings.builtin import ice_servers
 from gateway.sessions import browser_keys, provider_identity
 
 from . import eventlog
-from .appkeys import ANNOUNCER, BUS, HUB, LEASE, STORE_BUDGET
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET
 from .bus import RelayTooLarge
 from .hub import Connection
 from .lease import RESTART_CODE
@@ -45,6 +45,7 @@ SNAPSHOT_LIMIT = 5000
 ON_OPEN = {"lobby": "lobby_entered", "room": "connected", "view": "connected"}
 ON_CLOSE = {"lobby": "left", "room": "disconnected", "view": "disconnected"}
 PROVIDER_ACTIONS = {"admit": "admitted", "deny": "denied", "remove": "removed"}
+CHAT_MAX = 500  # characters of one chat message, after control characters are taken out
 MAX_EVENT_ID = 2**63 - 1  # presence_events.id is a bigint
 MAX_REQUEST_ID = 2**53  # ids a browser can hold exactly
 _HANDLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -307,6 +308,21 @@ def _display_name(value: Any) -> str:
     return text
 
 
+def _optional_participant(value: Any) -> UUID | None:
+    return None if value is None else _participant(value)
+
+
+def _chat_text(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 4 * CHAT_MAX:
+        raise Refusal("bad_chat_text")
+    # As display names, minus the joiner that holds emoji together; line breaks and tabs become spaces.
+    text = "".join(" " if ch in "\t\n\r" else ch for ch in value
+                   if ch in "\t\n\r\u200d" or unicodedata.category(ch)[0] != "C").strip()
+    if not 1 <= len(text) <= CHAT_MAX:
+        raise Refusal("bad_chat_text")
+    return text
+
+
 def _passed(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Refusal("bad_device_test")
@@ -400,6 +416,36 @@ async def _on_signal(app: web.Application, conn: Connection, args: dict[str, Any
     return False
 
 
+async def _on_chat(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    # A conversation is always between the clinicians and one patient or guest (its `participant`): a
+    # clinician names whom they write to, a patient or guest writes to the clinicians and no one else.
+    if not app[SETTINGS].waiting_chat:
+        raise Refusal("chat_off")
+    budget = app[CHAT_BUDGET]
+    if not budget.allows(conn.participant_id):
+        raise Refusal("rate_limited")
+    target = args["to"]
+    if conn.role == "provider" and target is None:
+        raise Refusal("bad_participant")
+    if target is not None:
+        async with app[DB].acquire() as db:
+            found = await participants.get_participant(db, target)
+        if found is None or found.visit_id != conn.visit_id:
+            raise Refusal("unknown_participant")
+        if (found.role == "provider") != (conn.role != "provider"):
+            raise Refusal("not_allowed")  # a guest to a guest, a clinician to a clinician
+    thread = target if conn.role == "provider" else conn.participant_id
+    assert thread is not None
+    frame = json.dumps({"type": "chat", "participant": str(thread), "from": str(conn.participant_id),
+                        "role": conn.role, "text": args["text"]})
+    try:
+        await app[BUS].relay_chat(conn.visit_id, thread, frame)
+    except RelayTooLarge:
+        raise Refusal("bad_chat_text") from None
+    budget.spend(conn.participant_id)
+    return False
+
+
 async def _store(app: web.Application, conn: Connection, participant_id: UUID, kind: str) -> None:
     """Store an event a request asked for (the database away: refused, the page shows it), and count it."""
     await eventlog.record_event(app[DB], conn.visit_id, participant_id, kind, app[ANNOUNCER])
@@ -425,6 +471,7 @@ MESSAGES: Mapping[str, MessageType] = {
     **{name: MessageType(_provider_action(kind), {"participant": _participant}, frozenset({"provider"}))
        for name, kind in PROVIDER_ACTIONS.items()},
     "signal": MessageType(_on_signal, {"to": _participant, "data": _signal_data}),
+    "chat": MessageType(_on_chat, {"to": _optional_participant, "text": _chat_text}),
 }
 
 

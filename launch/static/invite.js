@@ -49,6 +49,7 @@ if (panel) {
       });
     }).then(function (data) {
       show(data.message || (data.ok ? t("invite.done") : t("invite.failed")), data.ok ? data.link : null);
+      if (data.ok) { document.dispatchEvent(new CustomEvent("visitgate:invited")); } // invitations.js lists it
     }).catch(function () {
       show(t("invite.unreachable"), null);
     }).finally(function () {

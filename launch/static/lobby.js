@@ -4,6 +4,7 @@
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
+import { Chat, chatRoot } from "./chat.js";
 
 const root = document.getElementById("lobby");
 const $ = (id) => document.getElementById(id);
@@ -33,6 +34,9 @@ function setConnection(key) {
   $("connection").textContent = t(key);
 }
 
+// Waiting-room chat with the clinician (chat.js), when the clinic has it on.
+const chat = chatRoot() ? new Chat(chatRoot(), { request: (frame) => presence.request(frame) }) : null;
+
 const presence = new PresenceClient({
   url: root.dataset.ws,
   maxAttempts: MAX_ATTEMPTS,
@@ -52,6 +56,7 @@ const presence = new PresenceClient({
   onAuthenticated: (info) => {
     connected = true;
     participant = info.participant;
+    if (chat) chat.setSelf(participant);
     setConnection("connected");
     presence.send({ type: "hello", display_name: displayName });
     if (deviceResult !== null && !deviceResultSent) sendDeviceResult();
@@ -66,6 +71,7 @@ const presence = new PresenceClient({
     const kind = decisionOf(event);
     if (kind) decide(kind);
   },
+  onFrame: (frame) => { if (chat) chat.frame(frame); },
   onEnded: () => sessionEnded(),
 });
 

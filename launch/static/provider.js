@@ -4,6 +4,7 @@
 import { t, time } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
+import { WaitingList, applyEvent, describe as describeState, label as labelOf } from "./waiting.js";
 
 const list = document.getElementById("participant-list");
 const empty = document.getElementById("participants-empty");
@@ -19,77 +20,20 @@ const roomSize = Number(section && section.dataset.roomSize) || 4;
 const people = {};        // participant id -> {role, guestKind, state, since, device, lobbies, rooms}
 const names = {};
 let self = null;
-let live = false;         // the first snapshot is in: from here on a knock is news
-let audio = null;
-
-function knock() {
-  // Two short tones; browsers may refuse audio before a click in the page, which is fine: the alert shows.
-  try {
-    audio = audio || new (window.AudioContext || window.webkitAudioContext)();
-    [0, 0.25].forEach((offset) => {
-      const osc = audio.createOscillator();
-      const gain = audio.createGain();
-      osc.frequency.value = 660;
-      gain.gain.value = 0.2;
-      osc.connect(gain).connect(audio.destination);
-      osc.start(audio.currentTime + offset);
-      osc.stop(audio.currentTime + offset + 0.12);
-    });
-  } catch (e) { /* no audio available */ }
-}
+// The knock (chime, tab title, desktop notification) and the clinician's side of the chat: waiting.js,
+// shared with the video room, which also holds the states and labels this list shows.
+const knocks = new WaitingList({ request: (frame) => presence.request(frame) });
 
 function apply(event) {
-  if (!event.participant || event.participant === self) { return; }
-  const p = people[event.participant] || (people[event.participant] = {
-    role: event.role, guestKind: event.guest_kind, state: "new", since: event.at, device: null,
-    lobbies: 0, rooms: 0});
-  // Sockets are counted: a reload opens the new one before the old one's close may be written, and the
-  // sockets of a gateway process that died are closed for it later (so after their successors opened).
-  switch (event.kind) {
-    case "lobby_entered":
-      p.lobbies += 1;
-      if (p.state !== "waiting") { p.since = event.at; }
-      p.state = "waiting";
-      if (live) { knock(); }
-      break;
-    case "device_test_passed": p.device = "passed"; break;
-    case "device_test_failed": p.device = "failed"; break;
-    case "admitted": p.state = "admitted"; p.since = event.at; break;
-    case "denied": p.state = "denied"; p.since = event.at; break;
-    case "connected":
-      p.rooms += 1;
-      if (p.rooms === 1) { p.state = (p.role === "provider" ? "online" : "in_visit"); p.since = event.at; }
-      break;
-    case "disconnected":
-      p.rooms = Math.max(0, p.rooms - 1);
-      if (p.rooms === 0) { p.state = "disconnected"; p.since = event.at; }
-      break;
-    case "left":
-      p.lobbies = Math.max(0, p.lobbies - 1);
-      if (p.lobbies === 0 && p.state === "waiting") { p.state = "left"; p.since = event.at; }
-      break;
-    case "removed": p.state = "removed"; p.since = event.at; break;
-  }
+  applyEvent(people, event, self);
 }
 
 function label(id, p) {
-  const role = ["patient", "guest", "provider"].indexOf(p.role) >= 0 ? p.role : "other";
-  let text = t("role." + role);
-  if (p.role === "guest" && p.guestKind) {
-    const kind = "guest." + p.guestKind;
-    text = t("who.guest_kind", { role: text, kind: t(kind) === kind ? p.guestKind : t(kind) });
-  }
-  if (names[id]) { text = t("who.named", { who: text, name: names[id] }); }
-  return text;
+  return labelOf(id, p, names);
 }
 
 function describe(p) {
-  const at = { time: time(p.since) };
-  if (p.state === "waiting") {
-    return t(p.device === "passed" ? "state.devices_ok" : p.device === "failed" ? "state.device_problem"
-      : "state.waiting", at);
-  }
-  return p.state === "new" ? "" : t("state." + p.state, at);
+  return describeState(p);
 }
 
 // Who holds (or is about to take) a place in the video room: this clinician, and every patient or guest
@@ -167,8 +111,9 @@ function say(code) {
 const presence = new PresenceClient({
   maxAttempts: 30,
   auth: () => ({ provider: providerHandle.current(), where: "view" }),
-  onAuthenticated: (info) => { self = info.participant; },
+  onAuthenticated: (info) => { self = info.participant; knocks.setSelf(self); },
   onSnapshot: (events, frame) => {
+    knocks.snapshot(events, frame);
     events.forEach(apply);
     const shown = frame.display_names && typeof frame.display_names === "object" ? frame.display_names : {};
     Object.keys(shown).forEach((id) => {
@@ -178,13 +123,15 @@ const presence = new PresenceClient({
   onEvent: (event) => {
     apply(event);
     render();
+    knocks.event(event);
   },
   onSynced: () => {
-    live = true;
+    knocks.synced();
     status.textContent = t("status.live");
     render();
   },
   onFrame: (frame) => {
+    knocks.frame(frame);
     if (frame.type === "display_name" && typeof frame.participant === "string" &&
         typeof frame.display_name === "string") {
       names[frame.participant] = frame.display_name;

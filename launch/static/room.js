@@ -25,6 +25,7 @@
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
+import { WaitingList } from "./waiting.js";
 
 {
   var config = JSON.parse(document.getElementById("room-config").textContent);
@@ -69,6 +70,12 @@ import * as providerHandle from "./provider-handle.js";
   // a recovery) can still be relayed.
   var iceDueAt = config.ice_ttl ? Date.now() + config.ice_ttl * 800 : null;
   var iceTimer = null;
+  // The clinician sees who waits (and can admit them, and write to them) without leaving the room: waiting.js.
+  var knocks = config.role === "provider" ? new WaitingList({
+    request: function (frame) { return presence.request(frame); }, list: $("waiting-list"),
+    empty: $("waiting-empty"), notice: $("waiting-notice"),
+  }) : null;
+  if (knocks) knocks.setSelf(me);
 
   // ---- status and controls -------------------------------------------------------------------------
 
@@ -171,12 +178,17 @@ import * as providerHandle from "./provider-handle.js";
     },
     onAuthenticated: function () { scheduleIceRefresh(); },
     onSnapshot: function (events, frame) {
+      if (knocks) knocks.snapshot(events, frame);
       events.forEach(applyEvent);
       var shown = frame.display_names && typeof frame.display_names === "object" ? frame.display_names : {};
       Object.keys(shown).forEach(function (p) { setName(p, shown[p]); });
     },
-    onEvent: applyEvent,
+    onEvent: function (e) {
+      applyEvent(e);
+      if (knocks) knocks.event(e);
+    },
     onSynced: function () {
+      if (knocks) knocks.synced();
       view.lastEventId = presence.lastEventId;
       onSubscribed();
     },
@@ -199,6 +211,7 @@ import * as providerHandle from "./provider-handle.js";
   }
 
   function onFrame(frame) {
+    if (knocks) knocks.frame(frame);
     switch (frame.type) {
       case "display_name":
         setName(frame.participant, frame.display_name);

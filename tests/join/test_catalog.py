@@ -69,9 +69,9 @@ def test_the_catalog_compiles_at_start_up() -> None:
 # Each page's scripts (its module and the modules it imports), for the check below.
 SCRIPTS = {
     "join": ["join.js", "patient-common.js"],
-    "lobby": ["lobby.js", "patient-common.js"],
-    "room": ["room.js"],
-    "provider": ["provider.js", "invite.js"],
+    "lobby": ["lobby.js", "patient-common.js", "chat.js"],
+    "room": ["room.js", "waiting.js", "chat.js"],
+    "provider": ["provider.js", "invite.js", "waiting.js", "chat.js", "invitations.js"],
 }
 
 
