@@ -26,7 +26,7 @@ from gateway.web import serves_json
 
 from . import store
 from .appkeys import CATALOGS
-from .i18n import DEFAULT_LOCALE, N_, Catalogs
+from .i18n import DEFAULT_LOCALE, N_, Catalogs, language_cookie_hook, with_language
 from .page_strings import for_page
 from .smart import TokenGrant
 from .visits import open_visit
@@ -63,6 +63,8 @@ def setup_join(app: web.Application) -> None:
     app[joinlinks.JOIN_KEYS] = joinlinks.JoinKeys.from_settings(app[SETTINGS])
     catalogs = Catalogs.load()
     app[CATALOGS] = catalogs
+    secure = app[SETTINGS].public_url.startswith("https://")
+    app.on_response_prepare.append(language_cookie_hook(catalogs, secure))
     # The default language for templates rendered without a page context (i18n.page_context gives theirs).
     aiohttp_jinja2.get_env(app).install_gettext_translations(  # type: ignore[attr-defined]  # added by ext.i18n
         catalogs.translations(DEFAULT_LOCALE), newstyle=True)
@@ -163,7 +165,8 @@ async def lobby_handoff(request: web.Request) -> web.Response:
         token = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,
                                            expires_at - joinlinks.GRACE)
     log.info("handoff link issued for participant %s", participant.id)
-    url = joinlinks.keys_of(request.app).link_url(token)
+    # The other browser opens in the language this page speaks.
+    url = with_language(joinlinks.keys_of(request.app).link_url(token), request.app[CATALOGS].locale_for(request))
     return _patient_page(web.json_response({"url": url}))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import CATALOGS
-from .i18n import DEFAULT_LOCALE, N_, page_context
+from .i18n import DEFAULT_LOCALE, N_, language_choices, page_context
 
 # What a presence request's error frame, or a request that got no answer, means to the person who made it
 # (presence/ws.py's codes; connection_lost, timeout and not_connected come from the client itself).
@@ -150,7 +150,11 @@ IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
 
 
 def for_page(request: web.Request, page: str) -> dict[str, Any]:
-    """The template context that makes one of PAGES speak the request's language (i18n.page_context)."""
+    """The template context that makes one of PAGES speak the request's language (i18n.page_context), with
+    the language switcher's links (`languages`, rendered by base.html) on the pages that follow it."""
     catalogs = request.app[CATALOGS]
-    locale = catalogs.locale_for(request) if page in IN_THE_REQUEST_LANGUAGE else DEFAULT_LOCALE
-    return page_context(catalogs, locale, PAGES[page])
+    if page not in IN_THE_REQUEST_LANGUAGE:
+        return page_context(catalogs, DEFAULT_LOCALE, PAGES[page])
+    locale = catalogs.locale_for(request)
+    return {**page_context(catalogs, locale, PAGES[page]),
+            "languages": language_choices(request, locale, catalogs.locales)}
