@@ -3,6 +3,7 @@ locale of i18n.LOCALES, starting a catalog for a locale that has none yet (`pyth
 launch/i18n.py)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from babel.messages.catalog import Catalog
@@ -41,7 +42,8 @@ def refresh_catalog() -> None:
             po.parent.mkdir(parents=True, exist_ok=True)
             catalog = Catalog(locale=locale, domain=DOMAIN, project="visitgate",
                               copyright_holder="Visitgate contributors", fuzzy=False)
-        catalog.update(template, no_fuzzy_matching=True)
+        # A copy each: update() adopts the template's message objects, and English fills them in below.
+        catalog.update(copy.deepcopy(template), no_fuzzy_matching=True)
         if locale == "en":
             for message in catalog:
                 if message.id and not message.string:
