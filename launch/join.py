@@ -165,8 +165,8 @@ async def lobby_handoff(request: web.Request) -> web.Response:
         token = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,
                                            expires_at - joinlinks.GRACE)
     log.info("handoff link issued for participant %s", participant.id)
-    # The other browser opens in the language this page speaks.
-    url = with_language(joinlinks.keys_of(request.app).link_url(token), request.app[CATALOGS].locale_for(request))
+    # The other browser opens in the language the patient chose here, if they did.
+    url = with_language(joinlinks.keys_of(request.app).link_url(token), request.app[CATALOGS].chosen(request))
     return _patient_page(web.json_response({"url": url}))
 
 
