@@ -31,11 +31,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Awaitable, Callable, Mapping
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from babel import dates
 from babel.core import Locale, UnknownLocaleError
 from babel.messages.mofile import write_mo
@@ -114,8 +115,10 @@ class Catalogs:
 
     @classmethod
     def load(cls) -> Catalogs:
-        """Compile every locale in launch/locale."""
-        return cls({locale: load_translations(locale) for locale in available_locales()})
+        """Compile every locale in launch/locale (in LOCALES' order: the switcher shows them so)."""
+        found = available_locales()
+        ordered = [locale for locale in LOCALES if locale in found] + [l for l in found if l not in LOCALES]
+        return cls({locale: load_translations(locale) for locale in ordered})
 
     @property
     def locales(self) -> list[str]:
@@ -125,26 +128,26 @@ class Catalogs:
     def negotiate(self, accept_language: str) -> str:
         """The best of our locales for an Accept-Language header (the default when none fits)."""
         for tag in _accepted(accept_language):
-            try:
-                wanted = Locale.parse(tag, sep="-")
-            except (ValueError, UnknownLocaleError):
-                continue
-            for name in (str(wanted), wanted.language):
-                if name in self._translations:
-                    return name
+            found = self.from_tag(tag)
+            if found is not None:
+                return found
         return DEFAULT_LOCALE
 
     def from_tag(self, tag: object) -> str | None:
         """One of our locales for a BCP-47 language tag (`es-MX` gives `es`), or None."""
         if not isinstance(tag, str) or not 0 < len(tag) <= 35 or not all(c.isalnum() or c in "-_" for c in tag):
             return None
-        try:
-            wanted = Locale.parse(tag.replace("_", "-"), sep="-")
-        except (ValueError, TypeError, UnknownLocaleError):
-            return None
-        for name in (str(wanted), wanted.language):
-            if name in self._translations:
-                return name
+        tag = tag.replace("_", "-")
+        # The whole tag first (a catalog for a region would win), then its language alone: Babel refuses tags
+        # with subtags it does not know (`es-XX`), and the language is what matters.
+        for candidate in (tag, tag.split("-")[0]):
+            try:
+                wanted = Locale.parse(candidate, sep="-")
+            except (ValueError, TypeError, UnknownLocaleError):
+                continue
+            for name in (str(wanted), wanted.language):
+                if name in self._translations:
+                    return name
         return None
 
     def chosen(self, request: web.Request) -> str | None:
@@ -223,8 +226,13 @@ def language_cookie_hook(catalogs: Catalogs, secure: bool) -> Callable[[web.Requ
         if (wanted is None or request.method != "GET" or response.status != 200
                 or wanted not in catalogs.locales or request.cookies.get(LANGUAGE_COOKIE) == wanted):
             return
-        response.set_cookie(LANGUAGE_COOKIE, wanted, max_age=LANGUAGE_COOKIE_AGE, path="/", httponly=True,
-                            samesite="Lax", secure=secure)
+        # By now aiohttp has turned response.cookies into headers, so the cookie goes in as a header itself.
+        cookie: SimpleCookie = SimpleCookie()
+        cookie[LANGUAGE_COOKIE] = wanted
+        morsel = cookie[LANGUAGE_COOKIE]
+        morsel.update({"max-age": str(LANGUAGE_COOKIE_AGE), "path": "/", "httponly": True, "samesite": "Lax",
+                       "secure": secure})
+        response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
 
     return remember
 
