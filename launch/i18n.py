@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Awaitable, Callable, Mapping
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -226,13 +225,11 @@ def language_cookie_hook(catalogs: Catalogs, secure: bool) -> Callable[[web.Requ
         if (wanted is None or request.method != "GET" or response.status != 200
                 or wanted not in catalogs.locales or request.cookies.get(LANGUAGE_COOKIE) == wanted):
             return
-        # By now aiohttp has turned response.cookies into headers, so the cookie goes in as a header itself.
-        cookie: SimpleCookie = SimpleCookie()
-        cookie[LANGUAGE_COOKIE] = wanted
-        morsel = cookie[LANGUAGE_COOKIE]
-        morsel.update({"max-age": str(LANGUAGE_COOKIE_AGE), "path": "/", "httponly": True, "samesite": "Lax",
-                       "secure": secure})
-        response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
+        # By now aiohttp has turned response.cookies into headers, so the cookie goes in as a header itself
+        # (`wanted` is one of our locale names, nothing else).
+        cookie = (f"{LANGUAGE_COOKIE}={wanted}; Max-Age={LANGUAGE_COOKIE_AGE}; Path=/; HttpOnly; SameSite=Lax"
+                  + ("; Secure" if secure else ""))
+        response.headers.add(hdrs.SET_COOKIE, cookie)
 
     return remember
 
