@@ -144,8 +144,10 @@ PROVIDER: Mapping[str, str] = {
 PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}
 
 
-# Pages whose template text goes through the catalog too. The provider view's template is still written in
-# English, so it stays English (its scripts too) whatever the browser asks for, rather than mix languages.
+# Pages that follow the request's language (and show the language switcher). The provider view's template
+# and scripts are in the catalog, translated in all six languages, but what the server says on it (the send-link
+# panel's answers in launch/invites.py, the appointment's time, the Encounter's status) is still English only,
+# so the view stays English whatever the browser asks for, rather than mix languages.
 IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
 
 
