@@ -154,9 +154,15 @@ IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
 def for_page(request: web.Request, page: str) -> dict[str, Any]:
     """The template context that makes one of PAGES speak the request's language (i18n.page_context), with
     the language switcher's links (`languages`, rendered by base.html) on the pages that follow it."""
-    catalogs = request.app[CATALOGS]
     if page not in IN_THE_REQUEST_LANGUAGE:
-        return page_context(catalogs, DEFAULT_LOCALE, PAGES[page])
+        return page_context(request.app[CATALOGS], DEFAULT_LOCALE, PAGES[page])
+    return in_the_request_language(request, PAGES[page])
+
+
+def in_the_request_language(request: web.Request, strings: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A patient page's template context in the request's language, switcher included (for_page, and the
+    error pages a patient sees)."""
+    catalogs = request.app[CATALOGS]
     locale = catalogs.locale_for(request)
-    return {**page_context(catalogs, locale, PAGES[page]),
+    return {**page_context(catalogs, locale, strings or {}),
             "languages": language_choices(request, locale, catalogs.locales)}

@@ -194,3 +194,28 @@ def test_a_language_rides_on_either_kind_of_link() -> None:
     assert with_language("https://v.example/join?t=abc", "es") == "https://v.example/join?t=abc&lang=es"
     assert with_language("https://v.example/j/Abc123", "fr") == "https://v.example/j/Abc123?lang=fr"
     assert with_language("https://v.example/j/Abc123", None) == "https://v.example/j/Abc123"
+
+
+async def test_a_patients_error_page_speaks_their_language_whole(stack: Stack) -> None:
+    # A link that does not work, opened from a Spanish link: title, advice, the reason line and <html lang>.
+    page = await stack.browser.get(f"{stack.gateway_url}/join?t=not-a-token&lang=es",
+                                   headers={"Accept-Language": "en"})
+    body = await page.text()
+    assert page.status == 400, body
+    assert _lang_of(body) == "es"
+    assert "<h1>Este enlace de la consulta no funciona</h1>" in body
+    assert "Código del motivo: " in body and "Reason code" not in body
+    assert _switcher(body)["es"][1]
+
+
+async def test_a_failed_portal_launch_says_so_in_the_patients_language_without_repeating_its_url(
+        stack: Stack) -> None:
+    _set_language_cookie(stack, "it")
+    # An EHR we do not know: the launch is refused on the spot.
+    page = await stack.browser.get(f"{stack.gateway_url}/launch/patient?iss=https://unknown.example/fhir"
+                                   f"&launch=spent", allow_redirects=False)
+    body = await page.text()
+    assert page.status >= 400, body
+    assert _lang_of(body) == "it"
+    assert "Codice del motivo: " in body
+    assert 'class="languages"' not in body and "launch=spent" not in body
