@@ -86,9 +86,9 @@ def _localized(request: web.Request, exc: VisitgateError, messages: tuple[str, s
     # aiohttp_jinja2 adds this request's context to whatever template is rendered for it (gateway/web.py's
     # error page here), as its context processors would. Its key is a plain string, which aiohttp warns about
     # (there is no RequestKey for it); the warning is silenced for this one assignment only.
+    context = in_the_request_language(request)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
-        context = in_the_request_language(request)
         request[aiohttp_jinja2.REQUEST_CONTEXT_KEY] = context if switcher else {**context, "languages": None}
     return exc
 
