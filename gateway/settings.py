@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,6 +41,8 @@ class Settings:
     log_level: str = "INFO"
     organisation_name: str = "your clinic"
     """Named in join-link messages ("Your video visit with <organisation> is ready"); no clinical detail."""
+    time_zone: str = "UTC"
+    """The organisation's IANA time zone (e.g. Europe/Madrid): dates and times shown to patients are in it."""
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_from: str = "visits@localhost"
@@ -100,6 +103,11 @@ class Settings:
             raise ConfigError("VISITGATE_SECRET_KEY must hold at least 32 bytes (base64)")
         if not self.public_url.startswith(("http://", "https://")) or self.public_url.endswith("/"):
             raise ConfigError("VISITGATE_PUBLIC_URL must be an origin like https://visits.example.org")
+        try:
+            zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"VISITGATE_TIME_ZONE must be an IANA time zone name like Europe/Madrid, "
+                              f"not {self.time_zone[:64]!r}") from exc
 
     @property
     def redirect_uri(self) -> str:
@@ -140,6 +148,7 @@ class Settings:
             db_pool_max=int(env.get("VISITGATE_DB_POOL_MAX", "10")),
             log_level=env.get("VISITGATE_LOG_LEVEL", "INFO"),
             organisation_name=env.get("VISITGATE_ORGANISATION_NAME", "your clinic"),
+            time_zone=env.get("VISITGATE_TIME_ZONE", "").strip() or "UTC",
             smtp_host=env.get("VISITGATE_SMTP_HOST", "localhost"),
             smtp_port=int(env.get("VISITGATE_SMTP_PORT", "25")),
             smtp_from=env.get("VISITGATE_SMTP_FROM", "visits@localhost"),

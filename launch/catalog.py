@@ -1,14 +1,16 @@
 """Keeping the patient-facing catalog current: extract the messages of launch/ and merge them into every
-locale (`python -m launch.catalog`; see launch/i18n.py)."""
+locale of i18n.LOCALES, starting a catalog for a locale that has none yet (`python -m launch.catalog`; see
+launch/i18n.py)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po, write_po
 
-from .i18n import DOMAIN, LOCALE_DIR
+from .i18n import DOMAIN, LOCALE_DIR, LOCALES, po_path
 
 PACKAGE_DIR = Path(__file__).parent
 EXTRACT_METHODS = [("**/templates/**.html", "jinja2"), ("**.py", "python")]
@@ -31,11 +33,17 @@ def refresh_catalog() -> None:
     template = extract_messages()
     with (LOCALE_DIR / "messages.pot").open("wb") as out:
         write_po(out, template, no_location=True, sort_output=True, width=100)
-    for po in sorted(LOCALE_DIR.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
-        locale = po.parent.parent.name
-        with po.open("rb") as source:
-            catalog = read_po(source, locale=locale, domain=DOMAIN)
-        catalog.update(template, no_fuzzy_matching=True)
+    for locale in LOCALES:
+        po = po_path(locale)
+        if po.exists():
+            with po.open("rb") as source:
+                catalog = read_po(source, locale=locale, domain=DOMAIN)
+        else:
+            po.parent.mkdir(parents=True, exist_ok=True)
+            catalog = Catalog(locale=locale, domain=DOMAIN, project="visitgate",
+                              copyright_holder="Visitgate contributors", fuzzy=False)
+        # A copy each: update() adopts the template's message objects, and English fills them in below.
+        catalog.update(copy.deepcopy(template), no_fuzzy_matching=True)
         if locale == "en":
             for message in catalog:
                 if message.id and not message.string:

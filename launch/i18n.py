@@ -11,6 +11,12 @@ One mechanism for every page, its template and its script alike: a handler adds
 and gives it `js_strings`: the page's script strings (launch/page_strings.py, marked with `N_`) translated,
 which the template renders into `<script type="application/json" id="i18n">` for launch/static/i18n.js.
 
+The language of a request (`Catalogs.locale_for`): a `?lang=xx` in the URL (the join link carries the
+patient's preferred language from FHIR `Patient.communication`, read when the link is sent; the language
+switcher's links carry the patient's choice), then the `vg_lang` cookie that remembers such a choice in the
+patient's own browser, then Accept-Language. The preferred language is patient data: it travels in the link
+and the cookie only, never into the database or the logs.
+
 After adding or changing a patient-facing string anywhere in launch/, refresh the catalog:
 
     python -m launch.catalog
@@ -22,12 +28,15 @@ tests/join/test_catalog.py fails while a message is missing from the catalog.
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from babel import dates
 from babel.core import Locale, UnknownLocaleError
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -39,6 +48,14 @@ from markupsafe import Markup
 LOCALE_DIR = Path(__file__).parent / "locale"
 DOMAIN = "messages"
 DEFAULT_LOCALE = "en"
+LOCALES = ("en", "es", "fr", "pt", "ru", "it")
+"""The languages every patient-facing page and message comes in; `python -m launch.catalog` keeps a
+catalog for each, and tests/join/test_catalog.py fails while one of them lacks a translation."""
+LANGUAGE_PARAM = "lang"
+"""The query parameter that names a page's language: on join links and the language switcher's links."""
+LANGUAGE_COOKIE = "vg_lang"
+"""Remembers, in the patient's browser only, the language a link or the switcher chose."""
+LANGUAGE_COOKIE_AGE = 365 * 24 * 3600
 
 
 def N_(message: str) -> str:
@@ -97,8 +114,10 @@ class Catalogs:
 
     @classmethod
     def load(cls) -> Catalogs:
-        """Compile every locale in launch/locale."""
-        return cls({locale: load_translations(locale) for locale in available_locales()})
+        """Compile every locale in launch/locale (in LOCALES' order: the switcher shows them so)."""
+        found = available_locales()
+        ordered = [locale for locale in LOCALES if locale in found] + [l for l in found if l not in LOCALES]
+        return cls({locale: load_translations(locale) for locale in ordered})
 
     @property
     def locales(self) -> list[str]:
@@ -108,22 +127,111 @@ class Catalogs:
     def negotiate(self, accept_language: str) -> str:
         """The best of our locales for an Accept-Language header (the default when none fits)."""
         for tag in _accepted(accept_language):
+            found = self.from_tag(tag)
+            if found is not None:
+                return found
+        return DEFAULT_LOCALE
+
+    def from_tag(self, tag: object) -> str | None:
+        """One of our locales for a BCP-47 language tag (`es-MX` gives `es`), or None."""
+        if not isinstance(tag, str) or not 0 < len(tag) <= 35 or not all(c.isalnum() or c in "-_" for c in tag):
+            return None
+        tag = tag.replace("_", "-")
+        # The whole tag first (a catalog for a region would win), then its language alone: Babel refuses tags
+        # with subtags it does not know (`es-XX`), and the language is what matters.
+        for candidate in (tag, tag.split("-")[0]):
             try:
-                wanted = Locale.parse(tag, sep="-")
-            except (ValueError, UnknownLocaleError):
+                wanted = Locale.parse(candidate, sep="-")
+            except (ValueError, TypeError, UnknownLocaleError):
                 continue
             for name in (str(wanted), wanted.language):
                 if name in self._translations:
                     return name
-        return DEFAULT_LOCALE
+        return None
+
+    def chosen(self, request: web.Request) -> str | None:
+        """The language the URL (`?lang=`) or, failing that, the language cookie names, when it is ours."""
+        for value in (request.query.get(LANGUAGE_PARAM), request.cookies.get(LANGUAGE_COOKIE)):
+            if value in self._translations:
+                return value
+        return None
 
     def locale_for(self, request: web.Request) -> str:
-        """The language to answer a request in: today the browser's Accept-Language."""
-        return self.negotiate(request.headers.get("Accept-Language", ""))
+        """The language to answer a request in: the URL's or the cookie's choice, else Accept-Language."""
+        return self.chosen(request) or self.negotiate(request.headers.get("Accept-Language", ""))
 
     def translations(self, locale: str) -> Translations:
         """A locale's catalog (the default one for a locale we do not have)."""
         return self._translations.get(locale) or self._translations[DEFAULT_LOCALE]
+
+
+def preferred_language(patient: object, catalogs: Catalogs) -> str | None:
+    """The patient's language from a FHIR Patient's `communication`, when we have a catalog for it: an
+    entry marked `preferred: true` first, then the others in their order; `language.coding[].code` is BCP-47."""
+    communication = patient.get("communication") if isinstance(patient, dict) else None
+    if not isinstance(communication, list):
+        return None
+    entries = [entry for entry in communication[:20] if isinstance(entry, dict)]
+    entries.sort(key=lambda entry: entry.get("preferred") is not True)  # stable: keeps the order within each
+    for entry in entries:
+        language = entry.get("language")
+        codings = language.get("coding") if isinstance(language, dict) else None
+        if not isinstance(codings, list):
+            continue
+        for coding in codings[:20]:
+            found = catalogs.from_tag(coding.get("code")) if isinstance(coding, dict) else None
+            if found is not None:
+                return found
+    return None
+
+
+def with_language(url: str, locale: str | None) -> str:
+    """A link with `?lang=` added (after any query it has already), so the page it opens speaks `locale`."""
+    if not locale:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{LANGUAGE_PARAM}={locale}"
+
+
+def format_moment(moment: dt.datetime, locale: str, zone: str) -> str:
+    """A date and time as a patient reads it: in the locale's words and order, in the organisation's time
+    zone, with that zone's name (\"jueves, 3 de diciembre de 2026, 11:30 (hora estándar de Europa central)\")."""
+    tz = ZoneInfo(zone)
+    local = moment.astimezone(tz)
+    day = dates.format_date(local, "full", locale=locale)
+    time = dates.format_time(local, "short", tzinfo=tz, locale=locale)
+    name = dates.get_timezone_name(local, "long", locale=locale)
+    pattern = str(dates.get_datetime_format("medium", locale=locale)).replace("'", "")
+    return pattern.replace("{1}", day).replace("{0}", f"{time} ({name})")
+
+
+def language_choices(request: web.Request, current: str, locales: list[str]) -> list[dict[str, Any]]:
+    """The language switcher's links: this page again with `?lang=` set (other query parameters kept), each
+    language named in itself."""
+    choices = []
+    for locale in locales:
+        query = request.rel_url.update_query({LANGUAGE_PARAM: locale}).raw_query_string
+        name = Locale.parse(locale).get_display_name(locale) or locale
+        choices.append({"code": locale, "name": name[:1].upper() + name[1:], "href": f"?{query}",
+                        "current": locale == current})
+    return choices
+
+
+def language_cookie_hook(catalogs: Catalogs, secure: bool) -> Callable[[web.Request, web.StreamResponse],
+                                                                         Awaitable[None]]:
+    """An on_response_prepare hook: a page opened with a `?lang=` we have keeps that language in the
+    browser's cookie, so the pages after it (the lobby after the join page, the room) speak it too."""
+    async def remember(request: web.Request, response: web.StreamResponse) -> None:
+        wanted = request.query.get(LANGUAGE_PARAM)
+        if (wanted is None or request.method != "GET" or response.status != 200
+                or wanted not in catalogs.locales or request.cookies.get(LANGUAGE_COOKIE) == wanted):
+            return
+        # By now aiohttp has turned response.cookies into headers, so the cookie goes in as a header itself
+        # (`wanted` is one of our locale names, nothing else).
+        cookie = (f"{LANGUAGE_COOKIE}={wanted}; Max-Age={LANGUAGE_COOKIE_AGE}; Path=/; HttpOnly; SameSite=Lax"
+                  + ("; Secure" if secure else ""))
+        response.headers.add(hdrs.SET_COOKIE, cookie)
+
+    return remember
 
 
 def _template_gettext(translations: Translations) -> Callable[..., str]:

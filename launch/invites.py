@@ -7,6 +7,11 @@ and forgotten. They are never written to the database or the logs; neither is a 
 kept of an invitation is whom it was for (the participant) and the channel, so the provider view can list
 the invitations sent, revoke one (its links stop working) or re-send it (a fresh link; the earlier ones stop
 working).
+
+The patient's link and message speak the patient's preferred language (`Patient.communication`, read in the
+same live read as the contact details): the message is written from the translation catalog in that language,
+and the link carries it as `?lang=` so the pages open in it too. The language is patient data like the
+address: it lives in the message and the link only.
 """
 from __future__ import annotations
 
@@ -24,13 +29,15 @@ from aiohttp import web
 
 import sql
 from gateway import joinlinks, participants
-from gateway.appkeys import DB, EHR, NOTIFIER, SEALER
+from gateway.appkeys import DB, EHR, NOTIFIER, SEALER, SETTINGS
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
 from gateway.web import serves_json
 
 from . import store
+from .appkeys import CATALOGS
+from .i18n import DEFAULT_LOCALE, N_, format_moment, preferred_language, with_language
 from .sessions import provider_session
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,39 @@ ROLES = ("patient", "guest")
 GUEST_KINDS = ("interpreter", "family", "caregiver", "other")
 _EMAIL = re.compile(r"^[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 _MAX_FIELD = 320
+
+# The join-link messages, in the catalog with the pages. The SMS is kept short (one segment with a short
+# link), and in es, fr, pt and it written with GSM-7 letters only, which a text in UCS-2 would halve.
+SMS_TEXT = N_("Your video visit with %(organisation)s is ready: %(link)s")
+EMAIL_SUBJECT = N_("Your video visit with %(organisation)s")
+EMAIL_DEVICES = N_("Open the link on a phone or computer with a camera and microphone a few minutes before "
+                   "the visit.")
+EMAIL_UNTIL = N_("The link works until %(time)s.")
+EMAIL_IGNORE = N_("If you did not expect this message, you can ignore it.")
+
+
+@dataclass(frozen=True)
+class JoinMessage:
+    """A join link's SMS, and its email's subject and body, in one language."""
+
+    sms: str
+    subject: str
+    body: str
+
+
+def join_message(request: web.Request, locale: str, link: str, expires_at: dt.datetime) -> JoinMessage:
+    """The messages that carry a link, written from the catalog in `locale`, with the link's expiry in the
+    organisation's time zone."""
+    settings = request.app[SETTINGS]
+    translations = request.app[CATALOGS].translations(locale)
+    values = {"organisation": settings.organisation_name, "link": link,
+              "time": format_moment(expires_at, locale, settings.time_zone)}
+
+    def say(message: str) -> str:
+        return str(translations.gettext(message)) % values
+
+    body = f"{say(SMS_TEXT)}\n\n{say(EMAIL_DEVICES)}\n\n{say(EMAIL_UNTIL)} {say(EMAIL_IGNORE)}\n"
+    return JoinMessage(sms=say(SMS_TEXT), subject=say(EMAIL_SUBJECT), body=body)
 
 
 class InviteRefused(Exception):
@@ -309,10 +349,10 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
     if form.channel == "sms" and app[NOTIFIER].sms is None:
         raise InviteRefused(409, NotConfigured.reason, "SMS is not set up on this gateway. Send the link by "
                                                        "email or copy it.")
-    address = form.address
+    address, language = form.address, None
     if form.role == "patient" and form.channel != "copy":
         patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
-        address = await _patient_contact(fhir, patient_id, form.channel)
+        address, language = await _patient_contact(request, fhir, patient_id, form.channel)
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
     not_after = await joinlinks.visit_window_end(fhir, encounter_id) or joinlinks.default_not_after()
     try:
@@ -332,7 +372,7 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
     except ValueError:
         # issue_link refuses a window that has passed: the appointment is over.
         raise InviteRefused(409, "visit_over", "This visit's time has passed; no new link can be sent.") from None
-    link = joinlinks.keys_of(app).link_url(token)
+    link = with_language(joinlinks.keys_of(app).link_url(token), language)
     person = "the patient" if form.role == "patient" else "the guest"
     payload: dict[str, Any] = {"ok": True, "channel": form.channel, "role": form.role,
                                "guest_kind": form.guest_kind, "participant": str(participant_id)}
@@ -342,13 +382,14 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
         payload.update(link=link, message=f"Copy this link and give it to {person}.")
         return _answer(request, 200, payload)
     assert address is not None
+    message = join_message(request, language or DEFAULT_LOCALE, link, joinlinks.link_expiry(not_after))
     try:
         if form.channel == "email":
-            await app[NOTIFIER].email_link(address, link)
+            await app[NOTIFIER].send_email(address, message.subject, message.body)
             masked = mask_email(address)
             where = "email on file" if form.role == "patient" else "email"
         else:
-            await app[NOTIFIER].sms_link(address, link)
+            await app[NOTIFIER].send_sms(address, message.sms)
             masked = mask_phone(address)
             where = "mobile number on file" if form.role == "patient" else "mobile number"
     except NotifyError as exc:
@@ -378,8 +419,10 @@ async def _recorded(request: web.Request, participant_id: UUID, visit_id: UUID, 
         log.warning("could not record the invitation of participant %s (%s)", participant_id, type(exc).__name__)
 
 
-async def _patient_contact(fhir: FhirClient, patient_id: str | None, channel: str) -> str:
-    """The patient's email or SMS number, read live from FHIR for this one send."""
+async def _patient_contact(request: web.Request, fhir: FhirClient, patient_id: str | None,
+                           channel: str) -> tuple[str, str | None]:
+    """The patient's email or SMS number and preferred language (one we have, or None), read live from FHIR
+    for this one send."""
     if patient_id is None:
         raise InviteRefused(422, "no_patient", "The EHR did not say who the patient is for this visit, so "
                                                "the link cannot be sent to them. Copy it instead.")
@@ -395,4 +438,4 @@ async def _patient_contact(fhir: FhirClient, patient_id: str | None, channel: st
         raise InviteRefused(422, f"no_{'email' if channel == 'email' else 'phone'}_on_file",
                             f"The patient has no current {what} in the EHR. Add one in the EHR, use "
                             f"another way, or copy the link.")
-    return found
+    return found, preferred_language(patient, request.app[CATALOGS])

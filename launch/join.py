@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from gateway.web import serves_json
 
 from . import store
 from .appkeys import CATALOGS
-from .i18n import DEFAULT_LOCALE, N_, Catalogs
-from .page_strings import for_page
+from .i18n import DEFAULT_LOCALE, N_, Catalogs, language_cookie_hook, with_language
+from .page_strings import for_page, in_the_request_language
 from .smart import TokenGrant
 from .visits import open_visit
 
@@ -63,6 +64,8 @@ def setup_join(app: web.Application) -> None:
     app[joinlinks.JOIN_KEYS] = joinlinks.JoinKeys.from_settings(app[SETTINGS])
     catalogs = Catalogs.load()
     app[CATALOGS] = catalogs
+    secure = app[SETTINGS].public_url.startswith("https://")
+    app.on_response_prepare.append(language_cookie_hook(catalogs, secure))
     # The default language for templates rendered without a page context (i18n.page_context gives theirs).
     aiohttp_jinja2.get_env(app).install_gettext_translations(  # type: ignore[attr-defined]  # added by ext.i18n
         catalogs.translations(DEFAULT_LOCALE), newstyle=True)
@@ -73,10 +76,20 @@ def _gettext(request: web.Request, message: str) -> str:
     return str(catalogs.translations(catalogs.locale_for(request)).gettext(message))
 
 
-def _localized(request: web.Request, exc: VisitgateError, messages: tuple[str, str]) -> VisitgateError:
-    """The same error (status, reason) with a translated title and a detail that says what to do."""
+def _localized(request: web.Request, exc: VisitgateError, messages: tuple[str, str],
+               switcher: bool = True) -> VisitgateError:
+    """The same error (status, reason) with a translated title and a detail that says what to do; the error
+    page the edge renders for it speaks the same language (`lang`, its reason line, and the switcher unless
+    told otherwise)."""
     exc.title = _gettext(request, messages[0])
     exc.detail = _gettext(request, messages[1])
+    # aiohttp_jinja2 adds this request's context to whatever template is rendered for it (gateway/web.py's
+    # error page here), as its context processors would. Its key is a plain string, which aiohttp warns about
+    # (there is no RequestKey for it); the warning is silenced for this one assignment only.
+    context = in_the_request_language(request)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        request[aiohttp_jinja2.REQUEST_CONTEXT_KEY] = context if switcher else {**context, "languages": None}
     return exc
 
 
@@ -94,7 +107,8 @@ def patient_facing_errors(request: web.Request) -> Iterator[None]:
     try:
         yield
     except VisitgateError as exc:
-        raise _localized(request, exc, LAUNCH_FAILED) from None
+        # No switcher: its links would repeat this URL, whose launch or authorization code is spent.
+        raise _localized(request, exc, LAUNCH_FAILED, switcher=False) from None
 
 
 def _patient_page(response: web.Response) -> web.Response:
@@ -163,7 +177,8 @@ async def lobby_handoff(request: web.Request) -> web.Response:
         token = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,
                                            expires_at - joinlinks.GRACE)
     log.info("handoff link issued for participant %s", participant.id)
-    url = joinlinks.keys_of(request.app).link_url(token)
+    # The other browser opens in the language the patient chose here, if they did.
+    url = with_language(joinlinks.keys_of(request.app).link_url(token), request.app[CATALOGS].chosen(request))
     return _patient_page(web.json_response({"url": url}))
 
 

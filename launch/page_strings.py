@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.appkeys import SETTINGS
 
 from .appkeys import CATALOGS
-from .i18n import DEFAULT_LOCALE, N_, page_context
+from .i18n import DEFAULT_LOCALE, N_, language_choices, page_context
 
 # What a presence request's error frame, or a request that got no answer, means to the person who made it
 # (presence/ws.py's codes; connection_lost, timeout and not_connected come from the client itself).
@@ -192,14 +192,27 @@ PROVIDER: Mapping[str, str] = {
 PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}
 
 
-# Pages whose template text goes through the catalog too. The provider view's template is still written in
-# English, so it stays English (its scripts too) whatever the browser asks for, rather than mix languages.
+# Pages that follow the request's language (and show the language switcher). The provider view's template
+# and scripts are in the catalog, translated in all six languages, but what the server says on it (the send-link
+# panel's answers in launch/invites.py, the appointment's time, the Encounter's status) is still English only,
+# so the view stays English whatever the browser asks for, rather than mix languages.
 IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
 
 
 def for_page(request: web.Request, page: str) -> dict[str, Any]:
-    """The template context that makes one of PAGES speak the request's language (i18n.page_context), and
-    shows the features the organisation turned on (waiting-room chat)."""
+    """The template context that makes one of PAGES speak the request's language (i18n.page_context), with
+    the language switcher's links (`languages`, rendered by base.html) on the pages that follow it, and the
+    features the organisation turned on (waiting-room chat)."""
+    chat = {"waiting_chat": request.app[SETTINGS].waiting_chat}
+    if page not in IN_THE_REQUEST_LANGUAGE:
+        return {**page_context(request.app[CATALOGS], DEFAULT_LOCALE, PAGES[page]), **chat}
+    return {**in_the_request_language(request, PAGES[page]), **chat}
+
+
+def in_the_request_language(request: web.Request, strings: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A patient page's template context in the request's language, switcher included (for_page, and the
+    error pages a patient sees)."""
     catalogs = request.app[CATALOGS]
-    locale = catalogs.locale_for(request) if page in IN_THE_REQUEST_LANGUAGE else DEFAULT_LOCALE
-    return {**page_context(catalogs, locale, PAGES[page]), "waiting_chat": request.app[SETTINGS].waiting_chat}
+    locale = catalogs.locale_for(request)
+    return {**page_context(catalogs, locale, strings or {}),
+            "languages": language_choices(request, locale, catalogs.locales)}

@@ -11,7 +11,8 @@ Stable ids, for tests to refer to:
   password from `PRACTITIONER_SIGN_IN`: `ada.sandbox` / `ada-ehr-pw`, `ben.placeholder` / `ben-ehr-pw`,
   `cleo.fixture` / `cleo-ehr-pw`. The page shows them: they are test fixtures, nobody's secret.
 - Patients `pat-1` .. `pat-5` (Alex Testpatient, Bea Example, Cam Synthetic, Dee Mockwell, Eli Fictive),
-  each with an MRN `SBX-0001` .. `SBX-0005`.
+  each with an MRN `SBX-0001` .. `SBX-0005`. Bea Example (`pat-2`) prefers Spanish (`Patient.communication`:
+  `es-MX` preferred, English too), so her join links and messages come in Spanish.
 - Appointments `appt-1` .. `appt-6`, status booked, each a video visit, and for each a planned virtual
   Encounter `enc-1` .. `enc-6` pointing at it. The schedule is laid out from the moment the app is built,
   so the demo and the tests find visits that are on whatever the time of day: appt-1 starts at the half
@@ -59,6 +60,14 @@ PATIENTS = (
     ("pat-4", "Dee", "Mockwell", "2001-06-21", "other"),
     ("pat-5", "Eli", "Fictive", "1958-12-02", "male"),
 )
+# Patient.communication of the patients who have one: the language a patient's link and messages come in.
+COMMUNICATION: dict[str, list[dict[str, Any]]] = {
+    "pat-2": [
+        {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en", "display": "English"}]}},
+        {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es-MX", "display": "Spanish (Mexico)"}],
+                      "text": "Spanish"}, "preferred": True},
+    ],
+}
 # (appointment number, minutes after the first visit starts, length in minutes, patient, practitioner)
 VISITS = (
     (1, 0, 20, "pat-1", "prac-1"),
@@ -142,6 +151,7 @@ def seed(store: FhirStore, now: datetime | None = None) -> None:
                     {"system": "phone", "value": f"+1-555-01{n:02d}", "use": "mobile"},
                     {"system": "email", "value": f"{given.lower()}.{family.lower()}@example.org", "use": "home"},
                 ],
+                **({"communication": COMMUNICATION[pid]} if pid in COMMUNICATION else {}),
             }
         )
 

@@ -256,10 +256,10 @@ async def test_a_body_over_the_limit_is_refused_as_too_large(stack: Stack, logs:
 
 async def test_a_send_that_fails_unexpectedly_takes_the_guest_and_its_link_back(
         stack: Stack, logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def refuse(to: str, link: str) -> None:
+    async def refuse(to: str, subject: str, body: str) -> None:
         raise ValueError("the mail library refused the address")
 
-    monkeypatch.setattr(stack.gateway_app[NOTIFIER], "email_link", refuse)
+    monkeypatch.setattr(stack.gateway_app[NOTIFIER], "send_email", refuse)
     handle = await launch_handle(stack)
     response = await stack.browser.post(invite_url(stack, handle), headers=from_our_page(stack), data={
         "channel": "email", "role": "guest", "guest_kind": "interpreter", "address": "kin@example.org"})

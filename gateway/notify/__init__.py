@@ -3,7 +3,10 @@
 The gateway builds one Notifier at start-up from its settings (`build_notifier`, called by the app
 factory's cleanup_ctx once the HTTP session exists) and keeps it in `app[NOTIFIER]`. Addresses and numbers are given to it once, at send time, by
 callers that read them live from FHIR or from the clinician's form; nothing here stores or logs them.
-Messages carry no clinical detail: only the organisation's name and the link.
+Messages carry no clinical detail: only the organisation's name and the link (and, in email, until when the link
+works). The words are the caller's: launch writes them in the patient's language from its translation catalog
+and hands them to `send_email`/`send_sms`; `email_link`/`sms_link` are the English ones for callers without a
+catalog.
 """
 from __future__ import annotations
 
@@ -36,18 +39,26 @@ class Notifier:
         return f"Your video visit with {self.organisation_name} is ready: {link}"
 
     async def email_link(self, to: str, link: str) -> None:
-        """Email a join link to one address."""
+        """Email a join link to one address, in English."""
         body = (f"{self.join_text(link)}\n\n"
                 "Open the link on a phone or computer with a camera and microphone a few minutes before "
                 "the visit. If you did not expect this message, you can ignore it.\n")
-        await self.email.send(to, f"Your video visit with {self.organisation_name}", body)
+        await self.send_email(to, f"Your video visit with {self.organisation_name}", body)
 
     async def sms_link(self, to: str, link: str) -> str:
-        """Text a join link to one number; answers the provider's message id."""
+        """Text a join link to one number, in English; answers the provider's message id."""
+        return await self.send_sms(to, self.join_text(link))
+
+    async def send_email(self, to: str, subject: str, body: str) -> None:
+        """Email a message the caller wrote (in the patient's language) to one address."""
+        await self.email.send(to, subject, body)
+
+    async def send_sms(self, to: str, text: str) -> str:
+        """Text a message the caller wrote to one number; answers the provider's message id."""
         if self.sms is None:
             raise NotConfigured("SMS is not set up on this gateway. Ask your administrator, or send the "
                                 "link by email or copy it.")
-        return await self.sms.send(to, self.join_text(link))
+        return await self.sms.send(to, text)
 
 
 def build_notifier(settings: Settings, http: aiohttp.ClientSession | None = None) -> Notifier:

@@ -1,15 +1,18 @@
-"""The translation catalog of the launch part's pages: every message in their templates, code and script
-string tables has an English translation, the template file is current, the pages render through the
-catalog, and every string a script asks for by name is in its page's table."""
+"""The translation catalog of the launch part's pages and messages: every message in their templates, code and
+script string tables is translated in each of the six languages with its placeholders kept, the template file
+is current, the pages render through the catalog, and every string a script asks for by name is in its page's
+table."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 from babel.messages.pofile import read_po
 
 from launch.catalog import PACKAGE_DIR, extract_messages
-from launch.i18n import LOCALE_DIR, load_translations, po_path
+from launch.i18n import LOCALE_DIR, LOCALES, Catalogs, load_translations, po_path
+from launch.invites import SMS_TEXT
 from launch.join import LINK_MESSAGES
 from launch.page_strings import JOIN, LOBBY, PAGES, PROVIDER, ROOM
 
@@ -50,11 +53,13 @@ def test_javascript_and_refusal_strings_are_in_the_catalog() -> None:
         assert english.get(message), message
 
 
-def test_every_patient_facing_template_string_goes_through_the_catalog() -> None:
-    # Text between tags in the patient templates must come from {{ _("...") }}, not be written in English.
-    for name in ("join.html", "lobby.html", "patient_inapp.html"):
+def test_every_template_string_goes_through_the_catalog() -> None:
+    # Text between tags in the patients' and the clinician's templates must come from {{ _("...") }}, not be
+    # written in English (the product's name aside).
+    for name in ("join.html", "lobby.html", "patient_inapp.html", "room.html", "provider.html", "invite_result.html",
+                 "launch_new_window.html"):
         source = (LAUNCH_DIR / "templates" / name).read_text()
-        source = re.sub(r"\{#.*?#\}|\{\{.*?\}\}|\{%.*?%\}|<[^>]*>", " ", source, flags=re.S)
+        source = re.sub(r"\{#.*?#\}|\{\{.*?\}\}|\{%.*?%\}|<[^>]*>|Visitgate", " ", source, flags=re.S)
         assert not re.findall(r"[A-Za-z]{2,}", source), f"{name} has text outside the catalog"
 
 
@@ -92,10 +97,41 @@ def test_no_script_writes_its_words_in_english() -> None:
         assert not shown, f"{path.name} shows text outside the catalog: {shown}"
 
 
-def test_the_spanish_catalog_covers_every_patient_page_and_refusal() -> None:
-    # Spanish is the first catalog besides English; a patient page in Spanish must not fall back midway.
-    spanish = _catalog(po_path("es"))
-    patient = [*JOIN.values(), *LOBBY.values(), *ROOM.values(), *(m for pair in LINK_MESSAGES.values() for m in pair)]
-    untranslated = sorted(m for m in patient if not spanish.get(m))
-    assert not untranslated, untranslated
-    assert load_translations("es").gettext(LOBBY["waiting"]) == "Su profesional sanitario le dará paso."
+@pytest.mark.parametrize("locale", LOCALES)
+def test_every_message_is_translated_in_each_of_the_six_languages(locale: str) -> None:
+    # Every page, email and SMS message, the clinician's included: a page must never fall back to English midway.
+    catalog = _catalog(po_path(locale))
+    untranslated = sorted(m for m in _extracted() if not catalog.get(m))
+    assert not untranslated, f"untranslated in {locale} (write them in {po_path(locale)}): {untranslated}"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_each_translation_keeps_its_placeholders(locale: str) -> None:
+    # %(name)s for templates and messages, {name} for scripts: a lost or renamed one breaks the sentence.
+    placeholder = re.compile(r"%\([a-z_]+\)s|\{[a-z_]+\}")
+    for message, translation in _catalog(po_path(locale)).items():
+        assert sorted(placeholder.findall(translation)) == sorted(placeholder.findall(message)), (
+            locale, message, translation)
+
+
+def test_the_six_languages_have_a_catalog_each_and_load_at_start_up() -> None:
+    assert set(LOCALES) == {"en", "es", "fr", "pt", "ru", "it"}
+    assert Catalogs.load().locales == list(LOCALES)
+    expected = {"es": "Su profesional de la salud le dejará entrar.", "fr": "Votre soignant va vous faire entrer.",
+                "pt": "O profissional de saúde vai deixar você entrar.", "ru": "Врач пригласит Вас.",
+                "it": "Il medico la farà entrare.", "en": "Your clinician will let you in."}
+    for locale, text in expected.items():
+        assert load_translations(locale).gettext(LOBBY["waiting"]) == text
+
+
+# GSM 03.38's basic alphabet and extension table: a text in it is one SMS segment up to 160 characters;
+# one letter outside it makes the whole text UCS-2, 70 a segment.
+GSM_7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+            "¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€")
+
+
+@pytest.mark.parametrize("locale", ["en", "es", "fr", "pt", "it"])
+def test_the_join_sms_stays_in_the_gsm_alphabet(locale: str) -> None:
+    # Cyrillic cannot; the other five can, and a stray accent would halve what one segment holds.
+    text = load_translations(locale).gettext(SMS_TEXT) % {"organisation": "Clinic", "link": "https://x.test/j/abc"}
+    assert set(text) <= GSM_7, sorted(set(text) - GSM_7)

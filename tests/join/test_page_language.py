@@ -37,19 +37,19 @@ async def test_a_spanish_browser_gets_the_lobby_and_its_script_strings_in_spanis
     assert "<h1>Sala de espera</h1>" in body
     strings = _i18n_block(body)
     assert set(strings) == set(LOBBY)
-    assert strings["waiting"] == "Su profesional sanitario le dará paso."
+    assert strings["waiting"] == "Su profesional de la salud le dejará entrar."
     assert strings["name_required"] == "Escriba su nombre."
 
 
 async def test_a_browser_asking_for_a_language_we_lack_gets_english(stack: Stack, invite: Invite) -> None:
-    body = await _lobby_in(stack, invite, "de-DE,de;q=0.9")
+    body = await _lobby_in(stack, invite, "de-DE,de;q=0.9,ja;q=0.5")
     assert '<html lang="en">' in body
     assert "<h1>Waiting room</h1>" in body
     assert _i18n_block(body)["waiting"] == "Your clinician will let you in."
 
 
 @pytest.mark.parametrize("header, expected", [
-    ("es", "es"), ("es-419", "es"), ("fr-CA, es;q=0.5", "es"), ("en;q=0.2, es;q=0.8", "es"),
+    ("es", "es"), ("es-419", "es"), ("fr-CA, es;q=0.5", "fr"), ("de-CH, es;q=0.5", "es"), ("en;q=0.2, es;q=0.8", "es"),
     ("es;q=0, en", "en"), ("", "en"), ("*", "en"), ("es;q=abc", "en"), ("\x00es", "en"),
     ("x" * 5000, "en"), (",".join(["zz"] * 500) + ",es", "en"),
 ])
