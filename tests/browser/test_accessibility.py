@@ -1,0 +1,214 @@
+"""The patient's pages as people who do not use a mouse, a screen or a normal zoom level meet them: the journey
+from the join link to the waiting room by keyboard alone with the focus always visible; admission and denial
+said aloud through the page's live regions; and every patient page at 200% zoom (a 1280-pixel screen is 640 CSS
+pixels wide) without sideways scrolling, and without motion for someone who asked for less. axe checks each
+page on the way (the other browser tests check the pages they reach, the provider view and the room included).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Error as PlaywrightError, Page, Route, expect
+
+from gateway import joinlinks, participants
+from gateway.appkeys import DB
+from presence import eventlog
+from tests.browser.axe import assert_accessible
+from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.browser
+
+OpenContext = Callable[[str], Awaitable[BrowserContext]]
+DEVICES_MS = 10_000  # camera, microphone and socket on a loaded 2-core machine
+MAX_TABS = 12  # a page whose next stop is further than this many Tabs away is not keyboard friendly
+
+# The focused element, and whether its keyboard focus shows: a :focus-visible outline of at least 2px.
+FOCUS = """() => {
+  const el = document.activeElement;
+  if (!el || el === document.body) return {id: null, visible: false};
+  const s = getComputedStyle(el);
+  return {id: el.id, visible: el.matches(":focus-visible") && s.outlineStyle !== "none"
+          && parseFloat(s.outlineWidth) >= 2, outline: `${s.outlineStyle} ${s.outlineWidth} ${s.outlineColor}`};
+}"""
+
+# Sideways scrolling, and visible things (controls, headings, text) cut off at either side of the viewport.
+OVERFLOW = """() => {
+  const root = document.documentElement;
+  const width = root.clientWidth;
+  const cut = [];
+  for (const el of document.querySelectorAll("h1, h2, p, label, button, a, input, select, meter, video, li")) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || el.closest(".visually-hidden")) continue;
+    if (r.left < -0.5 || r.right > width + 0.5) cut.push(el.id || el.tagName);
+  }
+  return {scrollWidth: root.scrollWidth, clientWidth: width, cut};
+}"""
+
+# Everything that moves: elements (and their ::before/::after) with an animation or a transition that takes time.
+MOVING = """() => {
+  const moving = [];
+  for (const el of document.querySelectorAll("*")) {
+    for (const pseudo of [null, "::before", "::after"]) {
+      const s = getComputedStyle(el, pseudo);
+      const lasts = s.transitionDuration.split(",").some((d) => parseFloat(d) > 0);
+      if (s.animationName !== "none" || lasts) moving.push((el.id || el.tagName) + (pseudo || ""));
+    }
+  }
+  return moving;
+}"""
+
+# Whether the page's style sheets say what to do for prefers-reduced-motion: reduce.
+HAS_REDUCED_MOTION_RULE = """() => Array.from(document.styleSheets).some((sheet) =>
+  Array.from(sheet.cssRules).some((rule) => rule instanceof CSSMediaRule
+    && /prefers-reduced-motion:\\s*reduce/.test(rule.conditionText)))"""
+
+
+async def _patient_link(stack: Stack) -> tuple[str, UUID, UUID]:
+    """A launched visit's patient link, as the "Send the link" panel issues it: (link, visit, patient)."""
+    await stack.provider_handle()
+    async with stack.gateway_app[DB].acquire() as conn:
+        visit_id: UUID = await conn.fetchval("SELECT id FROM visits")
+        patient_id = await participants.patient_participant(conn, visit_id)
+        token = await joinlinks.issue_link(conn, stack.gateway_app, patient_id, visit_id,
+                                           dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
+    return joinlinks.keys_of(stack.gateway_app).link_url(token), visit_id, patient_id
+
+
+async def _tab_to(page: Page, element_id: str, key: str = "Tab") -> None:
+    """Press Tab (or Shift+Tab) until the element has the focus, checking that each stop's focus shows."""
+    for _ in range(MAX_TABS):
+        await page.keyboard.press(key)
+        focus = await page.evaluate(FOCUS)
+        assert focus["id"] is None or focus["visible"], f"focus on #{focus['id']} does not show: {focus}"
+        if focus["id"] == element_id:
+            return
+    raise AssertionError(f"#{element_id} not reached with {key} in {MAX_TABS} presses")
+
+
+async def _focused(page: Page) -> str | None:
+    focus: str | None = (await page.evaluate(FOCUS))["id"]
+    return focus
+
+
+@contextlib.asynccontextmanager
+async def _room_held(page: Page) -> AsyncIterator[None]:
+    """Hold the lobby's move to /room until the block ends, so the lobby's last words can be read."""
+    release = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(release.wait(), timeout=ACTION_TIMEOUT_MS / 1000)
+        with contextlib.suppress(PlaywrightError):  # the page is gone if the test already failed
+            await route.continue_()
+
+    await page.route("**/room", hold)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("profile", ["desktop", "phone"])
+async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_and_admission(
+        stack: Stack, open_context: OpenContext, profile: str) -> None:
+    link, visit_id, patient_id = await _patient_link(stack)
+    page = await (await open_context(profile)).new_page()
+
+    # The link's page: Tab to its one button, Enter.
+    await page.goto(link)
+    await assert_accessible(page)
+    await _tab_to(page, "join")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"{stack.gateway_url}/lobby")
+
+    # The name: typed, Enter sends it; the focus follows to the device check's heading.
+    await assert_accessible(page)
+    await _tab_to(page, "display-name")
+    await page.keyboard.type("Alex")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#step-devices")).to_be_visible()
+    assert await _focused(page) == "devices-title"
+
+    # The device check: the test sound plays from the keyboard; "I'm ready" is reached forwards and, from the
+    # last button, backwards.
+    await expect(page.locator("#ready")).to_be_enabled(timeout=DEVICES_MS)
+    await assert_accessible(page)
+    await _tab_to(page, "speaker-test")
+    await page.keyboard.press("Space")
+    await expect(page.locator("#speaker-status")).not_to_be_empty()
+    await _tab_to(page, "audio-only")
+    await _tab_to(page, "ready", key="Shift+Tab")
+    await page.keyboard.press("Space")
+    await expect(page.locator("#step-wait")).to_be_visible()
+    assert await _focused(page) == "wait-title"
+    await assert_accessible(page)
+
+    # Turned away: said at once (assertive), and shown.
+    await eventlog.record_event(stack.gateway_app[DB], visit_id, patient_id, "denied")
+    await expect(page.locator("#announce-assertive")).to_have_text(
+        "Your clinician could not let you in right now. Please contact your clinic.")
+    await expect(page.locator("#denied")).to_be_visible()
+    await assert_accessible(page)
+    # Let in after all: said politely, before the page moves on to the room.
+    async with _room_held(page):
+        await eventlog.record_event(stack.gateway_app[DB], visit_id, patient_id, "admitted")
+        await expect(page.locator("#announce-polite")).to_have_text("You are being let in…")
+    await page.wait_for_url(f"{stack.gateway_url}/room", timeout=NAVIGATION_TIMEOUT_MS)
+
+
+async def test_patient_pages_at_200_percent_zoom_scroll_only_downwards_and_do_not_move(
+        stack: Stack, browser: Browser) -> None:
+    link, visit_id, patient_id = await _patient_link(stack)
+    # 200% zoom on a 1280x800 screen lays the page out in 640x400 CSS pixels.
+    context = await browser.new_context(viewport={"width": 640, "height": 400}, reduced_motion="reduce")
+    try:
+        context.set_default_timeout(ACTION_TIMEOUT_MS)
+        page = await context.new_page()
+
+        async def fits(where: str) -> None:
+            found = await page.evaluate(OVERFLOW)
+            assert found["scrollWidth"] <= found["clientWidth"] and not found["cut"], f"{where}: {found}"
+            assert await page.evaluate(HAS_REDUCED_MOTION_RULE), where
+            assert await page.evaluate(MOVING) == [], where
+
+        # Buttons do have a transition for everyone else: the check below is not vacuous.
+        await page.goto(link)
+        await page.emulate_media(reduced_motion="no-preference")
+        assert "join" in await page.evaluate(MOVING)
+        await page.emulate_media(reduced_motion="reduce")
+        await fits("join")
+
+        await page.goto(link + "x")  # a link that is not (or no longer) valid
+        await expect(page.locator("#reason")).not_to_be_empty()
+        await fits("refused link")
+
+        await page.goto(link)
+        await page.locator("#join").click()
+        await page.wait_for_url(f"{stack.gateway_url}/lobby")
+        await fits("lobby: name")
+        await page.locator("#display-name").fill("Alex with a rather long name that has to wrap")
+        await page.locator("#name-continue").click()
+        await expect(page.locator("#ready")).to_be_enabled(timeout=DEVICES_MS)
+        await fits("lobby: devices")
+        await page.locator("#ready").click()
+        await eventlog.record_event(stack.gateway_app[DB], visit_id, patient_id, "denied")
+        await expect(page.locator("#denied")).to_be_visible()
+        await fits("lobby: waiting, denied")
+
+        await eventlog.record_event(stack.gateway_app[DB], visit_id, patient_id, "admitted")
+        await page.wait_for_url(f"{stack.gateway_url}/room", timeout=NAVIGATION_TIMEOUT_MS)
+        await expect(page.locator("#room-leave")).to_be_visible()
+        await fits("room")
+        # The room fills the screen: its controls must be on it, not below it.
+        controls = await page.locator(".room-controls").bounding_box()
+        assert controls is not None and controls["y"] + controls["height"] <= 400, controls
+        await assert_accessible(page)
+    finally:
+        await context.close()
+
