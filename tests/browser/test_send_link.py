@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import BrowserContext, ConsoleMessage, expect
 
+from tests.browser.axe import assert_accessible
 from tests.conftest import Stack
 from tests.notify.conftest import SmtpServer, smtp, stack_overrides  # noqa: F401 -- fixtures: SMTP + SMS sink
 
@@ -39,6 +40,9 @@ async def test_clinician_emails_the_patient_and_invites_a_guest_from_the_ehr(
     link_field = app.locator("#send-link-url")
     await expect(link_field).to_be_visible()
     assert (await link_field.input_value()).startswith(f"{stack.gateway_url}/join?t=")
+    app_frame = page.frame(url=lambda url: urlsplit(url).path.startswith("/provider/"))
+    assert app_frame is not None
+    await assert_accessible(app_frame)  # the panel with its answer and the link to copy
 
     await app.locator("#guest-kind").select_option("interpreter")
     await app.locator("#guest-channel").select_option("sms")

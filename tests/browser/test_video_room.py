@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
-from playwright.async_api import BrowserContext, ConsoleMessage, Page
+from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
 from presence.appkeys import HUB
+from tests.browser.axe import assert_accessible
 from tests.browser.conftest import carry_browser_keys
 from tests.conftest import Stack
 
@@ -129,6 +130,10 @@ async def test_clinician_and_admitted_patient_see_each_other(
     problems: list[str] = []
     room = await _open_room(stack, open_context, patient_profile, problems)
     await _both_live(room)
+    # The clinician's arrival was said aloud to the patient; both rooms, video on, pass axe.
+    await expect(room.patient.locator("#announce-polite")).to_have_text("Your clinician has joined the visit.")
+    await assert_accessible(room.patient)
+    await assert_accessible(room.provider)
     # Frames keep coming: the video is live, not one decoded frame.
     before = await _frames(room.patient, room.provider_id)
     await room.patient.wait_for_function(
@@ -188,6 +193,9 @@ async def test_leave_closes_the_peer_on_the_other_side_and_rejoin_reconnects(
     # Leaving turns the camera off.
     assert await _local_tracks(room.patient) == {"audio": None, "video": None}
     assert await room.provider.locator(".room-tile").count() == 0
+    # The keyboard focus moved from the Leave button, now gone, to the Rejoin button that replaced it.
+    await expect(room.patient.locator("#room-rejoin")).to_be_focused()
+    await assert_accessible(room.patient)
 
     await room.patient.get_by_role("button", name="Rejoin").click()
     await _both_live(room)
@@ -274,6 +282,7 @@ async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
     await full.wait_for(state="visible", timeout=MEDIA_TIMEOUT_MS)
     assert "full (4 of 4)" in (await full.text_content() or "")
     assert await page.locator("#waiting-alert").is_visible()
+    await assert_accessible(page)  # the provider view with its warnings and someone to admit
 
     # The interpreter drops out of the room: a place is free, and the warning goes without a reload.
     await eventlog.record_event(pool, visit_id, guests[0], "disconnected")
