@@ -1,8 +1,8 @@
-"""The patient's pages as people who do not use a mouse, a screen or a normal zoom level meet them: the journey
+"""The pages as people who do not use a mouse, a screen or a normal zoom level meet them: the patient's journey
 from the join link to the waiting room by keyboard alone with the focus always visible; admission and denial
 said aloud through the page's live regions; and every patient page at 200% zoom (a 1280-pixel screen is 640 CSS
-pixels wide) without sideways scrolling, and without motion for someone who asked for less. axe checks each
-page on the way (the other browser tests check the pages they reach, the provider view and the room included).
+pixels wide; 400%, 320 pixels, too) and the provider view at 200% without sideways scrolling, and without motion
+for someone who asked for less. axe checks each page on the way (the other browser tests check the pages they reach, the provider view and the room included).
 """
 from __future__ import annotations
 
@@ -13,19 +13,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Error as PlaywrightError, Page, Route, expect
+from playwright.async_api import Browser, BrowserContext, Error as PlaywrightError, Page, Route, ViewportSize, expect
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
 from tests.browser.axe import assert_accessible
-from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS
+from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS, carry_browser_keys
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
 
 OpenContext = Callable[[str], Awaitable[BrowserContext]]
 DEVICES_MS = 10_000  # camera, microphone and socket on a loaded 2-core machine
+# A 1280x800 screen at 200% and at 400% zoom, in CSS pixels.
+ZOOM_200: ViewportSize = {"width": 640, "height": 400}
+ZOOM_400: ViewportSize = {"width": 320, "height": 200}
 MAX_TABS = 12  # a page whose next stop is further than this many Tabs away is not keyboard friendly
 
 # The focused element, and whether its keyboard focus shows: a :focus-visible outline of at least 2px.
@@ -69,15 +72,16 @@ HAS_REDUCED_MOTION_RULE = """() => Array.from(document.styleSheets).some((sheet)
     && /prefers-reduced-motion:\\s*reduce/.test(rule.conditionText)))"""
 
 
-async def _patient_link(stack: Stack) -> tuple[str, UUID, UUID]:
-    """A launched visit's patient link, as the "Send the link" panel issues it: (link, visit, patient)."""
-    await stack.provider_handle()
+async def _patient_link(stack: Stack) -> tuple[str, UUID, UUID, str]:
+    """A launched visit's patient link, as the "Send the link" panel issues it: (link, visit, patient, the
+    provider view's handle)."""
+    handle = await stack.provider_handle()
     async with stack.gateway_app[DB].acquire() as conn:
         visit_id: UUID = await conn.fetchval("SELECT id FROM visits")
         patient_id = await participants.patient_participant(conn, visit_id)
         token = await joinlinks.issue_link(conn, stack.gateway_app, patient_id, visit_id,
                                            dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
-    return joinlinks.keys_of(stack.gateway_app).link_url(token), visit_id, patient_id
+    return joinlinks.keys_of(stack.gateway_app).link_url(token), visit_id, patient_id, handle
 
 
 async def _tab_to(page: Page, element_id: str, key: str = "Tab") -> None:
@@ -117,7 +121,7 @@ async def _room_held(page: Page) -> AsyncIterator[None]:
 @pytest.mark.parametrize("profile", ["desktop", "phone"])
 async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_and_admission(
         stack: Stack, open_context: OpenContext, profile: str) -> None:
-    link, visit_id, patient_id = await _patient_link(stack)
+    link, visit_id, patient_id, _ = await _patient_link(stack)
     page = await (await open_context(profile)).new_page()
 
     # The link's page: Tab to its one button, Enter.
@@ -162,18 +166,23 @@ async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_a
     await page.wait_for_url(f"{stack.gateway_url}/room", timeout=NAVIGATION_TIMEOUT_MS)
 
 
-async def test_patient_pages_at_200_percent_zoom_scroll_only_downwards_and_do_not_move(
+async def test_pages_at_200_percent_zoom_scroll_only_downwards_and_do_not_move(
         stack: Stack, browser: Browser) -> None:
-    link, visit_id, patient_id = await _patient_link(stack)
+    link, visit_id, patient_id, handle = await _patient_link(stack)
     # 200% zoom on a 1280x800 screen lays the page out in 640x400 CSS pixels.
-    context = await browser.new_context(viewport={"width": 640, "height": 400}, reduced_motion="reduce")
+    context = await browser.new_context(viewport=ZOOM_200, reduced_motion="reduce")
     try:
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         page = await context.new_page()
 
-        async def fits(where: str) -> None:
+        async def fits(where: str, *, reflows_to_320: bool = True) -> None:
             found = await page.evaluate(OVERFLOW)
             assert found["scrollWidth"] <= found["clientWidth"] and not found["cut"], f"{where}: {found}"
+            if reflows_to_320:  # and at 400% (WCAG 1.4.10's 320 CSS pixels) the patient's pages still do
+                await page.set_viewport_size(ZOOM_400)
+                found = await page.evaluate(OVERFLOW)
+                await page.set_viewport_size(ZOOM_200)
+                assert found["scrollWidth"] <= found["clientWidth"] and not found["cut"], f"{where} at 400%: {found}"
             assert await page.evaluate(HAS_REDUCED_MOTION_RULE), where
             assert await page.evaluate(MOVING) == [], where
 
@@ -207,8 +216,14 @@ async def test_patient_pages_at_200_percent_zoom_scroll_only_downwards_and_do_no
         await fits("room")
         # The room fills the screen: its controls must be on it, not below it.
         controls = await page.locator(".room-controls").bounding_box()
-        assert controls is not None and controls["y"] + controls["height"] <= 400, controls
+        assert controls is not None and controls["y"] + controls["height"] <= ZOOM_200["height"], controls
         await assert_accessible(page)
+
+        # The clinician's provider view, zoomed the same way.
+        await carry_browser_keys(stack.browser, context, stack.gateway_url)
+        await page.goto(f"{stack.gateway_url}/provider/{handle}")
+        await expect(page.locator(f'li[data-participant="{patient_id}"]')).to_be_visible()
+        await fits("provider view", reflows_to_320=False)
     finally:
         await context.close()
 
