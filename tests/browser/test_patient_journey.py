@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
@@ -66,7 +67,7 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     await expect(row).to_contain_text("devices OK")
     await expect(view.locator("#waiting-alert")).to_be_visible()
     # The provider view, in the EHR's iframe, with someone to admit, passes axe.
-    app = await (await clinician.wait_for_selector("#app")).content_frame()
+    app = clinician.frame(url=lambda url: urlsplit(url).path.startswith("/provider/"))
     assert app is not None
     await assert_accessible(app)
 
