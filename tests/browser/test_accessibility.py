@@ -6,20 +6,19 @@ for someone who asked for less. axe checks each page on the way (the other brows
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Error as PlaywrightError, Page, Route, ViewportSize, expect
+from playwright.async_api import Browser, BrowserContext, ViewportSize, expect
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
 from tests.browser.axe import assert_accessible
 from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS, carry_browser_keys
+from tests.browser.keyboard import focus, press_until_focused
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -29,16 +28,6 @@ DEVICES_MS = 10_000  # camera, microphone and socket on a loaded 2-core machine
 # A 1280x800 screen at 200% and at 400% zoom, in CSS pixels.
 ZOOM_200: ViewportSize = {"width": 640, "height": 400}
 ZOOM_400: ViewportSize = {"width": 320, "height": 200}
-MAX_TABS = 12  # a page whose next stop is further than this many Tabs away is not keyboard friendly
-
-# The focused element, and whether its keyboard focus shows: a :focus-visible outline of at least 2px.
-FOCUS = """() => {
-  const el = document.activeElement;
-  if (!el || el === document.body) return {id: null, visible: false};
-  const s = getComputedStyle(el);
-  return {id: el.id, visible: el.matches(":focus-visible") && s.outlineStyle !== "none"
-          && parseFloat(s.outlineWidth) >= 2, outline: `${s.outlineStyle} ${s.outlineWidth} ${s.outlineColor}`};
-}"""
 
 # Sideways scrolling, and visible things (controls, headings, text) cut off at either side of the viewport.
 OVERFLOW = """() => {
@@ -66,6 +55,15 @@ MOVING = """() => {
   return moving;
 }"""
 
+# Hand each change of the page's live regions to window.visitgateHeard(region, text) (exposed by the test).
+RECORD_ANNOUNCEMENTS = """() => {
+  for (const id of ["announce-polite", "announce-assertive"]) {
+    const region = document.getElementById(id);
+    new MutationObserver(() => { if (region.textContent) window.visitgateHeard(id, region.textContent); })
+      .observe(region, {childList: true, characterData: true, subtree: true});
+  }
+}"""
+
 # Whether the page's style sheets say what to do for prefers-reduced-motion: reduce.
 HAS_REDUCED_MOTION_RULE = """() => Array.from(document.styleSheets).some((sheet) =>
   Array.from(sheet.cssRules).some((rule) => rule instanceof CSSMediaRule
@@ -84,40 +82,6 @@ async def _patient_link(stack: Stack) -> tuple[str, UUID, UUID, str]:
     return joinlinks.keys_of(stack.gateway_app).link_url(token), visit_id, patient_id, handle
 
 
-async def _tab_to(page: Page, element_id: str, key: str = "Tab") -> None:
-    """Press Tab (or Shift+Tab) until the element has the focus, checking that each stop's focus shows."""
-    for _ in range(MAX_TABS):
-        await page.keyboard.press(key)
-        focus = await page.evaluate(FOCUS)
-        assert focus["id"] is None or focus["visible"], f"focus on #{focus['id']} does not show: {focus}"
-        if focus["id"] == element_id:
-            return
-    raise AssertionError(f"#{element_id} not reached with {key} in {MAX_TABS} presses")
-
-
-async def _focused(page: Page) -> str | None:
-    focus: str | None = (await page.evaluate(FOCUS))["id"]
-    return focus
-
-
-@contextlib.asynccontextmanager
-async def _room_held(page: Page) -> AsyncIterator[None]:
-    """Hold the lobby's move to /room until the block ends, so the lobby's last words can be read."""
-    release = asyncio.Event()
-
-    async def hold(route: Route) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(release.wait(), timeout=ACTION_TIMEOUT_MS / 1000)
-        with contextlib.suppress(PlaywrightError):  # the page is gone if the test already failed
-            await route.continue_()
-
-    await page.route("**/room", hold)
-    try:
-        yield
-    finally:
-        release.set()
-
-
 @pytest.mark.parametrize("profile", ["desktop", "phone"])
 async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_and_admission(
         stack: Stack, open_context: OpenContext, profile: str) -> None:
@@ -127,30 +91,30 @@ async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_a
     # The link's page: Tab to its one button, Enter.
     await page.goto(link)
     await assert_accessible(page)
-    await _tab_to(page, "join")
+    await press_until_focused(page, "join")
     await page.keyboard.press("Enter")
     await page.wait_for_url(f"{stack.gateway_url}/lobby")
 
     # The name: typed, Enter sends it; the focus follows to the device check's heading.
     await assert_accessible(page)
-    await _tab_to(page, "display-name")
+    await press_until_focused(page, "display-name")
     await page.keyboard.type("Alex")
     await page.keyboard.press("Enter")
     await expect(page.locator("#step-devices")).to_be_visible()
-    assert await _focused(page) == "devices-title"
+    assert (await focus(page))["id"] == "devices-title"
 
     # The device check: the test sound plays from the keyboard; "I'm ready" is reached forwards and, from the
     # last button, backwards.
     await expect(page.locator("#ready")).to_be_enabled(timeout=DEVICES_MS)
     await assert_accessible(page)
-    await _tab_to(page, "speaker-test")
+    await press_until_focused(page, "speaker-test")
     await page.keyboard.press("Space")
     await expect(page.locator("#speaker-status")).not_to_be_empty()
-    await _tab_to(page, "audio-only")
-    await _tab_to(page, "ready", key="Shift+Tab")
+    await press_until_focused(page, "audio-only")
+    await press_until_focused(page, "ready", key="Shift+Tab")
     await page.keyboard.press("Space")
     await expect(page.locator("#step-wait")).to_be_visible()
-    assert await _focused(page) == "wait-title"
+    assert (await focus(page))["id"] == "wait-title"
     await assert_accessible(page)
 
     # Turned away: said at once (assertive), and shown.
@@ -159,11 +123,14 @@ async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_a
         "Your clinician could not let you in right now. Please contact your clinic.")
     await expect(page.locator("#denied")).to_be_visible()
     await assert_accessible(page)
-    # Let in after all: said politely, before the page moves on to the room.
-    async with _room_held(page):
-        await eventlog.record_event(stack.gateway_app[DB], visit_id, patient_id, "admitted")
-        await expect(page.locator("#announce-polite")).to_have_text("You are being let in…")
+    # Let in after all: said politely as the page moves on to the room (so what the region said is recorded as
+    # it changes: the page is gone by the time the room shows).
+    heard: list[tuple[str, str]] = []
+    await page.expose_function("visitgateHeard", lambda region, text: heard.append((region, text)))
+    await page.evaluate(RECORD_ANNOUNCEMENTS)
+    await eventlog.record_event(stack.gateway_app[DB], visit_id, patient_id, "admitted")
     await page.wait_for_url(f"{stack.gateway_url}/room", timeout=NAVIGATION_TIMEOUT_MS)
+    assert ("announce-polite", "You are being let in…") in heard, heard
 
 
 async def test_pages_at_200_percent_zoom_scroll_only_downwards_and_do_not_move(
