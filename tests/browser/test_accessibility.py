@@ -2,7 +2,8 @@
 from the join link to the waiting room by keyboard alone with the focus always visible; admission and denial
 said aloud through the page's live regions; and every patient page at 200% zoom (a 1280-pixel screen is 640 CSS
 pixels wide; 400%, 320 pixels, too) and the provider view at 200% without sideways scrolling, and without motion
-for someone who asked for less. axe checks each page on the way (the other browser tests check the pages they reach, the provider view and the room included).
+for someone who asked for less. axe checks each page on the way; the other browser tests check the pages they
+reach (the provider view, both rooms, the refusals) and the clinician's arrival in the patient's room.
 """
 from __future__ import annotations
 
