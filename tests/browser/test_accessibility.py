@@ -30,6 +30,10 @@ DEVICES_MS = 10_000  # camera, microphone and socket on a loaded 2-core machine
 ZOOM_200: ViewportSize = {"width": 640, "height": 400}
 ZOOM_400: ViewportSize = {"width": 320, "height": 200}
 
+# Instagram's built-in browser on Android.
+IN_APP_BROWSER = ("Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/AP2A; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+                  "Version/4.0 Chrome/130.0.0.0 Mobile Safari/537.36 Instagram 350.0.0.0.0 Android")
+
 # Sideways scrolling, and visible things (controls, headings, text) cut off at either side of the viewport.
 OVERFLOW = """() => {
   const root = document.documentElement;
@@ -137,8 +141,9 @@ async def test_a_patient_reaches_the_waiting_room_by_keyboard_and_hears_denial_a
 async def test_pages_at_200_percent_zoom_scroll_only_downwards_and_do_not_move(
         stack: Stack, browser: Browser) -> None:
     link, visit_id, patient_id, handle = await _patient_link(stack)
-    # 200% zoom on a 1280x800 screen lays the page out in 640x400 CSS pixels.
-    context = await browser.new_context(viewport=ZOOM_200, reduced_motion="reduce")
+    # 200% zoom on a 1280x800 screen lays the page out in 640x400 CSS pixels. The browser is one inside another
+    # app, so the patient's pages also show their longest state: the guidance to open them in Safari or Chrome.
+    context = await browser.new_context(viewport=ZOOM_200, reduced_motion="reduce", user_agent=IN_APP_BROWSER)
     try:
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         page = await context.new_page()
@@ -159,7 +164,9 @@ async def test_pages_at_200_percent_zoom_scroll_only_downwards_and_do_not_move(
         await page.emulate_media(reduced_motion="no-preference")
         assert "join" in await page.evaluate(MOVING)
         await page.emulate_media(reduced_motion="reduce")
+        await expect(page.locator("#inapp")).to_be_visible()
         await fits("join")
+        await assert_accessible(page)
 
         await page.goto(link + "x")  # a link that is not (or no longer) valid
         await expect(page.locator("#reason")).not_to_be_empty()
