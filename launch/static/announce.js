@@ -17,7 +17,7 @@ function makeRegion(politeness) {
     region.setAttribute("role", politeness === "assertive" ? "alert" : "status");
     region.setAttribute("aria-live", politeness);
     region.setAttribute("aria-atomic", "true");
-    document.body.appendChild(region);
+    (document.querySelector("main") || document.body).appendChild(region); // inside a landmark, like all content
   }
   return region;
 }
