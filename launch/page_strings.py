@@ -127,6 +127,7 @@ ROOM: Mapping[str, str] = {
     "connecting": N_("Connecting to your visit…"),
     "waiting_for_others": N_("You are in the room. Waiting for the others to join…"),
     "in_call": N_("You are in the visit."),
+    "provider_joined": N_("Your clinician has joined the visit."),
     "reconnecting": N_("Connection lost. Reconnecting…"),
     "connection_failed": N_("We cannot reach your visit. Check your internet connection; we keep trying."),
     "session_ended": N_("Your visit session has ended. Open the link your clinic sent you again."),

@@ -1,6 +1,7 @@
 /* The lobby: display name, device test (camera, microphone level, speaker, connection), then wait to be
  * admitted. Speaks the presence protocol through the one presence client (presence-client.js); the
  * vg_participant cookie authenticates the socket. */
+import { announce } from "./announce.js";
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
@@ -98,6 +99,7 @@ function decide(kind) {
   if (kind === "admitted") {
     finished = true;
     $("wait-status").textContent = t("admitted");
+    announce(t("admitted"));
     stopMedia();
     presence.stop();
     window.location.assign(root.dataset.room);
@@ -106,6 +108,7 @@ function decide(kind) {
     const denied = $("denied");
     denied.textContent = t(kind);
     denied.hidden = false;
+    announce(t(kind), { assertive: kind === "denied" });
   }
 }
 
@@ -241,6 +244,7 @@ function sendDeviceResult() {
     if (error.code === "connection_lost" || error.code === "not_connected") return;
     // The gateway could not store it (its database away, too many requests): say so, and try again soon.
     $("wait-status").textContent = t("not_saved");
+    announce(t("not_saved"));
     deviceResultTries += 1;
     if (deviceResultTries <= DEVICE_RESULT_RETRIES) {
       deviceRetryTimer = setTimeout(() => { if (presence.ready && !deviceResultSent) sendDeviceResult(); }, 5000);
@@ -257,6 +261,7 @@ function goWait() {
   stopMedia(); // the camera light goes off while waiting; the room asks again
   $("step-devices").hidden = true;
   $("step-wait").hidden = false;
+  $("wait-title").focus(); // the button pressed is gone: keyboard and screen reader users start at the new step
 }
 
 // --- wiring -----------------------------------------------------------------------------------
@@ -277,6 +282,7 @@ $("name-form").addEventListener("submit", function (event) {
   } catch (e) { /* storage may be off; the name is then asked again */ }
   $("step-name").hidden = true;
   $("step-devices").hidden = false;
+  $("devices-title").focus(); // as in goWait: focus follows the step
   ensureAudioContext(); // created in the click, so browsers let it play sound
   guideIfInApp(function () {
     return fetch(root.dataset.handoff, { method: "POST", credentials: "same-origin" })

@@ -22,6 +22,7 @@
  * Tests read window.visitgateRoom: {status, socket, joined, audioEnabled, videoEnabled, iceRefreshes,
  * peers: {participant: {connectionState, framesDecoded, iceRestarts, restartsAsked, ufrags}}}.
  */
+import { announce } from "./announce.js";
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
@@ -446,6 +447,11 @@ import { WaitingList } from "./waiting.js";
       if (pc.connectionState === "connected") {
         retries.delete(p);
         clearTimeout(peer.setupTimer);
+        // The clinician's arrival is said aloud to the patient or guest, once per connection.
+        if (!peer.announced && roles.get(p) === "provider" && config.role !== "provider") {
+          peer.announced = true;
+          announce(t("provider_joined"));
+        }
       }
       if (pc.connectionState === "failed") recover(peer);
     };
@@ -707,6 +713,7 @@ import { WaitingList } from "./waiting.js";
     stopMedia();
     setStatus("left");
     updateControls();
+    $("room-rejoin").focus(); // the Leave button just pressed is gone; Rejoin took its place
   }
 
   function end(reason) {
@@ -726,7 +733,10 @@ import { WaitingList } from "./waiting.js";
   $("room-mute").addEventListener("click", function () { setAudio(!view.audioEnabled); });
   $("room-camera").addEventListener("click", function () { setVideo(!view.videoEnabled); });
   $("room-leave").addEventListener("click", leave);
-  $("room-rejoin").addEventListener("click", join);
+  $("room-rejoin").addEventListener("click", function () {
+    join();
+    $("room-leave").focus(); // Rejoin, just pressed, is gone; Leave took its place
+  });
   $("room-sound").addEventListener("click", soundOn);
   window.addEventListener("pagehide", function () { if (view.joined) sayBye(); });
   setInterval(pollStats, STATS_MS);

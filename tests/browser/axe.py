@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page
+from playwright.async_api import Frame, Page
 
 AXE_JS = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 # WCAG 2.1 level A and AA: what issue 17 holds every page to (and what the portal's pages must pass).
@@ -22,10 +22,11 @@ def _axe_source() -> str:
     return AXE_JS.read_text(encoding="utf-8")
 
 
-async def axe_violations(page: Page, *, tags: tuple[str, ...] = WCAG_21_AA,
+async def axe_violations(page: Page | Frame, *, tags: tuple[str, ...] = WCAG_21_AA,
                          impacts: tuple[str, ...] = ("minor", "moderate", "serious", "critical"),
                          exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """The page's axe violations of the given WCAG tags and impacts, each as {id, impact, help, targets}."""
+    """The page's (or a frame's: the provider view in the EHR's iframe) axe violations of the given WCAG tags and
+    impacts, each as {id, impact, help, targets}."""
     if not await page.evaluate("() => typeof window.axe === 'object'"):
         await page.evaluate(_axe_source())
     result: dict[str, Any] = await page.evaluate(
@@ -38,7 +39,7 @@ async def axe_violations(page: Page, *, tags: tuple[str, ...] = WCAG_21_AA,
             for v in result["violations"] if v.get("impact") in impacts]
 
 
-async def assert_accessible(page: Page, **options: Any) -> None:
+async def assert_accessible(page: Page | Frame, **options: Any) -> None:
     """Fail with axe's own words when the page has any WCAG 2.1 A/AA violation (or of the impacts given)."""
     found = await axe_violations(page, **options)
     assert not found, "axe found: " + "; ".join(f"{v['id']} ({v['impact']}): {v['help']} at {v['targets']}"

@@ -18,6 +18,7 @@ import pytest
 from playwright.async_api import BrowserContext, expect
 
 from sandbox.appkeys import OAUTH
+from tests.browser.axe import assert_accessible
 from tests.browser.test_provider_launch_in_ehr import (LAUNCH_TIMEOUT_MS, _app_frame, _begin_visit,
                                                        _expect_provider_view, _patient_name, _schedule)
 from tests.browser.conftest import OpenContext
@@ -83,6 +84,7 @@ async def test_a_launch_and_its_provider_page_work_only_in_the_browser_that_star
     assert await stranger.locator("#continue-new-window").get_attribute("target") == "_blank"
     assert name not in await stranger.content()
     assert len(stack.sandbox_app[OAUTH].access_tokens) == tokens and _ehr_reads(sandbox_calls[before:]) == []
+    await assert_accessible(stranger)
 
     # The provider page URL in the other browser: refused, no patient, no Admit button, no FHIR read.
     response = await stranger.goto(provider_url)
@@ -90,6 +92,7 @@ async def test_a_launch_and_its_provider_page_work_only_in_the_browser_that_star
     await expect(stranger.locator("#reason")).to_have_text("session_expired")
     content = await stranger.content()
     assert name not in content and "Admit" not in content and 'id="participants"' not in content
+    await assert_accessible(stranger)  # the error page
     assert _ehr_reads(sandbox_calls[before:]) == []
     assert await other.cookies(stack.gateway_url) == []
 

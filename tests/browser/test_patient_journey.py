@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
@@ -16,6 +17,7 @@ from playwright.async_api import BrowserContext, expect
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
+from tests.browser.axe import assert_accessible
 from tests.browser.test_video_room import ALL_PEERS_LIVE, MESH_TIMEOUT_MS
 from tests.conftest import Stack
 
@@ -46,6 +48,7 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     # The patient, on a phone: the link's page, its one button, then the lobby at a clean URL.
     phone = await (await open_context("phone")).new_page()
     await phone.goto(link)
+    await assert_accessible(phone)
     await phone.locator("#join").click()
     await phone.wait_for_url(f"{stack.gateway_url}/lobby")
     assert token not in phone.url
@@ -55,6 +58,7 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     await expect(ready).to_be_enabled(timeout=SEE_WAITING_MS)  # camera, microphone and socket all passed
     await ready.click()
     await expect(phone.locator("#step-wait")).to_be_visible()
+    await assert_accessible(phone)
 
     # The clinician sees the patient waiting, with the time, and an alert.
     row = view.locator(f'#participant-list li[data-participant="{patient_id}"]')
@@ -62,6 +66,10 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     await expect(row).to_contain_text("waiting since")
     await expect(row).to_contain_text("devices OK")
     await expect(view.locator("#waiting-alert")).to_be_visible()
+    # The provider view, in the EHR's iframe, with someone to admit, passes axe.
+    app = clinician.frame(url=lambda url: urlsplit(url).path.startswith("/provider/"))
+    assert app is not None
+    await assert_accessible(app)
 
     # One click admits; the patient's lobby moves on to the room by itself.
     await row.get_by_role("button", name="Admit").click()
@@ -72,6 +80,8 @@ async def test_link_lobby_device_test_admission_and_video_on_a_phone(stack: Stac
     await frame.wait_for_url("**/room", timeout=SEE_WAITING_MS)
     await phone.wait_for_function(ALL_PEERS_LIVE, arg=1, timeout=MESH_TIMEOUT_MS)
     await frame.wait_for_function(ALL_PEERS_LIVE, arg=1, timeout=MESH_TIMEOUT_MS)
+    await assert_accessible(phone)
+    await assert_accessible(frame)
 
     # The patient never sees the clinician's personal details: the room calls them "Clinician".
     from sandbox.appkeys import STORE

@@ -17,6 +17,7 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Cookie, Error a
 
 from gateway.sessions import BROWSER_COOKIE
 from sandbox.appkeys import STORE
+from tests.browser.axe import assert_accessible
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -122,6 +123,7 @@ async def test_begin_virtual_visit_in_ehr_lands_on_provider_view_in_iframe(
     first = (await _schedule(page, stack))[0]
     await _begin_visit(page, first)
     await _expect_provider_view(page, stack, _patient_name(stack, first))
+    await assert_accessible(await _app_frame(page))
 
     # Nothing was refused on the way (a CSP or framing refusal shows up as a console error).
     assert problems == []

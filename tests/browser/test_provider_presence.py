@@ -12,6 +12,8 @@ from gateway.appkeys import DB
 from presence import eventlog
 from presence import lease as leases
 from presence.appkeys import ANNOUNCER, LEASE
+from tests.browser.axe import assert_accessible
+from tests.browser.keyboard import tab_through
 from tests.browser.conftest import carry_browser_keys
 from tests.conftest import Stack
 
@@ -48,6 +50,9 @@ async def test_a_patient_whose_old_process_died_stays_in_the_visit_until_their_l
     await expect(page.locator(f'li[data-participant="{guest}"]')).to_have_attribute("data-state", "waiting")
     await expect(row).to_have_attribute("data-state", "in_visit")
     await expect(row.locator(".state")).to_contain_text("in the visit since")
+    await assert_accessible(page)  # someone in the visit, someone waiting to be admitted
+    stops = await tab_through(page)  # the focus shows on every control, Admit and Remove included
+    assert {'button "Admit"', 'button "Remove"'} <= set(stops), stops
 
     # The socket the patient really has closes: now they are gone.
     await eventlog.record_held_event(pool, alive, visit_id, patient, "disconnected", announcer)

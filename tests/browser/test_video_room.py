@@ -15,13 +15,15 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
-from playwright.async_api import BrowserContext, ConsoleMessage, Page
+from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from presence import eventlog
 from presence.appkeys import HUB
+from tests.browser.axe import assert_accessible
 from tests.browser.conftest import carry_browser_keys
+from tests.browser.keyboard import tab_through
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -37,6 +39,18 @@ ALL_PEERS_LIVE = """(count) => {
   if (!room) return false;
   const peers = Object.values(room.peers);
   return peers.length === count && peers.every(p => p.connectionState === "connected" && p.framesDecoded > 0);
+}"""
+
+# The contrast of a tile's name with its own half-see-through ground laid over a white picture.
+CAPTION_CONTRAST_ON_WHITE = """() => {
+  const style = getComputedStyle(document.querySelector(".room-tile figcaption"));
+  const rgba = (c) => { const v = c.match(/[\\d.]+/g).map(Number); return v.length === 3 ? [...v, 1] : v; };
+  const [r, g, b, a] = rgba(style.backgroundColor);
+  const ground = [r, g, b].map((x) => x * a + 255 * (1 - a));
+  const lum = (rgb) => rgb.map((x) => x / 255).map((x) => x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4)
+    .reduce((sum, x, i) => sum + x * [0.2126, 0.7152, 0.0722][i], 0);
+  const [fg, bg] = [lum(rgba(style.color).slice(0, 3)), lum(ground)];
+  return (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
 }"""
 
 
@@ -129,6 +143,16 @@ async def test_clinician_and_admitted_patient_see_each_other(
     problems: list[str] = []
     room = await _open_room(stack, open_context, patient_profile, problems)
     await _both_live(room)
+    # The clinician's arrival was said aloud to the patient; both rooms, video on, pass axe.
+    await expect(room.patient.locator("#announce-polite")).to_have_text("Your clinician has joined the visit.")
+    await assert_accessible(room.patient)
+    await assert_accessible(room.provider)
+    # axe cannot judge text on video: the names on the tiles stay readable (4.5:1) even on a white picture.
+    for page in (room.patient, room.provider):
+        assert await page.evaluate(CAPTION_CONTRAST_ON_WHITE) >= 4.5
+        # Every control is reached by Tab, in the order shown, its focus visible (and so is anything else).
+        controls = [stop for stop in await tab_through(page) if stop.startswith("room-")]
+        assert controls == ["room-mute", "room-camera", "room-leave"] + (["room-back"] if page is room.provider else [])
     # Frames keep coming: the video is live, not one decoded frame.
     before = await _frames(room.patient, room.provider_id)
     await room.patient.wait_for_function(
@@ -188,6 +212,9 @@ async def test_leave_closes_the_peer_on_the_other_side_and_rejoin_reconnects(
     # Leaving turns the camera off.
     assert await _local_tracks(room.patient) == {"audio": None, "video": None}
     assert await room.provider.locator(".room-tile").count() == 0
+    # The keyboard focus moved from the Leave button, now gone, to the Rejoin button that replaced it.
+    await expect(room.patient.locator("#room-rejoin")).to_be_focused()
+    await assert_accessible(room.patient)
 
     await room.patient.get_by_role("button", name="Rejoin").click()
     await _both_live(room)
@@ -274,6 +301,7 @@ async def test_the_clinician_is_told_the_room_is_full_before_admitting_one_more(
     await full.wait_for(state="visible", timeout=MEDIA_TIMEOUT_MS)
     assert "full (4 of 4)" in (await full.text_content() or "")
     assert await page.locator("#waiting-alert").is_visible()
+    await assert_accessible(page)  # the provider view with its warnings and someone to admit
 
     # The interpreter drops out of the room: a place is free, and the warning goes without a reload.
     await eventlog.record_event(pool, visit_id, guests[0], "disconnected")
