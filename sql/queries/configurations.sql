@@ -15,4 +15,4 @@ SELECT id, fhir_base_url, environment, client_id, client_auth, scopes, meeting_p
 FROM configurations ORDER BY id;
 
 -- name: append_audit
-INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4::jsonb);
+INSERT INTO audit_log (actor, action, subject, details, organisation_id) VALUES ($1, $2, $3, $4::jsonb, $5);
