@@ -54,7 +54,8 @@ class NewConfiguration:
 
 async def append_audit(conn: asyncpg.Connection, actor: str, action: str, subject: str,
                        details: dict[str, Any], *, organisation_id: int | None = None) -> None:
-    """Record who did what (in which organisation, if any); the table refuses updates and deletes."""
+    """Record who did what (in which organisation: the one given, else a configuration's own); the table
+    refuses updates and deletes."""
     await conn.execute(Q["append_audit"], actor, action, subject, json.dumps(details), organisation_id)
 
 

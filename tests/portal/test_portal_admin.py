@@ -349,3 +349,13 @@ async def test_an_admin_cannot_revoke_another_organisations_grant(portal: Portal
     assert len(await portal.sql("SELECT 1 FROM memberships WHERE id = $1", theirs["id"])) == 1
     r = await post(portal, f"/portal/{GENERIC_ORG}/members/revoke", {"membership": str(theirs["id"])})
     assert r.status == 403
+
+
+async def test_a_configurations_audit_rows_belong_to_its_organisation_without_being_told(portal: Portal) -> None:
+    config_id = await approved(portal, "epic")
+    async with portal.gateway_app[DB].acquire() as conn:
+        await append_audit(conn, "someone", "configuration.retire", f"configuration:{config_id}", {"reason": "x"})
+        await append_audit(conn, "someone", "configuration.retire", "configuration:99999", {})
+    rows = await portal.sql("SELECT subject, organisation_id FROM audit_log WHERE action = 'configuration.retire' "
+                            "ORDER BY id")
+    assert [r["organisation_id"] for r in rows] == [await org_id(portal), None]
