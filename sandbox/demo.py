@@ -5,8 +5,8 @@ cross-site, as a real EHR does.
 
 The configuration portal signs people in through the sandbox's OpenID provider, which the demo serves over
 https on a port of its own (MSAL and the portal take https identity providers only), with a certificate from a
-certificate authority the demo makes at each start; the gateway trusts that authority, a browser does not (it
-warns once). The demo's organisation is the provider's "Sandbox Health" tenant, its admin user granted.
+certificate authority the demo makes once (for 30 days) in its data folder; the gateway trusts that authority, a
+browser does not (it warns once, unless told to trust it). The demo's organisation is the provider's "Sandbox Health" tenant, its admin user granted.
 """
 from __future__ import annotations
 
@@ -69,11 +69,22 @@ def demo_settings(data_dir: Path, port: int, sandbox_url: str, idp_ca_file: Path
 
 
 def make_idp_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
-    """A certificate authority made now (its key never written down) and a `localhost` server certificate
-    it signs, both valid for a week; answers the server's TLS context and the authority's PEM file."""
+    """The sign-in service's TLS: a certificate authority (its key never written down) and a `localhost` server
+    certificate it signs, valid for 30 days and kept in folder, so that a browser told to trust the authority
+    keeps trusting it across restarts; made afresh when missing or within a day of expiring. Answers the
+    server's TLS context and the authority's PEM file."""
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
-    valid = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=7))
+    ca_path, cert_path, key_path = folder / "demo-ca.pem", folder / "idp.pem", folder / "idp-key.pem"
+    try:
+        kept = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if ca_path.exists() and key_path.exists() and kept.not_valid_after_utc > now + dt.timedelta(days=1):
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert_path, key_path)
+            return context, ca_path
+    except (OSError, ValueError, ssl.SSLError):
+        pass  # made afresh below
+    valid = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=30))
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Visitgate demo CA (this demo run only)")])
     ca_id = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -96,7 +107,6 @@ def make_idp_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_id), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    ca_path, cert_path, key_path = folder / "demo-ca.pem", folder / "idp.pem", folder / "idp-key.pem"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     key_path.touch(mode=0o600)
@@ -175,7 +185,7 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
                   f"  Configuration portal: {sign_in_url}\n"
                   f"    (or \"Sign in to the portal as the demo admin\" on {sandbox_url}/ehr), then click\n"
                   f"    \"Continue as the demo admin\". Its sign-in service, {idp_url}, has a certificate from\n"
-                  f"    this run's own authority ({settings.idp_ca_file}): your browser warns once; accept it.\n"
+                  f"    the demo's own authority ({settings.idp_ca_file}): your browser warns once; accept it.\n"
                   f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
             await stop.wait()
         print("stopping...", flush=True)
