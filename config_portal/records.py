@@ -18,9 +18,9 @@ Q = sql.queries("portal")
 APP_NAME = "Visitgate video visits"
 BACKEND_SCOPES = "system/Encounter.read system/Encounter.write"
 EHR_NAMES = {"epic": "Epic", "oracle": "Oracle Health", "smart": "SMART on FHIR EHR"}
-CLIENT_AUTH_NAMES = {"private_key_jwt": "Asymmetric key (private_key_jwt, JWKS URL below)",
-                     "client_secret_basic": "Client secret (HTTP Basic): the secret is not shown again",
-                     "public": "None (public client)"}
+CLIENT_AUTH_NOTES = {"private_key_jwt": "An asymmetric key: the EHR reads Visitgate's public keys at the JWKS URL.",
+                     "client_secret_basic": "A client secret sent by HTTP Basic: the secret is not shown again.",
+                     "public": "A public client: no client authentication."}
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ async def approved_configurations(conn: asyncpg.Connection, org_id: int) -> list
 def _common(public_url: str, c: ApprovedConfiguration) -> list[Field]:
     fields = [Field("client_id", "Client ID", c.client_id),
               Field("redirect_uri", "Redirect URI", f"{public_url}/launch/callback"),
-              Field("client_authentication", "Client authentication", CLIENT_AUTH_NAMES[c.client_auth])]
+              Field("client_authentication", "Client authentication", c.client_auth, CLIENT_AUTH_NOTES[c.client_auth])]
     if c.client_auth == "private_key_jwt":
         fields.append(Field("jwks_url", "JWKS URL (public keys)", f"{public_url}/.well-known/jwks.json"))
     return fields
