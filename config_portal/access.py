@@ -135,6 +135,20 @@ async def finish_sign_in(request: web.Request) -> web.Response:
     if taken is None:
         raise SignInRefused("This sign-in is unknown or was already used. Start again from the sign-in page.",
                             reason="invalid_state")
+    try:
+        return await _finish_taken(request, taken)
+    except SignInRefused as exc:
+        # Every refusal once the organisation is known is in its audit trail, by reason; the refusals of a
+        # person who signed in but holds no role are written below, with who it was.
+        if exc.reason not in ("no_role", "groups_overage"):
+            async with request.app[DB].acquire() as conn:
+                await append_audit(conn, "(not signed in)", "portal.sign_in_refused",
+                                   f"organisation:{taken.organisation_id}", {"reason": exc.reason},
+                                   organisation_id=taken.organisation_id)
+        raise
+
+
+async def _finish_taken(request: web.Request, taken: store.LoginState) -> web.Response:
     binding = _cookie_value(request, BINDING_COOKIE)
     if binding is None or not hmac.compare_digest(token_hash(binding), taken.browser_hash):
         raise SignInRefused("This sign-in was started in another browser. Start again from the sign-in page.",
@@ -151,6 +165,7 @@ async def finish_sign_in(request: web.Request) -> web.Response:
     except (InvalidTag, ValueError) as exc:  # sealed under a key the gateway no longer has
         raise SignInRefused("This sign-in is unknown. Start again from the sign-in page.",
                             reason="invalid_state") from exc
+    query = request.query
     answer = {k: v for k, v in query.items() if k in ("code", "state", "iss", "error", "client_info",
                                                         "session_state")}
     claims = await request.app[IDPS].finish(org, flow, answer)
@@ -166,7 +181,8 @@ async def finish_sign_in(request: web.Request) -> web.Response:
         if not roles:
             overage = groups_left_out(org, claims)
             reason = "groups_overage" if overage else "no_role"
-            await append_audit(conn, actor, "portal.sign_in_refused", f"organisation:{org.id}", {"reason": reason})
+            await append_audit(conn, actor, "portal.sign_in_refused", f"organisation:{org.id}", {"reason": reason},
+                               organisation_id=org.id)
             log.info("portal sign-in to %s refused: %s", org.slug, reason)
             if overage:
                 raise SignInRefused("You belong to too many groups for the identity provider to list them, so no "
@@ -182,7 +198,7 @@ async def finish_sign_in(request: web.Request) -> web.Response:
             await store.purge_sessions(conn, settings.portal_idle_timeout, settings.portal_session_lifetime)
             await store.insert_session(conn, token_hash(token), org.id, subject, roles, auth_time)
             await append_audit(conn, actor, "portal.sign_in", f"organisation:{org.id}",
-                               {"roles": list(roles), "fresh": taken.max_age is not None})
+                               {"roles": list(roles), "fresh": taken.max_age is not None}, organisation_id=org.id)
     response = web.Response(status=303, headers={"Location": taken.return_to, "Cache-Control": "no-store"})
     _cookie(response, SESSION_COOKIE, token)
     _forget_cookie(response, BINDING_COOKIE)
@@ -229,7 +245,8 @@ async def sign_out(request: web.Request) -> web.Response:
             ended = await store.delete_session(conn, token_hash(token))
             if ended is not None:
                 org_id, slug, subject = ended
-                await append_audit(conn, f"{slug}:{subject}", "portal.sign_out", f"organisation:{org_id}", {})
+                await append_audit(conn, f"{slug}:{subject}", "portal.sign_out", f"organisation:{org_id}", {},
+                                   organisation_id=org_id)
     response = web.Response(status=303, headers={"Location": "/portal/signed-out", "Cache-Control": "no-store"})
     _forget_cookie(response, SESSION_COOKIE)
     return response

@@ -87,7 +87,7 @@ async def add_organisation(conn: asyncpg.Connection, sealer: Sealer, new: NewOrg
         await append_audit(conn, actor, "organisation.add", f"organisation:{org_id}",
                            {"slug": new.slug, "name": new.name.strip(), "idp": new.idp_kind,
                             "issuer": new.expected_issuer, "client_id": new.client_id,
-                            "group_claim": new.group_claim})
+                            "group_claim": new.group_claim}, organisation_id=org_id)
     return org_id
 
 
@@ -111,5 +111,6 @@ async def grant(conn: asyncpg.Connection, slug: str, role: str, matched_by: str,
         added = await store.insert_membership(conn, org.id, role, matched_by, value, actor)
         if added:
             await append_audit(conn, actor, "role.grant", f"organisation:{org.id}",
-                               {"role": role, "matched_by": matched_by, "value": value})
+                               {"before": None, "after": {"role": role, "matched_by": matched_by, "value": value}},
+                               organisation_id=org.id)
     return added

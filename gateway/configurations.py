@@ -53,9 +53,10 @@ class NewConfiguration:
 
 
 async def append_audit(conn: asyncpg.Connection, actor: str, action: str, subject: str,
-                       details: dict[str, Any]) -> None:
-    """Record who did what; the table refuses updates and deletes."""
-    await conn.execute(Q["append_audit"], actor, action, subject, json.dumps(details))
+                       details: dict[str, Any], *, organisation_id: int | None = None) -> None:
+    """Record who did what (in which organisation: the one given, else a configuration's own); the table
+    refuses updates and deletes."""
+    await conn.execute(Q["append_audit"], actor, action, subject, json.dumps(details), organisation_id)
 
 
 async def add_approved(conn: asyncpg.Connection, sealer: Sealer, new: NewConfiguration, approved_by: str) -> int:

@@ -149,10 +149,19 @@ class SandboxSettings:
     # Applications registered with the OpenID provider at start-up (the demo's portal); tests add more
     # through /_sandbox/oidc/clients.
     oidc_clients: tuple[OidcClient, ...] = ()
+    # The origin the OpenID provider names in its documents when it is served apart from base_url (the demo
+    # serves it over https on a port of its own: MSAL and the portal take https identity providers only).
+    oidc_url: str | None = None
+    # Demo only: where the configuration portal's sign-in starts (a link on the EHR's pages), and the user
+    # name of the test user the provider's sign-in page offers as one click.
+    portal_sign_in_url: str | None = None
+    one_click_user: str | None = None
 
     def __post_init__(self) -> None:
         if self.base_url.endswith("/"):
             raise ValueError("base_url must not end with '/'")
+        if self.oidc_url is not None and (self.oidc_url.endswith("/") or "://" not in self.oidc_url):
+            raise ValueError("oidc_url must be an origin without a trailing '/'")
         object.__setattr__(self, "clients", tuple(self.clients))
         object.__setattr__(self, "oidc_clients", tuple(self.oidc_clients))
 
@@ -169,7 +178,7 @@ class SandboxSettings:
     @property
     def oidc_base(self) -> str:
         """Where the OpenID provider lives, as login.microsoftonline.com does for Entra ID."""
-        return self.base_url + "/idp"
+        return (self.oidc_url or self.base_url) + "/idp"
 
     def client(self, client_id: str | None) -> SandboxClient | None:
         """The registered client with this id, or None."""

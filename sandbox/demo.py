@@ -2,20 +2,33 @@
 
 The sandbox is served as `localhost` and the gateway as `127.0.0.1`, so the EHR page embeds the gateway
 cross-site, as a real EHR does.
+
+The configuration portal signs people in through the sandbox's OpenID provider, which the demo serves over
+https on a port of its own (MSAL and the portal take https identity providers only), with a certificate from a
+certificate authority the demo makes once (for 30 days) in its data folder; the gateway trusts that authority, a
+browser does not (it warns once, unless told to trust it). The demo's organisation is the provider's "Sandbox Health" tenant, its admin user granted.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import errno
+import ipaddress
 import os
+import secrets
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import Settings, create_app
 from gateway.appkeys import DB, SEALER
@@ -24,10 +37,16 @@ from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approve
 from gateway.security import generate_signing_key_pem
 from gateway.web import runner_options
 
+from config_portal.demo import DEMO_SLUG, ensure_demo_organisation
+
 from . import SandboxClient, SandboxSettings, create_sandbox_app
+from .config import DEMO_PORTAL_CLIENT_ID, demo_portal_client
+from .oidc_directory import GROUP_APPROVERS, TENANT_MAIN, USERS
 from .phone import with_demo_messaging
 
 DEMO_CLIENT_ID = "visitgate-demo"
+DEMO_ADMIN = next(u for u in USERS if u.username == "admin@sandbox-health.example")
+DEMO_READER = next(u for u in USERS if u.username == "reader@sandbox-health.example")
 
 
 def _demo_secret(path: Path, make: bytes) -> bytes:
@@ -38,17 +57,67 @@ def _demo_secret(path: Path, make: bytes) -> bytes:
     return path.read_bytes()
 
 
-def demo_settings(data_dir: Path, port: int, sandbox_url: str) -> Settings:
+def demo_settings(data_dir: Path, port: int, sandbox_url: str, idp_ca_file: Path | None = None) -> Settings:
     """Gateway settings for the demo, with secrets generated once into the data folder."""
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = _demo_secret(data_dir / "demo-secret-key", base64.b64encode(os.urandom(32)))
     pem = _demo_secret(data_dir / "demo-signing-key.pem", generate_signing_key_pem())
     return Settings(public_url=f"http://127.0.0.1:{port}", secret_key=base64.b64decode(secret),
                     signing_key_pem=pem, database_url=os.environ.get("DATABASE_URL") or None,
-                    data_dir=data_dir, host="127.0.0.1", port=port, frame_ancestors=(sandbox_url,))
+                    data_dir=data_dir, host="127.0.0.1", port=port, frame_ancestors=(sandbox_url,),
+                    idp_ca_file=idp_ca_file)
 
 
-async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int:
+def make_idp_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """The sign-in service's TLS: a certificate authority (its key never written down) and a `localhost` server
+    certificate it signs, valid for 30 days and kept in folder, so that a browser told to trust the authority
+    keeps trusting it across restarts; made afresh when missing or within a day of expiring. Answers the
+    server's TLS context and the authority's PEM file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_path, cert_path, key_path = folder / "demo-ca.pem", folder / "idp.pem", folder / "idp-key.pem"
+    try:
+        kept = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if ca_path.exists() and key_path.exists() and kept.not_valid_after_utc > now + dt.timedelta(days=1):
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert_path, key_path)
+            return context, ca_path
+    except (OSError, ValueError, ssl.SSLError):
+        pass  # made afresh below
+    valid = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=30))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Visitgate demo CA (this demo run only)")])
+    ca_id = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(ca_id, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0]).not_valid_after(valid[1])
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_id), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context, ca_path
+
+
+async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tls: ssl.SSLContext) -> int:
     # Signals are taken first, and one that comes while the apps start is honoured once they have started:
     # the embedded PostgreSQL starts in a thread that cannot be cancelled, and whole apps stop cleanly
     # where half-started ones might leave that server running. Start-up takes seconds.
@@ -57,11 +126,20 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
     for sig in (signal.SIGINT, signal.SIGTERM):
         # A second signal changes nothing: Ctrl-C under dev.py arrives twice, from the terminal and passed on.
         loop.add_signal_handler(sig, stop.set)
+    idp_port = idp_port_of(settings.port)
+    idp_url = f"https://localhost:{idp_port}"
+    assert settings.data_dir is not None
+    # A secret for the portal's registration at the provider, kept so that a restart finds it the same.
+    portal_secret = _demo_secret(settings.data_dir / "demo-portal-secret", secrets.token_urlsafe(32).encode()).decode()
+    sign_in_url = f"{settings.public_url}/portal/{DEMO_SLUG}/sign-in"
     sandbox_app = create_sandbox_app(SandboxSettings(
         base_url=sandbox_url, app_launch_url=f"{settings.public_url}/launch",
         patient_launch_url=f"{settings.public_url}/launch/patient",
         clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
-                               auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
+                               auth_method="private_key_jwt", jwks_url=settings.jwks_url),),
+        oidc_url=idp_url, portal_sign_in_url=f"{sign_in_url}/start", one_click_user=DEMO_ADMIN.username,
+        oidc_clients=(demo_portal_client(f"{settings.public_url}/portal/callback", portal_secret,
+                                         f"{settings.public_url}/portal/signed-out"),)))
     settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
     gateway_app = create_app(settings)
     # Open requests get 10 s to finish on the way out (as under `visitgate serve`): dev.py waits 30 s in all.
@@ -75,12 +153,15 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
                 await runner.setup()
             await web.TCPSite(runners[0], "127.0.0.1", settings.port).start()
             await web.TCPSite(runners[1], "127.0.0.1", sandbox_port).start()
+            # The same sandbox over https: its OpenID provider, which names this origin in its documents.
+            await web.TCPSite(runners[1], "127.0.0.1", idp_port, ssl_context=idp_tls).start()
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            print(f"visitgate demo: {exc.strerror}.\nThe demo needs ports {settings.port}, {sandbox_port} and "
-                  f"{smtp_port(settings.port)} on 127.0.0.1 (the gateway, the sandbox EHR, its SMTP server): "
-                  f"is another demo running? Choose others with --port.", file=sys.stderr)
+            print(f"visitgate demo: {exc.strerror}.\nThe demo needs ports {settings.port}, {sandbox_port}, "
+                  f"{smtp_port(settings.port)} and {idp_port} on 127.0.0.1 (the gateway, the sandbox EHR, its "
+                  f"SMTP server, its sign-in service): is another demo running? Choose others with --port.",
+                  file=sys.stderr)
             return 1
         fhir_base = f"{sandbox_url}/fhir"
         async with gateway_app[DB].acquire() as conn:
@@ -89,12 +170,22 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
                     fhir_base_url=fhir_base, environment="test", client_id=DEMO_CLIENT_ID,
                     client_auth="private_key_jwt", scopes=DEFAULT_SCOPES, writeback_strategy="fhir-r4-put"),
                     approved_by="visitgate demo")
+            demo_config = next(c["id"] for c in await list_all(conn) if c["fhir_base_url"] == fhir_base)
+            await ensure_demo_organisation(
+                conn, gateway_app[SEALER], entra_host=f"{idp_url}/idp", tenant_id=TENANT_MAIN,
+                client_id=DEMO_PORTAL_CLIENT_ID, client_secret=portal_secret, configuration_id=demo_config,
+                grants=[("admin", "subject", DEMO_ADMIN.oid), ("approver", "group", GROUP_APPROVERS),
+                        ("report_reader", "email", DEMO_READER.email)])
         if not stop.is_set():
             print(f"\nVisitgate demo is running.\n"
                   f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
                   f"  Play the patient: send the link from the visit, then open it from {sandbox_url}/mailbox\n"
                   f"    or {sandbox_url}/phone, or start from the patient portal at {sandbox_url}/portal\n"
                   f"  The sandbox EHR's FHIR base URL: {fhir_base}\n"
+                  f"  Configuration portal: {sign_in_url}\n"
+                  f"    (or \"Sign in to the portal as the demo admin\" on {sandbox_url}/ehr), then click\n"
+                  f"    \"Continue as the demo admin\". Its sign-in service, {idp_url}, has a certificate from\n"
+                  f"    the demo's own authority ({settings.idp_ca_file}): your browser warns once; accept it.\n"
                   f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
             await stop.wait()
         print("stopping...", flush=True)
@@ -110,11 +201,17 @@ def smtp_port(port: int) -> int:
     return port + 2
 
 
+def idp_port_of(port: int) -> int:
+    """The port of the demo's https sign-in service (the sandbox's OpenID provider), for a gateway on port."""
+    return port + 3
+
+
 def add_command(commands: Any) -> None:
     """Add `visitgate demo` to the command line (registered under the visitgate.commands entry points)."""
     demo = commands.add_parser("demo", help="run the gateway with the sandbox EHR on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8080,
-                      help="gateway port; the sandbox EHR takes the next one and its SMTP server the one after")
+                      help="gateway port; the sandbox EHR takes the next one, its SMTP server the one after, "
+                           "its https sign-in service the one after that")
     demo.set_defaults(func=run)
 
 
@@ -124,5 +221,7 @@ def run(args: argparse.Namespace) -> int:
     port = int(args.port)
     sandbox_port = port + 1
     sandbox_url = f"http://localhost:{sandbox_port}"
-    settings = demo_settings(Path(os.environ.get("VISITGATE_DATA_DIR", ".visitgate")), port, sandbox_url)
-    return asyncio.run(_serve(settings, sandbox_port, sandbox_url))
+    data_dir = Path(os.environ.get("VISITGATE_DATA_DIR", ".visitgate"))
+    idp_tls, ca_file = make_idp_tls(data_dir / "demo-tls")
+    settings = demo_settings(data_dir, port, sandbox_url, idp_ca_file=ca_file)
+    return asyncio.run(_serve(settings, sandbox_port, sandbox_url, idp_tls))

@@ -203,6 +203,8 @@ def _sign_in_page(request: web.Request, tenant: directory.Tenant, tx: str, *, us
         "tx": tx,
         "username": username,
         "error": error,
+        # Demo only: one click signs in as this test user (whose password the page shows anyway).
+        "one_click": directory.user(tenant.tenant_id, request.app[SETTINGS].one_click_user or ""),
     }
     return _no_store(aiohttp_jinja2.render_template("oidc_signin.html", request, context, status=status))
 

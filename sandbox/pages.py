@@ -143,6 +143,7 @@ async def ehr_schedule(request: web.Request) -> web.Response:
         "practitioner_id": practitioner_id,
         "rows": rows,
         "today": datetime.now().astimezone().strftime("%A %d %B %Y"),
+        "portal_sign_in_url": request.app[SETTINGS].portal_sign_in_url,
     }
     return aiohttp_jinja2.render_template("ehr.html", request, context)
 

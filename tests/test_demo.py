@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,22 +26,23 @@ STOP_BOUND = 40  # seconds: dev.py gives the demo 30 to stop before it kills it
 
 
 def _free_ports() -> int:
-    """A port that is free with the next two free too (the demo serves the EHR on port + 1, SMTP on port + 2).
+    """A port that is free with the next three free too (the demo serves the EHR on port + 1, SMTP on port + 2,
+    its https sign-in service on port + 3).
 
     Checked by binding them: a free port alone was not enough once, its neighbour being some connection's
     own (ephemeral) port at the time."""
     for _ in range(50):
         port = unused_port()
-        if port + 2 > 65535:
+        if port + 3 > 65535:
             continue
         try:
-            for neighbour in (port + 1, port + 2):
+            for neighbour in (port + 1, port + 2, port + 3):
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", neighbour))
         except OSError:
             continue
         return port
-    raise AssertionError("no three neighbouring free ports on 127.0.0.1")
+    raise AssertionError("no four neighbouring free ports on 127.0.0.1")
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-async def _start(cmd: list[str], data: Path) -> asyncio.subprocess.Process:
+async def _start(cmd: list[str], data: Path) -> tuple[asyncio.subprocess.Process, str]:
     """Start cmd in a process group of its own (as a terminal would) and wait for the demo's banner."""
     env = {**os.environ, "VISITGATE_DATA_DIR": str(data), "VISITGATE_LOG_LEVEL": "WARNING"}
     env.pop("DATABASE_URL", None)
@@ -96,7 +99,7 @@ async def _start(cmd: list[str], data: Path) -> asyncio.subprocess.Process:
         if b"Ctrl-C" in line or not line:
             break
     assert b"/ehr" in banner, banner.decode(errors="replace")
-    return proc
+    return proc, banner.decode(errors="replace")
 
 
 async def _stopped(proc: asyncio.subprocess.Process) -> tuple[int, str]:
@@ -110,6 +113,34 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+async def _sign_in_to_the_portal_as_the_demo_admin(port: int, banner: str, data: Path) -> None:
+    """What the banner and the EHR page promise: the portal's address, and one click at the sign-in service
+    (whose certificate comes from the demo's own authority) opening the portal as its admin."""
+    gateway = f"http://127.0.0.1:{port}"
+    assert f"{gateway}/portal/sandbox-health/sign-in" in banner, banner
+    trust = ssl.create_default_context(cafile=str(data / "demo-tls" / "demo-ca.pem"))
+    jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[gateway])
+    async with aiohttp.ClientSession(cookie_jar=jar, connector=aiohttp.TCPConnector(ssl=trust),
+                                     timeout=aiohttp.ClientTimeout(total=10)) as browser:
+        async with browser.get(f"http://localhost:{port + 1}/ehr") as ehr:
+            link = re.search(r'href="([^"]+)">Sign in to the portal as the demo admin', await ehr.text())
+        assert link and link.group(1) == f"{gateway}/portal/sandbox-health/sign-in/start"
+        async with browser.get(link.group(1), allow_redirects=False) as started:
+            authorize = started.headers["Location"]
+        assert authorize.startswith(f"https://localhost:{port + 3}/idp/"), authorize
+        async with browser.get(authorize) as page:
+            form = re.search(r'<form method="post" action="([^"]+)" id="one-click">(.*?)</form>',
+                             await page.text(), re.S)
+        assert form, "the sign-in page offers one click as the demo admin"
+        fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', form.group(2)))
+        async with browser.post(form.group(1), data=fields, allow_redirects=False) as signed_in:
+            callback = signed_in.headers["Location"]
+        async with browser.get(callback) as portal:  # the callback, then the portal's home
+            text = await portal.text()
+            assert portal.status == 200 and str(portal.url) == f"{gateway}/portal/sandbox-health", text
+            assert "Admin" in text
 
 
 def _dev_py_tree(tmp_path: Path) -> Path:
@@ -126,13 +157,14 @@ def _dev_py_tree(tmp_path: Path) -> Path:
 
 async def test_demo_serves_the_ehr_and_gateway_and_stops_everything_on_ctrl_c(data_dir: Path) -> None:
     port = _free_ports()
-    proc = await _start([VISITGATE, "demo", "--port", str(port)], data_dir)
+    proc, banner = await _start([VISITGATE, "demo", "--port", str(port)], data_dir)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             async with http.get(f"http://127.0.0.1:{port + 1}/ehr") as ehr:
                 assert ehr.status == 200 and "Begin virtual visit" in await ehr.text()
             async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
                 assert ready.status == 200
+        await _sign_in_to_the_portal_as_the_demo_admin(port, banner, data_dir)
         assert _postgres_serving(data_dir), "the demo runs its own PostgreSQL in its data folder"
         proc.send_signal(signal.SIGINT)
         code, output = await _stopped(proc)
@@ -146,7 +178,7 @@ async def test_demo_serves_the_ehr_and_gateway_and_stops_everything_on_ctrl_c(da
 @pytest.mark.parametrize("stop", ["SIGTERM to dev.py", "Ctrl-C in its terminal"])
 async def test_dev_py_demo_stops_everything_it_started(stop: str, data_dir: Path, tmp_path: Path) -> None:
     dev_py = _dev_py_tree(tmp_path)
-    proc = await _start([sys.executable, str(dev_py), "demo", "--port", str(_free_ports())], data_dir)
+    proc, _ = await _start([sys.executable, str(dev_py), "demo", "--port", str(_free_ports())], data_dir)
     try:
         assert _postgres_serving(data_dir)
         if stop == "SIGTERM to dev.py":
@@ -163,11 +195,11 @@ async def test_dev_py_demo_stops_everything_it_started(stop: str, data_dir: Path
 
 
 async def test_demo_after_a_killed_one_stops_the_postgresql_that_one_left(data_dir: Path) -> None:
-    first = await _start([VISITGATE, "demo", "--port", str(_free_ports())], data_dir)
+    first, _ = await _start([VISITGATE, "demo", "--port", str(_free_ports())], data_dir)
     await _kill(first)  # kill -9: no chance to stop its PostgreSQL
     left = _postgres_serving(data_dir)
     assert left, "a killed demo leaves its PostgreSQL running"
-    again = await _start([VISITGATE, "demo", "--port", str(_free_ports())], data_dir)
+    again, _ = await _start([VISITGATE, "demo", "--port", str(_free_ports())], data_dir)
     try:
         again.send_signal(signal.SIGTERM)
         code, output = await _stopped(again)

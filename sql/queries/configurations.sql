@@ -15,4 +15,7 @@ SELECT id, fhir_base_url, environment, client_id, client_auth, scopes, meeting_p
 FROM configurations ORDER BY id;
 
 -- name: append_audit
-INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4::jsonb);
+-- A row about a configuration belongs to the configuration's organisation unless the caller names one.
+INSERT INTO audit_log (actor, action, subject, details, organisation_id)
+VALUES ($1, $2, $3, $4::jsonb, COALESCE($5::bigint, CASE WHEN $3 ~ '^configuration:[0-9]{1,18}$' THEN
+    (SELECT organisation_id FROM configurations WHERE id = substring($3 FROM 15)::bigint) END));

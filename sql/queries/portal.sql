@@ -56,3 +56,36 @@ RETURNING o.id, o.slug, s.subject;
 -- name: purge_sessions
 DELETE FROM portal_sessions
 WHERE last_seen_at <= now() - $1 * interval '1 second' OR created_at <= now() - $2 * interval '1 second';
+
+-- === portal-admin: integration records, members (issue 13 lines 3, 9) ======================================
+
+-- name: approved_configurations_of
+-- The values in force of an organisation's approved configurations; never the client secret.
+SELECT id, fhir_base_url, environment, ehr, client_id, client_auth, scopes, writeback_strategy
+FROM configurations WHERE organisation_id = $1 AND status = 'approved' ORDER BY id;
+
+-- name: members_of
+SELECT id, role, matched_by, value, granted_by, granted_at FROM memberships
+WHERE organisation_id = $1 ORDER BY role, matched_by, value;
+
+-- name: lock_organisation
+-- Grants and revocations of one organisation one at a time, so two admins revoking each other at once
+-- cannot leave it without an admin.
+SELECT id FROM organisations WHERE id = $1 FOR UPDATE;
+
+-- name: membership_of
+SELECT id, role, matched_by, value FROM memberships WHERE organisation_id = $1 AND id = $2;
+
+-- name: count_admins
+SELECT count(*) FROM memberships WHERE organisation_id = $1 AND role = 'admin';
+
+-- name: delete_membership
+DELETE FROM memberships WHERE organisation_id = $1 AND id = $2;
+
+-- name: assign_configuration
+-- The demo: its sandbox configuration belongs to the demo organisation, as an Epic one.
+UPDATE configurations SET organisation_id = $2, ehr = $3 WHERE id = $1 AND organisation_id IS NULL;
+
+-- name: update_organisation_sign_in
+-- The demo: its identity provider's address follows the demo's port.
+UPDATE organisations SET issuer = $2, client_id = $3, client_secret = $4 WHERE id = $1;

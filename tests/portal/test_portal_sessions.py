@@ -139,7 +139,8 @@ async def test_every_portal_route_checks_the_role_on_the_server(portal: Portal, 
             elif who == "nobody":
                 assert r.status == 401, (method, path, body)
             elif who in roles:
-                assert r.status == 200, (method, path, body)
+                # A change posted with nothing filled in reaches its handler and is refused as such.
+                assert r.status == 200 if method == "GET" else r.status not in (401, 403), (method, path, body)
             else:
                 assert r.status == 403, (method, path, body)
         if method == "POST" and path == "/portal/sign-out" and who != "nobody":
