@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 import sql
-from launch.join import PATIENT_SCOPES
+from gateway.configurations import PATIENT_SCOPES
 
 Q = sql.queries("portal")
 

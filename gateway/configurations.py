@@ -18,6 +18,8 @@ Q = sql.queries("configurations")
 WRITEBACK_STRATEGIES = ("fhir-r4-put", "fhir-r4-patch", "none")
 DEFAULT_SCOPES = ("launch openid fhirUser user/Patient.read user/Encounter.read user/Appointment.read "
                   "user/Practitioner.read")
+# What the patient portal's launch asks for (the patient's own records, read live for the lobby).
+PATIENT_SCOPES = "launch openid fhirUser patient/Patient.read patient/Encounter.read patient/Appointment.read"
 
 
 @dataclass(frozen=True)

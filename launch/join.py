@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway import joinlinks
 from gateway.appkeys import DB, EHR, SETTINGS
+from gateway.configurations import PATIENT_SCOPES
 from gateway.errors import JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
 from gateway.fhir import FhirClient
 from gateway.participants import Participant, patient_participant
@@ -35,7 +36,6 @@ from .visits import open_visit
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-PATIENT_SCOPES = "launch openid fhirUser patient/Patient.read patient/Encounter.read patient/Appointment.read"
 ROOM_URL = "/room"
 PORTAL_MIN_SESSION = dt.timedelta(hours=2)
 """A portal launch is vouched for by the EHR just now: its session lasts at least this long, even when the

@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 
 from gateway import joinlinks
 from gateway.appkeys import DB, EHR, SEALER, SETTINGS, SIGNING_KEY
+from gateway.configurations import PATIENT_SCOPES
 from gateway.ehr import fhir_base_url
 from gateway.errors import LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer, UpstreamError
 from gateway.fhir import FhirClient
@@ -26,7 +27,7 @@ from gateway.web import add_templates, serves_json
 from . import store
 from .appkeys import SMART
 from .invites import invitations, invite, resend, revoke
-from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
+from .join import (STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
                    open_patient_visit, patient_facing_errors, setup_join)
 from .page_strings import for_page
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
