@@ -4,6 +4,7 @@
 import { t, time } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
+import { describeDeviceTest } from "./device-result.js";
 
 const list = document.getElementById("participant-list");
 const empty = document.getElementById("participants-empty");
@@ -52,8 +53,8 @@ function apply(event) {
       p.state = "waiting";
       if (live) { knock(); }
       break;
-    case "device_test_passed": p.device = "passed"; break;
-    case "device_test_failed": p.device = "failed"; break;
+    case "device_test_passed": p.device = "passed"; p.deviceDetail = event.detail || null; break;
+    case "device_test_failed": p.device = "failed"; p.deviceDetail = event.detail || null; break;
     case "admitted": p.state = "admitted"; p.since = event.at; break;
     case "denied": p.state = "denied"; p.since = event.at; break;
     case "connected":
@@ -141,6 +142,13 @@ function render() {
     }
     li.appendChild(who);
     li.appendChild(state);
+    const device = describeDeviceTest(p.deviceDetail);
+    if (device) {
+      const line = document.createElement("span");
+      line.className = "device-test";
+      line.textContent = device;
+      li.appendChild(line);
+    }
     li.appendChild(actions);
     list.appendChild(li);
   });
