@@ -101,7 +101,9 @@ export async function checkConnection(presence, done) {
     const answer = await presence.request({ type: "ice" });
     const servers = Array.isArray(answer.servers) ? answer.servers : [];
     result.candidates = await gather(servers);
-    if (hasTurn(servers)) {
+    if (hasTurn(servers) && result.candidates.indexOf("relay") < 0) {
+      result.relay = "failed"; // the TURN server gave no relay address (unreachable, or refused the credentials)
+    } else if (hasTurn(servers)) {
       const relay = await relayRoundTrip(servers);
       result.relay = relay.ok ? "ok" : "failed";
       result.rtt_ms = relay.rtt;
