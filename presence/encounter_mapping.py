@@ -38,7 +38,7 @@ _CLOSING = frozenset({"disconnected", "removed"})
 _DEVICE_TEST_KINDS = frozenset({"device_test_passed", "device_test_failed"})
 # What a device test's result may say (presence.ws builds it; anything else is not written).
 _CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
-_RELAY_STATES = frozenset({"ok", "failed", "not_offered"})
+_RELAY_STATES = frozenset({"ok", "failed", "not_offered", "unknown"})
 _RTT_BUCKETS = frozenset({"under_50ms", "50_100ms", "100_200ms", "200_400ms", "over_400ms"})
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 

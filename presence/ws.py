@@ -314,7 +314,7 @@ def _passed(value: Any) -> bool:
 
 
 CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
-RELAY_STATES = frozenset({"ok", "failed", "not_offered"})
+RELAY_STATES = frozenset({"ok", "failed", "not_offered", "unknown"})
 MAX_RTT_MS = 600_000
 
 

@@ -152,3 +152,32 @@ async def test_a_quality_sample_from_the_lobby_is_refused(stack: Stack) -> None:
     assert await recv_until(lobby, "error", timeout=TIMEOUT) == {"type": "error", "id": 3, "code": "not_in_room"}
     await lobby.close()
     await view.close()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    import base64
+    import secrets
+
+    return {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
+            "VISITGATE_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "VISITGATE_SIGNING_KEY": "unused", **extra}
+
+
+def test_the_ice_transport_policy_is_all_unless_relay_is_asked_for_with_a_turn_server() -> None:
+    from gateway.settings import Settings
+
+    assert Settings.from_env(_env()).ice_transport_policy == "all"
+    relayed = Settings.from_env(_env(VISITGATE_ICE_TRANSPORT_POLICY="relay", VISITGATE_TURN_URLS="turn:t.example.org",
+                                     VISITGATE_TURN_SECRET="north-clinic-turn-secret"))
+    assert relayed.ice_transport_policy == "relay"
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"VISITGATE_ICE_TRANSPORT_POLICY": "sometimes"}, "`all` or `relay`"),
+    ({"VISITGATE_ICE_TRANSPORT_POLICY": "relay"}, "VISITGATE_TURN_URLS"),
+])
+def test_an_ice_transport_policy_that_cannot_work_stops_start_up(env: dict[str, str], named: str) -> None:
+    from gateway.settings import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(_env(**env))

@@ -131,7 +131,8 @@ export function checkStarted() {
 
 /** The device test's result for the gateway: devices from the lobby, sound and connection from here. */
 export function deviceReport(devices) {
-  const found = view.result || { candidates: [], relay: "failed", rtt_ms: null };
+  // "unknown": the check has not finished yet; the lobby sends the result again when it has.
+  const found = view.result || { candidates: [], relay: "unknown", rtt_ms: null };
   return { camera: devices.camera, microphone: devices.microphone, speaker: view.heard,
            candidates: found.candidates, relay: found.relay, rtt_ms: found.rtt_ms };
 }

@@ -20,6 +20,7 @@ from playwright.async_api import Page, expect
 from gateway import joinlinks
 from gateway.appkeys import DB
 from presence import quality
+from tests.browser.axe import assert_accessible
 from tests.browser.conftest import carry_browser_keys
 from tests.browser.coturn import Coturn, running_coturn
 from tests.browser.test_video_room import OpenContext, _both_live, _frames, _launched_visit, _open_room, _watch
@@ -87,6 +88,7 @@ async def test_a_call_forced_through_coturn_connects_and_survives_a_credential_r
     assert await badge.get_attribute("data-level") in ("good", "fair", "poor")
     await expect(badge.locator(".visually-hidden")).to_contain_text("round trip")
     assert await room.patient.locator(".quality").count() == 0  # the patient's room shows no indicators
+    await assert_accessible(room.provider)
     # Each room page's sample goes into the visit's summary, one row per role.
     for page in (room.provider, room.patient):
         assert await page.evaluate("() => window.visitgateQuality.sampleNow()") is True
@@ -102,13 +104,14 @@ async def test_a_call_forced_through_coturn_connects_and_survives_a_credential_r
     assert problems == []
 
 
-async def _lobby(stack: Stack, open_context: OpenContext, problems: list[str]) -> tuple[Page, str]:
+async def _lobby(stack: Stack, open_context: OpenContext, problems: list[str],
+                 profile: str = "phone") -> tuple[Page, str]:
     """The patient's lobby, name given, device test under way; and the clinician's provider view handle."""
     handle, visit_id, patient_id = await _launched_visit(stack)
     async with stack.gateway_app[DB].acquire() as conn:
         session = await joinlinks.create_session(conn, patient_id, visit_id,
                                                  dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
-    context = await open_context("phone")
+    context = await open_context(profile)
     await context.add_cookies([{"name": joinlinks.PARTICIPANT_COOKIE, "value": session.handle,
                                 "url": stack.gateway_url, "httpOnly": True, "sameSite": "Lax"}])
     page = await context.new_page()
@@ -132,16 +135,19 @@ async def _stored_detail(stack: Stack) -> dict[str, Any]:
     raise AssertionError("no device test result stored")
 
 
+@pytest.mark.parametrize("profile", ["phone", "desktop"])
 async def test_the_device_test_finds_the_relay_and_the_clinician_reads_the_result(
-        stack: Stack, open_context: OpenContext) -> None:
+        stack: Stack, open_context: OpenContext, profile: str) -> None:
     problems: list[str] = []
-    page, handle = await _lobby(stack, open_context, problems)
+    page, handle = await _lobby(stack, open_context, problems, profile)
     result = await page.evaluate("() => window.visitgateConnectionCheck.result")
     assert result["relay"] == "ok" and "relay" in result["candidates"], result
     assert isinstance(result["rtt_ms"], int), result
     await expect(page.locator("#network-status")).to_contain_text("ready for video")
     await page.get_by_role("button", name="Play test sound").click()
     await page.get_by_role("button", name="Yes").click(timeout=10_000)
+    await expect(page.get_by_role("button", name="Yes")).to_have_attribute("aria-pressed", "true")
+    await assert_accessible(page)
     await page.get_by_role("button", name="I'm ready").click()
     detail = await _stored_detail(stack)
     assert detail["relay"] == "ok" and detail["speaker"] is True and detail["camera"] is True, detail
@@ -154,6 +160,7 @@ async def test_the_device_test_finds_the_relay_and_the_clinician_reads_the_resul
     await view.goto(f"{stack.gateway_url}/provider/{handle}")
     await expect(view.locator("#participant-list .device-test")).to_contain_text("Connection: relay OK",
                                                                                  timeout=10_000)
+    await assert_accessible(view)
     assert problems == []
 
 
