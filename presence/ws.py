@@ -358,6 +358,10 @@ def _device_result(value: Any) -> str | None:
     return json.dumps(result, separators=(",", ":"))
 
 
+def _sample_rtt(value: Any) -> float | None:
+    return _millis(value, "bad_quality")
+
+
 def _loss(value: Any) -> float | None:
     if value is None:
         return None
@@ -498,7 +502,7 @@ MESSAGES: Mapping[str, MessageType] = {
     "ice": MessageType(_on_ice, {}),
     "hello": MessageType(_on_hello, {"display_name": _display_name}, _PARTICIPANTS),
     "device_test": MessageType(_on_device_test, {"passed": _passed, "result": _device_result}, _PARTICIPANTS),
-    "quality": MessageType(_on_quality, {"rtt_ms": lambda v: _millis(v, "bad_quality"), "loss_pct": _loss}),
+    "quality": MessageType(_on_quality, {"rtt_ms": _sample_rtt, "loss_pct": _loss}),
     **{name: MessageType(_provider_action(kind), {"participant": _participant}, frozenset({"provider"}))
        for name, kind in PROVIDER_ACTIONS.items()},
     "signal": MessageType(_on_signal, {"to": _participant, "data": _signal_data}),

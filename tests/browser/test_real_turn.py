@@ -168,7 +168,7 @@ async def test_the_device_test_finds_the_relay_and_the_clinician_reads_the_resul
 async def test_the_device_test_says_so_when_the_relay_refuses_the_credentials(
         stack: Stack, open_context: OpenContext, coturn: Coturn) -> None:
     problems: list[str] = []
-    page, _handle = await _lobby(stack, open_context, problems)
+    page, handle = await _lobby(stack, open_context, problems)
     result = await page.evaluate("() => window.visitgateConnectionCheck.result")
     assert result["relay"] == "failed" and "relay" not in result["candidates"], result
     await expect(page.locator("#network-status")).to_contain_text("may block the video call")
@@ -176,4 +176,11 @@ async def test_the_device_test_says_so_when_the_relay_refuses_the_credentials(
     detail = await _stored_detail(stack)
     assert detail["relay"] == "failed" and detail["rtt"] is None, detail
     assert "401" in coturn.log.read_text()  # coturn refused the credentials
+    view_ctx = await open_context("phone")
+    await carry_browser_keys(stack.browser, view_ctx, stack.gateway_url)
+    view = await view_ctx.new_page()
+    _watch(view, problems, "provider")
+    await view.goto(f"{stack.gateway_url}/provider/{handle}")
+    await expect(view.locator("#participant-list .device-test")).to_contain_text(
+        "No relay: the call may not connect from this network", timeout=10_000)
     assert problems == []
