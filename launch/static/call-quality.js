@@ -112,7 +112,19 @@ export function watchCallQuality(options) {
     return true;
   }
 
+  let busy = false; // a slow getStats never piles up readings
+
   async function poll() {
+    if (busy) return;
+    busy = true;
+    try {
+      await pollPeers();
+    } finally {
+      busy = false;
+    }
+  }
+
+  async function pollPeers() {
     const peers = options.peers();
     readings.forEach((_, p) => { if (!peers.has(p)) { readings.delete(p); delete view.peers[p]; } });
     for (const [p, peer] of peers) {
