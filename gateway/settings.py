@@ -87,6 +87,8 @@ class Settings:
     """How long, in seconds, a TURN credential handed to a browser stays valid."""
     waiting_chat: bool = True
     """Clinicians and waiting patients or guests may exchange short text messages (never stored)."""
+    ice_transport_policy: str = "all"
+    """The room's RTCPeerConnection iceTransportPolicy: `all`, or `relay` (every call through TURN)."""
     metrics_token: str | None = field(default=None, repr=False)
     """Bearer token that Prometheus presents at /metrics; without one /metrics is not served at all."""
     portal_idle_timeout: int = 900
@@ -208,6 +210,9 @@ def _writeback_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
+ICE_TRANSPORT_POLICIES = ("all", "relay")
+
+
 def _ice_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The video room's STUN and TURN settings; TURN servers without their shared secret stop start-up."""
     turn_urls = tuple(env.get("VISITGATE_TURN_URLS", "").split())
@@ -221,5 +226,10 @@ def _ice_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError("VISITGATE_TURN_TTL must be a whole number of seconds") from exc
     if ttl <= 0:
         raise ConfigError("VISITGATE_TURN_TTL must be a positive number of seconds")
+    policy = env.get("VISITGATE_ICE_TRANSPORT_POLICY", "all").strip() or "all"
+    if policy not in ICE_TRANSPORT_POLICIES:
+        raise ConfigError("VISITGATE_ICE_TRANSPORT_POLICY must be `all` or `relay`")
+    if policy == "relay" and not turn_urls:
+        raise ConfigError("VISITGATE_ICE_TRANSPORT_POLICY is `relay` but VISITGATE_TURN_URLS names no TURN server")
     return {"stun_urls": tuple(env.get("VISITGATE_STUN_URLS", "").split()), "turn_urls": turn_urls,
-            "turn_secret": secret.encode() if secret else None, "turn_ttl": ttl}
+            "turn_secret": secret.encode() if secret else None, "turn_ttl": ttl, "ice_transport_policy": policy}

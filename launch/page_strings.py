@@ -118,6 +118,14 @@ LOBBY: Mapping[str, str] = {
     "removed": N_("Your clinician has moved you back to the waiting room. Please wait to be let in again."),
     "waiting_keep_open": N_("Please keep this page open."),
     "not_saved": N_("That did not reach your clinic. Please wait a moment; we try again."),
+    # The connection check and the sound question (connection-check.js).
+    "network_checking": N_("Checking your connection for video…"),
+    "network_ok": N_("Your connection is ready for video."),
+    "network_ok_rtt": N_("Your connection is ready for video ({rtt} ms)."),
+    "network_no_relay": N_("Your network may block the video call. If you can, try another network (for "
+                           "example mobile data instead of Wi-Fi)."),
+    "speaker_ok": N_("Good: your speaker works."),
+    "speaker_not_heard": N_("Turn up your volume or connect headphones, then play the sound again."),
 }
 
 ROOM: Mapping[str, str] = {
@@ -152,6 +160,12 @@ ROOM: Mapping[str, str] = {
     "other": N_("Guest"),
     "peer_connecting": N_("Connecting…"),
     "peer_trouble": N_("Connection trouble…"),
+    # Each participant's connection in the clinician's room (call-quality.js).
+    "quality.good": N_("Good connection"),
+    "quality.fair": N_("Fair connection"),
+    "quality.poor": N_("Poor connection"),
+    "quality.unknown": N_("Connection not measured yet"),
+    "quality.numbers": N_("round trip {rtt} ms, packet loss {loss} %, {kbps} kbit/s"),
 }
 
 PROVIDER: Mapping[str, str] = {
@@ -163,6 +177,16 @@ PROVIDER: Mapping[str, str] = {
     "status.reconnecting": N_("reconnecting…"),
     "status.failed": N_("offline: reload the page"),
     "status.ended": N_("this page has expired: open the visit again from the EHR"),
+    "device.connection_ok": N_("Connection: relay OK"),
+    "device.connection_ok_rtt": N_("Connection: relay OK, {rtt}"),
+    "device.no_relay": N_("No relay: the call may not connect from this network"),
+    "device.speaker_not_heard": N_("did not hear the test sound"),
+    "device.no_camera": N_("no camera"),
+    "device.rtt.under_50ms": N_("under 50 ms"),
+    "device.rtt.50_100ms": N_("50–100 ms"),
+    "device.rtt.100_200ms": N_("100–200 ms"),
+    "device.rtt.200_400ms": N_("200–400 ms"),
+    "device.rtt.over_400ms": N_("over 400 ms"),
     "alert.waiting": N_("{who} waiting since {time}"),
     "room_full": N_("The video room is full ({taken} of {size}): remove someone before admitting another "
                     "person, or they will be turned away."),

@@ -80,6 +80,7 @@ def _render(request: web.Request, participant_id: UUID, role: str, auth: dict[st
         "ice_servers": ice_servers(settings, str(participant_id)),
         # Seconds the TURN credentials last (None without TURN): the page asks the socket for fresh ones.
         "ice_ttl": turn_lifetime(settings),
+        "ice_transport_policy": settings.ice_transport_policy,  # "relay": every call through TURN
         "room_size": ROOM_SIZE,
         "lobby_url": LOBBY_URL if role != "provider" else None,
         "back_url": leave_url,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,8 +21,9 @@ from gateway.fhir import parse_reference
 
 STRATEGIES = ("fhir-r4-put", "fhir-r4-patch", "none")
 PRESENCE_URL = "https://fhir.visitgate.org/StructureDefinition/participant-presence"
+DEVICE_TEST_URL = "https://fhir.visitgate.org/StructureDefinition/participant-device-test"
 VIRTUAL_SERVICE_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.virtualService"
-OUR_EXTENSIONS = frozenset({PRESENCE_URL, VIRTUAL_SERVICE_URL})
+OUR_EXTENSIONS = frozenset({PRESENCE_URL, VIRTUAL_SERVICE_URL, DEVICE_TEST_URL})
 VIRTUAL_SERVICE_TYPE = "http://hl7.org/fhir/virtual-service-type"
 MEETING_PROVIDER_SYSTEM = "https://fhir.visitgate.org/CodeSystem/meeting-provider"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
@@ -36,6 +37,11 @@ ALLOWED_PATCH = frozenset({("replace", "/period/start"), ("replace", "/period/en
                            ("add", "/extension")})
 # What ends a connected stretch (`left` closes a lobby socket, never a room's).
 _CLOSING = frozenset({"disconnected", "removed"})
+_DEVICE_TEST_KINDS = frozenset({"device_test_passed", "device_test_failed"})
+# What a device test's result may say (presence.ws builds it; anything else is not written).
+_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+_RELAY_STATES = frozenset({"ok", "failed", "not_offered", "unknown"})
+_RTT_BUCKETS = frozenset({"under_50ms", "50_100ms", "100_200ms", "200_400ms", "over_400ms"})
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -50,6 +56,23 @@ class VisitEvent:
     role: str | None = None
     guest_kind: str | None = None
     fhir_user: str | None = None
+    detail: Mapping[str, Any] | None = None  # a device test's result (see sql/migrations/0016)
+
+
+@dataclass(frozen=True)
+class DeviceTest:
+    """A patient's or guest's latest device test: results and buckets only, never a name."""
+
+    label: str  # "patient", "guest-1", ...
+    role: str
+    passed: bool
+    at: str
+    camera: bool | None = None
+    microphone: bool | None = None
+    speaker: bool | None = None
+    candidates: tuple[str, ...] = ()
+    relay: str | None = None
+    rtt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,7 @@ class EncounterChanges:
     transitions: tuple[tuple[str, str], ...]  # (status reached, when), in order, from "planned"
     practitioners: tuple[tuple[str, str, str | None], ...]  # ("Practitioner/<id>", first start, last end)
     presence: tuple[Presence, ...]  # patient, guests and clinicians, in order of start
+    device_tests: tuple[DeviceTest, ...] = ()  # each patient's and guest's latest, in order of first event
 
     @property
     def status(self) -> str:
@@ -99,6 +123,7 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
     labels: dict[UUID, tuple[str, str, str | None]] = {}
     periods: list[tuple[UUID, str, str | None]] = []
     guests = 0
+    device_tests: dict[UUID, DeviceTest] = {}
     for event in ordered:
         at = instant(event.at)
         pid = event.participant_id
@@ -130,6 +155,8 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
             break  # nothing after the end of the visit changes the Encounter
         if pid is None or pid not in labels:
             continue
+        if event.kind in _DEVICE_TEST_KINDS and labels[pid][1] != "provider":
+            device_tests[pid] = _device_test(labels[pid][0], labels[pid][1], event, at)
         # Counted per participant: a clinician's view and room are two sockets, a page reload opens the new one
         # before the old one's `disconnected` may be written, and a crashed process's sockets are closed late
         # (presence.lease). The stretch ends when the last socket closes, or at a removal.
@@ -158,8 +185,28 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
         spans[p.label] = (first, last, still_open)
     practitioners = tuple((ref, first, None if still_open else last)
                           for ref, (first, last, still_open) in sorted(spans.items(), key=lambda s: s[1][0]))
+    order = list(labels)
+    tests = tuple(device_tests[pid] for pid in sorted(device_tests, key=order.index))
     return EncounterChanges(up_to_event_id=ordered[-1].id if ordered else 0, meeting_provider=meeting_provider,
-                            transitions=tuple(transitions), practitioners=practitioners, presence=presence)
+                            transitions=tuple(transitions), practitioners=practitioners, presence=presence,
+                            device_tests=tests)
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _device_test(label: str, role: str, event: VisitEvent, at: str) -> DeviceTest:
+    """A device test event's facts; only the vocabularies of presence.ws pass (a bad value is left out)."""
+    detail = event.detail if isinstance(event.detail, Mapping) else {}
+    found = detail.get("candidates")
+    candidates = tuple(c for c in _CANDIDATE_TYPES if isinstance(found, list) and c in found)
+    relay = detail.get("relay")
+    rtt = detail.get("rtt")
+    return DeviceTest(label=label, role=role, passed=event.kind == "device_test_passed", at=at,
+                      camera=_flag(detail.get("camera")), microphone=_flag(detail.get("microphone")),
+                      speaker=_flag(detail.get("speaker")), candidates=candidates,
+                      relay=relay if relay in _RELAY_STATES else None, rtt=rtt if rtt in _RTT_BUCKETS else None)
 
 
 # --- laying the facts over the Encounter ----------------------------------------------------------
@@ -214,6 +261,21 @@ def _presence_extension(p: Presence) -> dict[str, Any]:
     return {"url": PRESENCE_URL, "extension": parts}
 
 
+def _device_test_extension(d: DeviceTest) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"url": "participant", "valueString": d.label}, {"url": "role", "valueCode": d.role},
+                                   {"url": "result", "valueCode": "passed" if d.passed else "failed"},
+                                   {"url": "tested", "valueDateTime": d.at}]
+    for name, flag in (("camera", d.camera), ("microphone", d.microphone), ("speaker", d.speaker)):
+        if flag is not None:
+            parts.append({"url": name, "valueBoolean": flag})
+    parts += [{"url": "candidateType", "valueCode": c} for c in d.candidates]
+    if d.relay is not None:
+        parts.append({"url": "relay", "valueCode": d.relay})
+    if d.rtt is not None:
+        parts.append({"url": "roundTripTime", "valueCode": d.rtt})
+    return {"url": DEVICE_TEST_URL, "extension": parts}
+
+
 def _virtual_service(meeting_provider: str) -> dict[str, Any]:
     # Only the kind of meeting: no address, no session key, nothing that lets anyone in.
     if meeting_provider == "teams":
@@ -227,6 +289,7 @@ def _extensions(current: dict[str, Any], changes: EncounterChanges, *, with_prov
     foreign = [x for x in current.get("extension") or [] if not (isinstance(x, dict) and x.get("url") in OUR_EXTENSIONS)]
     ours = [_virtual_service(changes.meeting_provider)]
     ours += [_presence_extension(p) for p in changes.presence if with_providers or p.role != "provider"]
+    ours += [_device_test_extension(d) for d in changes.device_tests]
     return foreign + ours
 
 

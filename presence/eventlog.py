@@ -50,6 +50,7 @@ class PresenceEvent(NamedTuple):
     at: dt.datetime
     role: str | None
     guest_kind: str | None
+    detail: str | None = None  # a device test's result (JSON text the gateway built, see 0016), else None
 
     def to_json(self) -> str:
         """The wire form sent to subscribers (serialised once per event, for all of them).
@@ -61,7 +62,9 @@ class PresenceEvent(NamedTuple):
         participant = f'"{self.participant_id}"' if self.participant_id is not None else "null"
         return (f'{{"type":"event","id":{int(self.id)},"visit":"{self.visit_id}","participant":{participant},'
                 f'"kind":{_json_text(self.kind)},"at":"{self.at.isoformat()}","role":{_json_text(self.role)},'
-                f'"guest_kind":{_json_text(self.guest_kind)}}}')
+                f'"guest_kind":{_json_text(self.guest_kind)}'
+                # The database holds only JSON objects the gateway built there (a CHECK, presence.ws).
+                + (f',"detail":{self.detail}}}' if self.detail is not None else '}'))
 
 
 # JSON literals of the event kinds, roles and guest kinds (the database allows no others).
@@ -124,7 +127,7 @@ async def append_held_event(conn: asyncpg.Connection, process_id: UUID, visit_id
 def _event(row: asyncpg.Record) -> PresenceEvent:
     # Positional (in the fields' order): keywords cost as much again as the tuple itself on the bus's path.
     return PresenceEvent(row["id"], row["visit_id"], row["participant_id"], row["kind"], row["at"], row["role"],
-                         row["guest_kind"])
+                         row["guest_kind"], row["detail"])
 
 
 async def events_after(conn: asyncpg.Connection, visit_id: UUID, after_id: int, up_to: int,
@@ -161,6 +164,22 @@ async def latest_device_test(conn: asyncpg.Connection, participant_id: UUID) -> 
     """The participant's latest stored device test result (its event kind), or None."""
     kind: str | None = await conn.fetchval(Q["latest_device_test"], participant_id)
     return kind
+
+
+async def latest_device_result(conn: asyncpg.Connection, participant_id: UUID) -> tuple[str, str | None] | None:
+    """The participant's latest stored device test: its event kind and its result (JSON text), or None."""
+    row = await conn.fetchrow(Q["latest_device_result"], participant_id)
+    return None if row is None else (row["kind"], row["detail"])
+
+
+async def record_device_test(pool: asyncpg.Pool, visit_id: UUID, participant_id: UUID, passed: bool,
+                             detail: str, announcer: Announcer) -> int:
+    """Append a device test's event with its result (JSON text built by presence.ws), then announce it."""
+    kind = "device_test_passed" if passed else "device_test_failed"
+    async with pool.acquire() as conn:
+        event_id: int = await conn.fetchval(Q["append_device_test"], visit_id, participant_id, kind, detail)
+    announcer.announce(event_id)
+    return event_id
 
 
 async def record_held_event(pool: asyncpg.Pool, process_id: UUID, visit_id: UUID, participant_id: UUID, kind: str,

@@ -2,6 +2,7 @@
 each a small typed function taking a connection, so the caller (presence.writeback) decides the transaction."""
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -43,12 +44,19 @@ async def claim_visits(conn: asyncpg.Connection, configuration_id: int, limit: i
     return [Claim(r["event_id"], r["visit_id"], r["attempts"]) for r in rows]
 
 
+def _detail(text: str | None) -> dict[str, Any] | None:
+    # A device test's result (0016): a JSON object the gateway built; the mapping checks each value again.
+    value = None if text is None else json.loads(text)
+    return value if isinstance(value, dict) else None
+
+
 async def visit_log(conn: asyncpg.Connection, visit_id: UUID) -> VisitLog | None:
     """A visit's Encounter reference, meeting provider and all its events (one round trip); None if no such visit."""
     rows = await conn.fetch(Q["visit_with_events"], visit_id)
     if not rows:
         return None
-    events = [VisitEvent(r["id"], r["kind"], r["at"], r["participant_id"], r["role"], r["guest_kind"], r["fhir_user"])
+    events = [VisitEvent(r["id"], r["kind"], r["at"], r["participant_id"], r["role"], r["guest_kind"], r["fhir_user"],
+                         _detail(r["detail"]))
               for r in rows if r["id"] is not None]
     return VisitLog(rows[0]["encounter_ref"], rows[0]["meeting_provider"], events)
 

@@ -28,7 +28,7 @@ from gateway.appkeys import DB, SETTINGS
 from gateway.meetings.builtin import ice_servers
 from gateway.sessions import browser_keys, provider_identity
 
-from . import eventlog
+from . import eventlog, quality
 from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET
 from .bus import RelayTooLarge
 from .hub import Connection
@@ -329,6 +329,63 @@ def _passed(value: Any) -> bool:
     return value
 
 
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+RELAY_STATES = frozenset({"ok", "failed", "not_offered", "unknown"})
+MAX_RTT_MS = 600_000
+
+
+def _flag(value: Any, code: str, *, optional: bool = False) -> bool | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        raise Refusal(code)
+    return value
+
+
+def _millis(value: Any, code: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_RTT_MS:
+        raise Refusal(code)
+    return float(value)
+
+
+def _device_result(value: Any) -> str | None:
+    """A device test's result as JSON text to store, rebuilt from checked fields only (nothing a page typed)."""
+    if value is None:
+        return None  # a page that sends only `passed`
+    if not isinstance(value, dict) or len(value) > 8:
+        raise Refusal("bad_device_test")
+    candidates = value.get("candidates")
+    if not isinstance(candidates, list) or len(candidates) > len(CANDIDATE_TYPES) \
+            or any(c not in CANDIDATE_TYPES for c in candidates if isinstance(c, str)) \
+            or not all(isinstance(c, str) for c in candidates):
+        raise Refusal("bad_device_test")
+    relay = value.get("relay")
+    if not isinstance(relay, str) or relay not in RELAY_STATES:
+        raise Refusal("bad_device_test")
+    rtt = _millis(value.get("rtt_ms"), "bad_device_test")
+    result = {"camera": _flag(value.get("camera"), "bad_device_test"),
+              "microphone": _flag(value.get("microphone"), "bad_device_test"),
+              "speaker": _flag(value.get("speaker"), "bad_device_test", optional=True),
+              "candidates": [c for c in CANDIDATE_TYPES if c in candidates],
+              "relay": relay,
+              "rtt": None if rtt is None else quality.rtt_bucket(rtt)}
+    return json.dumps(result, separators=(",", ":"))
+
+
+def _sample_rtt(value: Any) -> float | None:
+    return _millis(value, "bad_quality")
+
+
+def _loss(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise Refusal("bad_quality")
+    return float(value)
+
+
 def _signal_data(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Refusal("bad_signal")
@@ -348,8 +405,9 @@ async def _on_subscribe(app: web.Application, conn: Connection, args: dict[str, 
 
 async def _on_ice(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
     # Fresh TURN credentials before the page's run out, so a connection started late in a long visit
-    # (a rejoin, a recovery after a failure) can still be relayed.
-    if conn.where != "room":
+    # (a rejoin, a recovery after a failure) can still be relayed; the lobby's device test checks the relay
+    # with them before the call.
+    if conn.where not in ("room", "lobby"):
         raise Refusal("not_in_room")
     servers = ice_servers(app[SETTINGS], str(conn.participant_id))
     await conn.ws.send_str(json.dumps({"type": "ice", "id": req_id, "servers": servers}))
@@ -366,13 +424,35 @@ async def _on_hello(app: web.Application, conn: Connection, args: dict[str, Any]
 async def _on_device_test(app: web.Application, conn: Connection, args: dict[str, Any],
                           req_id: int | None) -> bool:
     kind = "device_test_passed" if args["passed"] else "device_test_failed"
+    detail: str | None = args["result"]
     budget = app[STORE_BUDGET]
     if not budget.allows(conn.participant_id):
         raise Refusal("rate_limited")
     async with app[DB].acquire() as db:
-        if await eventlog.latest_device_test(db, conn.participant_id) == kind:
-            return False  # the same result again: already stored
-    await _store(app, conn, conn.participant_id, kind)
+        latest = await eventlog.latest_device_result(db, conn.participant_id)
+    if latest is not None and latest[0] == kind and (
+            detail is None or (latest[1] is not None and json.loads(latest[1]) == json.loads(detail))):
+        return False  # the same result again: already stored
+    if detail is None:
+        await _store(app, conn, conn.participant_id, kind)
+        return False
+    await eventlog.record_device_test(app[DB], conn.visit_id, conn.participant_id, args["passed"], detail,
+                                      app[ANNOUNCER])
+    budget.spend(conn.participant_id)
+    app[BUS].poke()
+    return False
+
+
+async def _on_quality(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    # Counted into the visit's per-role summary (presence.quality); the store budget bounds how often.
+    if conn.where != "room":
+        raise Refusal("not_in_room")
+    budget = app[STORE_BUDGET]
+    if not budget.allows(conn.participant_id):
+        raise Refusal("rate_limited")
+    async with app[DB].acquire() as db:
+        await quality.add_sample(db, conn.visit_id, conn.role, args["rtt_ms"], args["loss_pct"])
+    budget.spend(conn.participant_id)
     return False
 
 
@@ -467,7 +547,8 @@ MESSAGES: Mapping[str, MessageType] = {
     "subscribe": MessageType(_on_subscribe, {"after": _after}),
     "ice": MessageType(_on_ice, {}),
     "hello": MessageType(_on_hello, {"display_name": _display_name}, _PARTICIPANTS),
-    "device_test": MessageType(_on_device_test, {"passed": _passed}, _PARTICIPANTS),
+    "device_test": MessageType(_on_device_test, {"passed": _passed, "result": _device_result}, _PARTICIPANTS),
+    "quality": MessageType(_on_quality, {"rtt_ms": _sample_rtt, "loss_pct": _loss}),
     **{name: MessageType(_provider_action(kind), {"participant": _participant}, frozenset({"provider"}))
        for name, kind in PROVIDER_ACTIONS.items()},
     "signal": MessageType(_on_signal, {"to": _participant, "data": _signal_data}),

@@ -6,6 +6,7 @@ import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
 import { Chat, chatRoot } from "./chat.js";
+import { askHeard, checkConnection, checkStarted, deviceReport, heard } from "./connection-check.js";
 
 const root = document.getElementById("lobby");
 const $ = (id) => document.getElementById(id);
@@ -28,6 +29,7 @@ let deviceResult = null; // null until the patient is ready; then whether the de
 let deviceResultSent = false;
 let deviceResultTries = 0;
 let deviceRetryTimer = null;
+let devicesFound = { camera: false, microphone: false }; // what the camera/microphone check found
 
 // --- connection -------------------------------------------------------------------------------
 
@@ -61,6 +63,7 @@ const presence = new PresenceClient({
     setConnection("connected");
     presence.send({ type: "hello", display_name: displayName });
     if (deviceResult !== null && !deviceResultSent) sendDeviceResult();
+    if (!checkStarted()) checkConnection(presence, onConnectionChecked);
     updateReady();
   },
   onSnapshot: (events) => {
@@ -222,7 +225,7 @@ function playTestSound() {
     osc.start(now + note[1]);
     osc.stop(now + note[1] + 0.42);
     if (index === notes.length - 1) {
-      osc.addEventListener("ended", function () { status.textContent = t("tone_done"); });
+      osc.addEventListener("ended", function () { status.textContent = t("tone_done"); askHeard(); });
     }
   });
 }
@@ -238,7 +241,7 @@ function sendDeviceResult() {
   deviceRetryTimer = null;
   const passed = deviceResult;
   deviceResultSent = true;
-  presence.request({ type: "device_test", passed: passed }).catch((error) => {
+  presence.request({ type: "device_test", passed: passed, result: deviceReport(devicesFound) }).catch((error) => {
     if (passed !== deviceResult) return; // a newer result went out meanwhile
     deviceResultSent = false; // sent again on the next connection, or below
     if (error.code === "connection_lost" || error.code === "not_connected") return;
@@ -254,8 +257,14 @@ function sendDeviceResult() {
   });
 }
 
+function onConnectionChecked() {
+  // A check that ends after the patient went on to wait: the clinician gets the fuller result.
+  if (deviceResult !== null && presence.ready) sendDeviceResult();
+}
+
 function goWait() {
-  deviceResult = mediaOk;
+  devicesFound = { camera: mediaOk && !audioOnly, microphone: mediaOk };
+  deviceResult = mediaOk && heard() !== false;
   deviceResultSent = false;
   sendDeviceResult();
   stopMedia(); // the camera light goes off while waiting; the room asks again
@@ -313,4 +322,5 @@ $("audio-only").addEventListener("click", function () {
 $("retry-devices").addEventListener("click", function () {
   if (!connected && !finished) connect(); // start() begins again without the backoff it had built up
   startDevices();
+  if (presence.ready) checkConnection(presence, onConnectionChecked);
 });

@@ -5,6 +5,7 @@ import { t, time } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
 import { WaitingList, applyEvent, describe as describeState, label as labelOf } from "./waiting.js";
+import { describeDeviceTest } from "./device-result.js";
 
 const list = document.getElementById("participant-list");
 const empty = document.getElementById("participants-empty");
@@ -85,6 +86,13 @@ function render() {
     }
     li.appendChild(who);
     li.appendChild(state);
+    const device = describeDeviceTest(p.deviceDetail);
+    if (device) {
+      const line = document.createElement("span");
+      line.className = "device-test";
+      line.textContent = device;
+      li.appendChild(line);
+    }
     li.appendChild(actions);
     list.appendChild(li);
   });

@@ -27,6 +27,7 @@ import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
 import { WaitingList } from "./waiting.js";
+import { watchCallQuality } from "./call-quality.js";
 
 {
   var config = JSON.parse(document.getElementById("room-config").textContent);
@@ -200,6 +201,10 @@ import { WaitingList } from "./waiting.js";
   function send(frame) {
     return presence.send(frame);
   }
+
+  // Each connection's quality: an indicator per participant for the clinician, samples for the visit's summary.
+  watchCallQuality({ peers: function () { return peers; }, show: config.role === "provider",
+                     send: function (frame) { return view.joined && presence.ready && send(frame); } });
 
   function connect() {
     subscribed = false;
@@ -410,7 +415,8 @@ import { WaitingList } from "./waiting.js";
   }
 
   function openPeer(p, remoteSession, pcid) {
-    var pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
+    var pc = new RTCPeerConnection({ iceServers: config.ice_servers || [],
+                                     iceTransportPolicy: config.ice_transport_policy === "relay" ? "relay" : "all" });
     var peer = {
       id: p, pc: pc, pcid: pcid, remoteSession: remoteSession, offerer: isOfferer(p), createdAt: Date.now(),
       remoteSet: false, pendingRemote: [], outgoing: [], flushTimer: null, setupTimer: null, tile: makeTile(p),

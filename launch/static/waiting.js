@@ -30,8 +30,8 @@ export function applyEvent(people, event, self) {
       if (p.state !== "waiting") { p.since = event.at; knocked = true; }
       p.state = "waiting";
       break;
-    case "device_test_passed": p.device = "passed"; break;
-    case "device_test_failed": p.device = "failed"; break;
+    case "device_test_passed": p.device = "passed"; p.deviceDetail = event.detail || null; break;
+    case "device_test_failed": p.device = "failed"; p.deviceDetail = event.detail || null; break;
     case "admitted": p.state = "admitted"; p.since = event.at; break;
     case "denied": p.state = "denied"; p.since = event.at; break;
     case "connected":

@@ -80,7 +80,7 @@ SELECT id FROM event;
 DELETE FROM presence_processes WHERE id = $1;
 
 -- name: events_after
-SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
+SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind, e.detail
 FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
 WHERE e.visit_id = $1 AND e.id > $2 AND e.id <= $3
 ORDER BY e.id
@@ -88,7 +88,7 @@ LIMIT $4;
 
 -- name: events_by_id_after
 -- For the bus: every event after the last one a process has seen, across visits.
-SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind
+SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind, e.detail
 FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
 WHERE e.id > $1
 ORDER BY e.id
@@ -124,3 +124,28 @@ WHERE e.visit_id = (SELECT p.visit_id FROM participants p WHERE p.id = $1)
   AND e.kind IN ('device_test_passed', 'device_test_failed')
 ORDER BY e.id DESC
 LIMIT 1;
+
+-- name: latest_device_result
+-- The participant's latest device test result and what it found (see 0016), as latest_device_test reads it.
+SELECT e.kind, e.detail
+FROM presence_events e
+WHERE e.visit_id = (SELECT p.visit_id FROM participants p WHERE p.id = $1)
+  AND e.participant_id = $1
+  AND e.kind IN ('device_test_passed', 'device_test_failed')
+ORDER BY e.id DESC
+LIMIT 1;
+
+-- name: append_device_test
+-- A device test's event with what it found ($4, see 0016) and, when the visit's configuration writes back,
+-- its outbox row: one statement, as append_event.
+WITH event AS (
+    INSERT INTO presence_events (visit_id, participant_id, kind, detail)
+    VALUES ($1, $2, $3, $4::jsonb)
+    RETURNING id, visit_id
+), outbox AS (
+    INSERT INTO writeback_outbox (event_id, visit_id, configuration_id)
+    SELECT event.id, event.visit_id, v.configuration_id
+    FROM event JOIN visits v ON v.id = event.visit_id JOIN configurations c ON c.id = v.configuration_id
+    WHERE c.writeback_strategy <> 'none'
+)
+SELECT id FROM event;

@@ -39,7 +39,7 @@ RETURNING o.event_id, o.visit_id, o.attempts;
 
 -- name: visit_events
 -- Every event of the visit, as write-back reads them (tests compare the Encounter's history with it).
-SELECT e.id, e.kind, e.at, e.participant_id, p.role, p.guest_kind, p.fhir_user
+SELECT e.id, e.kind, e.at, e.participant_id, p.role, p.guest_kind, p.fhir_user, e.detail
 FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
 WHERE e.visit_id = $1
 ORDER BY e.id;
@@ -47,7 +47,8 @@ ORDER BY e.id;
 -- name: visit_with_events
 -- Write-back derives the Encounter from the whole event log, never from a delta: the visit's sealed Encounter id and meeting provider with every event (one round trip); a visit without
 -- events gives one row of NULL event columns.
-SELECT v.encounter_ref, v.meeting_provider, e.id, e.kind, e.at, e.participant_id, p.role, p.guest_kind, p.fhir_user
+SELECT v.encounter_ref, v.meeting_provider, e.id, e.kind, e.at, e.participant_id, p.role, p.guest_kind, p.fhir_user,
+       e.detail
 FROM visits v
 LEFT JOIN presence_events e ON e.visit_id = v.id
 LEFT JOIN participants p ON p.id = e.participant_id

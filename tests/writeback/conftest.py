@@ -4,6 +4,7 @@ written exactly once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -207,7 +208,8 @@ async def visit_events(pool: asyncpg.Pool, visit_id: UUID) -> list[VisitEvent]:
     """The event log of a visit, as the worker reads it."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(Q["visit_events"], visit_id)
-    return [VisitEvent(r["id"], r["kind"], r["at"], r["participant_id"], r["role"], r["guest_kind"], r["fhir_user"])
+    return [VisitEvent(r["id"], r["kind"], r["at"], r["participant_id"], r["role"], r["guest_kind"], r["fhir_user"],
+                       None if r["detail"] is None else json.loads(r["detail"]))
             for r in rows]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from presence.backend_auth import allows_encounter_update
-from presence.encounter_mapping import (ALLOWED_PATCH, PRESENCE_URL, VIRTUAL_SERVICE_URL, VisitEvent, derive,
+from presence.encounter_mapping import (ALLOWED_PATCH, DEVICE_TEST_URL, PRESENCE_URL, VIRTUAL_SERVICE_URL, VisitEvent, derive,
                                         desired_encounter, patch_operations, unchanged)
 from presence.writeback import backoff, parse_retry_after
 from sandbox.jsonpatch import apply_patch
@@ -207,6 +207,62 @@ def test_nothing_in_the_mapping_carries_patient_data_or_participant_ids() -> Non
     text = json.dumps(desired_encounter(encounter(), derive(WHOLE, "builtin")))
     for participant in (PATIENT, PROVIDER, GUEST):
         assert str(participant) not in text
+
+
+RELAY_OK = {"camera": True, "microphone": True, "speaker": True, "candidates": ["host", "srflx", "relay"],
+            "relay": "ok", "rtt": "under_50ms"}
+NO_RELAY = {"camera": False, "microphone": True, "speaker": False, "candidates": ["host"], "relay": "failed",
+            "rtt": None}
+
+
+def with_device_tests() -> list[VisitEvent]:
+    """WHOLE with a failed then a passed device test of the patient's and a failed one of the guest's."""
+    tests = [VisitEvent(0, "device_test_failed", T0 + dt.timedelta(seconds=20), PATIENT, "patient", None, None, NO_RELAY),
+             VisitEvent(0, "device_test_passed", T0 + dt.timedelta(seconds=30), PATIENT, "patient", None, None, RELAY_OK),
+             VisitEvent(0, "device_test_failed", T0 + dt.timedelta(seconds=65), GUEST, "guest", "interpreter", None,
+                        NO_RELAY)]
+    merged = sorted(WHOLE + tests, key=lambda e: e.at)
+    return [VisitEvent(n, e.kind, e.at, e.participant_id, e.role, e.guest_kind, e.fhir_user, e.detail)
+            for n, e in enumerate(merged, start=1)]
+
+
+def test_each_participants_latest_device_test_is_written_back_as_our_extension() -> None:
+    result = desired_encounter(encounter(), derive(with_device_tests(), "builtin"))
+    validate_encounter(result)
+    found = [{x["url"]: x for x in ext["extension"] if x["url"] != "candidateType"} | {
+        "candidateType": [x["valueCode"] for x in ext["extension"] if x["url"] == "candidateType"]}
+        for ext in result["extension"] if ext["url"] == DEVICE_TEST_URL]
+    assert [(f["participant"]["valueString"], f["result"]["valueCode"]) for f in found] == [
+        ("patient", "passed"), ("guest-1", "failed")]
+    patient, guest = found
+    assert patient["relay"]["valueCode"] == "ok" and patient["roundTripTime"]["valueCode"] == "under_50ms"
+    assert patient["candidateType"] == ["host", "srflx", "relay"]
+    assert patient["speaker"]["valueBoolean"] is True and patient["tested"]["valueDateTime"] == "2025-03-04T09:00:30.000Z"
+    assert guest["relay"]["valueCode"] == "failed" and "roundTripTime" not in guest
+    assert guest["camera"]["valueBoolean"] is False and guest["speaker"]["valueBoolean"] is False
+    text = json.dumps(result)
+    assert all(str(p) not in text for p in (PATIENT, PROVIDER, GUEST))
+
+
+def test_a_device_test_written_back_twice_changes_nothing_with_put_or_patch() -> None:
+    for upto in range(len(with_device_tests()) + 1):
+        changes = derive(with_device_tests()[:upto], "builtin")
+        once = desired_encounter(encounter(), changes)
+        assert unchanged(once, desired_encounter(once, changes))
+        patched = apply_patch(encounter(extension=[]), patch_operations(encounter(extension=[]), changes))
+        assert patch_operations(patched, changes) == []
+        validate_encounter(patched)
+
+
+def test_a_device_test_result_outside_the_vocabulary_is_left_out() -> None:
+    odd = {"camera": "yes", "candidates": ["host", "<script>"], "relay": "Mrs Smith", "rtt": "12 ms",
+           "speaker": None}
+    log = events((0, PATIENT, "lobby_entered"))
+    log.append(VisitEvent(2, "device_test_passed", T0, PATIENT, "patient", None, None, odd))
+    (ext,) = [x for x in desired_encounter(encounter(), derive(log, "builtin"))["extension"]
+              if x["url"] == DEVICE_TEST_URL]
+    assert {x["url"] for x in ext["extension"]} == {"participant", "role", "result", "tested", "candidateType"}
+    assert "Mrs Smith" not in json.dumps(ext) and "<script>" not in json.dumps(ext)
 
 
 @pytest.mark.parametrize(("scopes", "allowed"), [
