@@ -46,9 +46,13 @@ def allowed(*roles: str) -> Callable[[Handler], Handler]:
     return mark
 
 
-def _no_store(response: web.StreamResponse) -> web.StreamResponse:
+def no_store(response: web.StreamResponse) -> web.StreamResponse:
+    """The response, marked never to be kept by a cache (every portal page is someone's)."""
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+_no_store = no_store
 
 
 @allowed(*PUBLIC)
@@ -117,3 +121,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/portal/{org}/sign-in", sign_in_page)
     app.router.add_get("/portal/{org}/sign-in/start", start_sign_in)
     app.router.add_get("/portal/{org}", home)
+    # Imported here: their handlers use this module's `allowed`.
+    from . import approval, configurations
+    configurations.add_routes(app)
+    approval.add_routes(app)
