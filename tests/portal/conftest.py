@@ -192,6 +192,7 @@ async def portal(database_url: str, signing_key_pem: bytes, tmp_path: Path, port
 # --- an EHR for the configuration and approval flows --------------------------------------------------------
 
 EHR_CLIENT_ID = "visitgate-portal-ehr-client"
+EHR_CLIENT_ID_2 = "visitgate-portal-ehr-client-2"  # a second registration, for changing the client ID
 EHR_PRACTITIONER = ("ben.placeholder", "ben-ehr-pw")  # the sandbox EHR's practitioner and password
 
 
@@ -209,17 +210,24 @@ class Ehr:
 
 
 @pytest.fixture
-async def ehr(portal: Portal) -> AsyncIterator[Ehr]:
+def ehr_port() -> int:
+    """The sandbox EHR's port, known before the gateway starts (a browser test lets the EHR frame the gateway)."""
+    return unused_port()
+
+
+@pytest.fixture
+async def ehr(portal: Portal, ehr_port: int) -> AsyncIterator[Ehr]:
     """The sandbox EHR, with the gateway's client registered for the launch and for the portal's approver
     sign-in (both redirect URIs), and the organisation's approver granted by subject (a configuration names one
     person as its approver)."""
     settings = portal.gateway_app[SETTINGS]
-    port = unused_port()
+    port = ehr_port
     url = f"http://localhost:{port}"
+    redirect_uris = (settings.redirect_uri, f"{portal.gateway_url}/portal/ehr-callback")
     app = create_sandbox_app(SandboxSettings(
         base_url=url, app_launch_url=f"{portal.gateway_url}/launch", test_controls=True,
-        clients=(SandboxClient(client_id=EHR_CLIENT_ID, auth_method="private_key_jwt", jwks_url=settings.jwks_url,
-                               redirect_uris=(settings.redirect_uri, f"{portal.gateway_url}/portal/ehr-callback")),)))
+        clients=tuple(SandboxClient(client_id=client_id, auth_method="private_key_jwt", jwks_url=settings.jwks_url,
+                                    redirect_uris=redirect_uris) for client_id in (EHR_CLIENT_ID, EHR_CLIENT_ID_2))))
     server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server(access_log=logging.getLogger("sandbox.access"))
     async with portal.gateway_app[DB].acquire() as conn:
