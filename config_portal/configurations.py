@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway import configurations as configs
 from gateway.appkeys import DB, EHR, SEALER
-from gateway.config_check import Problem, check_configuration
+from gateway.config_check import Problem, check_configuration, url_problems
 from gateway.ehr import fhir_base_url
 from gateway.errors import ConfigError, NotFound
 
@@ -140,6 +140,11 @@ async def _save(request: web.Request, session: PortalSession, config: configs.Co
     errors = _field_errors(values, approvers, needs_secret=not had_secret, approver_optional=oracle_waived)
     problems: list[Problem] = []
     new = None
+    base = fhir_base_url(values["fhir_base_url"])
+    if errors and base is not None and "environment" not in errors:
+        # The rest of the form is wrong too: say what the URL alone says now, not after the next try.
+        for found in url_problems(base, values["environment"]):
+            errors.setdefault(found.field, found.message)
     if not errors:
         try:
             new = configs.NewConfiguration(

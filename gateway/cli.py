@@ -119,7 +119,7 @@ def _config_add(args: argparse.Namespace) -> int:
     new = NewConfiguration(fhir_base_url=args.fhir_base_url, environment=args.environment,
                            client_id=args.client_id, client_auth=args.client_auth, scopes=args.scopes,
                            client_secret=secret, meeting_provider=args.meeting_provider,
-                           writeback_strategy=args.writeback, ehr=args.ehr)
+                           writeback_strategy=args.writeback, ehr=args.ehr, approver=args.approver)
 
     async def work(conn: Any) -> int:
         org_id = await organisation_id(conn, args.org) if args.org else None
@@ -205,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--ehr", choices=["epic", "oracle", "smart"], default="smart",
                      help="which EHR: epic, oracle (Oracle Health) or smart (any other SMART on FHIR EHR)")
     add.add_argument("--org", help="the organisation it belongs to (its short name in portal URLs)")
+    add.add_argument("--approver", help="the subject (Entra: object ID) of the approver who approves it in the "
+                                        "portal")
     add.add_argument("--approved-by", help="approve it at once, as this operator (recorded in the audit log); "
                                            "without it the configuration waits for its approver in the portal")
     add.add_argument("--by", default="operator", help="who proposes it (recorded in the audit log)")

@@ -101,14 +101,18 @@ def fhir_release(version: object) -> str | None:
 
 def static_problems(new: NewConfiguration) -> list[Problem]:
     """What can be said of a configuration without asking anyone."""
-    base = new.fhir_base_url
+    return url_problems(new.fhir_base_url, new.environment)
+
+
+def url_problems(base: str, environment: str) -> list[Problem]:
+    """What a FHIR base URL (in its one spelling) says against the environment it is registered for."""
     found = []
-    if new.environment == "production" and base.startswith("http://"):
+    if environment == "production" and base.startswith("http://"):
         found.append(problem("http_in_production", base))
     said = environment_said(base)
-    if said == "test" and new.environment == "production":
+    if said == "test" and environment == "production":
         found.append(problem("test_url_as_production", base))
-    elif said == "production" and new.environment == "test":
+    elif said == "production" and environment == "test":
         found.append(problem("production_url_as_test", base))
     return found
 

@@ -60,7 +60,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str) -> int
     sandbox_app = create_sandbox_app(SandboxSettings(
         base_url=sandbox_url, app_launch_url=f"{settings.public_url}/launch",
         patient_launch_url=f"{settings.public_url}/launch/patient",
-        clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
+        # The launch's redirect URI, and the portal's for an approver's sign-in to this EHR.
+        clients=(SandboxClient(client_id=DEMO_CLIENT_ID,
+                               redirect_uris=(settings.redirect_uri, f"{settings.public_url}/portal/ehr-callback"),
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),)))
     settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
     gateway_app = create_app(settings)

@@ -137,6 +137,10 @@ async def test_the_approver_proves_the_url_at_the_ehr_approves_and_launches_go(p
     actions = [r["action"] for r in await portal.sql("SELECT action FROM audit_log WHERE subject = $1",
                                                      f"configuration:{config_id}")]
     assert actions == ["configuration.add", "configuration.ehr_sign_in", "configuration.approve"]
+    # Of the EHR session only who (the reference) and when were kept: not the practitioner's name, no token.
+    kept = str(await portal.sql("SELECT * FROM configuration_revisions")) + \
+        str(await portal.sql("SELECT details FROM audit_log"))
+    assert "Placeholder" not in kept and "access_token" not in kept and "id_token" not in kept
     r = await _launch(portal, ehr)
     assert r.status == 302, await r.text()
     assert query_of(r.headers["Location"])["client_id"] == EHR_CLIENT_ID
