@@ -49,7 +49,7 @@ _MAX_COOKIE = 2048
 
 
 def _revision_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise NotFound("no such revision")
     return int(value)
 

@@ -47,7 +47,7 @@ def actor(session: PortalSession) -> str:
 
 
 def _id(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise NotFound("no such configuration")
     return int(value)
 

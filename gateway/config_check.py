@@ -145,7 +145,8 @@ async def live_problems(ehr: EhrClient, new: NewConfiguration) -> list[Problem]:
             reason = {"DSTU2": "fhir_dstu2", "STU3": "fhir_stu3", "unknown": "fhir_version_unknown"}
             return [problem(reason.get(release, "no_metadata"), base)]
         try:
-            doc: Mapping[str, Any] = await ehr.smart_configuration(base)
+            # Asked afresh, not from the launch's discovery cache: the admin may just have fixed the EHR.
+            doc: Mapping[str, Any] = await ehr.get_json(f"{base}/.well-known/smart-configuration", "discovery")
         except (UpstreamUnavailable, UpstreamTimeout):
             raise
         except UpstreamError:

@@ -222,6 +222,14 @@ async def propose_new(conn: asyncpg.Connection, sealer: Sealer, new: NewConfigur
 
     A FHIR base URL already registered (in any organisation) is refused: one configuration per base.
     """
+    try:
+        return await _propose_new(conn, sealer, new, actor, organisation_id)
+    except asyncpg.UniqueViolationError as exc:  # the same URL added at the same moment elsewhere
+        raise ConfigError("this FHIR base URL is already registered") from exc
+
+
+async def _propose_new(conn: asyncpg.Connection, sealer: Sealer, new: NewConfiguration, actor: str,
+                       organisation_id: int | None) -> tuple[int, int]:
     async with conn.transaction():
         if await by_base(conn, new.fhir_base_url) is not None:
             raise ConfigError("this FHIR base URL is already registered")
@@ -249,6 +257,14 @@ async def propose_change(conn: asyncpg.Connection, sealer: Sealer, config_id: in
     A newer proposal supersedes the pending one. The values in force stay until the revision is approved; a
     configuration never approved simply shows its latest proposal. A retired configuration takes no change.
     """
+    try:
+        return await _propose_change(conn, sealer, config_id, new, actor)
+    except asyncpg.UniqueViolationError as exc:  # another proposal, or the same URL elsewhere, at the same moment
+        raise ConfigError("another change was saved at the same moment; reload the page and try again") from exc
+
+
+async def _propose_change(conn: asyncpg.Connection, sealer: Sealer, config_id: int, new: NewConfiguration,
+                          actor: str) -> int:
     async with conn.transaction():
         current = await get(conn, config_id)
         if current is None:

@@ -318,3 +318,26 @@ async def test_every_portal_change_refuses_a_cross_site_request(portal: Portal, 
         assert r.status == 403 and reason_code(body) == "cross_site_request", (path, body)
     assert await _status(portal, config_id) == "pending"
 
+
+
+async def test_deciding_asks_for_a_fresh_sign_in_when_the_last_one_is_old(portal: Portal, ehr: Ehr) -> None:
+    config_id = await _add(portal, ehr)
+    revision_id = await _pending_revision(portal, config_id)
+    await _as(portal, APPROVER)
+    await portal.sql("UPDATE portal_sessions SET auth_time = now() - interval '10 minutes'")
+    r = await portal.get(f"/portal/{ORG}/revisions/{revision_id}")
+    assert r.status == 302, await r.text()
+    assert query_of(r.headers["Location"])["max_age"] == "300"
+    assert (await portal.get(f"/portal/{ORG}/revisions/{revision_id}/ehr-sign-in")).status == 302
+    assert not (await portal.get(f"/portal/{ORG}/revisions/{revision_id}/ehr-sign-in")).headers["Location"] \
+        .startswith(ehr.url)
+    await portal.sql("UPDATE portal_sessions SET auth_time = now() - interval '1 hour'")
+    r = await _post(portal, f"/portal/{ORG}/revisions/{revision_id}/reject", {"reason": "stale"})
+    assert r.status == 409 and "too old" in await r.text()
+
+
+async def test_hostile_identifiers_in_portal_urls_are_a_clean_404(portal: Portal, ehr: Ehr) -> None:
+    await _as(portal, ADMIN)
+    for raw in ("\u00b2", "1e3", "-1", "9" * 30, "%00"):
+        r = await portal.get(f"/portal/{ORG}/configurations/{raw}")
+        assert r.status in (400, 404), (raw, await r.text())
