@@ -173,9 +173,9 @@ async def _save(request: web.Request, session: PortalSession, config: configs.Co
             else:
                 config_id = config.id
                 revision_id = await configs.propose_change(conn, request.app[SEALER], config.id, new, who)
-            if oracle_waived:
-                # The organisation waived the approver's EHR sign-in for Oracle Health: the admin's save approves.
-                await configs.approve(conn, revision_id, who, via="waived")
+            # The organisation may have waived the approver's EHR sign-in for Oracle Health: the save approves.
+            await configs.approve_if_waived(conn, revision_id, who, ehr=new.ehr,
+                                            organisation_id=session.organisation_id)
     except ConfigError as exc:
         raise ConfigurationRefused(str(exc)) from exc
     return web.Response(status=303, headers={

@@ -111,7 +111,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _config_add(args: argparse.Namespace) -> int:
-    from .configurations import NewConfiguration, add_approved, organisation_id, propose_new
+    from .configurations import NewConfiguration, add_approved, approve_if_waived, organisation_id, propose_new
     from .security import Sealer
 
     settings = Settings.from_env()
@@ -120,6 +120,10 @@ def _config_add(args: argparse.Namespace) -> int:
                            client_id=args.client_id, client_auth=args.client_auth, scopes=args.scopes,
                            client_secret=secret, meeting_provider=args.meeting_provider,
                            writeback_strategy=args.writeback, ehr=args.ehr, approver=args.approver)
+
+    if not args.approved_by and not args.approver and args.ehr != "oracle":
+        raise ConfigError("name who approves it in the portal (--approver), or approve it now as an operator "
+                          "(--approved-by)")
 
     async def work(conn: Any) -> int:
         org_id = await organisation_id(conn, args.org) if args.org else None
@@ -133,9 +137,13 @@ def _config_add(args: argparse.Namespace) -> int:
             config_id = await add_approved(conn, sealer, new, args.approved_by, organisation_id=org_id)
             print(f"configuration {config_id} added and approved by {args.approved_by}: {new.fhir_base_url}")
             return 0
-        # Without --approved-by a proposal waits for its approver, as one made in the portal does.
-        config_id, _ = await propose_new(conn, sealer, new, args.by, organisation_id=org_id)
-        print(f"configuration {config_id} added, pending approval in the portal: {new.fhir_base_url}")
+        # Without --approved-by a proposal waits for its approver, as one made in the portal does (unless the
+        # organisation waived the approver for Oracle Health).
+        async with conn.transaction():
+            config_id, revision_id = await propose_new(conn, sealer, new, args.by, organisation_id=org_id)
+            waived = await approve_if_waived(conn, revision_id, args.by, ehr=new.ehr, organisation_id=org_id)
+        print(f"configuration {config_id} added, " + ("approved (the organisation waived the approver for Oracle "
+              "Health)" if waived else "pending approval in the portal") + f": {new.fhir_base_url}")
         return 0
 
     return asyncio.run(with_connection(settings, work))

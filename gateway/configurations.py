@@ -324,6 +324,16 @@ async def approve(conn: asyncpg.Connection, revision_id: int, actor: str, *, via
                             "after": revision.values(), "status_before": current.status})
 
 
+async def approve_if_waived(conn: asyncpg.Connection, revision_id: int, actor: str, *, ehr: str,
+                            organisation_id: int | None) -> bool:
+    """Approve a just-proposed revision when its organisation waived the approver for Oracle Health (the
+    seeds' Oracle flow has no approver step); answers whether it did. Epic and others always wait."""
+    if ehr != "oracle" or not await waives_oracle_approval(conn, organisation_id):
+        return False
+    await approve(conn, revision_id, actor, via="waived")
+    return True
+
+
 async def reject(conn: asyncpg.Connection, revision_id: int, actor: str, reason: str) -> None:
     """Reject a pending revision with a reason; a configuration never approved becomes rejected, an approved
     one keeps its values in force."""
