@@ -165,7 +165,7 @@ def test_an_ehr_user_of_another_ehr_or_not_a_practitioner_proves_nothing() -> No
     base = "https://ehr.example.org/api/FHIR/R4"
     assert practitioner_reference(f"{base}/Practitioner/abc", base) == f"{base}/Practitioner/abc"
     assert practitioner_reference("Person/p1", base) == f"{base}/Person/p1"
-    for value, reason in ((f"https://other.example.org/fhir/Practitioner/abc", "ehr_other_ehr"),
+    for value, reason in (("https://other.example.org/fhir/Practitioner/abc", "ehr_other_ehr"),
                           (f"{base}-evil/Practitioner/abc", "ehr_other_ehr"),
                           (f"{base}/Patient/p1", "ehr_not_practitioner"), ("Practitioner/../x", "ehr_not_practitioner"),
                           (None, "ehr_no_fhir_user")):
