@@ -37,7 +37,7 @@ SELECT id, organisation_id, status FROM configurations WHERE fhir_base_url = $1;
 
 -- name: organisation_configurations
 SELECT c.id, c.fhir_base_url, c.environment, c.ehr, c.client_id, c.status, c.approver,
-       r.id AS pending_revision, r.number AS pending_number
+       r.id AS pending_revision, r.number AS pending_number, r.approver AS pending_approver
 FROM configurations c
 LEFT JOIN configuration_revisions r ON r.configuration_id = c.id AND r.state = 'pending'
 WHERE c.organisation_id = $1
