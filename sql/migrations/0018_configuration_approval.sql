@@ -10,10 +10,10 @@ CREATE TABLE launch_refusals (
     configuration_id bigint REFERENCES configurations (id),
     reason           text NOT NULL,
     day              date NOT NULL,
-    count            bigint NOT NULL DEFAULT 0,
-    -- serves: launch.count_launch_refusal (the upsert's conflict target; NULL configurations meet too)
-    UNIQUE NULLS NOT DISTINCT (configuration_id, reason, day)
+    count            bigint NOT NULL DEFAULT 0
 );
+-- serves: launch.count_launch_refusal (the upsert's conflict target; refusals of unknown `iss` meet on 0)
+CREATE UNIQUE INDEX launch_refusals_key ON launch_refusals ((coalesce(configuration_id, 0)), reason, day);
 
 -- serves: configurations.organisation_configurations (an admin's list of their organisation's configurations)
 CREATE INDEX configurations_organisation ON configurations (organisation_id);

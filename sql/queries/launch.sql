@@ -15,7 +15,7 @@ SELECT c.id, c.status, c.client_id, c.client_auth, c.scopes FROM c LEFT JOIN kep
 -- name: count_launch_refusal
 -- The error report's counter: one row per configuration (NULL: unknown `iss`), reason and day.
 INSERT INTO launch_refusals (configuration_id, reason, day, count) VALUES ($1, $2, current_date, 1)
-ON CONFLICT (configuration_id, reason, day) DO UPDATE SET count = launch_refusals.count + 1;
+ON CONFLICT ((coalesce(configuration_id, 0)), reason, day) DO UPDATE SET count = launch_refusals.count + 1;
 
 -- name: take_launch_state
 -- Single use, and only by the browser the state is bound to (its key among $2): the row is gone whether or
