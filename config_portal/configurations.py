@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway import configurations as configs
 from gateway.appkeys import DB, EHR, SEALER
-from gateway.config_check import Problem, check_configuration, url_problems
+from gateway.config_check import Problem, live_problems, stored_problems, url_problems
 from gateway.ehr import fhir_base_url
 from gateway.errors import ConfigError, NotFound
 
@@ -157,8 +157,9 @@ async def _save(request: web.Request, session: PortalSession, config: configs.Co
             errors["fhir_base_url"] = str(exc)
     if new is not None:
         async with request.app[DB].acquire() as conn:
-            problems = await check_configuration(conn, request.app[EHR], new,
-                                                 configuration_id=config.id if config else None)
+            problems = await stored_problems(conn, new, configuration_id=config.id if config else None)
+        # The connection goes back to the pool before the EHR is asked (which may take its time limit).
+        problems += await live_problems(request.app[EHR], new)
         for found in problems:
             errors.setdefault(found.field, found.message)
     if errors or new is None:

@@ -169,13 +169,21 @@ async def live_problems(ehr: EhrClient, new: NewConfiguration) -> list[Problem]:
     return found
 
 
-async def check_configuration(conn: asyncpg.Connection, ehr: EhrClient, new: NewConfiguration, *,
-                              configuration_id: int | None = None) -> list[Problem]:
-    """Every problem of a configuration about to be saved (empty: it may be saved): the static ones, a
-    duplicate FHIR base URL (in any organisation; configuration_id is the one being changed), then the live
-    check through the EHR client."""
+async def stored_problems(conn: asyncpg.Connection, new: NewConfiguration, *,
+                          configuration_id: int | None = None) -> list[Problem]:
+    """The static problems and a duplicate FHIR base URL (in any organisation; configuration_id is the one
+    being changed): what can be said without asking the EHR."""
     found = static_problems(new)
     other = await by_base(conn, new.fhir_base_url)
     if other is not None and other[0] != configuration_id:
         found.append(problem("duplicate", new.fhir_base_url))
+    return found
+
+
+async def check_configuration(conn: asyncpg.Connection, ehr: EhrClient, new: NewConfiguration, *,
+                              configuration_id: int | None = None) -> list[Problem]:
+    """Every problem of a configuration about to be saved (empty: it may be saved): stored_problems, then the
+    live check through the EHR client. (A server hands its connection back before the live check: see the
+    portal's form.)"""
+    found = await stored_problems(conn, new, configuration_id=configuration_id)
     return found + await live_problems(ehr, new)
