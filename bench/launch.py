@@ -403,7 +403,8 @@ def start_everything(run: Run) -> dict[str, Any]:
                       database_url=dsn, data_dir=run.tmp / "data", log_level=args.log_level)
     visitgate = str(BIN / "visitgate")
     added = subprocess.run([visitgate, "config", "add", "--fhir-base-url", fhir_base, "--environment", "test",
-                            "--client-id", CLIENT_ID, "--client-auth", "private_key_jwt", "--approved-by", "bench"],
+                            "--client-id", CLIENT_ID, "--client-auth", "private_key_jwt", "--approved-by", "bench",
+                            "--no-live-check"],  # the sandbox starts after this
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=min(60, run.left()))
     if added.returncode != 0:
         raise RuntimeError(f"visitgate config add failed:\n{added.stdout}\n{added.stderr}")

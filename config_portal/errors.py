@@ -58,3 +58,26 @@ class UnknownOrganisation(PortalError):
     status = 404
     reason = "unknown_organisation"
     title = "No such organisation"
+
+
+class ConfigurationRefused(PortalError):
+    """A configuration change or decision the portal will not make: the revision was decided already, the
+    configuration is retired, or the approver has not proved the URL by signing in to the EHR."""
+
+    status = 409
+    reason = "configuration_refused"
+    title = "This could not be done"
+
+
+class EhrSignInRefused(PortalError):
+    """The approver's sign-in to the EHR proves nothing: another browser, a replayed or expired state, an
+    EHR that refused, or a fhirUser that is not a practitioner of this FHIR base URL."""
+
+    status = 403
+    reason = "ehr_sign_in_refused"
+    title = "Your EHR sign-in could not be used"
+    STATUSES = {"ehr_state_invalid": 400, "ehr_other_browser": 400, "ehr_error": 400}
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.status = self.STATUSES.get(self.reason, 403)

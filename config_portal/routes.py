@@ -49,9 +49,13 @@ def allowed(*roles: str) -> Callable[[Handler], Handler]:
     return mark
 
 
-def _no_store(response: web.StreamResponse) -> web.StreamResponse:
+def no_store(response: web.StreamResponse) -> web.StreamResponse:
+    """The response, marked never to be kept by a cache (every portal page is someone's)."""
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+_no_store = no_store
 
 
 @allowed(*PUBLIC)
@@ -260,3 +264,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/portal/{org}/members", members_page)
     app.router.add_post("/portal/{org}/members/grant", members_grant)
     app.router.add_post("/portal/{org}/members/revoke", members_revoke)
+    # Imported here: their handlers use this module's `allowed`.
+    from . import approval, configurations
+    configurations.add_routes(app)
+    approval.add_routes(app)

@@ -111,22 +111,63 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _config_add(args: argparse.Namespace) -> int:
-    from .configurations import NewConfiguration, add_approved
+    from .configurations import NewConfiguration, add_approved, approve_if_waived, organisation_id, propose_new
     from .security import Sealer
 
     settings = Settings.from_env()
     secret = os.environ.get(args.client_secret_env) if args.client_secret_env else None
-    new = NewConfiguration(fhir_base_url=args.fhir_base_url.rstrip("/"), environment=args.environment,
+    new = NewConfiguration(fhir_base_url=args.fhir_base_url, environment=args.environment,
                            client_id=args.client_id, client_auth=args.client_auth, scopes=args.scopes,
                            client_secret=secret, meeting_provider=args.meeting_provider,
-                           writeback_strategy=args.writeback)
+                           writeback_strategy=args.writeback, ehr=args.ehr, approver=args.approver)
+
+    if not args.approved_by and not args.approver and args.ehr != "oracle":
+        raise ConfigError("name who approves it in the portal (--approver), or approve it now as an operator "
+                          "(--approved-by)")
 
     async def work(conn: Any) -> int:
-        config_id = await add_approved(conn, Sealer(settings.secret_key), new, args.approved_by)
-        print(f"configuration {config_id} added and approved by {args.approved_by}: {new.fhir_base_url}")
+        org_id = await organisation_id(conn, args.org) if args.org else None
+        problems = await _check(conn, settings, new, live=not args.no_live_check)
+        if problems:
+            for found in problems:
+                print(f"visitgate: {found.reason}: {found.message}", file=sys.stderr)
+            return 2
+        sealer = Sealer(settings.secret_key)
+        if args.approved_by:
+            config_id = await add_approved(conn, sealer, new, args.approved_by, organisation_id=org_id)
+            print(f"configuration {config_id} added and approved by {args.approved_by}: {new.fhir_base_url}")
+            return 0
+        # Without --approved-by a proposal waits for its approver, as one made in the portal does (unless the
+        # organisation waived the approver for Oracle Health).
+        async with conn.transaction():
+            config_id, revision_id = await propose_new(conn, sealer, new, args.by, organisation_id=org_id)
+            waived = await approve_if_waived(conn, revision_id, args.by, ehr=new.ehr, organisation_id=org_id)
+        print(f"configuration {config_id} added, " + ("approved (the organisation waived the approver for Oracle "
+              "Health)" if waived else "pending approval in the portal") + f": {new.fhir_base_url}")
         return 0
 
     return asyncio.run(with_connection(settings, work))
+
+
+async def _check(conn: Any, settings: Settings, new: Any, *, live: bool) -> list[Any]:
+    """The portal's check of a configuration (gateway.config_check), live through the one EHR client."""
+    import aiohttp
+
+    from .config_check import check_configuration, problem, static_problems
+    from .configurations import by_base
+    from .ehr import EhrClient
+
+    if not live:
+        problems = static_problems(new)
+        if await by_base(conn, new.fhir_base_url) is not None:
+            problems.append(problem("duplicate", new.fhir_base_url))
+        return problems
+    async with aiohttp.ClientSession(headers={"User-Agent": "visitgate"}) as http:
+        ehr = EhrClient(http, timeout=settings.http_timeout)
+        try:
+            return await check_configuration(conn, ehr, new)
+        finally:
+            await ehr.close()
 
 
 def _config_list(args: argparse.Namespace) -> int:
@@ -134,8 +175,9 @@ def _config_list(args: argparse.Namespace) -> int:
 
     async def work(conn: Any) -> int:
         for row in await list_all(conn):
-            print(f"{row['id']}\t{row['environment']}\t{row['status']}\t{row['fhir_base_url']}\t"
-                  f"{row['client_id']}\t{row['client_auth']}\twrite-back {row['writeback_strategy']}"
+            print(f"{row['id']}\t{row['organisation'] or '-'}\t{row['environment']}\t{row['status']}\t"
+                  f"{row['fhir_base_url']}\t{row['ehr']}\t{row['client_id']}\t{row['client_auth']}\t"
+                  f"write-back {row['writeback_strategy']}"
                   + (f" (off: {row['writeback_disabled_reason']})" if row['writeback_disabled_reason'] else ""))
         return 0
 
@@ -157,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     for part in PART_COMMANDS:  # the parts' own commands, named like app.PARTS so no import points up
         importlib.import_module(part).add_command(sub)
     config = sub.add_parser("config", help="EHR configurations").add_subparsers(dest="action", required=True)
-    add = config.add_parser("add", help="register an approved FHIR base URL")
+    add = config.add_parser("add", help="register a FHIR base URL (checked as the portal checks it)")
     add.add_argument("--fhir-base-url", required=True)
     add.add_argument("--environment", choices=["test", "production"], required=True)
     add.add_argument("--client-id", required=True)
@@ -168,7 +210,16 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--meeting-provider", default="builtin")
     add.add_argument("--writeback", choices=list(WRITEBACK_STRATEGIES), default="none",
                      help="write visits back to the FHIR Encounter (needs system/Encounter scopes; see docs/writeback.md)")
-    add.add_argument("--approved-by", required=True, help="who approves it (recorded in the audit log)")
+    add.add_argument("--ehr", choices=["epic", "oracle", "smart"], default="smart",
+                     help="which EHR: epic, oracle (Oracle Health) or smart (any other SMART on FHIR EHR)")
+    add.add_argument("--org", help="the organisation it belongs to (its short name in portal URLs)")
+    add.add_argument("--approver", help="the subject (Entra: object ID) of the approver who approves it in the "
+                                        "portal")
+    add.add_argument("--approved-by", help="approve it at once, as this operator (recorded in the audit log); "
+                                           "without it the configuration waits for its approver in the portal")
+    add.add_argument("--by", default="operator", help="who proposes it (recorded in the audit log)")
+    add.add_argument("--no-live-check", action="store_true",
+                     help="skip asking the EHR (discovery, /metadata) before saving; the other checks still run")
     add.set_defaults(func=_config_add)
     config.add_parser("list", help="list configurations").set_defaults(func=_config_list)
     return top

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -116,10 +116,9 @@ async def _start(request: web.Request, audience: str) -> web.Response:
         async with request.app[DB].acquire() as conn:
             found = await store.start_launch(conn, token_hash(state), base, settings.launch_state_ttl, audience,
                                              token_hash(browser.key), request.app[SEALER].seal(launch, _LAUNCH_REF))
-    if base is None or found is None:
-        raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "
-                            "administrator to register and approve it.")
-    client_id, client_auth, scopes = found
+    if base is None or found is None or found.status != "approved":
+        await _refuse_launch(request, found)
+    client_id, client_auth, scopes = found.client_id, found.client_auth, found.scopes
     if audience == "patient":
         scopes = PATIENT_SCOPES
     smart = request.app[SMART]
@@ -205,6 +204,30 @@ async def _open_provider_visit(app: web.Application, config: store.LaunchConfigu
             session_ttl=settings.provider_session_ttl, browser_hash=browser_hash,
             handle_hash=handle_hash, handle_ttl=settings.provider_handle_ttl)
     return visit
+
+
+# Per status of a configuration that is not in force: what the person at the EHR is told.
+_NOT_IN_FORCE = {
+    "pending": "This EHR's FHIR server is registered for virtual visits but not approved yet. The approver named "
+               "in the configuration portal must sign in to the EHR and approve it first.",
+    "rejected": "This EHR's FHIR server was registered for virtual visits, but its approver rejected it. Ask your "
+                "administrator to correct the configuration in the portal.",
+    "retired": "Virtual visits from this EHR's FHIR server have been switched off here (its configuration was "
+               "retired). Ask your administrator if this is unexpected.",
+}
+
+
+async def _refuse_launch(request: web.Request, found: store.LaunchStart | None) -> NoReturn:
+    """Refuse a launch whose `iss` is unknown or not in force, counted for the error report; no request goes
+    out to the EHR."""
+    status = found.status if found is not None else None
+    reason = f"configuration_{status}" if status in _NOT_IN_FORCE else "unknown_iss"
+    async with request.app[DB].acquire() as conn:
+        await store.count_launch_refusal(conn, found.configuration_id if found else None, reason)
+    if status in _NOT_IN_FORCE:
+        raise UnknownIssuer(_NOT_IN_FORCE[status], reason=reason)
+    raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "
+                        "administrator to register and approve it.")
 
 
 def _continue_in_new_window(request: web.Request, pending: store.PendingLaunch) -> web.Response:

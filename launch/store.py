@@ -80,15 +80,32 @@ class Visit(NamedTuple):
     """The sealed Patient id the visit was first opened with."""
 
 
+@dataclass(frozen=True)
+class LaunchStart:
+    """What `start_launch` found for an `iss`: its configuration's status and, when approved (and the state
+    kept), how to authorize against it."""
+
+    configuration_id: int
+    status: str
+    client_id: str
+    client_auth: str
+    scopes: str
+
+
 async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str, ttl: int, audience: str,
-                       browser_hash: bytes, launch_ref: bytes) -> tuple[str, str, str] | None:
-    """Keep a launch state, bound to a browser, when iss is an approved FHIR base URL: (client id, client auth,
-    scopes), else None.
+                       browser_hash: bytes, launch_ref: bytes) -> LaunchStart | None:
+    """Keep a launch state, bound to a browser, when iss is an approved FHIR base URL; answers the configuration
+    of iss whatever its status (a state is kept only for "approved"), or None when no configuration has it.
 
     audience says whose launch it is ("provider" from the EHR, "patient" from the portal).
     """
     row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl), audience, browser_hash, launch_ref)
-    return (row["client_id"], row["client_auth"], row["scopes"]) if row else None
+    return LaunchStart(row["id"], row["status"], row["client_id"], row["client_auth"], row["scopes"]) if row else None
+
+
+async def count_launch_refusal(conn: asyncpg.Connection, configuration_id: int | None, reason: str) -> None:
+    """Count one refused launch for the error report (per configuration, reason and day)."""
+    await conn.execute(Q["count_launch_refusal"], configuration_id, reason)
 
 
 async def take_launch_state(conn: asyncpg.Connection, state_hash: bytes,

@@ -135,7 +135,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
     sandbox_app = create_sandbox_app(SandboxSettings(
         base_url=sandbox_url, app_launch_url=f"{settings.public_url}/launch",
         patient_launch_url=f"{settings.public_url}/launch/patient",
-        clients=(SandboxClient(client_id=DEMO_CLIENT_ID, redirect_uris=(settings.redirect_uri,),
+        # The launch's redirect URI, and the portal's for an approver's sign-in to this EHR.
+        clients=(SandboxClient(client_id=DEMO_CLIENT_ID,
+                               redirect_uris=(settings.redirect_uri, f"{settings.public_url}/portal/ehr-callback"),
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),),
         oidc_url=idp_url, portal_sign_in_url=f"{sign_in_url}/start", one_click_user=DEMO_ADMIN.username,
         oidc_clients=(demo_portal_client(f"{settings.public_url}/portal/callback", portal_secret,

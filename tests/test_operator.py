@@ -61,7 +61,8 @@ async def test_config_add_registers_an_approved_configuration_and_audits_it(
     monkeypatch.setenv("VISITGATE_SIGNING_KEY", signing_key_pem.decode())
     code = await asyncio.to_thread(main, [
         "config", "add", "--fhir-base-url", "https://ehr.example.org/fhir/r4", "--environment", "production",
-        "--client-id", "abc", "--approved-by", "ops@example.org", "--writeback", "fhir-r4-patch"])
+        "--client-id", "abc", "--approved-by", "ops@example.org", "--writeback", "fhir-r4-patch",
+        "--no-live-check"])
     assert code == 0
     conn = await asyncpg.connect(database_url)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 import sql
 from gateway.appkeys import DB, SETTINGS
-from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
+from gateway.configurations import DEFAULT_SCOPES
 from gateway.db import migrate
 from gateway.security import Sealer, new_token, token_hash
 from gateway.sessions import BROWSER_COOKIE, BrowserKey, provider_identity
@@ -144,9 +144,11 @@ async def test_a_provider_page_open_across_0006_keeps_its_handle_and_across_0009
         monkeypatch.setattr(sql, "migrations", lambda: [m for m in every if m[0] < 6])
         await migrate(conn)
         sealer = Sealer(secrets.token_bytes(32))
-        config_id = await add_approved(conn, sealer, NewConfiguration(
-            fhir_base_url="https://ehr.example.org/fhir", environment="test", client_id="c",
-            client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="test")
+        # Inserted as the schema of that time had it (today's add_approved writes revisions, from 0017).
+        config_id = await conn.fetchval(
+            "INSERT INTO configurations (fhir_base_url, environment, client_id, client_auth, scopes, status)"
+            " VALUES ('https://ehr.example.org/fhir', 'test', 'c', 'private_key_jwt', $1, 'approved') RETURNING id",
+            DEFAULT_SCOPES)
         visit_id = await conn.fetchval(
             "INSERT INTO visits (configuration_id, encounter_key, encounter_ref, meeting_provider)"
             " VALUES ($1, $2, $3, 'builtin') RETURNING id",

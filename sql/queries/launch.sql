@@ -1,15 +1,21 @@
 -- name: start_launch
 -- One round trip: keep the state, bound to the browser's key ($5), only if `iss` is exactly an approved
--- FHIR base URL.
+-- FHIR base URL. A configuration that is not approved (pending, rejected, retired) answers its status and
+-- keeps nothing; no row at all: nobody registered this `iss`.
 WITH c AS (
-    SELECT id, client_id, client_auth, scopes FROM configurations
-    WHERE fhir_base_url = $2 AND status = 'approved'
+    SELECT id, client_id, client_auth, scopes, status FROM configurations
+    WHERE fhir_base_url = $2
 ), kept AS (
     INSERT INTO launch_states (state_hash, configuration_id, expires_at, audience, browser_hash, launch_ref)
-    SELECT $1, c.id, now() + make_interval(secs => $3), $4, $5, $6 FROM c
+    SELECT $1, c.id, now() + make_interval(secs => $3), $4, $5, $6 FROM c WHERE c.status = 'approved'
     RETURNING configuration_id
 )
-SELECT c.client_id, c.client_auth, c.scopes FROM c JOIN kept ON kept.configuration_id = c.id;
+SELECT c.id, c.status, c.client_id, c.client_auth, c.scopes FROM c LEFT JOIN kept ON kept.configuration_id = c.id;
+
+-- name: count_launch_refusal
+-- The error report's counter: one row per configuration (NULL: unknown `iss`), reason and day.
+INSERT INTO launch_refusals (configuration_id, reason, day, count) VALUES ($1, $2, current_date, 1)
+ON CONFLICT ((coalesce(configuration_id, 0)), reason, day) DO UPDATE SET count = launch_refusals.count + 1;
 
 -- name: take_launch_state
 -- Single use, and only by the browser the state is bound to (its key among $2): the row is gone whether or

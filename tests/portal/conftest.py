@@ -22,13 +22,13 @@ from aiohttp.test_utils import TestServer, unused_port
 
 from config_portal.organisations import NewOrganisation, add_organisation, grant
 from gateway import Settings, create_app
-from gateway.appkeys import DB, SEALER
+from gateway.appkeys import DB, SEALER, SETTINGS
 from gateway.web import runner_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from oidc_helpers import make_sandbox_tls  # noqa: E402
 
-from sandbox import SandboxSettings, create_sandbox_app  # noqa: E402
+from sandbox import SandboxClient, SandboxSettings, create_sandbox_app  # noqa: E402
 from sandbox.config import OidcClient  # noqa: E402
 from sandbox.oidc_directory import (  # noqa: E402
     GROUP_ADMINS, GROUP_APPROVERS, TENANT_GENERIC, TENANT_MAIN, USERS, OidcUser,
@@ -187,3 +187,52 @@ async def portal(database_url: str, signing_key_pem: bytes, tmp_path: Path, port
             await gateway_server.close()
     finally:
         await idp_server.close()
+
+
+# --- an EHR for the configuration and approval flows --------------------------------------------------------
+
+EHR_CLIENT_ID = "visitgate-portal-ehr-client"
+EHR_CLIENT_ID_2 = "visitgate-portal-ehr-client-2"  # a second registration, for changing the client ID
+EHR_PRACTITIONER = ("ben.placeholder", "ben-ehr-pw")  # the sandbox EHR's practitioner and password
+
+
+@dataclass
+class Ehr:
+    """The sandbox EHR over plain http on another host name (as a real EHR is another site)."""
+
+    url: str
+    app: web.Application
+
+    @property
+    def fhir_base(self) -> str:
+        """Its FHIR base URL (the SMART `iss`)."""
+        return f"{self.url}/fhir"
+
+
+@pytest.fixture
+def ehr_port() -> int:
+    """The sandbox EHR's port, known before the gateway starts (a browser test lets the EHR frame the gateway)."""
+    return unused_port()
+
+
+@pytest.fixture
+async def ehr(portal: Portal, ehr_port: int) -> AsyncIterator[Ehr]:
+    """The sandbox EHR, with the gateway's client registered for the launch and for the portal's approver
+    sign-in (both redirect URIs), and the organisation's approver granted by subject (a configuration names one
+    person as its approver)."""
+    settings = portal.gateway_app[SETTINGS]
+    port = ehr_port
+    url = f"http://localhost:{port}"
+    redirect_uris = (settings.redirect_uri, f"{portal.gateway_url}/portal/ehr-callback")
+    app = create_sandbox_app(SandboxSettings(
+        base_url=url, app_launch_url=f"{portal.gateway_url}/launch", test_controls=True,
+        clients=tuple(SandboxClient(client_id=client_id, auth_method="private_key_jwt", jwks_url=settings.jwks_url,
+                                    redirect_uris=redirect_uris) for client_id in (EHR_CLIENT_ID, EHR_CLIENT_ID_2))))
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server(access_log=logging.getLogger("sandbox.access"))
+    async with portal.gateway_app[DB].acquire() as conn:
+        await grant(conn, ORG, "approver", "subject", APPROVER.oid, "test-operator")
+    try:
+        yield Ehr(url, app)
+    finally:
+        await server.close()
