@@ -191,12 +191,12 @@ async def invite(request: web.Request) -> web.Response:
                                                  "message": refused.message})
 
 
-async def _take_back(request: web.Request, token: str, participant_id: UUID, new_guest: bool) -> None:
+async def _take_back(request: web.Request, code: str, participant_id: UUID, new_guest: bool) -> None:
     """Take back a link that never reached anyone (the send failed): a guest added for it goes with it."""
     try:
         async with request.app[DB].acquire() as conn, conn.transaction():
             if not (new_guest and await joinlinks.forget_unsent_guest(conn, participant_id)):
-                await joinlinks.revoke_link(conn, request.app, token)
+                await joinlinks.revoke_link(conn, request.app, code)
     except Exception as exc:  # the answer to the clinician matters more; the link expires on its own anyway
         log.warning("taking back an unsent link for participant %s failed (%s)", participant_id,
                     type(exc).__name__)
@@ -224,11 +224,11 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
                 else:
                     assert form.guest_kind is not None
                     participant_id = await participants.add_guest(conn, session.visit_id, form.guest_kind)
-                token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
+                code = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
     except ValueError:
         # issue_link refuses a window that has passed: the appointment is over.
         raise InviteRefused(409, "visit_over", "This visit's time has passed; no new link can be sent.") from None
-    link = joinlinks.keys_of(app).link_url(token)
+    link = joinlinks.keys_of(app).link_url(code)
     person = "the patient" if form.role == "patient" else "the guest"
     payload: dict[str, Any] = {"ok": True, "channel": form.channel, "role": form.role,
                                "guest_kind": form.guest_kind, "participant": str(participant_id)}
@@ -247,14 +247,14 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
             masked = mask_phone(address)
             where = "mobile number on file" if form.role == "patient" else "mobile number"
     except NotifyError as exc:
-        await _take_back(request, token, participant_id, new_guest=form.role == "guest")
+        await _take_back(request, code, participant_id, new_guest=form.role == "guest")
         log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
         status = 422 if exc.reason == "sms_bad_number" else 502
         raise InviteRefused(status, exc.reason, f"{exc.detail} The link was not sent; nothing was kept.") from None
     except Exception:
         # Whatever else stopped the send (an address the mail library refuses, a bug), the link reached no
         # one: the new guest and its link go too, and the error goes on to the edge.
-        await _take_back(request, token, participant_id, new_guest=form.role == "guest")
+        await _take_back(request, code, participant_id, new_guest=form.role == "guest")
         raise
     log.info("sent %s for participant %s", form.channel, participant_id)
     payload.update(masked=masked, message=f"Sent to {person}'s {where} ({masked}).")

@@ -47,10 +47,13 @@ LINK_MESSAGES = {
                      N_("Ask your clinic for a new link.")),
     "link_revoked": (N_("This visit link has been replaced"),
                      N_("Use the newest link your clinic sent you, or ask your clinic for a new link.")),
-    "link_in_use": (N_("This visit link is already in use"),
-                    N_("It was opened on another device or in another browser. Continue there, or ask your "
-                       "clinic for a new link.")),
+    # Only when the link's session moved between devices several times within a minute (joinlinks.MAX_MOVES).
+    "link_in_use": (N_("This visit link was just opened on another device"),
+                    N_("Continue on that device, or wait a minute and open the link here again.")),
 }
+SESSION_MOVED = (N_("You opened this visit on another device"),
+                 N_("Continue on that device. To come back to this one, open the link your clinic sent you "
+                    "again here."))
 NO_SESSION = (N_("Your visit session has ended"),
               N_("Open the link your clinic sent you again, or start the visit again from your patient portal."))
 LAUNCH_FAILED = (N_("Your video visit could not be started"),
@@ -106,8 +109,16 @@ def _patient_page(response: web.Response) -> web.Response:
 
 
 async def join_page(request: web.Request) -> web.Response:
-    """GET /join?t=: check the link without using it, and show one button that POSTs it."""
-    token = request.query.get("t", "")
+    """GET /join?t= (a signed link from before short codes): as short_join_page."""
+    return await _join_page(request, request.query.get("t", ""))
+
+
+async def short_join_page(request: web.Request) -> web.Response:
+    """GET /j/{code}: check the link without using it, and show one button that POSTs it."""
+    return await _join_page(request, request.match_info["code"])
+
+
+async def _join_page(request: web.Request, token: str) -> web.Response:
     with _link_errors(request):
         async with request.app[DB].acquire() as conn:
             await joinlinks.verify_link(conn, request.app, token)
@@ -125,7 +136,9 @@ async def join_exchange(request: web.Request) -> web.Response:
             raise JoinLinkInvalid(reason="link_invalid")
         async with request.app[DB].acquire() as conn:
             session = await joinlinks.exchange_link(conn, request.app, token, presented)
-    log.info("join link exchanged for participant %s of visit %s", session.participant_id, session.visit_id)
+    log.info("join link %s for participant %s of visit %s",
+             "moved the session from another browser" if session.moved else "exchanged",
+             session.participant_id, session.visit_id)
     return _to_lobby(request, session)
 
 
@@ -137,8 +150,12 @@ def _to_lobby(request: web.Request, session: joinlinks.ParticipantSession) -> we
 
 
 async def _session(request: web.Request) -> tuple[Participant, dt.datetime]:
+    handle = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
     async with request.app[DB].acquire() as conn:
-        found = await joinlinks.session_for_handle(conn, request.cookies.get(joinlinks.PARTICIPANT_COOKIE))
+        found = await joinlinks.session_for_handle(conn, handle)
+        moved = found is None and await joinlinks.session_moved(conn, handle)
+    if moved:
+        raise _localized(request, SessionExpired(reason="session_moved"), SESSION_MOVED)
     if found is None:
         raise _localized(request, SessionExpired(), NO_SESSION)
     return found
@@ -152,6 +169,22 @@ async def lobby_page(request: web.Request) -> web.Response:
 
 
 @serves_json
+async def lobby_state(request: web.Request) -> web.Response:
+    """GET /lobby/state: where this participant's wait stands, so a reloaded lobby resumes its place.
+
+    Read from the participant's own events (when its current wait began, whether its last device test
+    passed); a session that moved to another device is refused with reason session_moved.
+    """
+    participant, _expires = await _session(request)
+    async with request.app[DB].acquire() as conn:
+        resume = await joinlinks.lobby_resume(conn, participant.id)
+    since = resume.waiting_since
+    return _patient_page(web.json_response({
+        "waiting_since": since.astimezone(dt.timezone.utc).isoformat() if since else None,
+        "device_test_passed": resume.device_test_passed}))
+
+
+@serves_json
 async def lobby_handoff(request: web.Request) -> web.Response:
     """POST /lobby/handoff: a fresh join link for this participant, to open the visit in another browser.
 
@@ -160,10 +193,10 @@ async def lobby_handoff(request: web.Request) -> web.Response:
     """
     participant, expires_at = await _session(request)
     async with request.app[DB].acquire() as conn:
-        token = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,
-                                           expires_at - joinlinks.GRACE)
+        code = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,
+                                          expires_at - joinlinks.GRACE)
     log.info("handoff link issued for participant %s", participant.id)
-    url = joinlinks.keys_of(request.app).link_url(token)
+    url = joinlinks.keys_of(request.app).link_url(code)
     return _patient_page(web.json_response({"url": url}))
 
 

@@ -26,8 +26,8 @@ from gateway.web import add_templates, serves_json
 from . import store
 from .appkeys import SMART
 from .invites import invite
-from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
-                   open_patient_visit, patient_facing_errors, setup_join)
+from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page, lobby_state,
+                   open_patient_visit, patient_facing_errors, setup_join, short_join_page)
 from .page_strings import for_page
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
 from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
@@ -377,9 +377,11 @@ ROUTES: list[web.AbstractRouteDef] = [
     web.post("/provider/{handle}/invite", invite, name="provider_invite"),
     web.get("/provider/{handle}/room", provider_room, name="provider_room"),
     # The patient's and guests' way in: join links, the lobby, the room.
+    web.get("/j/{code}", short_join_page, name="short_join"),
     web.get("/join", join_page, name="join"),
     web.post("/join", join_exchange),
     web.get("/lobby", lobby_page, name="lobby"),
+    web.get("/lobby/state", lobby_state, name="lobby_state"),
     web.post("/lobby/handoff", lobby_handoff, name="lobby_handoff"),
     web.get("/room", participant_room, name="room"),
     web.static("/static/launch/", STATIC_DIR, append_version=False),

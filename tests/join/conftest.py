@@ -47,18 +47,27 @@ async def open_visit(stack: Stack, encounter: str = "enc-1") -> tuple[UUID, UUID
 
 
 async def issue(stack: Stack, participant_id: UUID, visit_id: UUID,
-                not_after: dt.datetime | None = None) -> str:
-    """A join link for the participant, its visit window ending in two hours unless told otherwise."""
+                not_after: dt.datetime | None = None, signed: bool = False) -> str:
+    """A join link's code (or, signed=True, a signed link as issued before codes) for the participant, its
+    visit window ending in two hours unless told otherwise."""
     not_after = not_after or dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    make = joinlinks.issue_signed_link if signed else joinlinks.issue_link
     async with stack.gateway_app[DB].acquire() as conn:
-        return await joinlinks.issue_link(conn, stack.gateway_app, participant_id, visit_id, not_after)
+        return await make(conn, stack.gateway_app, participant_id, visit_id, not_after)
 
 
 @pytest.fixture
 async def invite(stack: Stack) -> Invite:
-    """A fresh visit with a join link for its patient."""
+    """A fresh visit with a join link (a short code) for its patient."""
     visit_id, participant_id = await open_visit(stack)
     return Invite(visit_id, participant_id, await issue(stack, participant_id, visit_id))
+
+
+@pytest.fixture
+async def signed_invite(stack: Stack) -> Invite:
+    """A fresh visit with a signed link for its patient, as sent before short codes."""
+    visit_id, participant_id = await open_visit(stack)
+    return Invite(visit_id, participant_id, await issue(stack, participant_id, visit_id, signed=True))
 
 
 async def post_join(stack: Stack, browser: aiohttp.ClientSession, token: str,
