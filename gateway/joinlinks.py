@@ -137,6 +137,7 @@ class JoinLink:
     visit_id: UUID
     expires_at: dt.datetime
     bound_session_hash: bytes | None
+    appointment_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -176,28 +177,39 @@ def default_not_after(now: dt.datetime | None = None) -> dt.datetime:
 
 async def visit_window_end(fhir: FhirClient, encounter_id: str) -> dt.datetime | None:
     """The `end` of the encounter's Appointment, read live from FHIR; None when it cannot be known."""
+    return (await visit_window(fhir, encounter_id))[1]
+
+
+def _instant(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+async def visit_window(fhir: FhirClient,
+                       encounter_id: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The `start` and `end` of the encounter's Appointment, read live from FHIR; None where not known."""
     try:
         encounter = await fhir.read("Encounter", encounter_id)
         refs = encounter.get("appointment")
         appointment_id = next((parse_reference(r.get("reference"), "Appointment")
                                for r in (refs if isinstance(refs, list) else []) if isinstance(r, dict)), None)
         if appointment_id is None:
-            return None
+            return None, None
         appointment = await fhir.read("Appointment", appointment_id)
     except FhirError:
-        return None
-    end = appointment.get("end")
-    if not isinstance(end, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(end)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
+        return None, None
+    if not isinstance(appointment, dict):
+        return None, None
+    return _instant(appointment.get("start")), _instant(appointment.get("end"))
 
 
 async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, participant_id: UUID,
-                     visit_id: UUID, not_after: dt.datetime) -> str:
+                     visit_id: UUID, not_after: dt.datetime, appointment_at: dt.datetime | None = None) -> str:
     """A new join link's code for a participant of a visit whose window ends at not_after (see link_url)."""
     now = dt.datetime.now(dt.timezone.utc)
     expires = link_expiry(not_after, now)
@@ -205,7 +217,7 @@ async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | Jo
         raise ValueError("the visit's window has already passed")
     code = new_code()
     if await conn.fetchval(Q["insert_link"], uuid.uuid4(), participant_id, visit_id, expires,
-                           token_hash(code)) is None:
+                           token_hash(code), appointment_at) is None:
         raise ValueError("no such participant in this visit")
     return code
 
@@ -219,7 +231,7 @@ async def issue_signed_link(conn: asyncpg.Connection, app_or_keys: web.Applicati
     if expires <= now:
         raise ValueError("the visit's window has already passed")
     jti = uuid.uuid4()
-    if await conn.fetchval(Q["insert_link"], jti, participant_id, visit_id, expires, None) is None:
+    if await conn.fetchval(Q["insert_link"], jti, participant_id, visit_id, expires, None, None) is None:
         raise ValueError("no such participant in this visit")
     claims = {"iss": keys.issuer, "aud": keys.audience, "sub": str(participant_id), "jti": str(jti),
               "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
@@ -265,7 +277,8 @@ def _link(jti: UUID | None, participant_id: UUID | None, row: asyncpg.Record | N
     if row["expired"] or row["visit_ended"]:
         raise JoinLinkInvalid(reason="link_expired")
     return JoinLink(jti=jti or row["jti"], participant_id=row["participant_id"], visit_id=row["visit_id"],
-                    expires_at=row["expires_at"], bound_session_hash=row["bound_session_hash"])
+                    expires_at=row["expires_at"], bound_session_hash=row["bound_session_hash"],
+                    appointment_at=row["appointment_at"])
 
 
 async def _find(conn: asyncpg.Connection, keys: JoinKeys, token: str, lock: bool) -> tuple[JoinLink, int]:
@@ -332,7 +345,7 @@ async def exchange_link(conn: asyncpg.Connection, app_or_keys: web.Application |
                     handle = presented
             await conn.execute(Q["bind_link"], link.jti, token_hash(handle))
         await conn.execute(Q["insert_session"], token_hash(handle), link.participant_id, link.visit_id, link.jti,
-                           link.expires_at)
+                           link.expires_at, link.appointment_at)
     return ParticipantSession(handle=handle, participant_id=link.participant_id, visit_id=link.visit_id,
                               expires_at=link.expires_at, moved=moved)
 
@@ -370,11 +383,12 @@ async def reissue_link(conn: asyncpg.Connection, app_or_keys: web.Application | 
 
 
 async def create_session(conn: asyncpg.Connection, participant_id: UUID, visit_id: UUID,
-                         expires_at: dt.datetime) -> ParticipantSession:
+                         expires_at: dt.datetime, appointment_at: dt.datetime | None = None) -> ParticipantSession:
     """A browser session for a participant without a link (after a patient portal launch)."""
     handle = new_token()
     expires_at = expires_at.replace(microsecond=0)
-    await conn.execute(Q["insert_session"], token_hash(handle), participant_id, visit_id, None, expires_at)
+    await conn.execute(Q["insert_session"], token_hash(handle), participant_id, visit_id, None, expires_at,
+                       appointment_at)
     return ParticipantSession(handle=handle, participant_id=participant_id, visit_id=visit_id,
                               expires_at=expires_at)
 
@@ -390,6 +404,15 @@ async def session_for_handle(conn: asyncpg.Connection,
         return None
     return Participant(id=row["id"], visit_id=row["visit_id"], role=row["role"], guest_kind=row["guest_kind"],
                        fhir_user=row["fhir_user"]), row["expires_at"]
+
+
+async def session_appointment(conn: asyncpg.Connection, session_handle: str | None) -> dt.datetime | None:
+    """When the appointment of a browser's session begins, if the EHR said."""
+    if not _handle_ok(session_handle):
+        return None
+    assert session_handle is not None
+    found: dt.datetime | None = await conn.fetchval(Q["session_appointment"], token_hash(session_handle))
+    return found
 
 
 async def session_moved(conn: asyncpg.Connection, session_handle: str | None) -> bool:

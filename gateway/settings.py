@@ -40,6 +40,8 @@ class Settings:
     log_level: str = "INFO"
     organisation_name: str = "your clinic"
     """Named in join-link messages ("Your video visit with <organisation> is ready"); no clinical detail."""
+    organisation_logo: Path | None = None
+    """A PNG or SVG file shown on patient pages, served from our own origin (never a remote image)."""
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_from: str = "visits@localhost"
@@ -130,6 +132,8 @@ class Settings:
             db_pool_max=int(env.get("VISITGATE_DB_POOL_MAX", "10")),
             log_level=env.get("VISITGATE_LOG_LEVEL", "INFO"),
             organisation_name=env.get("VISITGATE_ORGANISATION_NAME", "your clinic"),
+            organisation_logo=Path(env["VISITGATE_ORGANISATION_LOGO"].strip())
+            if env.get("VISITGATE_ORGANISATION_LOGO", "").strip() else None,
             smtp_host=env.get("VISITGATE_SMTP_HOST", "localhost"),
             smtp_port=int(env.get("VISITGATE_SMTP_PORT", "25")),
             smtp_from=env.get("VISITGATE_SMTP_FROM", "visits@localhost"),

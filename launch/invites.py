@@ -215,7 +215,8 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
         patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
         address = await _patient_contact(fhir, patient_id, form.channel)
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
-    not_after = await joinlinks.visit_window_end(fhir, encounter_id) or joinlinks.default_not_after()
+    starts_at, ends_at = await joinlinks.visit_window(fhir, encounter_id)
+    not_after = ends_at or joinlinks.default_not_after()
     try:
         async with app[DB].acquire() as conn:
             async with conn.transaction():
@@ -224,7 +225,8 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
                 else:
                     assert form.guest_kind is not None
                     participant_id = await participants.add_guest(conn, session.visit_id, form.guest_kind)
-                code = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
+                code = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after,
+                                                  appointment_at=starts_at)
     except ValueError:
         # issue_link refuses a window that has passed: the appointment is over.
         raise InviteRefused(409, "visit_over", "This visit's time has passed; no new link can be sent.") from None

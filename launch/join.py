@@ -8,18 +8,25 @@ translation catalog (launch/i18n.py).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import logging
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import aiohttp_jinja2
 from aiohttp import web
+from cryptography.exceptions import InvalidTag
 
 from gateway import joinlinks
-from gateway.appkeys import DB, HTTP, SETTINGS
-from gateway.errors import JoinLinkInvalid, LaunchRefused, SessionExpired, VisitgateError
+from gateway.appkeys import DB, HTTP, SEALER, SETTINGS
+from gateway.errors import (ConfigError, JoinLinkInvalid, LaunchRefused, SessionExpired, UpstreamError,
+                            VisitgateError)
 from gateway.fhir import FhirClient
 from gateway.participants import Participant, patient_participant
 from gateway.web import serves_json
@@ -32,6 +39,17 @@ from .smart import TokenGrant
 from .visits import open_visit
 
 log = logging.getLogger(__name__)
+
+LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+MAX_LOGO_BYTES = 512 * 1024
+LOGO_URL = "/organisation/logo"
+ORGANISATION_LOGO = web.AppKey("organisation_logo", tuple)
+"""The organisation's logo as (bytes, content type), read once at start-up; absent without the setting."""
+EHR_NAME_COOKIE = "vg_ehr_name"
+"""After a portal launch: the patient's name as the EHR has it, sealed with the gateway's key and bound to the
+participant, so the lobby need not ask. Read live at the launch; kept only in this browser, never stored."""
+_EHR_NAME_CONTEXT = "lobby.ehr_name"
+MAX_NAME = 60
 
 STATIC_DIR = Path(__file__).parent / "static"
 PATIENT_SCOPES = "launch openid fhirUser patient/Patient.read patient/Encounter.read patient/Appointment.read"
@@ -64,11 +82,92 @@ LAUNCH_FAILED = (N_("Your video visit could not be started"),
 def setup_join(app: web.Application) -> None:
     """Load the join-link keys and the translation catalog (the routes are in launch.routes.ROUTES)."""
     app[joinlinks.JOIN_KEYS] = joinlinks.JoinKeys.from_settings(app[SETTINGS])
+    logo = app[SETTINGS].organisation_logo
+    if logo is not None:
+        app[ORGANISATION_LOGO] = _read_logo(logo)
     catalogs = Catalogs.load()
     app[CATALOGS] = catalogs
     # The default language for templates rendered without a page context (i18n.page_context gives theirs).
     aiohttp_jinja2.get_env(app).install_gettext_translations(  # type: ignore[attr-defined]  # added by ext.i18n
         catalogs.translations(DEFAULT_LOCALE), newstyle=True)
+
+
+def _read_logo(path: Path) -> tuple[bytes, str]:
+    """The logo file's bytes and type; a missing, oversized or other kind of file stops start-up by name."""
+    kind = LOGO_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError("VISITGATE_ORGANISATION_LOGO must be a .png or .svg file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"VISITGATE_ORGANISATION_LOGO cannot be read ({type(exc).__name__})") from exc
+    if not data or len(data) > MAX_LOGO_BYTES:
+        raise ConfigError(f"VISITGATE_ORGANISATION_LOGO must be a file of 1 byte to {MAX_LOGO_BYTES} bytes")
+    if kind == "image/png" and not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ConfigError("VISITGATE_ORGANISATION_LOGO is not a PNG file")
+    return data, kind
+
+
+async def organisation_logo(request: web.Request) -> web.Response:
+    """GET /organisation/logo: the organisation's logo, from our own origin."""
+    found = request.app.get(ORGANISATION_LOGO)
+    if found is None:
+        raise web.HTTPNotFound()
+    data, kind = found
+    response = web.Response(body=data, content_type=kind)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    # An SVG opened on its own is a document: it may draw, never run script or load anything.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _organisation(request: web.Request, appointment_at: dt.datetime | None) -> dict[str, Any]:
+    """What every patient page shows of who the visit is with: the organisation and the appointment's time,
+    never the clinician."""
+    settings = request.app[SETTINGS]
+    at = appointment_at.astimezone(dt.timezone.utc) if appointment_at else None
+    return {"organisation_name": settings.organisation_name,
+            "organisation_logo": LOGO_URL if ORGANISATION_LOGO in request.app else None,
+            "appointment_at": at.isoformat() if at else None,
+            "appointment_text": at.strftime("%Y-%m-%d %H:%M UTC") if at else None}
+
+
+def display_name_of(patient: dict[str, Any]) -> str | None:
+    """How to greet the patient, from Patient.name: the usual name, else the official one, else the first."""
+    names = [n for n in patient.get("name") or [] if isinstance(n, dict)] if isinstance(patient.get("name"), list) \
+        else []
+    if not names:
+        return None
+    order = {"usual": 0, "official": 1}
+    chosen = min(names, key=lambda n: order.get(n.get("use") if isinstance(n.get("use"), str) else "", 2))
+    given = chosen.get("given")
+    parts = [g for g in given if isinstance(g, str)][:1] if isinstance(given, list) else []
+    family = chosen.get("family")
+    if isinstance(family, str):
+        parts.append(family)
+    text = " ".join(parts) if parts else chosen.get("text")
+    if not isinstance(text, str):
+        return None
+    # As the presence socket takes typed names: no control or format characters, at most MAX_NAME long.
+    clean = " ".join("".join(ch for ch in text if unicodedata.category(ch)[0] != "C").split())
+    return clean[:MAX_NAME] or None
+
+
+def _ehr_name_context(participant_id: UUID) -> str:
+    return f"{_EHR_NAME_CONTEXT}:{participant_id}"
+
+
+def _ehr_name(request: web.Request, participant_id: UUID) -> str | None:
+    """The portal-launched patient's name from its sealed cookie, when it is this participant's."""
+    raw = request.cookies.get(EHR_NAME_COOKIE)
+    if not raw or len(raw) > 1024:
+        return None
+    try:
+        blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        return request.app[SEALER].unseal(blob, _ehr_name_context(participant_id))[:MAX_NAME] or None
+    except (ValueError, binascii.Error, InvalidTag):
+        return None
 
 
 def _gettext(request: web.Request, message: str) -> str:
@@ -121,8 +220,8 @@ async def short_join_page(request: web.Request) -> web.Response:
 async def _join_page(request: web.Request, token: str) -> web.Response:
     with _link_errors(request):
         async with request.app[DB].acquire() as conn:
-            await joinlinks.verify_link(conn, request.app, token)
-    context = {"token": token, **for_page(request, "join")}
+            link = await joinlinks.verify_link(conn, request.app, token)
+    context = {"token": token, **_organisation(request, link.appointment_at), **for_page(request, "join")}
     return _patient_page(aiohttp_jinja2.render_template("join.html", request, context))
 
 
@@ -163,8 +262,11 @@ async def _session(request: web.Request) -> tuple[Participant, dt.datetime]:
 
 async def lobby_page(request: web.Request) -> web.Response:
     """GET /lobby: the waiting room (display name, device test, wait), for a browser with a session."""
-    await _session(request)
-    context = {"room_url": ROOM_URL, **for_page(request, "lobby")}
+    participant, _expires = await _session(request)
+    async with request.app[DB].acquire() as conn:
+        appointment_at = await joinlinks.session_appointment(conn, request.cookies.get(joinlinks.PARTICIPANT_COOKIE))
+    context = {"room_url": ROOM_URL, "ehr_name": _ehr_name(request, participant.id),
+               **_organisation(request, appointment_at), **for_page(request, "lobby")}
     return _patient_page(aiohttp_jinja2.render_template("lobby.html", request, context))
 
 
@@ -210,8 +312,9 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
         raise LaunchRefused("the portal launched without an encounter", reason="no_encounter")
     now = dt.datetime.now(dt.timezone.utc)
     # Read live with the patient's own token, used for this and then forgotten.
-    window_end = await joinlinks.visit_window_end(
-        FhirClient(app[HTTP], config.fhir_base_url, grant.access_token), grant.encounter)
+    fhir = FhirClient(app[HTTP], config.fhir_base_url, grant.access_token)
+    starts_at, window_end = await joinlinks.visit_window(fhir, grant.encounter)
+    name = await _patient_name(fhir, grant.patient)
     expires_at = max(joinlinks.link_expiry(window_end or joinlinks.default_not_after(now), now),
                      now + PORTAL_MIN_SESSION)
     presented = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
@@ -224,6 +327,22 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
                 session = joinlinks.ParticipantSession(handle=presented, participant_id=participant_id,
                                                        visit_id=visit.id, expires_at=current[1])
             else:
-                session = await joinlinks.create_session(conn, participant_id, visit.id, expires_at)
+                session = await joinlinks.create_session(conn, participant_id, visit.id, expires_at, starts_at)
     log.info("patient launch opened visit %s (configuration %s)", visit.id, config.id)
-    return _to_lobby(request, session)
+    response = _to_lobby(request, session)
+    if name is not None:
+        sealed = app[SEALER].seal(name, _ehr_name_context(participant_id))
+        max_age = max(0, int((session.expires_at - now).total_seconds()))
+        response.set_cookie(EHR_NAME_COOKIE, base64.urlsafe_b64encode(sealed).rstrip(b"=").decode(),
+                            max_age=max_age, path="/lobby", httponly=True, samesite="Lax",
+                            secure=app[SETTINGS].public_url.startswith("https://"))
+    return response
+
+
+async def _patient_name(fhir: FhirClient, patient_id: str) -> str | None:
+    """The patient's name, read live with the patient's own token; None when the EHR does not give it."""
+    try:
+        return display_name_of(await fhir.read("Patient", patient_id))
+    except UpstreamError as exc:
+        log.info("patient launch could not read the patient's name (%s); the lobby asks for it", exc.reason)
+        return None

@@ -26,8 +26,9 @@ from gateway.web import add_templates, serves_json
 from . import store
 from .appkeys import SMART
 from .invites import invite
-from .join import (PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page, lobby_state,
-                   open_patient_visit, patient_facing_errors, setup_join, short_join_page)
+from .join import (LOGO_URL, PATIENT_SCOPES, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
+                   lobby_state, open_patient_visit, organisation_logo, patient_facing_errors, setup_join,
+                   short_join_page)
 from .page_strings import for_page
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
 from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
@@ -384,6 +385,7 @@ ROUTES: list[web.AbstractRouteDef] = [
     web.get("/lobby/state", lobby_state, name="lobby_state"),
     web.post("/lobby/handoff", lobby_handoff, name="lobby_handoff"),
     web.get("/room", participant_room, name="room"),
+    web.get(LOGO_URL, organisation_logo, name="organisation_logo"),
     web.static("/static/launch/", STATIC_DIR, append_version=False),
 ]
 """Every URL of the launch part, in one place."""

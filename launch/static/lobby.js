@@ -4,6 +4,7 @@
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
+import { lobbyState, showMoved, showWaitingSince } from "./lobby-resume.js";
 
 const root = document.getElementById("lobby");
 const $ = (id) => document.getElementById(id);
@@ -26,6 +27,7 @@ let deviceResult = null; // null until the patient is ready; then whether the de
 let deviceResultSent = false;
 let deviceResultTries = 0;
 let deviceRetryTimer = null;
+let movedAway = false; // the gateway said this session moved to another device
 
 // --- connection -------------------------------------------------------------------------------
 
@@ -66,8 +68,20 @@ const presence = new PresenceClient({
     const kind = decisionOf(event);
     if (kind) decide(kind);
   },
-  onEnded: () => sessionEnded(),
+  onEnded: () => (movedAway ? moved() : sessionEnded()),
+  onError: (code) => { if (code === "session_moved") movedAway = true; },
+  onFrame: (frame) => {
+    // Sent to every socket of this participant when its link was opened on another device: ours, if the
+    // gateway now refuses this browser's session.
+    if (frame.type === "session_moved") lobbyState(root.dataset.state).then((state) => { if (state.moved) moved(); });
+  },
 });
+
+function moved() {
+  movedAway = true;
+  sessionEnded();
+  showMoved();
+}
 
 function connect() {
   if (!finished) presence.start();
@@ -251,6 +265,19 @@ function goWait() {
   stopMedia(); // the camera light goes off while waiting; the room asks again
   $("step-devices").hidden = true;
   $("step-wait").hidden = false;
+  lobbyState(root.dataset.state).then((state) => showWaitingSince(state.waitingSince));
+}
+
+function resumeWaiting(name, since) {
+  // A reload (or a return) in the middle of a wait: same place, same time, no second device test.
+  displayName = name;
+  deviceResult = true;
+  deviceResultSent = true; // stored already
+  $("step-name").hidden = true;
+  $("step-devices").hidden = true;
+  $("step-wait").hidden = false;
+  showWaitingSince(since);
+  connect();
 }
 
 // --- wiring -----------------------------------------------------------------------------------
@@ -264,11 +291,15 @@ $("name-form").addEventListener("submit", function (event) {
     return;
   }
   $("name-error").textContent = "";
-  displayName = value;
   try {
     // Kept in this tab only, so a reload or a return from the room need not ask again.
     window.sessionStorage.setItem(NAME_KEY, value);
   } catch (e) { /* storage may be off; the name is then asked again */ }
+  begin(value);
+});
+
+function begin(value) {
+  displayName = value;
   $("step-name").hidden = true;
   $("step-devices").hidden = false;
   ensureAudioContext(); // created in the click, so browsers let it play sound
@@ -282,11 +313,20 @@ $("name-form").addEventListener("submit", function (event) {
   });
   connect();
   startDevices();
-});
+}
 
 try {
   $("display-name").value = window.sessionStorage.getItem(NAME_KEY) || "";
 } catch (e) { /* no storage: the field starts empty */ }
+
+// The name the EHR has (a portal launch) is not asked for; a wait under way resumes where it was.
+lobbyState(root.dataset.state).then((state) => {
+  if (state.moved) { moved(); return; }
+  if (state.ended || displayName !== null) return;
+  const name = root.dataset.name || $("display-name").value.trim();
+  if (state.waitingSince && state.devicePassed && name) resumeWaiting(name, state.waitingSince);
+  else if (root.dataset.name) begin(root.dataset.name);
+});
 
 $("speaker-test").addEventListener("click", playTestSound);
 $("ready").addEventListener("click", goWait);

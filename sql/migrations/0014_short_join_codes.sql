@@ -16,3 +16,8 @@ ALTER TABLE participant_sessions ADD COLUMN moved_at timestamptz;
 -- serves: join.recently_moved (the new device's socket tells the old one)
 CREATE INDEX participant_sessions_moved ON participant_sessions (participant_id, moved_at)
     WHERE moved_at IS NOT NULL;
+
+-- The appointment's start, read from FHIR when the link is issued (or at a portal launch), so patient pages can
+-- show when the visit is: a time of the visit, like its window end in expires_at; no person, no clinician.
+ALTER TABLE join_links ADD COLUMN appointment_at timestamptz;
+ALTER TABLE participant_sessions ADD COLUMN appointment_at timestamptz;

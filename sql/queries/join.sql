@@ -1,13 +1,13 @@
 -- name: insert_link
 -- Only for a participant of that very visit; no row comes back otherwise. $5: the code's SHA-256.
-INSERT INTO join_links (jti, participant_id, visit_id, expires_at, code_hash)
-SELECT $1, p.id, p.visit_id, $4, $5 FROM participants p
+INSERT INTO join_links (jti, participant_id, visit_id, expires_at, code_hash, appointment_at)
+SELECT $1, p.id, p.visit_id, $4, $5, $6 FROM participants p
 WHERE p.id = $2 AND p.visit_id = $3
 RETURNING jti;
 
 -- name: get_link_by_code
 -- A short link: found by its code's digest (join_links.code_hash is unique).
-SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash,
+SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash, l.appointment_at,
        l.expires_at <= now() AS expired,
        EXISTS (SELECT 1 FROM presence_events e
                WHERE e.visit_id = l.visit_id AND e.kind = 'visit_ended') AS visit_ended
@@ -16,7 +16,7 @@ WHERE l.code_hash = $1;
 
 -- name: lock_link_by_code
 -- As lock_link, for a short link; recent_moves counts the moves within the last $2 seconds.
-SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash,
+SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash, l.appointment_at,
        l.expires_at <= now() AS expired,
        EXISTS (SELECT 1 FROM presence_events e
                WHERE e.visit_id = l.visit_id AND e.kind = 'visit_ended') AS visit_ended,
@@ -26,7 +26,7 @@ WHERE l.code_hash = $1
 FOR UPDATE OF l;
 
 -- name: get_link
-SELECT l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash,
+SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash, l.appointment_at,
        l.expires_at <= now() AS expired,
        EXISTS (SELECT 1 FROM presence_events e
                WHERE e.visit_id = l.visit_id AND e.kind = 'visit_ended') AS visit_ended
@@ -35,7 +35,7 @@ WHERE l.jti = $1;
 
 -- name: lock_link
 -- The exchange holds the row until it commits, so two browsers racing for one link meet here.
-SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash,
+SELECT l.jti, l.participant_id, l.visit_id, l.expires_at, l.revoked_at, l.bound_session_hash, l.appointment_at,
        l.expires_at <= now() AS expired,
        EXISTS (SELECT 1 FROM presence_events e
                WHERE e.visit_id = l.visit_id AND e.kind = 'visit_ended') AS visit_ended,
@@ -70,6 +70,10 @@ SELECT EXISTS (SELECT 1 FROM participant_sessions
 -- name: session_moved
 -- Whether a browser's session ended because its link was opened on another device.
 SELECT moved_at IS NOT NULL FROM participant_sessions WHERE handle_hash = $1 AND expires_at > now();
+
+-- name: session_appointment
+-- When the session's appointment begins (NULL when the EHR did not say).
+SELECT appointment_at FROM participant_sessions WHERE handle_hash = $1;
 
 -- name: lobby_resume
 -- Where the participant's wait stands, from events that exist anyway: its first lobby entry since it was last
@@ -109,8 +113,8 @@ WHERE participant_id = $1 AND revoked_at IS NULL AND expires_at > now();
 
 -- name: insert_session
 -- A browser presenting its own live handle again keeps it: nothing to insert then.
-INSERT INTO participant_sessions (handle_hash, participant_id, visit_id, jti, expires_at)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO participant_sessions (handle_hash, participant_id, visit_id, jti, expires_at, appointment_at)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (handle_hash) DO NOTHING;
 
 -- name: session_participant
