@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from tests.conftest import Stack
 
-from .conftest import ORGANISATION
+from tests.join.test_patient_pages import assert_no_clinician
+
+from .conftest import ORGANISATION, SmtpServer
 from .helpers import invite, launch_handle, link_in, link_works
 
 # GSM 03.38: the basic character set (one septet each) and its extension table (two septets each: escape + char).
@@ -44,6 +46,15 @@ async def test_the_patient_join_sms_is_one_gsm7_segment_with_a_working_link(stac
     assert septets is not None, body
     assert septets <= ONE_SEGMENT, (septets, body)
     await link_works(stack, link_in(body))
+    assert_no_clinician(body, "the join SMS")
+
+
+async def test_the_join_email_names_no_clinician(stack: Stack, smtp: SmtpServer) -> None:
+    handle = await launch_handle(stack)
+    response = await invite(stack, handle, channel="email", role="patient")
+    assert response.status == 200, await response.text()
+    [mail] = smtp.received
+    assert_no_clinician(f"{mail.message['Subject']}\n{mail.text}", "the join email")
 
 
 def test_a_long_public_url_and_organisation_name_still_fit() -> None:
