@@ -135,12 +135,16 @@ def _organisation(request: web.Request, appointment_at: dt.datetime | None) -> d
 
 def display_name_of(patient: dict[str, Any]) -> str | None:
     """How to greet the patient, from Patient.name: the usual name, else the official one, else the first."""
-    names = [n for n in patient.get("name") or [] if isinstance(n, dict)] if isinstance(patient.get("name"), list) \
-        else []
+    found = patient.get("name")
+    names = [n for n in found if isinstance(n, dict)] if isinstance(found, list) else []
     if not names:
         return None
-    order = {"usual": 0, "official": 1}
-    chosen = min(names, key=lambda n: order.get(n.get("use") if isinstance(n.get("use"), str) else "", 2))
+
+    def rank(name: dict[str, Any]) -> int:
+        use = name.get("use")
+        return {"usual": 0, "official": 1}.get(use, 2) if isinstance(use, str) else 2
+
+    chosen = min(names, key=rank)
     given = chosen.get("given")
     parts = [g for g in given if isinstance(g, str)][:1] if isinstance(given, list) else []
     family = chosen.get("family")
