@@ -48,7 +48,9 @@ function apply(event) {
   switch (event.kind) {
     case "lobby_entered":
       p.lobbies += 1;
-      if (p.state !== "waiting") { p.since = event.at; }
+      // Back after leaving the lobby (a reload, a dropped network, another device): the same wait goes on.
+      if (p.state === "left") { p.since = p.waited; } else if (p.state !== "waiting") { p.since = event.at; }
+      p.waited = p.since;
       p.state = "waiting";
       if (live) { knock(); }
       break;

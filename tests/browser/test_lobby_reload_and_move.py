@@ -13,10 +13,9 @@ from uuid import UUID
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
-from gateway import joinlinks
+from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from tests.conftest import Stack
-from tests.join.conftest import open_visit
 
 pytestmark = pytest.mark.browser
 
@@ -46,8 +45,15 @@ async def _join_and_pass_device_test(page: Page, link: str, gateway_url: str, na
 
 async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
         stack: Stack, open_context: OpenContext) -> None:
-    visit_id, participant_id = await open_visit(stack)
+    # The clinician watches the visit from the EHR (its provider view in the EHR's iframe).
+    clinician = await (await open_context("desktop")).new_page()
+    await clinician.goto(f"{stack.sandbox_url}/ehr?practitioner=prac-1")
+    await clinician.get_by_role("link", name="Begin virtual visit").first.click()
+    view = clinician.frame_locator("#app")
+    await expect(view.locator("#presence-status")).to_have_text("live", timeout=SEE_MS)
     async with stack.gateway_app[DB].acquire() as conn:
+        visit_id: UUID = await conn.fetchval("SELECT id FROM visits")
+        participant_id = await participants.patient_participant(conn, visit_id)
         code = await joinlinks.issue_link(conn, stack.gateway_app, participant_id, visit_id,
                                           dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
     link = joinlinks.keys_of(stack.gateway_app).link_url(code)
@@ -61,6 +67,9 @@ async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
         await first.wait_for_timeout(100)
     [entered] = await _events(stack, participant_id, "lobby_entered")
     assert dt.datetime.fromisoformat(str(await since.get_attribute("datetime"))) == entered
+    row = view.locator(f'#participant-list li[data-participant="{participant_id}"]')
+    await expect(row).to_contain_text("waiting since", timeout=SEE_MS)
+    queued = str(await row.text_content())
 
     # A reload: straight back to the waiting step, the same "waiting since", no second device test.
     await first.reload()
@@ -70,6 +79,9 @@ async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
     await expect(since).to_have_attribute("datetime", entered.astimezone(dt.timezone.utc).isoformat())
     await expect(first.locator("#connection")).to_have_text("Connected to your visit.", timeout=SEE_MS)
     assert len(await _events(stack, participant_id, "device_test_passed")) == 1
+    assert len(await _events(stack, participant_id, "lobby_entered")) == 2
+    await expect(row).to_have_attribute("data-state", "waiting", timeout=SEE_MS)
+    await expect(row).to_have_text(queued)  # the clinician sees the same place and time
 
     # The same link on a second phone: the visit moves there, and the first phone says so.
     second = await (await open_context("phone")).new_page()
@@ -82,6 +94,8 @@ async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
     await expect(second.locator("#waiting-since time")).to_have_attribute(
         "datetime", entered.astimezone(dt.timezone.utc).isoformat())
     await expect(second.locator("#connection")).to_have_text("Connected to your visit.", timeout=SEE_MS)
+    await expect(row).to_have_attribute("data-state", "waiting", timeout=SEE_MS)
+    await expect(row).to_have_text(queued)
     # The first phone's next request is refused, saying why.
     await first.goto(f"{stack.gateway_url}/lobby")
     await expect(first.locator("#reason")).to_have_text("session_moved")
