@@ -15,6 +15,7 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
+from tests.browser.axe import assert_accessible
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.browser
@@ -30,8 +31,11 @@ async def _events(stack: Stack, participant_id: UUID, kind: str) -> list[dt.date
             participant_id, kind)]
 
 
-async def _join_and_pass_device_test(page: Page, link: str, gateway_url: str, name: str) -> None:
+async def _join_and_pass_device_test(page: Page, link: str, gateway_url: str, name: str,
+                                     check: bool = False) -> None:
     await page.goto(link)
+    if check:
+        await assert_accessible(page)  # the join page with the organisation's header
     await page.locator("#join").click()
     await page.wait_for_url(f"{gateway_url}/lobby")
     await page.locator("#display-name").fill(name)
@@ -41,6 +45,8 @@ async def _join_and_pass_device_test(page: Page, link: str, gateway_url: str, na
     await ready.click()
     await expect(page.locator("#step-wait")).to_be_visible(timeout=SEE_MS)
     await expect(page.locator("#waiting-since")).to_be_visible(timeout=SEE_MS)
+    if check:
+        await assert_accessible(page)  # the waiting step, with its time
 
 
 async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
@@ -59,7 +65,7 @@ async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
     link = joinlinks.keys_of(stack.gateway_app).link_url(code)
 
     first = await (await open_context("phone")).new_page()
-    await _join_and_pass_device_test(first, link, stack.gateway_url, "Alex")
+    await _join_and_pass_device_test(first, link, stack.gateway_url, "Alex", check=True)
     since = first.locator("#waiting-since time")
     for _ in range(200):  # the device test's result is stored once the gateway answers
         if await _events(stack, participant_id, "device_test_passed"):
@@ -90,6 +96,7 @@ async def test_reload_keeps_the_wait_and_another_phone_takes_the_visit_over(
     moved = first.locator("#moved")
     await expect(moved).to_be_visible(timeout=SEE_MS)
     await expect(moved).to_contain_text("You opened this visit on another device", timeout=SEE_MS)
+    await assert_accessible(first)
     await expect(first.locator("#ready")).to_be_disabled(timeout=SEE_MS)
     # Same participant, same place in the queue: the wait still counts from the first phone's arrival.
     await expect(second.locator("#waiting-since time")).to_have_attribute(

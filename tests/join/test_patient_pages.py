@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway import Settings, joinlinks
+from gateway import Settings
 from gateway.appkeys import DB, SETTINGS
 from gateway.errors import ConfigError
 from launch.join import EHR_NAME_COOKIE, _read_logo, display_name_of
