@@ -212,3 +212,28 @@ async def test_a_link_for_another_visit_is_not_moved_by_a_browser_of_this_one(
     # Each browser keeps its own visit.
     assert (await get_page(stack.browser, f"{stack.gateway_url}/lobby")).status == 200
     assert (await get_page(other_browser, f"{stack.gateway_url}/lobby")).status == 200
+
+
+async def test_the_old_devices_open_socket_is_closed_at_its_next_frame(
+        stack: Stack, invite: Invite, other_browser: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    from presence import ws as presence_ws
+
+    monkeypatch.setattr(presence_ws, "SESSION_RECHECK", 0.0)  # checked before every frame, for the test
+    assert (await post_join(stack, stack.browser, invite.token)).status == 303
+    old_socket = await _lobby_socket(stack, stack.browser)
+    try:
+        await old_socket.send_json({"type": "hello", "id": 3, "display_name": "Alex"})
+        assert (await recv_until(old_socket, "result"))["id"] == 3  # live: its frames count
+        assert (await post_join(stack, other_browser, invite.token)).status == 303
+        # The page ignores the news (or never got it): its next frame is refused and the socket closed.
+        await old_socket.send_json({"type": "device_test", "id": 4, "passed": True})
+        error = await recv_until(old_socket, "error")
+        assert error["code"] == "session_moved", error
+        closed = await asyncio.wait_for(old_socket.receive(), 5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and old_socket.close_code == 4401
+    finally:
+        await old_socket.close()
+    async with stack.gateway_app[DB].acquire() as conn:
+        kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM presence_events WHERE participant_id = $1",
+                                                     invite.participant_id)]
+    assert "device_test_passed" not in kinds
