@@ -222,24 +222,6 @@ async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | Jo
     return code
 
 
-async def issue_signed_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys,
-                            participant_id: UUID, visit_id: UUID, not_after: dt.datetime) -> str:
-    """A signed link token as issued before short codes; kept so tests can prove such links still work."""
-    keys = keys_of(app_or_keys)
-    now = dt.datetime.now(dt.timezone.utc)
-    expires = link_expiry(not_after, now)
-    if expires <= now:
-        raise ValueError("the visit's window has already passed")
-    jti = uuid.uuid4()
-    if await conn.fetchval(Q["insert_link"], jti, participant_id, visit_id, expires, None, None) is None:
-        raise ValueError("no such participant in this visit")
-    claims = {"iss": keys.issuer, "aud": keys.audience, "sub": str(participant_id), "jti": str(jti),
-              "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
-    token: str = jwt.encode(claims, keys.private_key, algorithm=ALGORITHM,
-                            headers={"typ": TOKEN_TYPE, "kid": keys.kid})
-    return token
-
-
 def _claims(keys: JoinKeys, token: str) -> tuple[UUID, UUID]:
     """Check the token's form, signature and claims; returns (jti, participant id). Touches no database."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
