@@ -49,6 +49,7 @@ MAX_EVENT_ID = 2**63 - 1  # presence_events.id is a bigint
 MAX_REQUEST_ID = 2**53  # ids a browser can hold exactly
 _HANDLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 SESSION_RECHECK = 5.0  # seconds: a participant socket's session is checked again before a frame after this long
+SESSION_IDLE = 60.0  # seconds: ... and when the socket has sent nothing for this long
 MOVED = json.dumps({"type": "session_moved"})
 # The peer went away mid-send (a reload, the back button, a dropped network): an ordinary close.
 _GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, BrokenPipeError)
@@ -269,21 +270,30 @@ async def _serve(app: web.Application, conn: Connection, session: web.Request | 
     bucket = _Bucket()
     ws = conn.ws
     checked = time.monotonic()
-    async for msg in ws:
-        if msg.type != WSMsgType.TEXT:
-            break
-        if not bucket.take():
-            await ws.close(code=1008, message=b"too many messages")
-            break
-        if session is not None and time.monotonic() - checked > SESSION_RECHECK:
+    while True:
+        try:
+            # A participant's socket is woken now and then even when silent, to check its session (below).
+            msg = await ws.receive(timeout=SESSION_IDLE if session is not None else None)
+        except TimeoutError:
+            msg = None
+        if msg is not None:
+            if msg.type != WSMsgType.TEXT:
+                break
+            if not bucket.take():
+                await ws.close(code=1008, message=b"too many messages")
+                break
+        if session is not None and (msg is None or time.monotonic() - checked > SESSION_RECHECK):
             # A participant's session can end while its socket is open (the link opened on another device,
-            # or revoked): its frames stop counting then, whatever its page does with the news.
+            # or revoked): its frames stop counting then, and it stops hearing the visit, whatever its page
+            # does with the news.
             checked = time.monotonic()
             with contextlib.suppress(*eventlog.UNAVAILABLE):
                 if not await _session_live(session):
                     await _error(ws, None, "session_moved" if await _moved(session) else "auth_failed")
                     await ws.close(code=4401, message=b"session ended")
                     break
+        if msg is None:
+            continue
         frame = _parse(msg)
         if frame is None:
             await _error(ws, None, "bad_frame")

@@ -237,3 +237,23 @@ async def test_the_old_devices_open_socket_is_closed_at_its_next_frame(
         kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM presence_events WHERE participant_id = $1",
                                                      invite.participant_id)]
     assert "device_test_passed" not in kinds
+
+
+async def test_a_silent_old_socket_is_closed_too(stack: Stack, invite: Invite, other_browser: aiohttp.ClientSession,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from presence import ws as presence_ws
+
+    monkeypatch.setattr(presence_ws, "SESSION_IDLE", 0.2)  # woken every 0.2 s rather than every minute
+    assert (await post_join(stack, stack.browser, invite.token)).status == 303
+    old_socket = await _lobby_socket(stack, stack.browser)
+    try:
+        await asyncio.sleep(0.6)  # a few wake-ups while the session is live: the socket carries on
+        await old_socket.send_json({"type": "hello", "id": 3, "display_name": "Alex"})
+        assert (await recv_until(old_socket, "result"))["id"] == 3
+        assert (await post_join(stack, other_browser, invite.token)).status == 303
+        error = await recv_until(old_socket, "error")  # without having sent anything
+        assert error["code"] == "session_moved", error
+        closed = await asyncio.wait_for(old_socket.receive(), 5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and old_socket.close_code == 4401
+    finally:
+        await old_socket.close()
