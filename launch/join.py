@@ -1,9 +1,13 @@
-"""The patient's way in: join links (/join), the patient portal launch's landing, and the lobby (/lobby).
+"""The patient's way in: join links (/j/{code}, and /join?t= for signed links sent before short codes), the
+patient portal launch's landing, and the lobby (/lobby).
 
 A join link opens a page with one button and uses nothing, so an email scanner that fetches the link cannot
-burn it; the button POSTs the token (in the body, never a URL) and gets a `vg_participant` session cookie and
-a redirect to the clean /lobby URL. The lobby asks only for a display name, tests the devices, and waits on
-the presence websocket for the clinician to admit the patient. Every patient-facing string goes through the
+burn it; the button POSTs the code (in the body) and gets a `vg_participant` session cookie and a redirect to
+the clean /lobby URL. Opened on another device, the link moves the session there (gateway.joinlinks); the old
+browser's pages then say so. The lobby asks for a display name (not of a patient from the portal: the EHR's
+name, read live at the launch, is used), tests the devices, and waits on the presence websocket for the
+clinician to admit the patient; reloaded, it resumes its wait (GET /lobby/state). Patient pages show the
+organisation and the appointment's time, never the clinician. Every patient-facing string goes through the
 translation catalog (launch/i18n.py).
 """
 from __future__ import annotations
