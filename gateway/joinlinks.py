@@ -316,7 +316,7 @@ async def exchange_link(conn: asyncpg.Connection, app_or_keys: web.Application |
                     raise JoinLinkInvalid(reason="link_in_use")
                 handle = new_token()
                 await conn.execute(Q["move_link"], link.jti, token_hash(handle), MOVE_WINDOW)
-                await conn.execute(Q["end_moved_sessions"], link.jti, token_hash(handle))
+                await conn.execute(Q["end_moved_sessions"], link.jti, token_hash(handle), link.bound_session_hash)
                 moved = True
         else:
             handle = new_token()

@@ -57,9 +57,10 @@ SET bound_session_hash = $2,
 WHERE jti = $1;
 
 -- name: end_moved_sessions
--- Every other browser's session of the link ends, marked as moved so its page can say why.
+-- Every other browser's session of the link ends, marked as moved so its page can say why: those made from it,
+-- and the one it was bound to ($3; a portal launch's session that then opened the link keeps no jti).
 UPDATE participant_sessions SET moved_at = now()
-WHERE jti = $1 AND handle_hash <> $2 AND moved_at IS NULL;
+WHERE (jti = $1 OR handle_hash = $3) AND handle_hash <> $2 AND moved_at IS NULL;
 
 -- name: recently_moved
 -- Whether a session of this participant moved away within the last $2 seconds (the new device's socket then

@@ -257,3 +257,19 @@ async def test_a_silent_old_socket_is_closed_too(stack: Stack, invite: Invite, o
         assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and old_socket.close_code == 4401
     finally:
         await old_socket.close()
+
+
+async def test_a_portal_session_that_opened_the_link_moves_too(stack: Stack, other_browser: aiohttp.ClientSession) -> None:
+    from .test_patient_launch import patient_launch
+
+    response, _ = await stack.follow(
+        f"{stack.gateway_url}/launch/patient?iss={stack.fhir_base}&launch={patient_launch(stack)}")
+    assert response.status == 200, await response.text()
+    async with stack.gateway_app[DB].acquire() as conn:
+        visit_id, participant_id = await conn.fetchrow("SELECT visit_id, participant_id FROM participant_sessions")
+    code = await issue(stack, participant_id, visit_id)
+    assert (await post_join(stack, stack.browser, code)).status == 303  # the portal's browser keeps its session
+    assert (await post_join(stack, other_browser, code)).status == 303
+    lobby = await get_page(stack.browser, f"{stack.gateway_url}/lobby")
+    assert lobby.status == 401 and reason_code(await lobby.text()) == "session_moved"
+    assert (await get_page(other_browser, f"{stack.gateway_url}/lobby")).status == 200
