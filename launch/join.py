@@ -303,8 +303,9 @@ async def lobby_handoff(request: web.Request) -> web.Response:
     """
     participant, expires_at = await _session(request)
     async with request.app[DB].acquire() as conn:
+        appointment_at = await joinlinks.session_appointment(conn, request.cookies.get(joinlinks.PARTICIPANT_COOKIE))
         code = await joinlinks.issue_link(conn, request.app, participant.id, participant.visit_id,
-                                          expires_at - joinlinks.GRACE)
+                                          expires_at - joinlinks.GRACE, appointment_at)
     log.info("handoff link issued for participant %s", participant.id)
     url = joinlinks.keys_of(request.app).link_url(code)
     return _patient_page(web.json_response({"url": url}))
