@@ -43,6 +43,8 @@ class Settings:
     """Named in join-link messages ("Your video visit with <organisation> is ready"); no clinical detail."""
     time_zone: str = "UTC"
     """The organisation's IANA time zone (e.g. Europe/Madrid): dates and times shown to patients are in it."""
+    organisation_logo: Path | None = None
+    """A PNG or SVG file shown on patient pages, served from our own origin (never a remote image)."""
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_from: str = "visits@localhost"
@@ -151,6 +153,8 @@ class Settings:
             log_level=env.get("VISITGATE_LOG_LEVEL", "INFO"),
             organisation_name=env.get("VISITGATE_ORGANISATION_NAME", "your clinic"),
             time_zone=env.get("VISITGATE_TIME_ZONE", "").strip() or "UTC",
+            organisation_logo=Path(env["VISITGATE_ORGANISATION_LOGO"].strip())
+            if env.get("VISITGATE_ORGANISATION_LOGO", "").strip() else None,
             smtp_host=env.get("VISITGATE_SMTP_HOST", "localhost"),
             smtp_port=int(env.get("VISITGATE_SMTP_PORT", "25")),
             smtp_from=env.get("VISITGATE_SMTP_FROM", "visits@localhost"),

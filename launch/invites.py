@@ -238,12 +238,12 @@ async def invite(request: web.Request) -> web.Response:
                                                  "message": refused.message})
 
 
-async def _take_back(request: web.Request, token: str, participant_id: UUID, new_guest: bool) -> None:
+async def _take_back(request: web.Request, code: str, participant_id: UUID, new_guest: bool) -> None:
     """Take back a link that never reached anyone (the send failed): a guest added for it goes with it."""
     try:
         async with request.app[DB].acquire() as conn, conn.transaction():
             if not (new_guest and await joinlinks.forget_unsent_guest(conn, participant_id)):
-                await joinlinks.revoke_link(conn, request.app, token)
+                await joinlinks.revoke_link(conn, request.app, code)
     except Exception as exc:  # the answer to the clinician matters more; the link expires on its own anyway
         log.warning("taking back an unsent link for participant %s failed (%s)", participant_id,
                     type(exc).__name__)
@@ -354,21 +354,24 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
         patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
         address, language = await _patient_contact(request, fhir, patient_id, form.channel)
     encounter_id = sealer.unseal(session.encounter_ref, "visits.encounter_ref")
-    not_after = await joinlinks.visit_window_end(fhir, encounter_id) or joinlinks.default_not_after()
+    starts_at, ends_at = await joinlinks.visit_window(fhir, encounter_id)
+    not_after = ends_at or joinlinks.default_not_after()
     try:
         async with app[DB].acquire() as conn:
             async with conn.transaction():
                 if again is not None:
                     # A re-send: the earlier links stop working as the fresh one is made.
                     participant_id = again
-                    token = await joinlinks.reissue_link(conn, app, participant_id, session.visit_id, not_after)
+                    token = await joinlinks.reissue_link(conn, app, participant_id, session.visit_id, not_after,
+                                                         appointment_at=starts_at)
                 else:
                     if form.role == "patient":
                         participant_id = await participants.patient_participant(conn, session.visit_id)
                     else:
                         assert form.guest_kind is not None
                         participant_id = await participants.add_guest(conn, session.visit_id, form.guest_kind)
-                    token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after)
+                    token = await joinlinks.issue_link(conn, app, participant_id, session.visit_id, not_after,
+                                                       appointment_at=starts_at)
     except ValueError:
         # issue_link refuses a window that has passed: the appointment is over.
         raise InviteRefused(409, "visit_over", "This visit's time has passed; no new link can be sent.") from None

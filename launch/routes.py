@@ -27,8 +27,8 @@ from gateway.web import add_templates, serves_json
 from . import store
 from .appkeys import SMART
 from .invites import invitations, invite, resend, revoke
-from .join import (STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page,
-                   open_patient_visit, patient_facing_errors, setup_join)
+from .join import (LOGO_URL, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page, lobby_state,
+                   open_patient_visit, organisation_logo, patient_facing_errors, setup_join, short_join_page)
 from .page_strings import for_page
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
 from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
@@ -408,11 +408,14 @@ ROUTES: list[web.AbstractRouteDef] = [
     web.post("/provider/{handle}/invite/{participant}/resend", resend, name="provider_invite_resend"),
     web.get("/provider/{handle}/room", provider_room, name="provider_room"),
     # The patient's and guests' way in: join links, the lobby, the room.
+    web.get("/j/{code}", short_join_page, name="short_join"),
     web.get("/join", join_page, name="join"),
     web.post("/join", join_exchange),
     web.get("/lobby", lobby_page, name="lobby"),
+    web.get("/lobby/state", lobby_state, name="lobby_state"),
     web.post("/lobby/handoff", lobby_handoff, name="lobby_handoff"),
     web.get("/room", participant_room, name="room"),
+    web.get(LOGO_URL, organisation_logo, name="organisation_logo"),
     web.static("/static/launch/", STATIC_DIR, append_version=False),
 ]
 """Every URL of the launch part, in one place."""

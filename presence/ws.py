@@ -49,6 +49,9 @@ CHAT_MAX = 500  # characters of one chat message, after control characters are t
 MAX_EVENT_ID = 2**63 - 1  # presence_events.id is a bigint
 MAX_REQUEST_ID = 2**53  # ids a browser can hold exactly
 _HANDLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+SESSION_RECHECK = 5.0  # seconds: a participant socket's session is checked again before a frame after this long
+SESSION_IDLE = 60.0  # seconds: ... and when the socket has sent nothing for this long
+MOVED = json.dumps({"type": "session_moved"})
 # The peer went away mid-send (a reload, the back button, a dropped network): an ordinary close.
 _GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, BrokenPipeError)
 
@@ -118,7 +121,7 @@ async def _socket(request: web.Request, ws: web.WebSocketResponse) -> None:
             await ws.close(code=1013, message=b"try again later")
             return
         if identity is None:
-            await _error(ws, req_id, "auth_failed")
+            await _error(ws, req_id, "session_moved" if await _moved(request) else "auth_failed")
             await ws.close(code=4401, message=b"auth failed")
             return
         conn = Connection(ws, request.transport, identity.visit_id, identity.participant_id, identity.role, where)
@@ -128,7 +131,9 @@ async def _socket(request: web.Request, ws: web.WebSocketResponse) -> None:
             return
         await ws.send_str(json.dumps({"type": "auth_ok", "id": req_id, "participant": str(conn.participant_id),
                                       "role": conn.role, "visit": str(conn.visit_id)}))
-        await _serve(app, conn)
+        if conn.role != "provider":
+            await _tell_moved(app, conn)
+        await _serve(app, conn, None if conn.role == "provider" else request)
     finally:
         if conn is not None:
             app[HUB].remove(conn)
@@ -192,6 +197,35 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
     return Identity(participant.visit_id, participant.id, participant.role), where
 
 
+async def _moved(request: web.Request) -> bool:
+    """Whether the socket's session ended because its link was opened on another device."""
+    cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
+    if not cookie or not _HANDLE.fullmatch(cookie):
+        return False
+    try:
+        async with request.app[DB].acquire() as db:
+            return await joinlinks.session_moved(db, cookie)
+    except eventlog.UNAVAILABLE:
+        return False
+
+
+async def _tell_moved(app: web.Application, conn: Connection) -> None:
+    """A participant whose session just moved here: its old device's sockets (any process) hear of it."""
+    try:
+        async with app[DB].acquire() as db:
+            if not await joinlinks.recently_moved(db, conn.participant_id):
+                return
+        await app[BUS].relay(conn.visit_id, MOVED, to=conn.participant_id)
+    except Exception:  # the old device also learns on its next frame or request; the new one goes on
+        log.exception("could not tell the other sockets of participant %s of a move", conn.participant_id)
+
+
+async def _session_live(request: web.Request) -> bool:
+    cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE, "")
+    async with request.app[DB].acquire() as db:
+        return await joinlinks.participant_for_session(db, cookie) is not None
+
+
 async def _opened(app: web.Application, conn: Connection) -> bool:
     """Record the socket's opening event under this process's lease; False when there is no lease."""
     kind = ON_OPEN[conn.where]
@@ -233,15 +267,34 @@ class _Bucket:
         return True
 
 
-async def _serve(app: web.Application, conn: Connection) -> None:
+async def _serve(app: web.Application, conn: Connection, session: web.Request | None = None) -> None:
     bucket = _Bucket()
     ws = conn.ws
-    async for msg in ws:
-        if msg.type != WSMsgType.TEXT:
-            break
-        if not bucket.take():
-            await ws.close(code=1008, message=b"too many messages")
-            break
+    checked = time.monotonic()
+    while True:
+        try:
+            # A participant's socket is woken now and then even when silent, to check its session (below).
+            msg = await ws.receive(timeout=SESSION_IDLE if session is not None else None)
+        except TimeoutError:
+            msg = None
+        if msg is not None:
+            if msg.type != WSMsgType.TEXT:
+                break
+            if not bucket.take():
+                await ws.close(code=1008, message=b"too many messages")
+                break
+        if session is not None and (msg is None or time.monotonic() - checked > SESSION_RECHECK):
+            # A participant's session can end while its socket is open (the link opened on another device,
+            # or revoked): its frames stop counting then, and it stops hearing the visit, whatever its page
+            # does with the news.
+            checked = time.monotonic()
+            with contextlib.suppress(*eventlog.UNAVAILABLE):
+                if not await _session_live(session):
+                    await _error(ws, None, "session_moved" if await _moved(session) else "auth_failed")
+                    await ws.close(code=4401, message=b"session ended")
+                    break
+        if msg is None:
+            continue
         frame = _parse(msg)
         if frame is None:
             await _error(ws, None, "bad_frame")

@@ -7,6 +7,7 @@ import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
 import { Chat, chatRoot } from "./chat.js";
 import { askHeard, checkConnection, checkStarted, deviceReport, heard } from "./connection-check.js";
+import { lobbyState, showMoved, showWaitingSince } from "./lobby-resume.js";
 
 const root = document.getElementById("lobby");
 const $ = (id) => document.getElementById(id);
@@ -30,6 +31,7 @@ let deviceResultSent = false;
 let deviceResultTries = 0;
 let deviceRetryTimer = null;
 let devicesFound = { camera: false, microphone: false }; // what the camera/microphone check found
+let movedAway = false; // the gateway said this session moved to another device
 
 // --- connection -------------------------------------------------------------------------------
 
@@ -75,9 +77,21 @@ const presence = new PresenceClient({
     const kind = decisionOf(event);
     if (kind) decide(kind);
   },
-  onFrame: (frame) => { if (chat) chat.frame(frame); },
-  onEnded: () => sessionEnded(),
+  onEnded: () => (movedAway ? moved() : sessionEnded()),
+  onError: (code) => { if (code === "session_moved") movedAway = true; },
+  onFrame: (frame) => {
+    if (chat) chat.frame(frame);
+    // Sent to every socket of this participant when its link was opened on another device: ours, if the
+    // gateway now refuses this browser's session.
+    if (frame.type === "session_moved") lobbyState(root.dataset.state).then((state) => { if (state.moved) moved(); });
+  },
 });
+
+function moved() {
+  movedAway = true;
+  sessionEnded();
+  showMoved();
+}
 
 function connect() {
   if (!finished) presence.start();
@@ -271,6 +285,19 @@ function goWait() {
   $("step-devices").hidden = true;
   $("step-wait").hidden = false;
   $("wait-title").focus(); // the button pressed is gone: keyboard and screen reader users start at the new step
+  lobbyState(root.dataset.state).then((state) => showWaitingSince(state.waitingSince));
+}
+
+function resumeWaiting(name, since) {
+  // A reload (or a return) in the middle of a wait: same place, same time, no second device test.
+  displayName = name;
+  deviceResult = true;
+  deviceResultSent = true; // stored already
+  $("step-name").hidden = true;
+  $("step-devices").hidden = true;
+  $("step-wait").hidden = false;
+  showWaitingSince(since);
+  connect();
 }
 
 // --- wiring -----------------------------------------------------------------------------------
@@ -284,11 +311,15 @@ $("name-form").addEventListener("submit", function (event) {
     return;
   }
   $("name-error").textContent = "";
-  displayName = value;
   try {
     // Kept in this tab only, so a reload or a return from the room need not ask again.
     window.sessionStorage.setItem(NAME_KEY, value);
   } catch (e) { /* storage may be off; the name is then asked again */ }
+  begin(value);
+});
+
+function begin(value) {
+  displayName = value;
   $("step-name").hidden = true;
   $("step-devices").hidden = false;
   $("devices-title").focus(); // as in goWait: focus follows the step
@@ -303,11 +334,20 @@ $("name-form").addEventListener("submit", function (event) {
   });
   connect();
   startDevices();
-});
+}
 
 try {
   $("display-name").value = window.sessionStorage.getItem(NAME_KEY) || "";
 } catch (e) { /* no storage: the field starts empty */ }
+
+// The name the EHR has (a portal launch) is not asked for; a wait under way resumes where it was.
+lobbyState(root.dataset.state).then((state) => {
+  if (state.moved) { moved(); return; }
+  if (state.ended || displayName !== null) return;
+  const name = root.dataset.name || $("display-name").value.trim();
+  if (state.waitingSince && state.devicePassed && name) resumeWaiting(name, state.waitingSince);
+  else if (root.dataset.name) begin(root.dataset.name);
+});
 
 $("speaker-test").addEventListener("click", playTestSound);
 $("ready").addEventListener("click", goWait);

@@ -27,7 +27,9 @@ export function applyEvent(people, event, self) {
   switch (event.kind) {
     case "lobby_entered":
       p.lobbies += 1;
-      if (p.state !== "waiting") { p.since = event.at; knocked = true; }
+      // Back after leaving the lobby (a reload, a dropped network, another device): the same wait goes on.
+      if (p.state === "left") { p.since = p.waited; } else if (p.state !== "waiting") { p.since = event.at; knocked = true; }
+      p.waited = p.since;
       p.state = "waiting";
       break;
     case "device_test_passed": p.device = "passed"; p.deviceDetail = event.detail || null; break;

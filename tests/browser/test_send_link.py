@@ -49,7 +49,7 @@ async def test_clinician_emails_the_patient_and_invites_a_guest_from_the_ehr(
     await app.get_by_role("button", name="Copy the patient's link").click()
     link_field = app.locator("#send-link-url")
     await expect(link_field).to_be_visible()
-    assert (await link_field.input_value()).startswith(f"{stack.gateway_url}/join?t=")
+    assert (await link_field.input_value()).startswith(f"{stack.gateway_url}/j/")
     app_frame = page.frame(url=lambda url: urlsplit(url).path.startswith("/provider/"))
     assert app_frame is not None
     await assert_accessible(app_frame)  # the panel with its answer and the link to copy

@@ -414,3 +414,36 @@ async def _visit_of(cluster: Cluster, handle: str) -> UUID:
         await conn.close()
     assert found is not None
     return found
+
+
+async def _lobby_with_code(browser: aiohttp.ClientSession, gateway: Gateway,
+                           code: str) -> aiohttp.ClientWebSocketResponse:
+    """A phone that opens the link's code on one gateway and waits in its lobby (subscribed)."""
+    async with browser.post(f"{gateway.url}/join", data={"t": code}, headers={"Origin": gateway.url},
+                            allow_redirects=False) as response:
+        await response.read()
+        assert response.status == 303, f"{response.status}\n{gateway.tail()}"
+    ws = await browser.ws_connect(f"{gateway.url}/ws", origin=gateway.url)
+    await ws.send_json({"type": "auth", "id": 1, "where": "lobby"})
+    assert (await _recv(ws))["type"] == "auth_ok"
+    await ws.send_json({"type": "subscribe", "id": 2, "after": None})
+    await _recv_until(ws, "snapshot")
+    return ws
+
+
+async def test_a_link_opened_on_a_phone_served_by_the_other_process_tells_the_first_phone(cluster: Cluster) -> None:
+    async with _browser(cluster) as provider_browser, _browser(cluster) as first, _browser(cluster) as second:
+        visit_id = await _visit_of(cluster, await _launch(cluster, provider_browser, cluster.a))
+        conn = await asyncpg.connect(cluster.dsn)
+        try:
+            patient = await patient_participant(conn, visit_id)
+            code = await joinlinks.issue_link(conn, joinlinks.JoinKeys.from_settings(cluster.a.settings), patient,
+                                              visit_id, dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
+        finally:
+            await conn.close()
+        old = await _lobby_with_code(first, cluster.a, code)
+        new = await _lobby_with_code(second, cluster.b, code)
+        # The first phone's socket, on process A, hears that the visit moved (relayed through PostgreSQL).
+        assert (await _recv_until(old, "session_moved"))["type"] == "session_moved"
+        await new.close()
+        await old.close()

@@ -3,11 +3,14 @@ a visit and issue links (the shared `stack` already points the sandbox's patient
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
 import aiohttp
+import asyncpg
+import jwt
 import pytest
 
 from gateway import joinlinks
@@ -47,18 +50,45 @@ async def open_visit(stack: Stack, encounter: str = "enc-1") -> tuple[UUID, UUID
 
 
 async def issue(stack: Stack, participant_id: UUID, visit_id: UUID,
-                not_after: dt.datetime | None = None) -> str:
-    """A join link for the participant, its visit window ending in two hours unless told otherwise."""
+                not_after: dt.datetime | None = None, signed: bool = False) -> str:
+    """A join link's code (or, signed=True, a signed link as issued before codes) for the participant, its
+    visit window ending in two hours unless told otherwise."""
     not_after = not_after or dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
     async with stack.gateway_app[DB].acquire() as conn:
+        if signed:
+            return await issue_signed_link(conn, joinlinks.keys_of(stack.gateway_app), participant_id, visit_id,
+                                           not_after)
         return await joinlinks.issue_link(conn, stack.gateway_app, participant_id, visit_id, not_after)
+
+
+async def issue_signed_link(conn: asyncpg.Connection, keys: joinlinks.JoinKeys, participant_id: UUID,
+                            visit_id: UUID, not_after: dt.datetime) -> str:
+    """A signed link exactly as the gateway issued them before short codes (its row, then the EdDSA JWT)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    expires = joinlinks.link_expiry(not_after, now)
+    if expires <= now:
+        raise ValueError("the visit's window has already passed")
+    jti = uuid.uuid4()
+    if await conn.fetchval(joinlinks.Q["insert_link"], jti, participant_id, visit_id, expires, None, None) is None:
+        raise ValueError("no such participant in this visit")
+    claims = {"iss": keys.issuer, "aud": keys.audience, "sub": str(participant_id), "jti": str(jti),
+              "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
+    return jwt.encode(claims, keys.private_key, algorithm=joinlinks.ALGORITHM,
+                      headers={"typ": joinlinks.TOKEN_TYPE, "kid": keys.kid})
 
 
 @pytest.fixture
 async def invite(stack: Stack) -> Invite:
-    """A fresh visit with a join link for its patient."""
+    """A fresh visit with a join link (a short code) for its patient."""
     visit_id, participant_id = await open_visit(stack)
     return Invite(visit_id, participant_id, await issue(stack, participant_id, visit_id))
+
+
+@pytest.fixture
+async def signed_invite(stack: Stack) -> Invite:
+    """A fresh visit with a signed link for its patient, as sent before short codes."""
+    visit_id, participant_id = await open_visit(stack)
+    return Invite(visit_id, participant_id, await issue(stack, participant_id, visit_id, signed=True))
 
 
 async def post_join(stack: Stack, browser: aiohttp.ClientSession, token: str,

@@ -1,5 +1,6 @@
-"""Join links: one button that consumes nothing, binding to the first browser session, revocation, and
-every kind of forged, foreign, stale or replayed link refused with a clear page."""
+"""Signed join links, as sent to patients before short codes (they keep working until they expire): one
+button that consumes nothing, binding to the first browser session, revocation, and every kind of forged,
+foreign, stale or replayed link refused with a clear page."""
 from __future__ import annotations
 
 import base64
@@ -27,6 +28,12 @@ from presence import eventlog
 from tests.conftest import Stack, database_text, reason_code
 
 from .conftest import Invite, get_page, issue, open_visit, post_join
+
+
+@pytest.fixture
+def invite(signed_invite: Invite) -> Invite:
+    """This module's links are signed ones, as issued before short codes (tests/join/test_short_links.py)."""
+    return signed_invite
 
 
 def _b64(data: bytes) -> str:
@@ -239,17 +246,15 @@ async def test_the_bound_session_may_exchange_the_link_again(stack: Stack, invit
         assert await conn.fetchval("SELECT count(*) FROM participant_sessions") == 1
 
 
-async def test_another_session_presenting_a_used_link_is_refused(stack: Stack, invite: Invite,
-                                                                other_browser: aiohttp.ClientSession) -> None:
+async def test_a_used_signed_link_opened_in_another_browser_moves_the_session_there(
+        stack: Stack, invite: Invite, other_browser: aiohttp.ClientSession) -> None:
     assert (await post_join(stack, stack.browser, invite.token)).status == 303
-    replay = await post_join(stack, other_browser, invite.token)
-    body = await replay.text()
-    _assert_refusal_page(replay, body, "link_in_use")
-    assert replay.status == 409
-    lobby = await get_page(other_browser, f"{stack.gateway_url}/lobby")
-    assert lobby.status == 401 and reason_code(await lobby.text()) == "session_expired"
-    # The first browser is not disturbed.
-    assert (await get_page(stack.browser, f"{stack.gateway_url}/lobby")).status == 200
+    moved = await post_join(stack, other_browser, invite.token)
+    assert moved.status == 303, await moved.text()
+    assert (await get_page(other_browser, f"{stack.gateway_url}/lobby")).status == 200
+    # The first browser's session ended, and its page says why.
+    lobby = await get_page(stack.browser, f"{stack.gateway_url}/lobby")
+    assert lobby.status == 401 and reason_code(await lobby.text()) == "session_moved"
 
 
 async def test_a_stolen_cookie_value_of_another_participant_does_not_bind(stack: Stack, invite: Invite,
@@ -349,18 +354,19 @@ async def test_token_and_handle_never_reach_logs_locations_or_the_database(
     locations = []
     opened = await get_page(stack.browser, f"{stack.gateway_url}/join?t={invite.token}")
     exchanged = await post_join(stack, stack.browser, invite.token)
-    refused = await post_join(stack, other_browser, invite.token)
     forged = await get_page(stack.browser, f"{stack.gateway_url}/join?t={tampered(stack, invite)}")
     lobby = await get_page(stack.browser, f"{stack.gateway_url}/lobby")
     handoff = await stack.browser.post(f"{stack.gateway_url}/lobby/handoff", headers={"Origin": stack.gateway_url})
     handoff_url = (await handoff.json())["url"]
-    for response in (opened, exchanged, refused, forged, lobby, handoff):
+    moved = await post_join(stack, other_browser, invite.token)
+    for response in (opened, exchanged, moved, forged, lobby, handoff):
         locations.append(response.headers.get("Location", ""))
-    assert [opened.status, exchanged.status, refused.status, forged.status, lobby.status, handoff.status] == \
-        [200, 303, 409, 400, 200, 200]
+    assert [opened.status, exchanged.status, moved.status, forged.status, lobby.status, handoff.status] == \
+        [200, 303, 303, 400, 200, 200]
     handle = exchanged.cookies[joinlinks.PARTICIPANT_COOKIE].value
-    handoff_token = handoff_url.split("t=", 1)[1]
-    secrets_ = [invite.token, handle, handoff_token, invite.token.split(".")[2]]
+    handoff_code = handoff_url.rsplit("/", 1)[1]
+    secrets_ = [invite.token, handle, handoff_code, invite.token.split(".")[2],
+                moved.cookies[joinlinks.PARTICIPANT_COOKIE].value]
     ours = [r for r in caplog.records if not r.name.startswith("sandbox")]
     assert any(r.name == "visitgate.access" and "/join" in r.getMessage() for r in ours)
     logs = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in ours)
@@ -380,8 +386,8 @@ async def test_handoff_gives_a_fresh_link_that_another_browser_can_use(stack: St
     response = await stack.browser.post(f"{stack.gateway_url}/lobby/handoff", headers={"Origin": stack.gateway_url})
     assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
     url = (await response.json())["url"]
-    assert url.startswith(f"{stack.gateway_url}/join?t=")
-    moved = await post_join(stack, other_browser, url.split("t=", 1)[1])
+    assert url.startswith(f"{stack.gateway_url}/j/")
+    moved = await post_join(stack, other_browser, url.rsplit("/", 1)[1])
     assert moved.status == 303
     assert (await get_page(other_browser, f"{stack.gateway_url}/lobby")).status == 200
 
@@ -389,7 +395,7 @@ async def test_handoff_gives_a_fresh_link_that_another_browser_can_use(stack: St
 async def test_issued_token_pins_algorithm_type_audience_and_expiry(stack: Stack) -> None:
     visit_id, participant_id = await open_visit(stack)
     window_end = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=30)
-    token = await issue(stack, participant_id, visit_id, window_end)
+    token = await issue(stack, participant_id, visit_id, window_end, signed=True)
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "EdDSA" and header["typ"] == "vg-join+jwt"
     claims = jwt.decode(token, options={"verify_signature": False})
@@ -398,13 +404,15 @@ async def test_issued_token_pins_algorithm_type_audience_and_expiry(stack: Stack
     assert claims["exp"] == int((window_end + joinlinks.GRACE).replace(microsecond=0).timestamp())
     assert set(claims) == {"iss", "aud", "sub", "jti", "iat", "exp"}  # names only the participant
     far = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=90)
-    capped = jwt.decode(await issue(stack, participant_id, visit_id, far), options={"verify_signature": False})
+    capped = jwt.decode(await issue(stack, participant_id, visit_id, far, signed=True),
+                        options={"verify_signature": False})
     assert capped["exp"] <= time.time() + joinlinks.MAX_LIFETIME.total_seconds() + 1
     with pytest.raises(ValueError):
-        await issue(stack, participant_id, visit_id, dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+        await issue(stack, participant_id, visit_id, dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2),
+                    signed=True)
     other_visit, _ = await open_visit(stack, encounter="enc-2")
     with pytest.raises(ValueError):
-        await issue(stack, participant_id, other_visit)
+        await issue(stack, participant_id, other_visit, signed=True)
 
 
 def test_every_gateway_process_derives_the_same_join_key(signing_key_pem: bytes) -> None:

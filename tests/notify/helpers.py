@@ -8,7 +8,7 @@ import aiohttp
 
 from tests.conftest import Stack
 
-LINK = re.compile(r"https?://\S+/join\?t=[A-Za-z0-9._~-]+")
+LINK = re.compile(r"https?://[^\s/]+/j/[0-9A-Za-z]{22}(?:\?[^\s]*)?")
 
 
 async def launch_handle(stack: Stack, **launch: Any) -> str:
@@ -41,12 +41,12 @@ def link_in(text: str) -> str:
 
 async def link_works(stack: Stack, link: str) -> None:
     """The link opens the join page with its button, and the button gets the browser into the lobby."""
-    assert link.startswith(f"{stack.gateway_url}/join?t="), link
+    assert link.startswith(f"{stack.gateway_url}/j/"), link
     page = await stack.get(link)
     body = await page.text()
     assert page.status == 200, body
     assert 'id="join"' in body
-    token = link.split("t=", 1)[1]
+    token = link.split("/j/", 1)[1].split("?", 1)[0]
     exchanged = await stack.browser.post(f"{stack.gateway_url}/join", data={"t": token},
                                          headers={"Origin": stack.gateway_url}, allow_redirects=False)
     assert exchanged.status == 303, await exchanged.text()

@@ -117,7 +117,7 @@ async def test_the_preferred_language_lands_in_neither_the_database_nor_the_logs
     # The patient opens the link, joins, and waits in the lobby: every page in Portuguese.
     link = _link(sms["body"])
     assert await _opens_in(stack, link) == "pt"
-    joined = await stack.browser.post(f"{stack.gateway_url}/join", data={"t": URL(link).query["t"]},
+    joined = await stack.browser.post(f"{stack.gateway_url}/join", data={"t": URL(link).path.rsplit("/", 1)[1]},
                                       headers={"Origin": stack.gateway_url}, allow_redirects=False)
     assert joined.status == 303, await joined.text()
     assert await _opens_in(stack, f"{stack.gateway_url}/lobby") == "pt"

@@ -39,7 +39,7 @@ async def _listed(stack: Stack, handle: str) -> tuple[list[dict[str, object]], s
 async def _refused(stack: Stack, link: str) -> str | None:
     """What a fresh browser is told when it uses the link."""
     async with browser_session(stack.gateway_url) as other:
-        response = await other.post(f"{stack.gateway_url}/join", data={"t": link.split("t=", 1)[1]},
+        response = await other.post(f"{stack.gateway_url}/join", data={"t": link.split("?", 1)[0].rsplit("/", 1)[1]},
                                     headers={"Origin": stack.gateway_url}, allow_redirects=False)
         body = await response.text()
         assert response.status != 303, body
