@@ -14,7 +14,7 @@ import pytest
 from config_portal.records import BACKEND_SCOPES
 from gateway.appkeys import DB, SEALER
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved, append_audit
-from launch.join import PATIENT_SCOPES
+from gateway.configurations import PATIENT_SCOPES
 from tests.conftest import reason_code
 
 from .conftest import ADMIN, APPROVER, GENERIC_ORG, ORG, OUTSIDER, READER, Portal
