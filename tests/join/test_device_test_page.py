@@ -1,0 +1,67 @@
+"""The standalone device test (GET /device-test), opened from MyChart before any visit: open to anyone, in the
+patient's language, with nothing recorded and no TURN credentials on the page."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from gateway.appkeys import DB
+from launch.i18n import LOCALES
+from launch.page_strings import DEVICE_TEST
+from tests.conftest import Stack, database_text
+
+HEADINGS = {"en": "Test your camera, microphone and speaker", "es": "Pruebe su cámara, micrófono y altavoz",
+            "fr": "Testez votre caméra, votre micro et votre haut-parleur",
+            "it": "Verifichi fotocamera, microfono e altoparlante",
+            "pt": "Teste a sua câmera, microfone e alto-falante", "ru": "Проверьте камеру, микрофон и динамик"}
+
+
+def _i18n_block(body: str) -> dict[str, str]:
+    found = re.search(r'<script type="application/json" id="i18n">(.*?)</script>', body, re.S)
+    assert found is not None, body
+    strings: dict[str, str] = json.loads(found.group(1))
+    return strings
+
+
+@pytest.mark.parametrize("language", sorted(HEADINGS))
+async def test_the_device_test_opens_without_a_visit_in_each_language_and_sets_no_cookie(
+        stack: Stack, language: str) -> None:
+    assert set(HEADINGS) == set(LOCALES)
+    response = await stack.browser.get(f"{stack.gateway_url}/device-test", headers={"Accept-Language": language},
+                                       allow_redirects=False)
+    body = await response.text()
+    assert response.status == 200, body
+    assert f'<html lang="{language}">' in body
+    assert f"<h1>{HEADINGS[language]}</h1>" in body
+    strings = _i18n_block(body)
+    assert set(strings) == set(DEVICE_TEST)
+    if language != "en":
+        assert strings["network_at_join"] != DEVICE_TEST["network_at_join"], strings
+    assert "Set-Cookie" not in response.headers
+    assert response.headers["Cache-Control"] == "no-store"
+    # The organisation's header and the language switcher, as on every patient page.
+    assert 'id="organisation"' in body and 'hreflang="es"' in body
+    # No inline script: the strict CSP holds (the i18n block is data, not code).
+    assert re.findall(r"<script(?![^>]*\b(?:src=|type=\"application/json\"))", body) == []
+
+
+async def test_the_device_test_writes_nothing_to_the_database(stack: Stack) -> None:
+    async with stack.gateway_app[DB].acquire() as conn:
+        before = await database_text(conn)
+    for _ in range(3):
+        response = await stack.browser.get(f"{stack.gateway_url}/device-test")
+        assert response.status == 200, await response.text()
+    async with stack.gateway_app[DB].acquire() as conn:
+        after = await database_text(conn)
+    assert after == before
+
+
+async def test_the_device_test_is_given_stun_servers_only_never_turn_credentials(stack: Stack) -> None:
+    response = await stack.browser.get(f"{stack.gateway_url}/device-test")
+    body = await response.text()
+    assert response.status == 200, body
+    found = re.search(r'data-stun="([^"]*)"', body)
+    assert found is not None, body
+    assert "turn:" not in body and "credential" not in body
