@@ -2,8 +2,10 @@
 patient's language, with nothing recorded and no TURN credentials on the page."""
 from __future__ import annotations
 
+import html
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -58,10 +60,20 @@ async def test_the_device_test_writes_nothing_to_the_database(stack: Stack) -> N
     assert after == before
 
 
-async def test_the_device_test_is_given_stun_servers_only_never_turn_credentials(stack: Stack) -> None:
+STUN_URL = "stun:stun.example.org:3478"
+TURN_SECRET = b"north-clinic-turn-secret"
+
+
+def _stun_and_turn(gateway_url: str, sandbox_url: str) -> dict[str, Any]:
+    return dict(stun_urls=(STUN_URL,), turn_urls=("turn:turn.example.org:3478",), turn_secret=TURN_SECRET)
+
+
+@pytest.mark.parametrize("stack_overrides", [_stun_and_turn])
+async def test_the_device_test_is_given_the_stun_servers_only_never_turn_credentials(stack: Stack) -> None:
     response = await stack.browser.get(f"{stack.gateway_url}/device-test")
     body = await response.text()
     assert response.status == 200, body
-    found = re.search(r'data-stun="([^"]*)"', body)
+    found = re.search(r"data-stun='([^']*)'", body)
     assert found is not None, body
-    assert "turn:" not in body and "credential" not in body
+    assert json.loads(html.unescape(found.group(1))) == [STUN_URL]
+    assert "turn.example.org" not in body and "credential" not in body
