@@ -77,3 +77,14 @@ async def test_the_device_test_is_given_the_stun_servers_only_never_turn_credent
     assert found is not None, body
     assert json.loads(html.unescape(found.group(1))) == [STUN_URL]
     assert "turn.example.org" not in body and "credential" not in body
+
+
+async def test_hostile_queries_and_headers_still_get_the_device_test_page(stack: Stack) -> None:
+    for query, accept in (("?lang=%3Cscript%3E", "x" * 200), ("?lang=es&lang=fr&x=%E2%80%AE", ";;q=,*;q=nan"),
+                          ("?stun=turn:evil.example", "es")):
+        response = await stack.browser.get(f"{stack.gateway_url}/device-test{query}",
+                                           headers={"Accept-Language": accept}, allow_redirects=False)
+        body = await response.text()
+        assert response.status == 200, body
+        assert "<script>" not in body.replace('<script type="application/json" id="i18n">', "")
+        assert "data-stun='[]'" in body  # the query names no server to the page
