@@ -46,7 +46,8 @@ async def test_the_device_test_opens_without_a_visit_in_each_language_and_sets_n
     # The organisation's header and the language switcher, as on every patient page.
     assert 'id="organisation"' in body and 'hreflang="es"' in body
     # No inline script: the strict CSP holds (the i18n block is data, not code).
-    assert re.findall(r"<script(?![^>]*\b(?:src=|type=\"application/json\"))", body) == []
+    inline = re.findall(r"<script(?![^>]*\b(?:src=|type=\"application/json\"))", body)
+    assert inline == []
 
 
 async def test_the_device_test_writes_nothing_to_the_database(stack: Stack) -> None:
