@@ -172,6 +172,8 @@ async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | Jo
     jti = uuid.uuid4()
     if await conn.fetchval(Q["insert_link"], jti, participant_id, visit_id, expires) is None:
         raise ValueError("no such participant in this visit")
+    # The visit ends at the latest window a link was issued for, plus grace (presence.visit_end).
+    await conn.execute(Q["note_window_end"], visit_id, not_after)
     claims = {"iss": keys.issuer, "aud": keys.audience, "sub": str(participant_id), "jti": str(jti),
               "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
     token: str = jwt.encode(claims, keys.private_key, algorithm=ALGORITHM,
@@ -210,7 +212,9 @@ def _link(jti: UUID, participant_id: UUID, row: asyncpg.Record | None) -> JoinLi
         raise JoinLinkInvalid(reason="link_invalid")  # signed with our key but not ours to honour
     if row["revoked_at"] is not None:
         raise JoinLinkInvalid(reason="link_revoked")
-    if row["expired"] or row["visit_ended"]:
+    if row["visit_ended"]:
+        raise JoinLinkInvalid(reason="visit_ended")
+    if row["expired"]:
         raise JoinLinkInvalid(reason="link_expired")
     return JoinLink(jti=jti, participant_id=row["participant_id"], visit_id=row["visit_id"],
                     expires_at=row["expires_at"], bound_session_hash=row["bound_session_hash"])

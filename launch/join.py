@@ -47,6 +47,9 @@ LINK_MESSAGES = {
                      N_("Ask your clinic for a new link.")),
     "link_revoked": (N_("This visit link has been replaced"),
                      N_("Use the newest link your clinic sent you, or ask your clinic for a new link.")),
+    "visit_ended": (N_("This visit has ended"),
+                    N_("The clinician ended the visit, or its time is over. If you still need care, contact your "
+                       "clinic.")),
     "link_in_use": (N_("This visit link is already in use"),
                     N_("It was opened on another device or in another browser. Continue there, or ask your "
                        "clinic for a new link.")),
