@@ -34,8 +34,10 @@ _RANK = {**{status: rank for rank, status in enumerate(STATUS_CHAIN)}, "cancelle
 # Operations Oracle Health documents for PATCH on Encounter; nothing else is ever sent. `/extension` is
 # added whole when the Encounter has none: RFC 6902 4.1 lets `add` create a member of an object that exists,
 # but `add /extension/-` needs the array to exist (Medplum refuses it, rightly, and the whole patch with it).
+# Likewise `/period/end` is added when the period has no end yet (a visit's end is usually the first): Oracle
+# documents `replace` for it, which RFC 6902 allows only on a member that exists.
 ALLOWED_PATCH = frozenset({("replace", "/period/start"), ("replace", "/period/end"), ("replace", "/extension"),
-                           ("add", "/extension")})
+                           ("add", "/extension"), ("add", "/period/end")})
 # What ends a connected stretch (`left` closes a lobby socket, never a room's).
 _CLOSING = frozenset({"disconnected", "removed"})
 # A patient with any of these came to the visit; one with none when it ends was a no-show (as visit_end.sql).
@@ -312,6 +314,8 @@ def patch_operations(current: dict[str, Any], changes: EncounterChanges) -> list
         for member, status in (("start", "in-progress"), ("end", "finished")):
             if status in times and member in period and not same(period[member], times[status]):
                 ops.append({"op": "replace", "path": f"/period/{member}", "value": times[status]})
+            elif member == "end" and status in times and "period" in current and member not in period:
+                ops.append({"op": "add", "path": "/period/end", "value": times[status]})
     wanted = _extensions(current, changes, with_providers=True)
     have = current.get("extension")
     if "extension" not in current:
