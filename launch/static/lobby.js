@@ -5,6 +5,7 @@ import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
 import { Chat, chatRoot } from "./chat.js";
+import * as visitEnd from "./visit-end.js";
 
 const root = document.getElementById("lobby");
 const $ = (id) => document.getElementById(id);
@@ -65,9 +66,11 @@ const presence = new PresenceClient({
   onSnapshot: (events) => {
     let decision = null;
     events.forEach((event) => { decision = decisionOf(event) || decision; });
+    if (events.some(visitEnd.watch)) { sessionEnded(); return; }
     if (decision) decide(decision);
   },
   onEvent: (event) => {
+    if (visitEnd.watch(event)) { sessionEnded(); return; }
     const kind = decisionOf(event);
     if (kind) decide(kind);
   },

@@ -24,6 +24,7 @@
  */
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
+import * as visitEnd from "./visit-end.js";
 import * as providerHandle from "./provider-handle.js";
 import { WaitingList } from "./waiting.js";
 
@@ -255,7 +256,7 @@ import { WaitingList } from "./waiting.js";
 
   function applyEvent(e) {
     view.lastEventId = e.id;
-    if (e.kind === "visit_ended") { end("visit_ended"); return; }
+    if (e.kind === "visit_ended") { visitEnd.watch(e); end("visit_ended"); return; }
     var p = e.participant;
     if (!p) return;
     if (e.role) roles.set(p, e.role);
@@ -730,5 +731,6 @@ import { WaitingList } from "./waiting.js";
   $("room-sound").addEventListener("click", soundOn);
   window.addEventListener("pagehide", function () { if (view.joined) sayBye(); });
   setInterval(pollStats, STATS_MS);
+  if (config.role === "provider") visitEnd.endVisitButton(presence);
   join();
 }
