@@ -13,12 +13,13 @@ from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
 from .announcer import Announcer
-from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, WRITEBACK
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, WEBHOOKS, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
 from .visit_end import VisitSweeper
+from .webhooks import WebhookWorker, webhook_session
 from .limits import CHAT_PER_MINUTE, StoreBudget
 from .writeback import WritebackMetrics, WritebackWorker
 from .ws import presence_socket
@@ -37,6 +38,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/ws", presence_socket, name="presence_socket")
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
     app.cleanup_ctx.append(_sweeper)  # ends visits left idle or past their window
+    app.cleanup_ctx.append(_webhooks)  # the customers' webhook endpoints, from their own outbox
 
 
 async def _announcer(app: web.Application) -> AsyncIterator[None]:
@@ -139,3 +141,15 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with webhook_session(settings) as http:
+        app[WEBHOOKS] = WebhookWorker(app[DB], http, app[SEALER], settings)
+        task = asyncio.create_task(app[WEBHOOKS].run()) if settings.webhooks_enabled else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

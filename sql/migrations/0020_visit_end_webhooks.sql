@@ -64,8 +64,12 @@ CREATE TABLE webhook_attempts (
 CREATE INDEX webhook_attempts_endpoint ON webhook_attempts (endpoint_id, id);
 
 -- How far the webhook follower has read the presence event log (one row).
+-- A gap in the ids (a transaction still writing, or one rolled back) is passed only once every transaction
+-- running when it was seen has ended: gap_snapshot is pg_current_snapshot() then, gap_upto the newest id seen.
 CREATE TABLE webhook_follower (
-    id       boolean PRIMARY KEY DEFAULT true CHECK (id),
-    last_id  bigint NOT NULL
+    id            boolean PRIMARY KEY DEFAULT true CHECK (id),
+    last_id       bigint NOT NULL,
+    gap_snapshot  text,
+    gap_upto      bigint
 );
 INSERT INTO webhook_follower (id, last_id) SELECT true, coalesce(max(id), 0) FROM presence_events;
