@@ -55,8 +55,10 @@ SECRET_CONTEXT = "webhook_endpoints.secret"
 # connected; writeback.failed and launch.failed are enqueued where those failures happen).
 EVENT_TYPES = ("visit.started", "visit.ended", "participant.joined", "participant.left", "lobby.entered",
                "participant.admitted", "writeback.failed", "launch.failed", "test")
-FROM_KIND = {"connected": "participant.joined", "disconnected": "participant.left", "lobby_entered": "lobby.entered",
-             "admitted": "participant.admitted", "visit_ended": "visit.ended"}
+FROM_KIND = {"connected": "participant.joined", "disconnected": "participant.left", "left": "participant.left",
+             "lobby_entered": "lobby.entered", "admitted": "participant.admitted", "visit_ended": "visit.ended"}
+# Where a participant joined or left: the visit (room or provider view) or the lobby.
+PLACE = {"connected": "visit", "disconnected": "visit", "left": "lobby", "lobby_entered": "lobby"}
 # The specification's schedule (seconds after the first try), for a retry window of a day; shorter windows
 # shrink it in proportion.
 SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -211,6 +213,8 @@ def _event_data(row: asyncpg.Record, event_type: str) -> dict[str, Any]:
     data: dict[str, Any] = {"visit_id": str(row["visit_id"]), "event_id": row["id"], "occurred_at": _instant(row["at"])}
     if event_type != "visit.started" and row["participant_id"] is not None:
         data["participant"] = {"id": str(row["participant_id"]), "role": row["role"]}
+    if event_type != "visit.started" and row["kind"] in PLACE:
+        data["place"] = PLACE[row["kind"]]
     if event_type == "visit.ended":
         data["reason"] = row["end_reason"]
         data["no_show"] = row["no_show"]
