@@ -42,6 +42,7 @@ from aiohttp.resolver import DefaultResolver
 from standardwebhooks.webhooks import Webhook
 
 import sql
+from gateway.configurations import append_audit
 from gateway.security import Sealer
 from gateway.settings import Settings
 
@@ -161,15 +162,18 @@ class NewEndpoint:
 
 
 async def add_endpoint(conn: asyncpg.Connection, sealer: Sealer, settings: Settings, organisation_slug: str,
-                       url: str, event_types: list[str]) -> NewEndpoint:
+                       url: str, event_types: list[str], actor: str = "operator") -> NewEndpoint:
     """Add an organisation's endpoint; its secret is returned once and kept only sealed."""
     url = check_url(url, settings)
     types = check_event_types(event_types)
     secret = new_secret()
-    endpoint_id = await conn.fetchval(Q["add_endpoint"], organisation_slug, url, types,
-                                      sealer.seal(secret, SECRET_CONTEXT))
-    if endpoint_id is None:
-        raise WebhookRefused("unknown_organisation")
+    async with conn.transaction():
+        endpoint_id = await conn.fetchval(Q["add_endpoint"], organisation_slug, url, types,
+                                          sealer.seal(secret, SECRET_CONTEXT))
+        if endpoint_id is None:
+            raise WebhookRefused("unknown_organisation")
+        await append_audit(conn, actor, "webhook.add", f"webhook:{endpoint_id}",
+                           {"organisation": organisation_slug, "url": url, "event_types": types})
     return NewEndpoint(int(endpoint_id), secret)
 
 
@@ -178,9 +182,13 @@ async def list_endpoints(conn: asyncpg.Connection, organisation_slug: str | None
     return [dict(r) for r in await conn.fetch(Q["list_endpoints"], organisation_slug)]
 
 
-async def remove_endpoint(conn: asyncpg.Connection, endpoint_id: int) -> bool:
+async def remove_endpoint(conn: asyncpg.Connection, endpoint_id: int, actor: str = "operator") -> bool:
     """Remove an endpoint (nothing more is sent to it); False when there was none."""
-    return await conn.fetchval(Q["remove_endpoint"], endpoint_id) is not None
+    async with conn.transaction():
+        if await conn.fetchval(Q["remove_endpoint"], endpoint_id) is None:
+            return False
+        await append_audit(conn, actor, "webhook.remove", f"webhook:{endpoint_id}", {})
+    return True
 
 
 async def delivery_log(conn: asyncpg.Connection, endpoint_id: int, limit: int = 100) -> list[dict[str, Any]]:
@@ -227,7 +235,9 @@ async def follow_once(conn: asyncpg.Connection, batch: int = FOLLOW_BATCH) -> in
         state = await conn.fetchrow(Q["lock_follower"])
         if state is None:
             return None
-        last, snap, upto = state["last_id"], state["gap_snapshot"], state["gap_upto"]
+        last: int = state["last_id"]
+        snap: str | None = state["gap_snapshot"]
+        upto: int | None = state["gap_upto"]
         closed = snap is not None and await eventlog.writers_finished(conn, snap)
         rows = await conn.fetch(Q["events_for_webhooks"], last, batch)
         organisations = sorted({r["organisation_id"] for r in rows if r["organisation_id"] is not None})
@@ -237,7 +247,7 @@ async def follow_once(conn: asyncpg.Connection, batch: int = FOLLOW_BATCH) -> in
             by_org.setdefault(endpoint["organisation_id"], []).append(endpoint)
         start, gap = last, False
         for row in rows:
-            if row["id"] != last + 1 and not (closed and row["id"] <= upto):
+            if row["id"] != last + 1 and not (closed and upto is not None and row["id"] <= upto):
                 # An id missing before this one may still be written: stop here until every transaction that
                 # was running now has ended (then what is still missing was rolled back).
                 if snap is None or closed:
@@ -359,23 +369,47 @@ class WebhookWorker:
             endpoint = await conn.fetchrow(Q["endpoint"], message["endpoint_id"])
         if endpoint is None or endpoint["disabled_reason"] is not None:
             return  # removed or disabled meanwhile: the lease lapses and it waits
-        secret = self._sealer.unseal(endpoint["secret"], SECRET_CONTEXT)
-        started = time.monotonic()
-        attempt = await post(self._http, self._settings, endpoint["url"], secret, message["message_id"],
-                             message["payload"])
-        duration_ms = int((time.monotonic() - started) * 1000)
-        window = self._settings.webhook_retry_window
+        attempt, duration_ms = await post_message(self._http, self._sealer, self._settings, endpoint, message)
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute(Q["record_attempt"], message["id"], endpoint["id"], attempt.status, attempt.error,
-                                   duration_ms)
-                if attempt.ok:
-                    await conn.execute(Q["delivered"], message["id"])
-                    return
-                age = (dt.datetime.now(dt.timezone.utc) - message["created_at"]).total_seconds()
-                if age >= window:
-                    reason = f"failing for {int(window)}s: last {attempt.status or attempt.error}"
-                    await conn.execute(Q["give_up"], message["id"], reason)
-                    log.warning("webhook endpoint %s disabled (%s)", endpoint["id"], reason)
-                    return
-                await conn.execute(Q["retry_later"], message["id"], retry_delay(message["attempts"], window))
+            await settle(conn, self._settings, endpoint["id"], message, attempt, duration_ms)
+
+
+async def post_message(http: aiohttp.ClientSession, sealer: Sealer, settings: Settings, endpoint: asyncpg.Record,
+                       message: asyncpg.Record) -> tuple[Attempt, int]:
+    """POST one outbox message to its endpoint; what came back, and how many milliseconds it took."""
+    secret = sealer.unseal(endpoint["secret"], SECRET_CONTEXT)
+    started = time.monotonic()
+    attempt = await post(http, settings, endpoint["url"], secret, message["message_id"], message["payload"])
+    return attempt, int((time.monotonic() - started) * 1000)
+
+
+async def send_test(conn: asyncpg.Connection, http: aiohttp.ClientSession, sealer: Sealer, settings: Settings,
+                    endpoint_id: int) -> Attempt:
+    """Send a test message to an endpoint now (logged like any delivery); what the endpoint answered."""
+    endpoint = await conn.fetchrow(Q["endpoint"], endpoint_id)
+    if endpoint is None:
+        raise WebhookRefused("unknown_endpoint")
+    message = await conn.fetchrow(Q["claim_message"], await enqueue_test(conn, endpoint_id), LEASE_SECONDS)
+    assert message is not None
+    attempt, duration_ms = await post_message(http, sealer, settings, endpoint, message)
+    await settle(conn, settings, endpoint_id, message, attempt, duration_ms)
+    return attempt
+
+
+async def settle(conn: asyncpg.Connection, settings: Settings, endpoint_id: int, message: asyncpg.Record,
+                 attempt: Attempt, duration_ms: int) -> None:
+    """Log an attempt and decide the message: delivered, tried again later, or failed with its endpoint disabled."""
+    window = settings.webhook_retry_window
+    async with conn.transaction():
+        await conn.execute(Q["record_attempt"], message["id"], endpoint_id, attempt.status, attempt.error,
+                           duration_ms)
+        if attempt.ok:
+            await conn.execute(Q["delivered"], message["id"])
+            return
+        age = (dt.datetime.now(dt.timezone.utc) - message["created_at"]).total_seconds()
+        if age >= window:
+            reason = f"failing for {int(window)}s: last {attempt.status or attempt.error}"
+            await conn.execute(Q["give_up"], message["id"], reason)
+            log.warning("webhook endpoint %s disabled (%s)", endpoint_id, reason)
+            return
+        await conn.execute(Q["retry_later"], message["id"], retry_delay(message["attempts"], window))

@@ -4,6 +4,7 @@ times only, and never sent to an address nobody should reach."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import secrets
 import time
@@ -268,3 +269,43 @@ async def test_an_endpoint_whose_host_resolves_to_a_private_address_gets_nothing
         with pytest.raises(aiohttp.ClientError):
             await http.post(f"http://localhost:{port}/hook")
     assert receiver.received == []
+
+
+async def test_an_operator_adds_tests_lists_and_removes_an_endpoint_audited(
+        database_url: str, monkeypatch: pytest.MonkeyPatch, signing_key_pem: bytes, receiver: Receiver,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncpg
+
+    from gateway.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("VISITGATE_PUBLIC_URL", "https://visits.example.org")
+    monkeypatch.setenv("VISITGATE_SECRET_KEY", base64.b64encode(b"x" * 32).decode())
+    monkeypatch.setenv("VISITGATE_SIGNING_KEY", signing_key_pem.decode())
+    monkeypatch.setenv("VISITGATE_WEBHOOK_ALLOW_HTTP_LOOPBACK", "on")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO organisations (slug, name, idp_kind, issuer, client_id, client_secret)"
+                           " VALUES ('north', 'North Clinic', 'oidc', 'https://idp.example', 'portal', '\\x00')")
+        code = await asyncio.to_thread(main, ["webhook", "add", "--org", "north", "--url", receiver.url,
+                                              "--events", "visit.ended,lobby.entered", "--by", "ops@north"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        secret = out.split("secret (shown this once; verify deliveries with it): ")[1].split()[0]
+        endpoint_id = await conn.fetchval("SELECT id FROM webhook_endpoints")
+        stored = bytes(await conn.fetchval("SELECT secret FROM webhook_endpoints"))
+        assert secret.encode() not in stored and secret.split("_", 1)[1].encode() not in stored
+        assert await asyncio.to_thread(main, ["webhook", "test", str(endpoint_id)]) == 0
+        headers, body = receiver.received[0]
+        assert Webhook(secret).verify(body, headers)["type"] == "test"
+        assert await asyncio.to_thread(main, ["webhook", "list", "--org", "north"]) == 0
+        assert receiver.url in capsys.readouterr().out
+        assert await asyncio.to_thread(main, ["webhook", "log", str(endpoint_id)]) == 0
+        assert "\t200\t" in capsys.readouterr().out
+        assert await asyncio.to_thread(main, ["webhook", "remove", str(endpoint_id), "--by", "ops@north"]) == 0
+        assert await asyncio.to_thread(main, ["webhook", "add", "--org", "north", "--url", "http://example.org/",
+                                              "--events", "visit.ended"]) != 0
+        audit = [(r["actor"], r["action"]) for r in await conn.fetch("SELECT * FROM audit_log ORDER BY id")]
+        assert ("ops@north", "webhook.add") in audit and ("ops@north", "webhook.remove") in audit
+    finally:
+        await conn.close()

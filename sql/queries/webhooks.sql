@@ -66,6 +66,12 @@ WHERE m.id IN (
 )
 RETURNING m.id, m.endpoint_id, m.message_id, m.event_type, m.payload, m.attempts, m.created_at;
 
+-- name: claim_message
+-- One message, now (a test send from the command line), leased as claim_messages does.
+UPDATE webhook_outbox m SET available_at = now() + make_interval(secs => $2), attempts = m.attempts + 1
+WHERE m.id = $1 AND m.state = 'pending'
+RETURNING m.id, m.endpoint_id, m.message_id, m.event_type, m.payload, m.attempts, m.created_at;
+
 -- name: record_attempt
 INSERT INTO webhook_attempts (message_id, endpoint_id, status_code, error, duration_ms) VALUES ($1, $2, $3, $4, $5);
 
