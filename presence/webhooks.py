@@ -280,6 +280,19 @@ async def _enqueue_event(conn: asyncpg.Connection, row: asyncpg.Record, endpoint
                 await conn.execute(Q["enqueue"], endpoint["id"], message_id, event_type, payload, None)
 
 
+async def writeback_failed(conn: asyncpg.Connection, visit_id: uuid.UUID, up_to_event_id: int, reason: str) -> None:
+    """Enqueue `writeback.failed` for a visit whose events went to the dead letters (in the caller's transaction).
+
+    The reason is write-back's own: status codes and OperationOutcome issue codes, never a response body.
+    """
+    now = dt.datetime.now(dt.timezone.utc)
+    payload = _payload("writeback.failed", now, {"visit_id": str(visit_id), "up_to_event_id": up_to_event_id,
+                                                 "reason": reason, "occurred_at": _instant(now)})
+    for endpoint in await conn.fetch(Q["visit_endpoints"], visit_id, "writeback.failed"):
+        await conn.execute(Q["enqueue"], endpoint["id"], f"msg_writeback_{visit_id}_{up_to_event_id}",
+                           "writeback.failed", payload, None)
+
+
 # --- delivery ------------------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,14 @@ LIMIT $2;
 SELECT id, organisation_id, event_types FROM webhook_endpoints
 WHERE organisation_id = ANY($1::bigint[]) AND removed_at IS NULL AND disabled_reason IS NULL;
 
+-- name: visit_endpoints
+-- The live endpoints of a visit's organisation subscribed to event type $2 (none when its configuration has no
+-- organisation: an operator made it).
+SELECT e.id FROM webhook_endpoints e
+JOIN configurations c ON c.organisation_id = e.organisation_id
+JOIN visits v ON v.configuration_id = c.id
+WHERE v.id = $1 AND $2 = ANY(e.event_types) AND e.removed_at IS NULL AND e.disabled_reason IS NULL;
+
 -- name: both_sides_connected
 -- Whether, up to event $2, a clinician and a patient or guest of the visit have both connected (it started).
 SELECT bool_or(p.role = 'provider') AND bool_or(p.role <> 'provider')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import dataclasses
 from typing import Any
 from uuid import UUID
@@ -134,3 +135,24 @@ async def test_two_sweepers_and_a_clinician_end_a_visit_once(wb_stack: Writeback
         assert await conn.fetchval("SELECT count(*) FROM presence_events WHERE visit_id = $1 AND kind = 'visit_ended'",
                                    visit) == 1
         assert await conn.fetchval("SELECT count(*) FROM visit_ends WHERE visit_id = $1", visit) == 1
+
+
+async def test_a_write_back_that_gives_up_is_told_to_the_organisations_webhook(wb_stack: WritebackStack) -> None:
+    async with wb_stack.pool.acquire() as conn:
+        org = await conn.fetchval(
+            "INSERT INTO organisations (slug, name, idp_kind, issuer, client_id, client_secret)"
+            " VALUES ('north', 'North Clinic', 'oidc', 'https://idp.example', 'portal', '\\x00') RETURNING id")
+        await conn.execute("UPDATE configurations SET organisation_id = $1", org)
+        await conn.execute("INSERT INTO webhook_endpoints (organisation_id, url, event_types, secret)"
+                           " VALUES ($1, 'https://127.0.0.1:9/x', '{writeback.failed}', '\\x00')", org)
+    await wb_stack.set_strategy("fhir-r4-put")
+    visit = await wb_stack.visit("enc-does-not-exist")
+    p = await people(wb_stack.pool, visit)
+    await record_all(wb_stack.pool, visit, [(p.patient, "lobby_entered")])
+    await drained(wb_stack.pool)
+    async with wb_stack.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT event_type, payload FROM webhook_outbox")
+    assert [r["event_type"] for r in rows] == ["writeback.failed"]
+    data = json.loads(rows[0]["payload"])["data"]
+    assert data["visit_id"] == str(visit) and data["reason"] == "fhir_404 not-found"
+    assert "enc-does-not-exist" not in rows[0]["payload"]
