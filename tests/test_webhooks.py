@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import dataclasses
 import secrets
 import time
@@ -309,3 +310,36 @@ async def test_an_operator_adds_tests_lists_and_removes_an_endpoint_audited(
         assert ("ops@north", "webhook.add") in audit and ("ops@north", "webhook.remove") in audit
     finally:
         await conn.close()
+
+
+async def test_an_event_committed_after_a_later_one_is_still_sent(stack: Stack, receiver: Receiver) -> None:
+    await _endpoint(stack, await _organisation(stack), receiver.url, ["lobby.entered", "participant.left"])
+    await stack.provider_handle()
+    pool = stack.gateway_app[DB]
+    async with pool.acquire() as conn:
+        visit: UUID = await conn.fetchval("SELECT id FROM visits LIMIT 1")
+        patient = await patient_participant(conn, visit)
+    slow = await pool.acquire()
+    try:
+        writing = slow.transaction()
+        await writing.start()
+        from presence.eventlog import append_event
+
+        held = await append_event(slow, visit, patient, "lobby_entered")  # an id taken, not yet committed
+        later = await record_event(pool, visit, patient, "left")
+        assert later > held
+        async with pool.acquire() as conn:
+            await webhooks.follow_once(conn)
+            assert await conn.fetchval("SELECT count(*) FROM webhook_outbox") == 0  # waits at the gap
+        await writing.commit()
+    finally:
+        await pool.release(slow)
+    async with aiohttp.ClientSession() as http:
+        worker = _worker(stack, http)
+
+        async def both() -> bool:
+            return len(receiver.received) == 2
+
+        await _rounds(stack, worker, both)
+    types = sorted(json.loads(body)["type"] for _h, body in receiver.received)
+    assert types == ["lobby.entered", "participant.left"]

@@ -20,6 +20,10 @@ WHERE id = $1 AND removed_at IS NULL;
 -- One follower at a time across processes; the others skip their turn.
 SELECT last_id, gap_snapshot, gap_upto FROM webhook_follower FOR UPDATE SKIP LOCKED;
 
+-- name: gap_closed
+-- Whether every transaction running when the snapshot (as text) was taken has ended.
+SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::text::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress');
+
 -- name: move_follower
 UPDATE webhook_follower SET last_id = $1, gap_snapshot = $2, gap_upto = $3;
 
