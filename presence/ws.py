@@ -388,6 +388,8 @@ async def _on_provider_action(app: web.Application, conn: Connection, args: dict
             raise Refusal("unknown_participant")
         if await participants.admission_state(db, target) == kind:
             return False  # admitted (denied, removed) already: nothing new to store
+        if await visit_end.visit_end(db, conn.visit_id) is not None:
+            raise Refusal("visit_ended")
     await _store(app, conn, target, kind)
     return False
 

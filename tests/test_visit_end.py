@@ -1,6 +1,7 @@
 """The clinician ends a visit over the presence socket: everyone is told, and the visit's links stop working."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 from uuid import UUID
@@ -67,6 +68,12 @@ async def test_the_clinician_ends_the_visit_and_everyone_is_told_and_links_stop_
 
         assert (await _ended_event(provider_ws))["visit"] == str(visit_id)
         assert (await _ended_event(lobby_ws))["visit"] == str(visit_id)
+        # Then the patient's socket is closed by the gateway; the clinician's stays to show the end.
+        closing = await asyncio.wait_for(lobby_ws.receive(), TIMEOUT)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4410, closing
+        # Nothing more can be done in it.
+        await provider_ws.send_json({"type": "admit", "id": 10, "participant": str(_patient)})
+        assert (await recv_until(provider_ws, "error", timeout=TIMEOUT))["code"] == "visit_ended"
         # Ending again changes nothing and is not an error.
         await provider_ws.send_json({"type": "end_visit", "id": 9})
         assert (await recv_until(provider_ws, "result", timeout=TIMEOUT))["id"] == 9
