@@ -50,8 +50,10 @@ WITH open_visits AS (
         SELECT max(e.at) AS last_at,
                count(*) FILTER (WHERE e.kind IN ('connected', 'lobby_entered'))
                  - count(*) FILTER (WHERE e.kind IN ('disconnected', 'left')) AS open_sockets,
-               bool_or(p.role = 'provider' AND e.kind IN ('connected', 'lobby_entered')) AS provider_came,
-               bool_or(p.role <> 'provider' AND e.kind IN ('connected', 'lobby_entered')) AS others_came
+               -- Started: a clinician and a patient or guest were both connected (a patient's room socket
+               -- opens only once admitted); a patient testing devices early in the lobby has not started it.
+               bool_or(p.role = 'provider' AND e.kind = 'connected') AS provider_came,
+               bool_or(p.role <> 'provider' AND e.kind = 'connected') AS others_came
         FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
         WHERE e.visit_id = o.id
     ) s

@@ -156,3 +156,14 @@ async def test_a_write_back_that_gives_up_is_told_to_the_organisations_webhook(w
     data = json.loads(rows[0]["payload"])["data"]
     assert data["visit_id"] == str(visit) and data["reason"] == "fhir_404 not-found"
     assert "enc-does-not-exist" not in rows[0]["payload"]
+
+
+async def test_a_patient_who_waited_early_and_left_does_not_end_the_visit_for_idleness(
+        wb_stack: WritebackStack) -> None:
+    visit = await wb_stack.visit()
+    p = await people(wb_stack.pool, visit)
+    # The clinician's view was open while the patient tested their devices in the lobby; both went away.
+    await record_all(wb_stack.pool, visit, [(p.provider, "connected"), (p.patient, "lobby_entered"),
+                                            (p.patient, "left"), (p.provider, "disconnected")])
+    await asyncio.sleep(0.1)
+    assert visit not in await sweep(wb_stack.pool, dataclasses.replace(wb_stack.settings, visit_idle_end=0.0))
