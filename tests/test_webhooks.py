@@ -343,3 +343,18 @@ async def test_an_event_committed_after_a_later_one_is_still_sent(stack: Stack, 
         await _rounds(stack, worker, both)
     types = sorted(json.loads(body)["type"] for _h, body in receiver.received)
     assert types == ["lobby.entered", "participant.left"]
+
+
+async def test_a_launch_that_fails_after_its_configuration_is_known_is_told_to_the_organisation(
+        stack: Stack, receiver: Receiver, sandbox_faults: Any) -> None:
+    endpoint = await _endpoint(stack, await _organisation(stack), receiver.url, ["launch.failed"])
+    sandbox_faults.token_error = "invalid_grant"
+    response, _ = await stack.launch()
+    assert response.status == 502
+    async with aiohttp.ClientSession() as http:
+        assert await _worker(stack, http).deliver_once() == 1
+    headers, body = receiver.received[0]
+    message = Webhook(endpoint.secret).verify(body, headers)
+    assert message["type"] == "launch.failed"
+    assert message["data"]["reason"] == "token_error"
+    assert message["data"]["configuration_id"] == stack.configuration_id

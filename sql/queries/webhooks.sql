@@ -53,6 +53,12 @@ JOIN configurations c ON c.organisation_id = e.organisation_id
 JOIN visits v ON v.configuration_id = c.id
 WHERE v.id = $1 AND $2 = ANY(e.event_types) AND e.removed_at IS NULL AND e.disabled_reason IS NULL;
 
+-- name: configuration_endpoints
+-- The live endpoints of a configuration's organisation subscribed to event type $2 (for launch failures).
+SELECT e.id FROM webhook_endpoints e
+JOIN configurations c ON c.organisation_id = e.organisation_id
+WHERE c.id = $1 AND $2 = ANY(e.event_types) AND e.removed_at IS NULL AND e.disabled_reason IS NULL;
+
 -- name: both_sides_connected
 -- Whether, up to event $2, a clinician and a patient or guest of the visit have both connected (it started).
 SELECT bool_or(p.role = 'provider') AND bool_or(p.role <> 'provider')
