@@ -238,6 +238,11 @@ async def follow_once(conn: asyncpg.Connection, batch: int = FOLLOW_BATCH) -> in
         last: int = state["last_id"]
         snap: str | None = state["gap_snapshot"]
         upto: int | None = state["gap_upto"]
+        if not await conn.fetchval(Q["any_endpoint"]):
+            # Nobody subscribes: skip ahead (an endpoint added later wants nothing from before it existed).
+            newest = await eventlog.last_event_id(conn)
+            await conn.execute(Q["move_follower"], max(last, newest), None, None)
+            return max(newest - last, 0)
         closed = snap is not None and bool(await conn.fetchval(Q["gap_closed"], snap))
         rows = await conn.fetch(Q["events_for_webhooks"], last, batch)
         organisations = sorted({r["organisation_id"] for r in rows if r["organisation_id"] is not None})

@@ -20,6 +20,9 @@ WHERE id = $1 AND removed_at IS NULL;
 -- One follower at a time across processes; the others skip their turn.
 SELECT last_id, gap_snapshot, gap_upto FROM webhook_follower FOR UPDATE SKIP LOCKED;
 
+-- name: any_endpoint
+SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE removed_at IS NULL AND disabled_reason IS NULL);
+
 -- name: gap_closed
 -- Whether every transaction running when the snapshot (as text) was taken has ended.
 SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::text::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress');
