@@ -243,7 +243,7 @@ async def follow_once(conn: asyncpg.Connection, batch: int = FOLLOW_BATCH) -> in
             newest = await eventlog.last_event_id(conn)
             await conn.execute(Q["move_follower"], max(last, newest), None, None)
             return max(newest - last, 0)
-        closed = snap is not None and bool(await conn.fetchval(Q["gap_closed"], snap))
+        closed = snap is not None and await eventlog.writers_finished(conn, snap)
         rows = await conn.fetch(Q["events_for_webhooks"], last, batch)
         organisations = sorted({r["organisation_id"] for r in rows if r["organisation_id"] is not None})
         endpoints = await conn.fetch(Q["subscribed_endpoints"], organisations) if organisations else []

@@ -23,10 +23,6 @@ SELECT last_id, gap_snapshot, gap_upto FROM webhook_follower FOR UPDATE SKIP LOC
 -- name: any_endpoint
 SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE removed_at IS NULL AND disabled_reason IS NULL);
 
--- name: gap_closed
--- Whether every transaction running when the snapshot (as text) was taken has ended.
-SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::text::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress');
-
 -- name: move_follower
 UPDATE webhook_follower SET last_id = $1, gap_snapshot = $2, gap_upto = $3;
 
