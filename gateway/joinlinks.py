@@ -151,7 +151,12 @@ async def visit_window_end(fhir: FhirClient, encounter_id: str) -> dt.datetime |
         appointment = await fhir.read("Appointment", appointment_id)
     except FhirError:
         return None
-    end = appointment.get("end")
+    return appointment_end(appointment)
+
+
+def appointment_end(appointment: dict[str, Any] | None) -> dt.datetime | None:
+    """An Appointment's `end` as an aware datetime; None when it has none we can read."""
+    end = (appointment or {}).get("end")
     if not isinstance(end, str):
         return None
     try:
@@ -159,6 +164,11 @@ async def visit_window_end(fhir: FhirClient, encounter_id: str) -> dt.datetime |
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
+
+
+async def note_window_end(conn: asyncpg.Connection, visit_id: UUID, window_end: dt.datetime) -> None:
+    """Remember the end of a visit's appointment window (the latest one seen); the visit ends after it."""
+    await conn.execute(Q["note_window_end"], visit_id, window_end)
 
 
 async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, participant_id: UUID,
@@ -173,7 +183,7 @@ async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | Jo
     if await conn.fetchval(Q["insert_link"], jti, participant_id, visit_id, expires) is None:
         raise ValueError("no such participant in this visit")
     # The visit ends at the latest window a link was issued for, plus grace (presence.visit_end).
-    await conn.execute(Q["note_window_end"], visit_id, not_after)
+    await note_window_end(conn, visit_id, not_after)
     claims = {"iss": keys.issuer, "aud": keys.audience, "sub": str(participant_id), "jti": str(jti),
               "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
     token: str = jwt.encode(claims, keys.private_key, algorithm=ALGORITHM,

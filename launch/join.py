@@ -187,6 +187,8 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
     presented = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
     async with app[DB].acquire() as conn:
         visit = await open_visit(conn, app, config, grant.encounter, grant.patient, same_patient=True)
+        if window_end is not None:  # the visit ends after its window (presence.visit_end)
+            await joinlinks.note_window_end(conn, visit.id, window_end)
         async with conn.transaction():
             participant_id = await patient_participant(conn, visit.id)
             current = await joinlinks.session_for_handle(conn, presented)

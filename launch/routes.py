@@ -350,6 +350,10 @@ async def provider_view(request: web.Request) -> web.Response:
     # Without the Encounter (or the Patient the banner needs) nothing on this page vouches for who the
     # patient is: the clinician must hear so before admitting anyone.
     unverified = encounter is None or (wanted_patient is not None and patient is None)
+    window_end = joinlinks.appointment_end(appointment)
+    if window_end is not None:  # a time, not patient data: the visit ends after it (presence.visit_end)
+        async with app[DB].acquire() as conn:
+            await joinlinks.note_window_end(conn, session.visit_id, window_end)
     meeting = Meeting(session.meeting_provider, session.meeting_id) if session.meeting_id else None
     context = {
         "visit_id": str(session.visit_id),

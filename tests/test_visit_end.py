@@ -96,3 +96,17 @@ async def test_the_clinician_ends_the_visit_and_everyone_is_told_and_links_stop_
     await provider_ws.close()
     async with stack.gateway_app[DB].acquire() as conn:
         assert await conn.fetchval("SELECT reason FROM visit_ends WHERE visit_id = $1", visit_id) == "clinician"
+
+
+async def test_the_provider_view_records_when_the_appointment_window_ends(stack: Stack) -> None:
+    handle = await stack.provider_handle()
+    view = await stack.get(f"{stack.gateway_url}/provider/{handle}")
+    assert view.status == 200, await view.text()
+    from sandbox.appkeys import STORE
+
+    store = stack.sandbox_app[STORE]
+    reference = store.get("Encounter", "enc-1")["appointment"][0]["reference"]
+    appointment = store.get("Appointment", reference.rsplit("/", 1)[1])
+    async with stack.gateway_app[DB].acquire() as conn:
+        window_end = await conn.fetchval("SELECT window_end FROM visits")
+    assert window_end == dt.datetime.fromisoformat(appointment["end"])
