@@ -1,4 +1,4 @@
-"""`visitgate webhook add|list|test|remove|log`: an organisation's webhook endpoints from the command line
+"""`visitgate webhook add|list|test|enable|remove|log`: an organisation's webhook endpoints from the command line
 (the portal's page comes later). Every change is audited."""
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def add_command(commands: Any) -> None:
     remove.add_argument("id", type=int)
     remove.add_argument("--by", default="operator", help="who does it (recorded in the audit log)")
     remove.set_defaults(func=_remove)
+    enable = actions.add_parser("enable", help="turn an endpoint disabled after a day of failures back on")
+    enable.add_argument("id", type=int)
+    enable.add_argument("--by", default="operator", help="who does it (recorded in the audit log)")
+    enable.set_defaults(func=_enable)
     log = actions.add_parser("log", help="an endpoint's latest delivery attempts")
     log.add_argument("id", type=int)
     log.set_defaults(func=_log)
@@ -91,6 +95,15 @@ def _remove(args: argparse.Namespace) -> int:
         removed = await webhooks.remove_endpoint(conn, args.id, args.by)
         print(f"webhook {args.id} removed" if removed else f"no webhook {args.id}")
         return 0 if removed else 1
+
+    return asyncio.run(with_connection(Settings.from_env(), work))
+
+
+def _enable(args: argparse.Namespace) -> int:
+    async def work(conn: Any) -> int:
+        enabled = await webhooks.enable_endpoint(conn, args.id, args.by)
+        print(f"webhook {args.id} enabled" if enabled else f"webhook {args.id} was not disabled")
+        return 0 if enabled else 1
 
     return asyncio.run(with_connection(Settings.from_env(), work))
 

@@ -191,6 +191,15 @@ async def remove_endpoint(conn: asyncpg.Connection, endpoint_id: int, actor: str
     return True
 
 
+async def enable_endpoint(conn: asyncpg.Connection, endpoint_id: int, actor: str = "operator") -> bool:
+    """Turn a disabled endpoint back on (its waiting messages go out again); False when it was not disabled."""
+    async with conn.transaction():
+        if await conn.fetchval(Q["enable_endpoint"], endpoint_id) is None:
+            return False
+        await append_audit(conn, actor, "webhook.enable", f"webhook:{endpoint_id}", {})
+    return True
+
+
 async def delivery_log(conn: asyncpg.Connection, endpoint_id: int, limit: int = 100) -> list[dict[str, Any]]:
     """An endpoint's newest delivery attempts: when, which message, status code or error, how long."""
     return [dict(r) for r in await conn.fetch(Q["delivery_log"], endpoint_id, limit)]

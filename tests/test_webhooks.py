@@ -204,6 +204,13 @@ async def test_an_endpoint_failing_for_the_whole_retry_window_is_disabled_with_a
     async with aiohttp.ClientSession() as http:
         assert await _worker(stack, http, short).deliver_once() == 0
     assert len(receiver.received) == tried
+    # Turned back on, what waited goes out.
+    receiver.statuses = []
+    async with stack.gateway_app[DB].acquire() as conn:
+        assert await webhooks.enable_endpoint(conn, endpoint.id, "admin@north")
+    async with aiohttp.ClientSession() as http:
+        assert await _worker(stack, http).deliver_once() == 1
+    assert len(receiver.received) == tried + 1
 
 
 async def test_a_test_send_reaches_the_endpoint(stack: Stack, receiver: Receiver) -> None:

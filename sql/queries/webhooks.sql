@@ -12,6 +12,11 @@ ORDER BY e.id;
 -- name: remove_endpoint
 UPDATE webhook_endpoints SET removed_at = now() WHERE id = $1 AND removed_at IS NULL RETURNING id;
 
+-- name: enable_endpoint
+UPDATE webhook_endpoints SET disabled_reason = NULL, disabled_at = NULL
+WHERE id = $1 AND removed_at IS NULL AND disabled_reason IS NOT NULL
+RETURNING id;
+
 -- name: endpoint
 SELECT id, organisation_id, url, event_types, secret, disabled_reason FROM webhook_endpoints
 WHERE id = $1 AND removed_at IS NULL;
