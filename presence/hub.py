@@ -191,7 +191,9 @@ class Hub:
         """Close the patients' and guests' sockets of an ended visit once its end is written to them (their
         sessions no longer authenticate; clinicians' views stay open to show the end)."""
         for conn in tuple(self._visits.get(visit_id, ())):
-            if conn.role != "provider" and not conn.closing:
+            # A socket still subscribing gets the event from its pending list and is left open: closing it here
+            # would lose the event it has not been sent yet.
+            if conn.role != "provider" and conn.ready and not conn.closing:
                 conn.closing = True
                 self.remove(conn)
                 task = asyncio.create_task(conn.ws.close(code=VISIT_ENDED_CODE, message=b"visit ended"))

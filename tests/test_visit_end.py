@@ -12,7 +12,7 @@ from gateway import joinlinks, participants
 from gateway.appkeys import DB
 from tests.conftest import Stack, browser_session, reason_code, recv_frame, recv_until
 
-TIMEOUT = 5.0
+TIMEOUT = 10.0
 
 
 async def _socket(stack: Stack, browser: aiohttp.ClientSession, auth: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
