@@ -16,7 +16,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import db, notify
+from . import configurations, db, notify
 from .appkeys import DB, DSN, EHR, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .ehr import EhrClient
 from .meetings import default_providers
@@ -67,6 +67,10 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await db.create_pool(dsn, settings.db_pool_max)
     async with pool.acquire() as conn:
         await db.migrate(conn)
+        # A new signing key (a rotation) is audited once, whichever process starts first with it.
+        key = app[SIGNING_KEY]
+        if await configurations.note_signing_key(conn, key.kid, key.alg):
+            log.info("signing key %s is in use (audited)", key.kid)
     app[DB] = pool
     app[DSN] = dsn
     try:

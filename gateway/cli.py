@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError
 from .settings import Settings
 
-PART_COMMANDS = ("config_portal.cli",)
+PART_COMMANDS = ("config_portal.cli", "presence.cli")
 
 
 def configure_logging(level: str) -> None:

@@ -380,3 +380,17 @@ async def add_approved(conn: asyncpg.Connection, sealer: Sealer, new: NewConfigu
 async def list_all(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Every configuration, without secrets."""
     return [dict(r) for r in await conn.fetch(Q["list_configurations"])]
+
+
+async def note_signing_key(conn: asyncpg.Connection, kid: str, alg: str) -> bool:
+    """Audit the gateway's signing key when it is not the one last in use (a key rotation, or the first key);
+    True when it was new. Every EHR that checks our client assertions must fetch the new JWKS, so admins of
+    every organisation see this row (installation-wide: no organisation)."""
+    async with conn.transaction():
+        await conn.execute(Q["lock_signing_key_note"])
+        last: str | None = await conn.fetchval(Q["last_signing_key"])
+        if last == kid:
+            return False
+        await append_audit(conn, "gateway", "key.rotate", "signing_key",
+                           {"before": {"kid": last} if last else None, "after": {"kid": kid, "alg": alg}})
+    return True

@@ -131,7 +131,8 @@ class JoinLinkInvalid(VisitgateError):
     reason = "link_invalid"
     title = "This visit link cannot be used"
     # Per reason: the status. link_invalid covers tampered, foreign, malformed and unknown links alike.
-    STATUSES = {"link_invalid": 400, "link_expired": 410, "link_revoked": 410, "link_in_use": 409}
+    STATUSES = {"link_invalid": 400, "link_expired": 410, "link_revoked": 410, "link_in_use": 409,
+                "visit_ended": 410}
 
     def __init__(self, detail: str = "", *, reason: str | None = None, title: str | None = None) -> None:
         super().__init__(detail, reason=reason)

@@ -208,6 +208,16 @@ async def visit_window(fhir: FhirClient,
     return _instant(appointment.get("start")), _instant(appointment.get("end"))
 
 
+def appointment_end(appointment: dict[str, Any] | None) -> dt.datetime | None:
+    """An Appointment's `end` as an aware datetime; None when it has none we can read."""
+    return _instant((appointment or {}).get("end"))
+
+
+async def note_window_end(conn: asyncpg.Connection, visit_id: UUID, window_end: dt.datetime) -> None:
+    """Remember the end of a visit's appointment window (the latest one seen); the visit ends after it."""
+    await conn.execute(Q["note_window_end"], visit_id, window_end)
+
+
 async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | JoinKeys, participant_id: UUID,
                      visit_id: UUID, not_after: dt.datetime, appointment_at: dt.datetime | None = None) -> str:
     """A new join link's code for a participant of a visit whose window ends at not_after (see link_url)."""
@@ -219,6 +229,8 @@ async def issue_link(conn: asyncpg.Connection, app_or_keys: web.Application | Jo
     if await conn.fetchval(Q["insert_link"], uuid.uuid4(), participant_id, visit_id, expires,
                            token_hash(code), appointment_at) is None:
         raise ValueError("no such participant in this visit")
+    # The visit ends at the latest window a link was issued for, plus grace (presence.visit_end).
+    await note_window_end(conn, visit_id, not_after)
     return code
 
 
@@ -256,7 +268,9 @@ def _link(jti: UUID | None, participant_id: UUID | None, row: asyncpg.Record | N
         raise JoinLinkInvalid(reason="link_invalid")  # signed with our key but not ours to honour
     if row["revoked_at"] is not None:
         raise JoinLinkInvalid(reason="link_revoked")
-    if row["expired"] or row["visit_ended"]:
+    if row["visit_ended"]:
+        raise JoinLinkInvalid(reason="visit_ended")
+    if row["expired"]:
         raise JoinLinkInvalid(reason="link_expired")
     return JoinLink(jti=jti or row["jti"], participant_id=row["participant_id"], visit_id=row["visit_id"],
                     expires_at=row["expires_at"], bound_session_hash=row["bound_session_hash"],

@@ -101,6 +101,21 @@ class Settings:
     """Seconds a portal sign-in may spend at the identity provider."""
     idp_ca_file: Path | None = None
     """A CA bundle trusted for the organisations' identity providers instead of the system's (tests, demo)."""
+    visit_idle_end: float = 30 * 60
+    """Seconds without anyone connected after a visit started (both sides present once) before it ends."""
+    visit_grace: float = 60 * 60
+    """Seconds after the end of a visit's appointment window before it ends, however busy."""
+    visit_sweep_interval: float = 15.0
+    """Seconds between this process's looks for visits that are due to end."""
+    webhooks_enabled: bool = True
+    """Run the webhook follower and delivery worker in this process (any number of processes may)."""
+    webhook_retry_window: float = 24 * 3600
+    """Seconds a webhook message is retried before its endpoint is disabled (Standard Webhooks: about a day)."""
+    webhook_timeout: float = 10.0
+    """Seconds one delivery may take, connection to last byte."""
+    webhook_poll_interval: float = 1.0
+    webhook_allow_http_loopback: bool = False
+    """Tests only: deliver to http://127.0.0.1 (otherwise https only, and never to private addresses)."""
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:
@@ -174,6 +189,10 @@ class Settings:
             presence_lease=_seconds(env, "VISITGATE_PRESENCE_LEASE", 30, least=3),
             portal_idle_timeout=_seconds(env, "VISITGATE_PORTAL_IDLE_TIMEOUT", 900, least=60),
             portal_session_lifetime=_seconds(env, "VISITGATE_PORTAL_SESSION_LIFETIME", 12 * 3600, least=300),
+            visit_idle_end=_seconds(env, "VISITGATE_VISIT_IDLE_END", 30 * 60, least=60),
+            visit_grace=_seconds(env, "VISITGATE_VISIT_GRACE", 60 * 60, least=0),
+            webhook_retry_window=_seconds(env, "VISITGATE_WEBHOOK_RETRY_WINDOW", 24 * 3600, least=1),
+            webhook_allow_http_loopback=_flag(env.get("VISITGATE_WEBHOOK_ALLOW_HTTP_LOOPBACK", "")),
             idp_ca_file=Path(env["VISITGATE_IDP_CA_FILE"]) if env.get("VISITGATE_IDP_CA_FILE", "").strip() else None,
             **_writeback_from_env(env),
             **_ice_from_env(env),

@@ -69,6 +69,9 @@ LINK_MESSAGES = {
                      N_("Ask your clinic for a new link.")),
     "link_revoked": (N_("This visit link has been replaced"),
                      N_("Use the newest link your clinic sent you, or ask your clinic for a new link.")),
+    "visit_ended": (N_("This visit has ended"),
+                    N_("The clinician ended the visit, or its time is over. If you still need care, contact your "
+                       "clinic.")),
     # Only when the link's session moved between devices several times within a minute (joinlinks.MAX_MOVES).
     "link_in_use": (N_("This visit link was just opened on another device"),
                     N_("Continue on that device, or wait a minute and open the link here again.")),
@@ -343,6 +346,8 @@ async def open_patient_visit(request: web.Request, config: store.LaunchConfigura
     presented = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
     async with app[DB].acquire() as conn:
         visit = await open_visit(conn, app, config, grant.encounter, grant.patient, same_patient=True)
+        if window_end is not None:  # the visit ends after its window (presence.visit_end)
+            await joinlinks.note_window_end(conn, visit.id, window_end)
         async with conn.transaction():
             participant_id = await patient_participant(conn, visit.id)
             current = await joinlinks.session_for_handle(conn, presented)

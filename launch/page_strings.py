@@ -24,6 +24,7 @@ PRESENCE_ERRORS: Mapping[str, str] = {
     "error.rate_limited": N_("Not done: too many actions in a short time. Wait a moment, then try again."),
     "error.unknown_participant": N_("Not done: that person is no longer part of this visit."),
     "error.not_allowed": N_("Not done: this page may not do that."),
+    "error.visit_ended": N_("Not done: this visit has ended."),
     "error.connection_lost": N_("The connection dropped before the gateway answered. Check the list, then try "
                                 "again if needed."),
     "error.timeout": N_("The gateway did not answer in time. Check the list, then try again if needed."),

@@ -13,11 +13,11 @@ import aiohttp_jinja2
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
 
-from gateway import joinlinks
+from gateway import joinlinks, webhook_events
 from gateway.appkeys import DB, EHR, SEALER, SETTINGS, SIGNING_KEY
 from gateway.configurations import PATIENT_SCOPES
 from gateway.ehr import fhir_base_url
-from gateway.errors import LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer, UpstreamError
+from gateway.errors import LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer, UpstreamError, VisitgateError
 from gateway.fhir import FhirClient
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
@@ -163,6 +163,16 @@ async def launch_callback(request: web.Request) -> web.Response:
             return _continue_in_new_window(request, pending)
         raise StateInvalid("This sign-in was started in another browser or window. Start the visit again "
                            "from the EHR.", reason="other_browser")
+    try:
+        return await _finish_launch(request, state, taken)
+    except VisitgateError as exc:
+        # The configuration is known from here on: its organisation's systems may want to hear of the failure.
+        await webhook_events.launch_failed(app[DB], taken.config.id, exc.reason)
+        raise
+
+
+async def _finish_launch(request: web.Request, state: str, taken: store.TakenLaunch) -> web.Response:
+    app = request.app
     fresh, config = taken.fresh, taken.config
     if config.audience == "patient":
         with patient_facing_errors(request):
@@ -365,6 +375,10 @@ async def provider_view(request: web.Request) -> web.Response:
     # Without the Encounter (or the Patient the banner needs) nothing on this page vouches for who the
     # patient is: the clinician must hear so before admitting anyone.
     unverified = encounter is None or (wanted_patient is not None and patient is None)
+    window_end = joinlinks.appointment_end(appointment)
+    if window_end is not None:  # a time, not patient data: the visit ends after it (presence.visit_end)
+        async with app[DB].acquire() as conn:
+            await joinlinks.note_window_end(conn, session.visit_id, window_end)
     meeting = Meeting(session.meeting_provider, session.meeting_id) if session.meeting_id else None
     context = {
         "visit_id": str(session.visit_id),

@@ -8,6 +8,8 @@ from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
 from .limits import StoreBudget
+from .visit_end import VisitSweeper
+from .webhooks import WebhookWorker
 from .writeback import WritebackWorker
 
 ANNOUNCER = web.AppKey("presence_announcer", Announcer)  # this process's coalesced event notifications
@@ -17,3 +19,5 @@ WRITEBACK = web.AppKey("writeback_worker", WritebackWorker)
 LEASE = web.AppKey("presence_lease", ProcessLease)
 STORE_BUDGET = web.AppKey("presence_store_budget", StoreBudget)  # events each participant may still store
 CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages each participant may still send
+SWEEPER = web.AppKey("visit_sweeper", VisitSweeper)  # ends idle visits and visits past their window
+WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)  # follows events into the webhook outbox, delivers them

@@ -29,12 +29,16 @@ MEETING_PROVIDER_SYSTEM = "https://fhir.visitgate.org/CodeSystem/meeting-provide
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 # The only statuses we move an Encounter through, in order; each step goes to the next one only.
 STATUS_CHAIN = ("planned", "arrived", "in-progress", "finished")
-_RANK = {status: rank for rank, status in enumerate(STATUS_CHAIN)}
+# A visit that ends before the patient ever came (a no-show) is `cancelled`, which FHIR R4 defines as "the
+# Encounter has ended before it has begun": it ranks with `finished`, the other end of the chain.
+_RANK = {**{status: rank for rank, status in enumerate(STATUS_CHAIN)}, "cancelled": len(STATUS_CHAIN) - 1}
 # Operations Oracle Health documents for PATCH on Encounter; nothing else is ever sent. `/extension` is
 # added whole when the Encounter has none: RFC 6902 4.1 lets `add` create a member of an object that exists,
 # but `add /extension/-` needs the array to exist (Medplum refuses it, rightly, and the whole patch with it).
+# Likewise `/period/end` is added when the period has no end yet (a visit's end is usually the first): Oracle
+# documents `replace` for it, which RFC 6902 allows only on a member that exists.
 ALLOWED_PATCH = frozenset({("replace", "/period/start"), ("replace", "/period/end"), ("replace", "/extension"),
-                           ("add", "/extension")})
+                           ("add", "/extension"), ("add", "/period/end")})
 # What ends a connected stretch (`left` closes a lobby socket, never a room's).
 _CLOSING = frozenset({"disconnected", "removed"})
 _DEVICE_TEST_KINDS = frozenset({"device_test_passed", "device_test_failed"})
@@ -42,6 +46,8 @@ _DEVICE_TEST_KINDS = frozenset({"device_test_passed", "device_test_failed"})
 _CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
 _RELAY_STATES = frozenset({"ok", "failed", "not_offered", "unknown"})
 _RTT_BUCKETS = frozenset({"under_50ms", "50_100ms", "100_200ms", "200_400ms", "over_400ms"})
+# A patient with any of these came to the visit; one with none when it ends was a no-show (as visit_end.sql).
+_CAME = frozenset({"lobby_entered", "connected", "admitted"})
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -124,6 +130,7 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
     periods: list[tuple[UUID, str, str | None]] = []
     guests = 0
     device_tests: dict[UUID, DeviceTest] = {}
+    patient_came = False
     for event in ordered:
         at = instant(event.at)
         pid = event.participant_id
@@ -137,6 +144,8 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
                 ref = _practitioner(event.fhir_user)
                 if ref is not None:
                     labels[pid] = (ref, "provider", None)
+        if event.role == "patient" and event.kind in _CAME:
+            patient_came = True
         # Status: one step along the chain at a time; anything else is not a transition we send.
         if event.role == "patient" and event.kind == "lobby_entered" and status == "planned":
             status = "arrived"
@@ -144,8 +153,11 @@ def derive(events: Iterable[VisitEvent], meeting_provider: str) -> EncounterChan
         elif event.role == "patient" and event.kind == "admitted" and status == "arrived":
             status = "in-progress"
             transitions.append((status, at))
-        elif event.kind == "visit_ended" and status == "in-progress":
+        elif event.kind == "visit_ended" and status in ("arrived", "in-progress"):
             status = "finished"
+            transitions.append((status, at))
+        elif event.kind == "visit_ended" and status == "planned" and not patient_came:
+            status = "cancelled"  # the patient never entered the lobby: a no-show
             transitions.append((status, at))
         # Connections: a stretch opens on `connected` and closes on leaving or at the end of the visit.
         if event.kind == "visit_ended":
@@ -300,8 +312,14 @@ def _same_reference(reference: object, wanted: str) -> bool:
 
 def _status_applies(current: dict[str, Any], changes: EncounterChanges) -> bool:
     """Whether we may set the status: the EHR's is on our chain and not ahead of the events."""
-    now = current.get("status")
-    return bool(changes.transitions) and now in _RANK and _RANK[now] <= _RANK[changes.status]
+    return bool(changes.transitions) and _may_move(current.get("status"), changes.status)
+
+
+def _may_move(now: object, wanted: str) -> bool:
+    """Whether the EHR's status may become wanted: on our chain and not ahead (an EHR's own `cancelled` stays)."""
+    if now == wanted:
+        return True
+    return isinstance(now, str) and now in STATUS_CHAIN and _RANK[now] <= _RANK[wanted]
 
 
 def desired_encounter(current: dict[str, Any], changes: EncounterChanges) -> dict[str, Any]:
@@ -355,10 +373,12 @@ def patch_operations(current: dict[str, Any], changes: EncounterChanges) -> list
     raw_period = current.get("period")
     period: dict[str, Any] = raw_period if isinstance(raw_period, dict) else {}
     now = current.get("status")
-    if now in _RANK and _RANK[now] <= _RANK[changes.status]:
+    if _may_move(now, changes.status):
         for member, status in (("start", "in-progress"), ("end", "finished")):
             if status in times and member in period and not same(period[member], times[status]):
                 ops.append({"op": "replace", "path": f"/period/{member}", "value": times[status]})
+            elif member == "end" and status in times and "period" in current and member not in period:
+                ops.append({"op": "add", "path": "/period/end", "value": times[status]})
     wanted = _extensions(current, changes, with_providers=True)
     have = current.get("extension")
     if "extension" not in current:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # Below asyncio's default high-water mark (64 KiB), so a send never has to wait for a drain.
 MAX_UNSENT_BYTES = 32 * 1024
+VISIT_ENDED_CODE = 4410  # a participant's socket closed because its visit ended (docs/presence-protocol.md)
 PENDING_LIMIT = 1000
 SHUTDOWN_WAIT = 5.0
 
@@ -139,6 +140,8 @@ class Hub:
                         continue
                 conn.floor = texts[-1][0]
                 self._write(conn, chunk if isinstance(chunk, bytes) else b"".join(chunk))
+            if any(e.kind == "visit_ended" for e in visit_events):
+                self._visit_ended(visit_id)
 
     def learn_names(self, visit_id: UUID, names: dict[UUID, str]) -> None:
         """Keep display names for a visit watched here, and show the new or changed ones to its ready sockets."""
@@ -183,6 +186,19 @@ class Hub:
             self.drop(conn, "slow consumer")
             return
         transport.write(data)
+
+    def _visit_ended(self, visit_id: UUID) -> None:
+        """Close the patients' and guests' sockets of an ended visit once its end is written to them (their
+        sessions no longer authenticate; clinicians' views stay open to show the end)."""
+        for conn in tuple(self._visits.get(visit_id, ())):
+            # A socket still subscribing gets the event from its pending list and is left open: closing it here
+            # would lose the event it has not been sent yet.
+            if conn.role != "provider" and conn.ready and not conn.closing:
+                conn.closing = True
+                self.remove(conn)
+                task = asyncio.create_task(conn.ws.close(code=VISIT_ENDED_CODE, message=b"visit ended"))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
 
     def drop(self, conn: Connection, why: str) -> None:
         """Unsubscribe conn and close it with 1013 (try again later), without waiting for it."""

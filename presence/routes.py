@@ -13,11 +13,13 @@ from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
 from .announcer import Announcer
-from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, WRITEBACK
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, WEBHOOKS, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
+from .visit_end import VisitSweeper
+from .webhooks import WebhookWorker, webhook_session
 from .limits import CHAT_PER_MINUTE, StoreBudget
 from .writeback import WritebackMetrics, WritebackWorker
 from .ws import presence_socket
@@ -35,6 +37,8 @@ def setup(app: web.Application) -> None:
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", presence_socket, name="presence_socket")
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
+    app.cleanup_ctx.append(_sweeper)  # ends visits left idle or past their window
+    app.cleanup_ctx.append(_webhooks)  # the customers' webhook endpoints, from their own outbox
 
 
 async def _announcer(app: web.Application) -> AsyncIterator[None]:
@@ -128,3 +132,24 @@ def _writeback(counters: WritebackMetrics) -> Callable[[web.Application], AsyncI
                 await asyncio.wait_for(task, 15)
 
     return worker
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    app[SWEEPER] = VisitSweeper(app[DB], app[ANNOUNCER], app[SETTINGS])
+    task = asyncio.create_task(app[SWEEPER].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with webhook_session(settings) as http:
+        app[WEBHOOKS] = WebhookWorker(app[DB], http, app[SEALER], settings)
+        task = asyncio.create_task(app[WEBHOOKS].run()) if settings.webhooks_enabled else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -39,7 +39,7 @@ from gateway.security import Sealer
 from gateway.settings import Settings
 
 from .backend_auth import BackendClient, BackendTokens, TokenUnavailable, WritebackDisabled
-from . import outbox
+from . import outbox, webhooks
 from .encounter_mapping import EncounterChanges, derive, desired_encounter, patch_operations, unchanged
 # For operators, the portal and tests, where they always were.
 from .outbox import backlog as backlog, dead_letters as dead_letters, set_strategy as set_strategy
@@ -411,6 +411,7 @@ class WritebackWorker:
         async with self._pool.acquire() as conn, conn.transaction():
             dead = await outbox.dead_letter_visit(conn, visit_id, up_to, reason)
             await self._attempt(conn, config, visit_id, up_to, "dead", status, reason, None, started)
+            await webhooks.writeback_failed(conn, visit_id, up_to, reason)
         self._metrics.dead_letters.labels(reason.split(" ", 1)[0].split(":", 1)[0]).inc(dead)
         log.warning("write-back gave up on %d event(s) of configuration %d: %s", dead, config.id, reason)
 

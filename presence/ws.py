@@ -28,7 +28,7 @@ from gateway.appkeys import DB, SETTINGS
 from gateway.meetings.builtin import ice_servers
 from gateway.sessions import browser_keys, provider_identity
 
-from . import eventlog, quality
+from . import eventlog, quality, visit_end
 from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET
 from .bus import RelayTooLarge
 from .hub import Connection
@@ -521,6 +521,8 @@ async def _on_provider_action(app: web.Application, conn: Connection, args: dict
             raise Refusal("unknown_participant")
         if await participants.admission_state(db, target) == kind:
             return False  # admitted (denied, removed) already: nothing new to store
+        if await visit_end.visit_end(db, conn.visit_id) is not None:
+            raise Refusal("visit_ended")
     await _store(app, conn, target, kind)
     return False
 
@@ -579,6 +581,15 @@ async def _on_chat(app: web.Application, conn: Connection, args: dict[str, Any],
     return False
 
 
+async def _on_end_visit(app: web.Application, conn: Connection, args: dict[str, Any], req_id: int | None) -> bool:
+    # Ending twice (two clinicians, a double click, a sweep at the same moment) is not an error: the first end
+    # stands and everyone has been told of it.
+    async with app[DB].acquire() as db:
+        await visit_end.end_visit(db, conn.visit_id, "clinician", conn.participant_id)
+    app[BUS].poke()
+    return False
+
+
 async def _store(app: web.Application, conn: Connection, participant_id: UUID, kind: str) -> None:
     """Store an event a request asked for (the database away: refused, the page shows it), and count it."""
     await eventlog.record_event(app[DB], conn.visit_id, participant_id, kind, app[ANNOUNCER])
@@ -606,6 +617,7 @@ MESSAGES: Mapping[str, MessageType] = {
        for name, kind in PROVIDER_ACTIONS.items()},
     "signal": MessageType(_on_signal, {"to": _participant, "data": _signal_data}),
     "chat": MessageType(_on_chat, {"to": _optional_participant, "text": _chat_text}),
+    "end_visit": MessageType(_on_end_visit, {}, frozenset({"provider"})),
 }
 
 

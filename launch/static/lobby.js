@@ -8,6 +8,7 @@ import { canUseMedia, guideIfInApp } from "./patient-common.js";
 import { Chat, chatRoot } from "./chat.js";
 import { checkConnection, checkStarted, deviceReport, heard } from "./connection-check.js";
 import { lobbyState, showMoved, showWaitingSince } from "./lobby-resume.js";
+import * as visitEnd from "./visit-end.js";
 import { ensureAudioContext, mediaProblem, playTestSound, startMeter } from "./device-media.js";
 
 const root = document.getElementById("lobby");
@@ -71,9 +72,11 @@ const presence = new PresenceClient({
   onSnapshot: (events) => {
     let decision = null;
     events.forEach((event) => { decision = decisionOf(event) || decision; });
+    if (events.some(visitEnd.watch)) { sessionEnded(); return; }
     if (decision) decide(decision);
   },
   onEvent: (event) => {
+    if (visitEnd.watch(event)) { sessionEnded(); return; }
     const kind = decisionOf(event);
     if (kind) decide(kind);
   },

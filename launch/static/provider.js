@@ -4,6 +4,7 @@
 import { t, time } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import * as providerHandle from "./provider-handle.js";
+import * as visitEnd from "./visit-end.js";
 import { WaitingList, applyEvent, describe as describeState, label as labelOf } from "./waiting.js";
 import { describeDeviceTest } from "./device-result.js";
 
@@ -123,6 +124,7 @@ const presence = new PresenceClient({
   onSnapshot: (events, frame) => {
     knocks.snapshot(events, frame);
     events.forEach(apply);
+    events.forEach(visitEnd.watch);
     const shown = frame.display_names && typeof frame.display_names === "object" ? frame.display_names : {};
     Object.keys(shown).forEach((id) => {
       if (typeof shown[id] === "string") { names[id] = shown[id]; }
@@ -132,6 +134,7 @@ const presence = new PresenceClient({
     apply(event);
     render();
     knocks.event(event);
+    visitEnd.watch(event);
   },
   onSynced: () => {
     knocks.synced();
@@ -167,4 +170,5 @@ if (providerHandle.current() && list) {
       });
   });
   presence.start();
+  visitEnd.endVisitButton(presence);
 }

@@ -25,6 +25,7 @@
 import { announce } from "./announce.js";
 import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
+import * as visitEnd from "./visit-end.js";
 import * as providerHandle from "./provider-handle.js";
 import { WaitingList } from "./waiting.js";
 import { watchCallQuality } from "./call-quality.js";
@@ -261,7 +262,7 @@ import { watchCallQuality } from "./call-quality.js";
 
   function applyEvent(e) {
     view.lastEventId = e.id;
-    if (e.kind === "visit_ended") { end("visit_ended"); return; }
+    if (e.kind === "visit_ended") { visitEnd.watch(e); end("visit_ended"); return; }
     var p = e.participant;
     if (!p) return;
     if (e.role) roles.set(p, e.role);
@@ -746,5 +747,6 @@ import { watchCallQuality } from "./call-quality.js";
   $("room-sound").addEventListener("click", soundOn);
   window.addEventListener("pagehide", function () { if (view.joined) sayBye(); });
   setInterval(pollStats, STATS_MS);
+  if (config.role === "provider") visitEnd.endVisitButton(presence);
   join();
 }

@@ -112,3 +112,10 @@ ORDER BY value;
 INSERT INTO audit_log (actor, action, subject, details, organisation_id)
 VALUES ($1, $2, $3, $4::jsonb, COALESCE($5::bigint, CASE WHEN $3 ~ '^configuration:[0-9]{1,18}$' THEN
     (SELECT organisation_id FROM configurations WHERE id = substring($3 FROM 15)::bigint) END));
+
+-- name: lock_signing_key_note
+-- Processes starting together note the key once: the second waits here, then sees the first one's row.
+SELECT pg_advisory_xact_lock(7652381490);
+
+-- name: last_signing_key
+SELECT details -> 'after' ->> 'kid' FROM audit_log WHERE action = 'key.rotate' ORDER BY id DESC LIMIT 1;

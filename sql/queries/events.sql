@@ -102,7 +102,8 @@ SELECT pg_current_snapshot()::text AS snapshot,
 
 -- name: writers_finished
 -- Whether every transaction running when that snapshot was taken has ended (committed or rolled back).
-SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress');
+-- $1 is the snapshot as text (writers_snapshot's): bound as pg_snapshot, asyncpg wants a tuple and refuses it.
+SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::text::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress');
 
 -- name: last_event_id
 SELECT coalesce(max(id), 0) FROM presence_events;

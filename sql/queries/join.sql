@@ -144,3 +144,7 @@ DELETE FROM participant_sessions WHERE expires_at < now();
 DELETE FROM join_links l
 WHERE l.expires_at < now()
   AND NOT EXISTS (SELECT 1 FROM participant_sessions s WHERE s.jti = l.jti);
+
+-- name: note_window_end
+-- A join link (see 0020) issued for a visit whose window ends at $2: the latest window any link was made for.
+UPDATE visits SET window_end = greatest(window_end, $2) WHERE id = $1;

@@ -297,14 +297,14 @@ async def test_revoke_link_by_token(stack: Stack, invite: Invite) -> None:
     assert response.status == 410 and reason_code(await response.text()) == "link_revoked"
 
 
-async def test_link_of_an_ended_visit_is_expired_and_its_session_ends(stack: Stack, invite: Invite) -> None:
+async def test_link_of_an_ended_visit_says_the_visit_ended_and_its_session_ends(stack: Stack, invite: Invite) -> None:
     response = await post_join(stack, stack.browser, invite.token)
     handle = response.cookies[joinlinks.PARTICIPANT_COOKIE].value
     await eventlog.record_event(stack.gateway_app[DB], invite.visit_id, None, "visit_ended")
     async with stack.gateway_app[DB].acquire() as conn:
         assert await joinlinks.participant_for_session(conn, handle) is None
     again = await post_join(stack, stack.browser, invite.token)
-    assert again.status == 410 and reason_code(await again.text()) == "link_expired"
+    assert again.status == 410 and reason_code(await again.text()) == "visit_ended"
 
 
 async def test_link_past_its_expiry_in_the_database_is_expired(stack: Stack, invite: Invite) -> None:

@@ -360,3 +360,14 @@ async def test_a_configurations_audit_rows_belong_to_its_organisation_without_be
     rows = await portal.sql("SELECT subject, organisation_id FROM audit_log WHERE action = 'configuration.retire' "
                             "ORDER BY id")
     assert [r["organisation_id"] for r in rows] == [await org_id(portal), None]
+
+
+async def test_every_organisations_admins_see_the_gateways_signing_key_rotations(portal: Portal) -> None:
+    # The gateway audited its signing key when it started (no organisation: it concerns every EHR build).
+    [row] = await portal.sql("SELECT organisation_id FROM audit_log WHERE action = 'key.rotate'")
+    assert row["organisation_id"] is None
+    assert (await portal.sign_in(ADMIN)).status == 303
+    page = await (await portal.get(f"/portal/{ORG}/audit?action=key.rotate")).text()
+    assert "key.rotate" in page and "signing_key" in page
+    csv_text = await (await portal.get(f"/portal/{ORG}/audit.csv")).text()
+    assert "key.rotate" in csv_text

@@ -149,7 +149,8 @@ def test_patch_uses_only_the_operations_oracle_health_documents() -> None:
     current = encounter(extension=[{"url": "https://ehr.example/ext", "valueString": "x"}])
     ops = patch_operations(current, derive(WHOLE, "builtin"))
     assert ops and all((op["op"], op["path"]) in ALLOWED_PATCH for op in ops)
-    assert {op["path"] for op in ops} == {"/period/start", "/extension"}
+    # The period had no end: the visit's end is added (replace needs the member, RFC 6902 4.3).
+    assert {op["path"] for op in ops} == {"/period/start", "/period/end", "/extension"}
     # No extension yet: the array is added whole (an append to a missing array is refused by RFC 6902).
     added = [op for op in patch_operations(encounter(), derive(WHOLE, "builtin")) if "extension" in op["path"]]
     assert [(op["op"], op["path"]) for op in added] == [("add", "/extension")]
