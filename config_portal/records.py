@@ -120,8 +120,9 @@ def epic_records(public_url: str, c: ApprovedConfiguration) -> tuple[Record, ...
                    Field("context_parameters", "Context parameters", "none",
                          "The link carries its own token; the EHR passes nothing."))),
         Record("device_test", "Device test", "Lets a patient try camera, microphone and speakers before the visit.", (
-            Field("launch_url", "Device test URL", f"{public_url}/join",
-                  "The device test is the first step of the waiting room reached from a visit's link."),
+            Field("launch_url", "Device test URL", f"{public_url}/device-test",
+                  "Open to anyone, with no visit or account; nothing is recorded. The waiting room tests the "
+                  "device again, the video relay included, when the patient joins."),
             Field("context_parameters", "Context parameters", "none"))),
     )
 

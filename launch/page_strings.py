@@ -129,6 +129,20 @@ LOBBY: Mapping[str, str] = {
     "speaker_not_heard": N_("Turn up your volume or connect headphones, then play the sound again."),
 }
 
+# The standalone device test (device-test.js, GET /device-test): the lobby's camera, microphone and sound words,
+# and what a connection check without the relay can say.
+DEVICE_TEST: Mapping[str, str] = {
+    **{key: LOBBY[key] for key in ("camera_starting", "camera_ok", "camera_denied", "camera_missing", "camera_busy",
+                                   "camera_failed", "no_media", "mic_hint", "tone_playing", "tone_done",
+                                   "network_checking", "speaker_ok", "speaker_not_heard")},
+    "network_stun_ok": N_("Your network lets video calls out. The video relay is checked again when you join your "
+                          "visit."),
+    "network_stun_failed": N_("We could not reach the network check server: your network may block video calls. "
+                              "It is checked again when you join your visit."),
+    "network_at_join": N_("Your device is online. The full network check runs when you join your visit."),
+    "network_none": N_("This browser cannot make video calls. Open this page in Safari or Chrome."),
+}
+
 ROOM: Mapping[str, str] = {
     **PRESENCE_ERRORS,
     **WAITING,
@@ -215,14 +229,15 @@ PROVIDER: Mapping[str, str] = {
     "invitations.unavailable": N_("The list of links sent could not be loaded."),
 }
 
-PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER}
+PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER,
+                                          "device_test": DEVICE_TEST}
 
 
 # Pages that follow the request's language (and show the language switcher). The provider view's template
 # and scripts are in the catalog, translated in all six languages, but what the server says on it (the send-link
 # panel's answers in launch/invites.py, the appointment's time, the Encounter's status) is still English only,
 # so the view stays English whatever the browser asks for, rather than mix languages.
-IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room"})
+IN_THE_REQUEST_LANGUAGE = frozenset({"join", "lobby", "room", "device_test"})
 
 
 def for_page(request: web.Request, page: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from gateway.web import add_templates, serves_json
 
 from . import store
 from .appkeys import SMART
+from .device_test import device_test_page
 from .invites import invitations, invite, resend, revoke
 from .join import (LOGO_URL, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page, lobby_state,
                    open_patient_visit, organisation_logo, patient_facing_errors, setup_join, short_join_page)
@@ -430,6 +431,8 @@ ROUTES: list[web.AbstractRouteDef] = [
     web.post("/lobby/handoff", lobby_handoff, name="lobby_handoff"),
     web.get("/room", participant_room, name="room"),
     web.get(LOGO_URL, organisation_logo, name="organisation_logo"),
+    # The device test a patient opens before any visit (Epic's device-test record), with no link or account.
+    web.get("/device-test", device_test_page, name="device_test"),
     web.static("/static/launch/", STATIC_DIR, append_version=False),
 ]
 """Every URL of the launch part, in one place."""

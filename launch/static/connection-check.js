@@ -7,6 +7,8 @@
  * time (browser to relay and back, twice: about what a call to someone on a similar network sees).
  * Everything is bounded in time; nothing leaves the page but the result the lobby sends (lobby.js).
  *
+ * The standalone device test (device-test.js) runs the same check with the configured STUN servers only.
+ *
  * Tests read window.visitgateConnectionCheck: {state: "idle" | "checking" | "done", result, heard}.
  */
 import { t } from "./i18n.js";
@@ -90,7 +92,26 @@ function say(key, params) {
 }
 
 /** Run the check with the ICE servers the presence socket gives; calls done(result) when it has an answer. */
-export async function checkConnection(presence, done) {
+export function checkConnection(presence, done) {
+  return runCheck(() => presence.request({ type: "ice" }).then((answer) => answer.servers), done, (result) => {
+    if (result.relay === "ok") say(result.rtt_ms === null ? "network_ok" : "network_ok_rtt", { rtt: result.rtt_ms });
+    else if (result.relay === "failed") say("network_no_relay");
+    else say(result.candidates.length ? "network_ok" : "network_no_relay");
+  });
+}
+
+/** The standalone device test's check, for someone not in a visit: STUN servers only (no TURN credentials go to
+ * an anonymous page), so it finds host and srflx candidates and leaves the relay to the lobby's check. */
+export function checkWithoutRelay(stunUrls, done) {
+  const servers = stunUrls.length ? [{ urls: stunUrls }] : [];
+  return runCheck(() => Promise.resolve(servers), done, (result) => {
+    if (!result.candidates.length) say("network_none");
+    else if (!servers.length) say("network_at_join");
+    else say(result.candidates.indexOf("srflx") >= 0 ? "network_stun_ok" : "network_stun_failed");
+  });
+}
+
+async function runCheck(getServers, done, report) {
   runs += 1;
   const run = runs;
   view.state = "checking";
@@ -98,8 +119,8 @@ export async function checkConnection(presence, done) {
   let result = { candidates: [], relay: "not_offered", rtt_ms: null };
   try {
     if (typeof RTCPeerConnection !== "function") throw new Error("no WebRTC");
-    const answer = await presence.request({ type: "ice" });
-    const servers = Array.isArray(answer.servers) ? answer.servers : [];
+    const answer = await getServers();
+    const servers = Array.isArray(answer) ? answer : [];
     result.candidates = await gather(servers);
     if (hasTurn(servers) && result.candidates.indexOf("relay") < 0) {
       result.relay = "failed"; // the TURN server gave no relay address (unreachable, or refused the credentials)
@@ -118,9 +139,7 @@ export async function checkConnection(presence, done) {
   if (run !== runs) return; // a newer check is under way
   view.state = "done";
   view.result = result;
-  if (result.relay === "ok") say(result.rtt_ms === null ? "network_ok" : "network_ok_rtt", { rtt: result.rtt_ms });
-  else if (result.relay === "failed") say("network_no_relay");
-  else say(result.candidates.length ? "network_ok" : "network_no_relay");
+  report(result);
   done(result);
 }
 
@@ -142,8 +161,9 @@ export function heard() {
   return view.heard;
 }
 
-/** Ask "did you hear the sound?" once the tone has played; the answer is kept for deviceReport. */
-export function askHeard() {
+/** Ask "did you hear the sound?" once the tone has played; the answer is kept for deviceReport, and given to
+ * onAnswer when there is one. */
+export function askHeard(onAnswer) {
   const box = $("speaker-answer");
   if (!box) return;
   box.hidden = false;
@@ -154,6 +174,7 @@ export function askHeard() {
       $("speaker-yes").setAttribute("aria-pressed", String(view.heard));
       $("speaker-no").setAttribute("aria-pressed", String(!view.heard));
       $("speaker-status").textContent = t(view.heard ? "speaker_ok" : "speaker_not_heard");
+      if (onAnswer) onAnswer(view.heard);
     };
   });
 }

@@ -6,9 +6,10 @@ import { t } from "./i18n.js";
 import { PresenceClient } from "./presence-client.js";
 import { canUseMedia, guideIfInApp } from "./patient-common.js";
 import { Chat, chatRoot } from "./chat.js";
-import { askHeard, checkConnection, checkStarted, deviceReport, heard } from "./connection-check.js";
+import { checkConnection, checkStarted, deviceReport, heard } from "./connection-check.js";
 import { lobbyState, showMoved, showWaitingSince } from "./lobby-resume.js";
 import * as visitEnd from "./visit-end.js";
+import { ensureAudioContext, mediaProblem, playTestSound, startMeter } from "./device-media.js";
 
 const root = document.getElementById("lobby");
 const $ = (id) => document.getElementById(id);
@@ -25,8 +26,7 @@ let stream = null;
 let mediaOk = false;
 let mediaSettled = false; // the camera/microphone check has answered, one way or the other
 let audioOnly = false;
-let audioContext = null;
-let meterFrame = null;
+let stopMeter = () => {};
 let deviceResult = null; // null until the patient is ready; then whether the device test passed
 let deviceResultSent = false;
 let deviceResultTries = 0;
@@ -144,17 +144,8 @@ function showProblem(key) {
   box.hidden = !key;
 }
 
-function ensureAudioContext() {
-  var Ctx = window.AudioContext || window.webkitAudioContext;
-  if (!Ctx) return null;
-  if (!audioContext) audioContext = new Ctx();
-  if (audioContext.state === "suspended") audioContext.resume();
-  return audioContext;
-}
-
 function stopMedia() {
-  if (meterFrame !== null) window.cancelAnimationFrame(meterFrame);
-  meterFrame = null;
+  stopMeter();
   if (stream) stream.getTracks().forEach(function (track) { track.stop(); });
   stream = null;
   $("preview").srcObject = null;
@@ -182,68 +173,14 @@ function startDevices() {
     preview.hidden = audioOnly;
     if (!audioOnly) preview.srcObject = got;
     $("device-status").textContent = t(audioOnly ? "audio_ok" : "camera_ok") + " " + t("mic_hint");
-    startMeter(got);
+    stopMeter = startMeter(got, $("mic-level"));
     updateReady();
   }).catch(function (error) {
-    var name = error && error.name;
-    if (name === "NotAllowedError" || name === "SecurityError") {
-      showProblem("camera_denied");
-    } else if (name === "NotFoundError" || name === "OverconstrainedError") {
-      showProblem("camera_missing");
-    } else if (name === "NotReadableError" || name === "AbortError") {
-      showProblem("camera_busy");
-    } else {
-      showProblem("camera_failed");
-    }
+    showProblem(mediaProblem(error));
     setDeviceStatus(null);
     $("retry-devices").hidden = false;
     mediaSettled = true;
     updateReady();
-  });
-}
-
-function startMeter(got) {
-  var ctx = ensureAudioContext();
-  if (!ctx || got.getAudioTracks().length === 0) return;
-  var analyser = ctx.createAnalyser();
-  analyser.fftSize = 1024;
-  ctx.createMediaStreamSource(got).connect(analyser);
-  var samples = new Uint8Array(analyser.fftSize);
-  var meter = $("mic-level");
-  function draw() {
-    analyser.getByteTimeDomainData(samples);
-    var sum = 0;
-    for (var i = 0; i < samples.length; i += 1) {
-      var v = (samples[i] - 128) / 128;
-      sum += v * v;
-    }
-    meter.value = Math.min(1, Math.sqrt(sum / samples.length) * 4);
-    meterFrame = window.requestAnimationFrame(draw);
-  }
-  draw();
-}
-
-function playTestSound() {
-  var ctx = ensureAudioContext();
-  if (!ctx) return;
-  var status = $("speaker-status");
-  status.textContent = t("tone_playing");
-  // A short two-note chime, made on the spot: no sound file to fetch.
-  var now = ctx.currentTime;
-  [[660, 0], [880, 0.45]].forEach(function (note, index, notes) {
-    var osc = ctx.createOscillator();
-    var gain = ctx.createGain();
-    osc.type = "sine";
-    osc.frequency.value = note[0];
-    gain.gain.setValueAtTime(0.0001, now + note[1]);
-    gain.gain.exponentialRampToValueAtTime(0.25, now + note[1] + 0.03);
-    gain.gain.exponentialRampToValueAtTime(0.0001, now + note[1] + 0.4);
-    osc.connect(gain).connect(ctx.destination);
-    osc.start(now + note[1]);
-    osc.stop(now + note[1] + 0.42);
-    if (index === notes.length - 1) {
-      osc.addEventListener("ended", function () { status.textContent = t("tone_done"); askHeard(); });
-    }
   });
 }
 
@@ -352,7 +289,7 @@ lobbyState(root.dataset.state).then((state) => {
   else if (root.dataset.name) begin(root.dataset.name);
 });
 
-$("speaker-test").addEventListener("click", playTestSound);
+$("speaker-test").addEventListener("click", () => playTestSound($("speaker-status")));
 $("ready").addEventListener("click", goWait);
 $("audio-only").addEventListener("click", function () {
   audioOnly = true;

@@ -60,7 +60,7 @@ async def test_an_epic_configuration_has_the_four_records_with_their_values(port
     assert found[f"{c}-provider_launch-launch_url"] == f"{gw}/launch"
     assert found[f"{c}-patient_launch-launch_url"] == f"{gw}/launch/patient"
     assert found[f"{c}-direct_link-launch_url"] == f"{gw}/join"
-    assert f"{c}-device_test-launch_url" in found
+    assert found[f"{c}-device_test-launch_url"] == f"{gw}/device-test"
     assert found[f"{c}-provider_launch-redirect_uri"] == f"{gw}/launch/callback"
     assert found[f"{c}-provider_launch-jwks_url"] == f"{gw}/.well-known/jwks.json"
     assert found[f"{c}-provider_launch-client_id"] == "client-epic"
