@@ -138,6 +138,6 @@ async def test_the_provider_view_lists_the_links_sent_and_revokes_one(stack: Sta
     await expect(view.locator("#send-link-message")).to_have_text("The link sent to the patient no longer works.")
     await item.get_by_role("button", name="Re-send").click()
     await expect(item).to_contain_text("the link works", timeout=SEE_MS)
-    assert (await view.locator("#send-link-url").input_value()).startswith(f"{stack.gateway_url}/join?t=")
+    assert (await view.locator("#send-link-url").input_value()).startswith(f"{stack.gateway_url}/j/")
     await assert_accessible(view)  # the list, the chat and the notification button included
     assert problems == []
