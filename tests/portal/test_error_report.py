@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 from collections import Counter
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
+import pytest
 
 from gateway.appkeys import DB, EHR as EHR_CLIENT, SEALER
 from gateway.configurations import NewConfiguration, add_approved, organisation_id, propose_new
@@ -162,7 +164,9 @@ async def test_an_unknown_iss_near_a_configuration_is_named_to_admins_only(porta
     assert "another environment of the same ehr" in body.lower()
 
 
-async def test_near_misses_keep_no_query_and_no_personal_looking_path(portal: Portal, ehr: Ehr) -> None:
+async def test_near_misses_keep_no_query_and_no_personal_looking_path(portal: Portal, ehr: Ehr,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     approved, _pending = await _configurations(portal, ehr)
     hostile = [f"{ehr.fhir_base}?patient={CANARY_NAME}&launch=secret-launch-value&access_token=tok-canary",
                f"{ehr.fhir_base}/Patient/{CANARY_NAME}",
@@ -176,7 +180,7 @@ async def test_near_misses_keep_no_query_and_no_personal_looking_path(portal: Po
     async with portal.gateway_app[DB].acquire() as conn:
         _tables, text = await database_text(conn)
     for canary in (CANARY_NAME, CANARY_MRN, "secret-launch-value", "tok-canary"):
-        assert canary not in text
+        assert canary not in text and canary not in caplog.text
     assert (await portal.sql("SELECT sum(count)::int AS n FROM launch_refusals WHERE configuration_id = $1",
                              approved))[0]["n"] == 4
 
