@@ -128,17 +128,20 @@ def _common_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     return n
 
 
-def nearest(iss_text: str, approved: Iterable[tuple[int, str]]) -> NearMiss | None:
-    """The approved configuration (id, FHIR base URL) an unknown `iss` nearly matches, if any: the closest
-    kind of difference first, then the longest shared path, then the oldest configuration."""
+def parse_bases(approved: Iterable[tuple[int, str]]) -> list[tuple[int, Iss]]:
+    """Approved (configuration id, FHIR base URL) pairs taken apart once, for `nearest`."""
+    parsed = ((config_id, parse(fhir_base_url(base) or base)) for config_id, base in approved)
+    return [(config_id, base) for config_id, base in parsed if base is not None]
+
+
+def nearest(iss_text: str, approved: Iterable[tuple[int, Iss]]) -> NearMiss | None:
+    """The approved configuration (id, parsed FHIR base URL: parse_bases) an unknown `iss` nearly matches, if
+    any: the closest kind of difference first, then the longest shared path, then the oldest configuration."""
     iss = parse(iss_text)
     if iss is None:
         return None
     best: tuple[tuple[int, int, int], NearMiss] | None = None
-    for config_id, base_text in approved:
-        base = parse(fhir_base_url(base_text) or base_text)
-        if base is None:
-            continue
+    for config_id, base in approved:
         kind = difference(iss, base)
         if kind is None:
             continue

@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 
 import sql
-from gateway.near_miss import NearMiss
+from gateway.near_miss import Iss, NearMiss, parse_bases
 from gateway.reasons import code_or_other
 
 Q = sql.queries("launch")
@@ -126,15 +126,16 @@ class ApprovedBases:
 
     def __init__(self, refresh: float = APPROVED_BASES_REFRESH) -> None:
         self._refresh = refresh
-        self._bases: list[tuple[int, str]] = []
+        self._bases: list[tuple[int, Iss]] = []
         self._read_at = -refresh
 
-    async def current(self, pool: asyncpg.Pool) -> list[tuple[int, str]]:
-        """(configuration id, FHIR base URL) of every approved configuration, at most `refresh` seconds old."""
+    async def current(self, pool: asyncpg.Pool) -> list[tuple[int, Iss]]:
+        """(configuration id, FHIR base URL taken apart) of every approved configuration, at most `refresh`
+        seconds old."""
         if time.monotonic() - self._read_at >= self._refresh:
             async with pool.acquire() as conn:
                 rows = await conn.fetch(Q["approved_bases"])
-            self._bases = [(r["id"], r["fhir_base_url"]) for r in rows]
+            self._bases = parse_bases((r["id"], r["fhir_base_url"]) for r in rows)
             self._read_at = time.monotonic()
         return self._bases
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.near_miss import nearest
+from gateway.near_miss import nearest, parse_bases
 from gateway.reasons import LAUNCH, OTHER, WRITEBACK, Reason, launch_reason, writeback_code, writeback_reason
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -71,7 +71,8 @@ def test_exact_codes_win_over_families_and_longer_families_over_shorter() -> Non
     assert launch_reason("something_new") is OTHER and writeback_reason("something_new") is OTHER
 
 
-APPROVED = [(1, "https://fhir.hospital.example/api/FHIR/R4"), (2, "https://ehr.example.net/r4/tenant-a")]
+BASES = [(1, "https://fhir.hospital.example/api/FHIR/R4"), (2, "https://ehr.example.net/r4/tenant-a")]
+APPROVED = parse_bases(BASES)
 
 
 @pytest.mark.parametrize(("iss", "config_id", "difference"), [
@@ -103,7 +104,7 @@ def test_other_urls_are_not_near_misses(iss: str) -> None:
 
 
 def test_what_is_kept_of_a_near_miss_holds_no_query_and_no_personal_looking_segment() -> None:
-    base = APPROVED[0][1]
+    base = BASES[0][1]
     for iss, shown in ((f"{base}?patient=Jane&launch=abc", f"{base}?…"), (f"{base}#frag", f"{base}?…"),
                        (f"{base}/Patient/jane-doe", f"{base}/Patient/…"), (f"{base}/x/12345678", f"{base}/x/…"),
                        (f"{base}/jane%40example.org", f"{base}/…"), (f"{base}/metadata", f"{base}/metadata"),
