@@ -135,7 +135,7 @@ async def report(conn: asyncpg.Connection, organisation_id: int, first_day: dt.d
 def period_of(query: Mapping[str, str], today: dt.date) -> tuple[int, dt.date, dt.date]:
     """The period a query asks for (`days`: 7, 30 or 90; anything else is the default) as (days, first, last)."""
     raw = query.get("days", "")
-    days = int(raw) if raw.isascii() and raw.isdigit() and int(raw) in PERIODS else DEFAULT_PERIOD
+    days = int(raw) if len(raw) <= 2 and raw.isascii() and raw.isdigit() and int(raw) in PERIODS else DEFAULT_PERIOD
     return days, today - dt.timedelta(days=days - 1), today
 
 

@@ -72,6 +72,9 @@ async def test_the_error_report_is_for_the_organisations_admins_only(portal: Por
     assert (await portal.sign_in(ADMIN)).status == 303
     r = await portal.get(url)
     assert r.status == 200 and r.headers["Cache-Control"] == "no-store", await r.text()
+    for hostile in ("9" * 5000, "-7", "\u0667", "7.0", "", "365"):  # any other period is the default one
+        odd = await portal.get(url, params={"days": hostile})
+        assert odd.status == 200 and 'aria-current="page">Last 30 days' in await odd.text(), await odd.text()
     assert 'data-reason="token_error" data-count="1"' in await r.text() and f"{ehr.fhir_base}/R4" in await r.text()
     # An admin of another organisation: refused here, and their own report holds nothing of this one's.
     portal.browser.cookie_jar.clear()
