@@ -5,6 +5,8 @@ from aiohttp import web
 
 from .i18n import Catalogs
 from .smart import SmartClient
+from .store import ApprovedBases
 
 SMART = web.AppKey("smart", SmartClient)
 CATALOGS = web.AppKey("catalogs", Catalogs)
+APPROVED_BASES = web.AppKey("approved_bases", ApprovedBases)

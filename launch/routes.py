@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import aiohttp_jinja2
+import asyncpg
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
 
-from gateway import joinlinks, webhook_events
+from gateway import joinlinks, near_miss, webhook_events
 from gateway.appkeys import DB, EHR, SEALER, SETTINGS, SIGNING_KEY
 from gateway.configurations import PATIENT_SCOPES
 from gateway.ehr import fhir_base_url
-from gateway.errors import LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer, UpstreamError, VisitgateError
+from gateway.errors import (DatabaseUnavailable, LaunchRefused, SessionExpired, StateInvalid, UnknownIssuer,
+                            UpstreamError, VisitgateError)
 from gateway.fhir import FhirClient
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
@@ -26,7 +28,7 @@ from gateway.sessions import browser_hashes, browser_keys, renew_after
 from gateway.web import add_templates, serves_json
 
 from . import store
-from .appkeys import SMART
+from .appkeys import APPROVED_BASES, SMART
 from .device_test import device_test_page
 from .invites import invitations, invite, resend, revoke
 from .join import (LOGO_URL, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page, lobby_state,
@@ -58,6 +60,7 @@ def setup(app: web.Application) -> None:
 
 async def _smart_client(app: web.Application) -> AsyncIterator[None]:
     app[SMART] = SmartClient(app[EHR], app[SIGNING_KEY], app[SETTINGS].redirect_uri)
+    app[APPROVED_BASES] = store.ApprovedBases()
     yield
 
 
@@ -125,7 +128,12 @@ async def _start(request: web.Request, audience: str) -> web.Response:
     if audience == "patient":
         scopes = PATIENT_SCOPES
     smart = request.app[SMART]
-    conf = await smart.discover(base)
+    try:
+        conf = await smart.discover(base)
+    except VisitgateError as exc:
+        # The EHR of an approved configuration fails before the sign-in: its admins see it in the error report.
+        await count_launch_failure(request.app, found.configuration_id, exc.reason)
+        raise
     sealer = request.app[SEALER]
     url = smart.authorize_url(
         conf, Client(client_id, client_auth, None), iss=iss, launch=launch, scopes=scopes, state=state,
@@ -168,9 +176,21 @@ async def launch_callback(request: web.Request) -> web.Response:
     try:
         return await _finish_launch(request, state, taken)
     except VisitgateError as exc:
-        # The configuration is known from here on: its organisation's systems may want to hear of the failure.
+        # The configuration is known from here on: its organisation's admins (the error report) and its
+        # systems (webhooks) may want to hear of the failure.
+        await count_launch_failure(app, taken.config.id, exc.reason)
         await webhook_events.launch_failed(app[DB], taken.config.id, exc.reason)
         raise
+
+
+async def count_launch_failure(app: web.Application, configuration_id: int, reason: str) -> None:
+    """Count a configuration's failed launch for the error report (never raises: the person's error page
+    matters more than the count)."""
+    try:
+        async with app[DB].acquire() as conn:
+            await store.count_launch_refusal(conn, configuration_id, reason)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, DatabaseUnavailable) as exc:
+        log.warning("launch failure not counted (%s)", type(exc).__name__)
 
 
 async def _finish_launch(request: web.Request, state: str, taken: store.TakenLaunch) -> web.Response:
@@ -237,8 +257,18 @@ async def _refuse_launch(request: web.Request, found: store.LaunchStart | None) 
     out to the EHR."""
     status = found.status if found is not None else None
     reason = f"configuration_{status}" if status in _NOT_IN_FORCE else "unknown_iss"
+    # An unknown `iss` close to an approved URL is counted against that configuration, for its admins only;
+    # the person at the EHR gets the same answer as for any unknown `iss`.
+    miss = None
+    if found is None:
+        iss = request.query.get("iss", "")
+        miss = near_miss.nearest(iss, await request.app[APPROVED_BASES].current(request.app[DB]))
     async with request.app[DB].acquire() as conn:
-        await store.count_launch_refusal(conn, found.configuration_id if found else None, reason)
+        if miss is not None:
+            await store.count_launch_refusal(conn, miss.configuration_id, "iss_near_miss")
+            await store.note_near_miss(conn, miss)
+        else:
+            await store.count_launch_refusal(conn, found.configuration_id if found else None, reason)
     if status in _NOT_IN_FORCE:
         raise UnknownIssuer(_NOT_IN_FORCE[status], reason=reason)
     raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "

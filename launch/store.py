@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 from uuid import UUID
@@ -9,8 +10,12 @@ from uuid import UUID
 import asyncpg
 
 import sql
+from gateway.near_miss import Iss, NearMiss, parse_bases
+from gateway.reasons import code_or_other
 
 Q = sql.queries("launch")
+NEAR_MISSES_PER_DAY = 20  # distinct near-miss URLs kept per configuration and day
+APPROVED_BASES_REFRESH = 10.0  # seconds an unknown `iss` may be compared with a stale list of approved URLs
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,35 @@ async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str, tt
 
 
 async def count_launch_refusal(conn: asyncpg.Connection, configuration_id: int | None, reason: str) -> None:
-    """Count one refused launch for the error report (per configuration, reason and day)."""
-    await conn.execute(Q["count_launch_refusal"], configuration_id, reason)
+    """Count one failed launch for the error report (per configuration, reason and day); a code that is not
+    one of ours in shape is counted as "other"."""
+    await conn.execute(Q["count_launch_refusal"], configuration_id, code_or_other(reason))
+
+
+async def note_near_miss(conn: asyncpg.Connection, miss: NearMiss) -> None:
+    """Keep a near miss's URL (as admins may see it) for its configuration's error report, once a day, within
+    the day's cap."""
+    await conn.execute(Q["note_near_miss"], miss.configuration_id, miss.shown, miss.difference, NEAR_MISSES_PER_DAY)
+
+
+class ApprovedBases:
+    """The approved FHIR base URLs an unknown `iss` is compared with, re-read at most every `refresh` seconds:
+    a flood of unknown `iss` costs the database one small read per interval, not one per launch."""
+
+    def __init__(self, refresh: float = APPROVED_BASES_REFRESH) -> None:
+        self._refresh = refresh
+        self._bases: list[tuple[int, Iss]] = []
+        self._read_at = -refresh
+
+    async def current(self, pool: asyncpg.Pool) -> list[tuple[int, Iss]]:
+        """(configuration id, FHIR base URL taken apart) of every approved configuration, at most `refresh`
+        seconds old."""
+        if time.monotonic() - self._read_at >= self._refresh:
+            async with pool.acquire() as conn:
+                rows = await conn.fetch(Q["approved_bases"])
+            self._bases = parse_bases((r["id"], r["fhir_base_url"]) for r in rows)
+            self._read_at = time.monotonic()
+        return self._bases
 
 
 async def take_launch_state(conn: asyncpg.Connection, state_hash: bytes,

@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 import sql
+from gateway.reasons import writeback_code
 
 from .encounter_mapping import VisitEvent
 
@@ -92,9 +93,11 @@ async def dead_letter_visit(conn: asyncpg.Connection, visit_id: UUID, up_to_even
 async def record_attempt(conn: asyncpg.Connection, visit_id: UUID, configuration_id: int, up_to_event_id: int,
                          strategy: str, outcome: str, http_status: int | None, reason: str | None,
                          version_id: str | None, duration_ms: int) -> None:
-    """Append one attempt to the audit."""
+    """Append one attempt to the audit; a failed one (retry, dead, disabled) is also counted for the error
+    report, by its reason's code (gateway.reasons.writeback_code)."""
+    code = writeback_code(reason) if reason else "other"
     await conn.execute(Q["record_attempt"], visit_id, configuration_id, up_to_event_id, strategy, outcome,
-                       http_status, reason, version_id, duration_ms)
+                       http_status, reason, version_id, duration_ms, code)
 
 
 async def disable(conn: asyncpg.Connection, configuration_id: int, reason: str) -> bool:

@@ -14,9 +14,25 @@ WITH c AS (
 SELECT c.id, c.status, c.client_id, c.client_auth, c.scopes FROM c LEFT JOIN kept ON kept.configuration_id = c.id;
 
 -- name: count_launch_refusal
--- The error report's counter: one row per configuration (NULL: unknown `iss`), reason and day.
-INSERT INTO launch_refusals (configuration_id, reason, day, count) VALUES ($1, $2, current_date, 1)
-ON CONFLICT ((coalesce(configuration_id, 0)), reason, day) DO UPDATE SET count = launch_refusals.count + 1;
+-- The error report's counter of failed launches: per configuration (NULL: an unknown `iss`), day (UTC),
+-- reason and bucket (this connection's: connections counting at once update different rows).
+INSERT INTO launch_refusals (configuration_id, reason, day, bucket, count)
+VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date, (pg_backend_pid() % 64)::smallint, 1)
+ON CONFLICT ((coalesce(configuration_id, 0)), day, reason, bucket)
+    DO UPDATE SET count = launch_refusals.count + 1;
+
+-- name: approved_bases
+-- The FHIR base URLs an unknown `iss` may nearly match.
+SELECT id, fhir_base_url FROM configurations WHERE status = 'approved' ORDER BY id;
+
+-- name: note_near_miss
+-- Keep a near miss's URL once per configuration and day, unless that configuration has $4 of them that day
+-- already (a flood of made-up URLs stays bounded). Insert-only: repeats touch no row.
+INSERT INTO launch_near_misses (configuration_id, day, iss, difference)
+SELECT $1, (now() AT TIME ZONE 'UTC')::date, $2, $3
+WHERE (SELECT count(*) FROM launch_near_misses
+       WHERE configuration_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date) < $4
+ON CONFLICT DO NOTHING;
 
 -- name: take_launch_state
 -- Single use, and only by the browser the state is bound to (its key among $2): the row is gone whether or

@@ -86,9 +86,17 @@ WHERE visit_id = $1 AND state = 'pending' AND event_id <= $2
 RETURNING event_id;
 
 -- name: record_attempt
-INSERT INTO writeback_attempts (visit_id, configuration_id, up_to_event_id, strategy, outcome, http_status,
-                                reason, version_id, duration_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+-- Append the attempt and, when it failed, count it for the error report by its reason's code ($10) in the
+-- connection's bucket (one statement, so the count and the audit never disagree).
+WITH attempt AS (
+    INSERT INTO writeback_attempts (visit_id, configuration_id, up_to_event_id, strategy, outcome, http_status,
+                                    reason, version_id, duration_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+)
+INSERT INTO writeback_failures (configuration_id, day, reason, outcome, bucket, count)
+SELECT $2, (now() AT TIME ZONE 'UTC')::date, $10, $5, (pg_backend_pid() % 64)::smallint, 1
+WHERE $5 IN ('retry', 'dead', 'disabled')
+ON CONFLICT (configuration_id, day, reason, outcome, bucket) DO UPDATE SET count = writeback_failures.count + 1;
 
 -- name: dead_letters
 SELECT event_id, visit_id, configuration_id, attempts, reason, finished_at

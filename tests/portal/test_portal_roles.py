@@ -1,8 +1,16 @@
-"""How roles are read from an id_token's claims: subject, email (verified or not said) and group claim."""
+"""How roles are read from an id_token's claims: subject, email (verified or not said) and group claim; and
+who may read the error report."""
 from __future__ import annotations
 
 from config_portal.access import auth_time_of, fresh_enough, groups_left_out, resolve_roles
 from config_portal.store import Membership, Organisation
+from gateway.appkeys import DB, SEALER
+from gateway.configurations import NewConfiguration, add_approved, organisation_id
+from gateway.near_miss import NearMiss
+from launch import store as launch_store
+from tests.conftest import reason_code
+
+from .conftest import ADMIN, APPROVER, EHR_CLIENT_ID, GENERIC_ADMIN, GENERIC_ORG, ORG, READER, Ehr, Portal
 
 ENTRA = Organisation(1, "org", "Org", "entra", "https://login.example/t/v2.0", "t", "client", b"", "groups")
 OIDC = Organisation(2, "gen", "Gen", "oidc", "https://idp.example", None, "client", b"", "roles_groups")
@@ -39,3 +47,41 @@ def test_a_fresh_sign_in_needs_an_auth_time_within_max_age() -> None:
     assert not fresh_enough(auth_time_of({}), 300, now)
     assert not fresh_enough(auth_time_of({"auth_time": "1800000000"}), 300, now)
     assert not fresh_enough(auth_time_of({"auth_time": True}), 300, now)
+
+
+# --- the error report (issue 16 line 3): admins of that organisation only ---------------------------------
+
+
+async def test_the_error_report_is_for_the_organisations_admins_only(portal: Portal, ehr: Ehr) -> None:
+    async with portal.gateway_app[DB].acquire() as conn:
+        config_id = await add_approved(conn, portal.gateway_app[SEALER], NewConfiguration(
+            fhir_base_url=ehr.fhir_base, environment="test", client_id=EHR_CLIENT_ID, client_auth="private_key_jwt"),
+            "test-operator", organisation_id=await organisation_id(conn, ORG))
+        await launch_store.count_launch_refusal(conn, config_id, "token_error")
+        await launch_store.note_near_miss(conn, NearMiss(config_id, "suffix", f"{ehr.fhir_base}/R4"))
+    url = f"/portal/{ORG}/errors"
+    r = await portal.get(url)
+    assert r.status == 401, await r.text()
+    for who in (APPROVER, READER):
+        portal.browser.cookie_jar.clear()
+        assert (await portal.sign_in(who)).status == 303
+        r = await portal.get(url)
+        assert r.status == 403 and reason_code(await r.text()) == "role_required", await r.text()
+        assert ehr.fhir_base not in await r.text()
+    portal.browser.cookie_jar.clear()
+    assert (await portal.sign_in(ADMIN)).status == 303
+    r = await portal.get(url)
+    assert r.status == 200 and r.headers["Cache-Control"] == "no-store", await r.text()
+    for hostile in ("9" * 5000, "-7", "\u0667", "7.0", "", "365"):  # any other period is the default one
+        odd = await portal.get(url, params={"days": hostile})
+        assert odd.status == 200 and 'aria-current="page">Last 30 days' in await odd.text(), await odd.text()
+    assert 'data-reason="token_error" data-count="1"' in await r.text() and f"{ehr.fhir_base}/R4" in await r.text()
+    # An admin of another organisation: refused here, and their own report holds nothing of this one's.
+    portal.browser.cookie_jar.clear()
+    assert (await portal.sign_in(GENERIC_ADMIN, GENERIC_ORG)).status == 303
+    r = await portal.get(url)
+    assert r.status == 403, await r.text()
+    own = await portal.get(f"/portal/{GENERIC_ORG}/errors")
+    assert own.status == 200, await own.text()
+    assert ehr.fhir_base not in await own.text() and 'id="no-launch-failures"' in await own.text()
+    assert 'id="no-near-misses"' in await own.text() and 'id="no-writeback-failures"' in await own.text()

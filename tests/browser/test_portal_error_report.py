@@ -1,0 +1,57 @@
+"""The error report in real Chromium on a phone: no WCAG 2.1 A/AA violation, every stop reachable by Tab with
+its focus showing (the wide tables scroll sideways as focusable regions), and the period chosen by keyboard."""
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import Browser, expect
+
+from gateway.appkeys import DB
+from gateway.near_miss import NearMiss
+from launch import store as launch_store
+from tests.browser.axe import assert_accessible
+from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS, PROFILES
+from tests.browser.keyboard import tab_through
+from tests.portal.conftest import (  # noqa: F401 -- fixtures
+    ADMIN, ORG, Portal, extra_routes, portal, portal_settings,
+)
+from tests.portal.test_portal_admin import approved
+
+pytestmark = pytest.mark.browser
+
+
+async def test_the_error_report_works_on_a_phone_by_keyboard_and_passes_axe(portal: Portal,  # noqa: F811
+                                                                           browser: Browser) -> None:
+    config_id = await approved(portal, "epic")
+    async with portal.gateway_app[DB].acquire() as conn:
+        await launch_store.count_launch_refusal(conn, config_id, "token_error")
+        await launch_store.count_launch_refusal(conn, config_id, "iss_near_miss")
+        await launch_store.note_near_miss(conn, NearMiss(config_id, "environment",
+                                                         "https://ehr-tst.example.org/fhir/R4"))
+        await conn.execute("INSERT INTO writeback_failures (configuration_id, day, reason, outcome, bucket, count) "
+                           "VALUES ($1, (now() AT TIME ZONE 'UTC')::date, 'fhir_404', 'dead', 0, 2)", config_id)
+    context = await browser.new_context(ignore_https_errors=True, **PROFILES["phone"])
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
+    try:
+        page = await context.new_page()
+        await page.goto(f"{portal.gateway_url}/portal/{ORG}/sign-in/start")
+        await page.get_by_label("User name").fill(ADMIN.username)
+        await page.get_by_label("Password").fill(ADMIN.password)
+        await page.get_by_label("Password").press("Enter")
+        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}")
+
+        await page.goto(f"{portal.gateway_url}/portal/{ORG}/errors")
+        await expect(page.locator("#launch-reasons")).to_contain_text("token_error")
+        await expect(page.locator("#near-misses")).to_contain_text("https://ehr-tst.example.org/fhir/R4")
+        await expect(page.locator("#writeback-reasons")).to_contain_text("fhir_404")
+        await assert_accessible(page)
+        # Nothing wider than the phone but the tables' own scrolling regions.
+        assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+        stops = await tab_through(page)
+        assert "period-7" in stops and sum(s.startswith("div ") for s in stops) == 5, stops
+        await page.locator("#period-7").focus()
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}/errors?days=7")
+        await expect(page.locator("#period-7")).to_have_attribute("aria-current", "page")
+    finally:
+        await context.close()
