@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import with_connection
+from gateway.configurations import set_organisation_zone
 from gateway.errors import ConfigError
 from gateway.security import Sealer
 from gateway.settings import Settings
 
+from . import store
 from .organisations import ENTRA_HOST, NewOrganisation, add_organisation, department_queue, grant
 
 
@@ -46,6 +48,13 @@ def add_command(commands: Any) -> None:
     queue.add_argument("state", choices=["on", "off"])
     queue.add_argument("--by", default="operator", help="who does it (recorded in the audit log)")
     queue.set_defaults(func=_department_queue)
+    zone = actions.add_parser("time-zone", help="the organisation's time zone for its reports and messages")
+    zone.add_argument("--org", required=True, help="the organisation's short name")
+    which = zone.add_mutually_exclusive_group(required=True)
+    which.add_argument("--zone", help="an IANA name, such as Europe/Paris")
+    which.add_argument("--clear", action="store_true", help="use the gateway's VISITGATE_TIME_ZONE again")
+    zone.add_argument("--by", default="operator", help="who does it (recorded in the audit log)")
+    zone.set_defaults(func=_time_zone)
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -86,3 +95,18 @@ def _department_queue(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(with_connection(Settings.from_env(), work))
+
+
+def _time_zone(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+
+    async def work(conn: Any) -> int:
+        org = await store.organisation_by_slug(conn, args.org)
+        if org is None:
+            raise ConfigError(f"no organisation is named {args.org!r}")
+        await set_organisation_zone(conn, org.id, None if args.clear else args.zone, args.by)
+        print(f"{args.org}: " + (f"time zone {args.zone}" if args.zone else
+                                 f"the gateway's time zone ({settings.time_zone})"))
+        return 0
+
+    return asyncio.run(with_connection(settings, work))

@@ -25,6 +25,7 @@ import asyncpg
 
 import sql
 
+from .configurations import organisation_zone
 from .errors import QueueRefused
 
 Q = sql.queries("queue")
@@ -73,7 +74,7 @@ async def queue_owner(conn: asyncpg.Connection, visit_id: UUID, fhir_user: str |
     row = await conn.fetchrow(Q["queue_owner"], visit_id)
     if row is None:
         return None
-    zone = default_zone
+    zone = (await organisation_zone(conn, row["organisation_id"], default_zone)).key
     return QueueOwner(visit_id, fhir_user or None, row["configuration_id"], row["organisation_id"],
                       row["department"], bool(row["department_queue"]) and row["department"] is not None, zone)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,3 +395,35 @@ async def note_signing_key(conn: asyncpg.Connection, kid: str, alg: str) -> bool
         await append_audit(conn, "gateway", "key.rotate", "signing_key",
                            {"before": {"kid": last} if last else None, "after": {"kid": kid, "alg": alg}})
     return True
+
+
+def zone_named(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA time zone of this name, or ConfigError naming what is wrong."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"the time zone must be an IANA name such as Europe/Paris, not {name[:64]!r}") from exc
+
+
+async def organisation_zone(conn: asyncpg.Connection, organisation_id: int | None,
+                            default: str) -> zoneinfo.ZoneInfo:
+    """The organisation's time zone for its reports, queues and messages; the gateway's (default) if it has
+    none of its own or is unknown."""
+    name = await conn.fetchval(Q["organisation_time_zone"], organisation_id) if organisation_id else None
+    try:
+        return zoneinfo.ZoneInfo(name or default)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        # Names are checked when set; a zone the system lost since then falls back rather than failing a page.
+        return zoneinfo.ZoneInfo(default)
+
+
+async def set_organisation_zone(conn: asyncpg.Connection, organisation_id: int, name: str | None,
+                                actor: str) -> None:
+    """Set (or with None clear) an organisation's own time zone, audited."""
+    if name is not None:
+        zone_named(name)
+    async with conn.transaction():
+        if await conn.fetchval(Q["set_organisation_time_zone"], organisation_id, name) is None:
+            raise NotFound("no such organisation")
+        await append_audit(conn, actor, "organisation.time_zone", f"organisation:{organisation_id}",
+                           {"time_zone": name}, organisation_id=organisation_id)

@@ -59,6 +59,25 @@ class TokenGrant:
     encounter: str | None
     need_patient_banner: bool
     smart_style_url: str | None
+    department: str | None = None
+    """The department the EHR named in the launch context, if any (see `department_of`)."""
+
+
+MAX_DEPARTMENT = 64
+
+
+def department_of(value: object) -> str | None:
+    """A department identifier the EHR sent (launch parameter or token context), or None when absent or unfit.
+
+    It is a label for reports and queues, so anything that is not a short printable string is dropped, not
+    refused: a launch never fails over it.
+    """
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_DEPARTMENT or not value.isprintable():
+        return None
+    return value
 
 
 def _url_ok(url: object, allow_http: bool) -> bool:
@@ -252,4 +271,5 @@ def _grant(doc: dict[str, Any]) -> TokenGrant:
         encounter=encounter,
         need_patient_banner=doc.get("need_patient_banner") is not False,
         smart_style_url=style if _url_ok(style, True) else None,
+        department=department_of(doc.get("department")),
     )

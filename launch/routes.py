@@ -21,6 +21,7 @@ from gateway.errors import LaunchRefused, SessionExpired, StateInvalid, UnknownI
 from gateway.fhir import FhirClient
 from gateway.meetings import Meeting
 from gateway.security import new_token, pkce_challenge, token_hash
+from gateway.smart import department_of
 from gateway.sessions import browser_hashes, browser_keys, renew_after
 from gateway.web import add_templates, serves_json
 
@@ -117,7 +118,8 @@ async def _start(request: web.Request, audience: str) -> web.Response:
     if base is not None:
         async with request.app[DB].acquire() as conn:
             found = await store.start_launch(conn, token_hash(state), base, settings.launch_state_ttl, audience,
-                                             token_hash(browser.key), request.app[SEALER].seal(launch, _LAUNCH_REF))
+                                             token_hash(browser.key), request.app[SEALER].seal(launch, _LAUNCH_REF),
+                                             department_of(request.query.get("department")))
     if base is None or found is None or found.status != "approved":
         await _refuse_launch(request, found)
     client_id, client_auth, scopes = found.client_id, found.client_auth, found.scopes
@@ -191,7 +193,8 @@ async def _finish_launch(request: web.Request, state: str, taken: store.TakenLau
     started.start(handle_hash, FhirClient(app[EHR], config.fhir_base_url, grant.access_token), grant.encounter,
                   grant.patient if grant.need_patient_banner else None)
     try:
-        visit = await _open_provider_visit(app, config, grant, fhir_user, taken.browser_hash, handle_hash)
+        visit = await _open_provider_visit(app, config, grant, fhir_user, taken.browser_hash, handle_hash,
+                                           grant.department or taken.department)
     except BaseException:
         started.drop(handle_hash)
         raise
@@ -201,13 +204,14 @@ async def _finish_launch(request: web.Request, state: str, taken: store.TakenLau
 
 
 async def _open_provider_visit(app: web.Application, config: store.LaunchConfiguration, grant: TokenGrant,
-                               fhir_user: str | None, browser_hash: bytes, handle_hash: bytes) -> store.Visit:
+                               fhir_user: str | None, browser_hash: bytes, handle_hash: bytes,
+                               department: str | None) -> store.Visit:
     """The encounter's visit and meeting, and the clinician's session in it with its first handle."""
     settings = app[SETTINGS]
     sealer = app[SEALER]
     assert grant.encounter is not None
     async with app[DB].acquire() as conn:
-        visit = await open_visit(conn, app, config, grant.encounter, grant.patient)
+        visit = await open_visit(conn, app, config, grant.encounter, grant.patient, department=department)
         await store.create_provider_session(
             conn, visit_id=visit.id, session_hash=token_hash(new_token()), fhir_user=fhir_user,
             access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),

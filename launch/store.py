@@ -58,6 +58,8 @@ class TakenLaunch:
     browser_hash: bytes
     """sha256 of the browser key its /launch request carried (and the callback brought back)."""
     config: LaunchConfiguration
+    department: str | None = None
+    """The `department` the EHR put on the launch URL, if any."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,14 @@ class LaunchStart:
 
 
 async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str, ttl: int, audience: str,
-                       browser_hash: bytes, launch_ref: bytes) -> LaunchStart | None:
+                       browser_hash: bytes, launch_ref: bytes, department: str | None = None) -> LaunchStart | None:
     """Keep a launch state, bound to a browser, when iss is an approved FHIR base URL; answers the configuration
     of iss whatever its status (a state is kept only for "approved"), or None when no configuration has it.
 
     audience says whose launch it is ("provider" from the EHR, "patient" from the portal).
     """
-    row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl), audience, browser_hash, launch_ref)
+    row = await conn.fetchrow(Q["start_launch"], state_hash, iss, float(ttl), audience, browser_hash, launch_ref,
+                              department)
     return LaunchStart(row["id"], row["status"], row["client_id"], row["client_auth"], row["scopes"]) if row else None
 
 
@@ -118,7 +121,7 @@ async def take_launch_state(conn: asyncpg.Connection, state_hash: bytes,
         id=row["id"], fhir_base_url=row["fhir_base_url"], client_id=row["client_id"],
         client_auth=row["client_auth"], client_secret=row["client_secret"], scopes=row["scopes"],
         meeting_provider=row["meeting_provider"], approved=row["status"] == "approved",
-        audience=row["audience"]))
+        audience=row["audience"]), row["department"])
 
 
 async def pending_launch(conn: asyncpg.Connection, state_hash: bytes) -> PendingLaunch | None:
@@ -128,10 +131,11 @@ async def pending_launch(conn: asyncpg.Connection, state_hash: bytes) -> Pending
 
 
 async def find_or_create_visit(conn: asyncpg.Connection, *, configuration_id: int, encounter_key: bytes,
-                               encounter_ref: bytes, patient_ref: bytes | None, meeting_provider: str) -> Visit:
-    """The visit of an encounter, created if new."""
+                               encounter_ref: bytes, patient_ref: bytes | None, meeting_provider: str,
+                               department: str | None = None) -> Visit:
+    """The visit of an encounter, created if new; the first department named stays with it."""
     row = await conn.fetchrow(Q["find_or_create_visit"], configuration_id, encounter_key, encounter_ref,
-                              patient_ref, meeting_provider)
+                              patient_ref, meeting_provider, department)
     assert row is not None
     return Visit(row["id"], row["meeting_id"], row["meeting_provider"], row["patient_ref"])
 

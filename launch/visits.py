@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 async def open_visit(conn: asyncpg.Connection, app: web.Application, config: store.LaunchConfiguration,
-                     encounter: str, patient: str | None, *, same_patient: bool = False) -> store.Visit:
+                     encounter: str, patient: str | None, *, same_patient: bool = False,
+                     department: str | None = None) -> store.Visit:
     """The visit of an encounter (created if new) with its meeting (created if it has none yet).
 
     Safe under concurrent launches of one encounter: they meet on one visit, and the first meeting named
@@ -29,7 +30,7 @@ async def open_visit(conn: asyncpg.Connection, app: web.Application, config: sto
         encounter_key=sealer.lookup("encounter", f"{config.fhir_base_url}|{encounter}"),
         encounter_ref=sealer.seal(encounter, "visits.encounter_ref"),
         patient_ref=sealer.seal(patient, "visits.patient_ref") if patient else None,
-        meeting_provider=config.meeting_provider)
+        meeting_provider=config.meeting_provider, department=department)
     if same_patient and visit.patient_ref is not None and \
             sealer.unseal(visit.patient_ref, "visits.patient_ref") != patient:
         raise LaunchRefused("the encounter belongs to another patient", reason="patient_mismatch")

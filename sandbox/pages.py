@@ -36,10 +36,18 @@ SMART_STYLE = {
 }
 
 
-def launch_url(base: str, iss: str, launch: str) -> str:
-    """The app's launch URL with iss and launch added to whatever query it already has."""
+DEFAULT_DEPARTMENT = "family-medicine"
+"""The clinic's department the sandbox names in provider launches, as Epic's integration record can add it."""
+
+
+def launch_url(base: str, iss: str, launch: str, department: str | None = None) -> str:
+    """The app's launch URL with iss and launch (and a department, if given) added to whatever query it
+    already has."""
     sep = "&" if "?" in base else "?"
-    return base + sep + urlencode({"iss": iss, "launch": launch})
+    params = {"iss": iss, "launch": launch}
+    if department:
+        params["department"] = department
+    return base + sep + urlencode(params)
 
 
 def _name(resource: Resource | None) -> str:
@@ -179,7 +187,9 @@ async def ehr_visit(request: web.Request) -> web.Response:
         "time": _time(appointment.get("start", "")),
         "practitioner_id": practitioner_id,
         "ehr_banner": ehr_banner,
-        "app_src": launch_url(settings.app_launch_url, settings.fhir_base, launch),
+        # `?department=` plays another clinic of the same EHR; `?department=` empty, an EHR that sends none.
+        "app_src": launch_url(settings.app_launch_url, settings.fhir_base, launch,
+                              request.query.get("department", DEFAULT_DEPARTMENT)[:64]),
     }
     return aiohttp_jinja2.render_template("visit.html", request, context)
 

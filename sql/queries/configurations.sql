@@ -119,3 +119,10 @@ SELECT pg_advisory_xact_lock(7652381490);
 
 -- name: last_signing_key
 SELECT details -> 'after' ->> 'kid' FROM audit_log WHERE action = 'key.rotate' ORDER BY id DESC LIMIT 1;
+
+-- name: organisation_time_zone
+-- An organisation's own time zone (NULL: the gateway's), for its reports, queues and messages.
+SELECT time_zone FROM organisations WHERE id = $1;
+
+-- name: set_organisation_time_zone
+UPDATE organisations SET time_zone = $2 WHERE id = $1 RETURNING id;

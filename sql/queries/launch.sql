@@ -6,8 +6,9 @@ WITH c AS (
     SELECT id, client_id, client_auth, scopes, status FROM configurations
     WHERE fhir_base_url = $2
 ), kept AS (
-    INSERT INTO launch_states (state_hash, configuration_id, expires_at, audience, browser_hash, launch_ref)
-    SELECT $1, c.id, now() + make_interval(secs => $3), $4, $5, $6 FROM c WHERE c.status = 'approved'
+    INSERT INTO launch_states (state_hash, configuration_id, expires_at, audience, browser_hash, launch_ref,
+                               department)
+    SELECT $1, c.id, now() + make_interval(secs => $3), $4, $5, $6, $7 FROM c WHERE c.status = 'approved'
     RETURNING configuration_id
 )
 SELECT c.id, c.status, c.client_id, c.client_auth, c.scopes FROM c LEFT JOIN kept ON kept.configuration_id = c.id;
@@ -23,7 +24,7 @@ ON CONFLICT ((coalesce(configuration_id, 0)), reason, day) DO UPDATE SET count =
 DELETE FROM launch_states s
 USING configurations c
 WHERE s.state_hash = $1 AND s.browser_hash = ANY($2::bytea[]) AND c.id = s.configuration_id
-RETURNING s.expires_at > now() AS fresh, s.audience, s.browser_hash, c.id, c.fhir_base_url, c.client_id,
+RETURNING s.expires_at > now() AS fresh, s.audience, s.browser_hash, s.department, c.id, c.fhir_base_url, c.client_id,
           c.client_auth, c.client_secret, c.scopes, c.meeting_provider, c.status;
 
 -- name: pending_launch
@@ -37,11 +38,11 @@ DELETE FROM launch_states WHERE expires_at < now();
 
 -- name: find_or_create_visit
 -- Both launches, the clinician's and the patient's: one visit per encounter. Atomic under concurrent
--- launches of one encounter: the unique index makes them meet on one row.
-INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider)
-VALUES ($1, $2, $3, $4, $5)
+-- launches of one encounter: the unique index makes them meet on one row. The first department named stays.
+INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider, department)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (configuration_id, encounter_key)
-    DO UPDATE SET configuration_id = EXCLUDED.configuration_id
+    DO UPDATE SET department = coalesce(visits.department, EXCLUDED.department)
 RETURNING id, meeting_id, meeting_provider, patient_ref;
 
 -- name: create_provider_session

@@ -72,3 +72,21 @@ async def test_granting_in_an_unknown_organisation_is_refused(operator_env: None
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     code = await asyncio.to_thread(main, ["org", "grant", "--org", "nobody", "--role", "admin", "--group", "g"])
     assert code == 2 and "no organisation" in capsys.readouterr().err
+
+
+async def test_an_operator_sets_an_organisations_time_zone_and_a_wrong_name_is_refused(
+        operator_env: None, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    assert await asyncio.to_thread(main, [
+        "org", "add", "--slug", "contoso", "--name", "Contoso Health", "--idp", "oidc", "--issuer",
+        "https://idp.example.org", "--client-id", "app-1", "--client-secret-file", str(secret)]) == 0
+    assert await asyncio.to_thread(main, ["org", "time-zone", "--org", "contoso", "--zone", "America/Chicago"]) == 0
+    assert "America/Chicago" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["org", "time-zone", "--org", "contoso", "--zone", "Chicago"]) != 0
+    assert "IANA" in capsys.readouterr().err
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT time_zone FROM organisations") == "America/Chicago"
+    finally:
+        await conn.close()
