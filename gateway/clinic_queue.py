@@ -3,9 +3,9 @@
 The queue page (launch) reads its visits' patients from FHIR with the clinician's own token; the queue
 socket (presence) fans in those visits' presence events. Both ask here, so they always agree on the list.
 
-A clinician's own visits are the visits they opened from the EHR: those with their provider participant,
-made when their provider view (or this queue) first connects, under the EHR user id (`fhirUser`) of their
-launch. That is what the gateway itself knows to be true; a visit only scheduled for them in the EHR (the
+A clinician's own visits are the visits they opened from the EHR under the EHR user id (`fhirUser`) of their
+launch: a provider session of theirs (a launch, kept 12 hours) or their provider participant (made when
+their provider view first connects, kept). That is what the gateway itself knows to be true; a visit only scheduled for them in the EHR (the
 Appointment's practitioner), which they have not opened yet, is not theirs here. Such a visit shows in the
 department queue, where the organisation shares one. Ids are per EHR, so the queue stays within the
 configuration (EHR and environment) the clinician launched from.
@@ -60,12 +60,13 @@ class QueueVisit:
 
 
 def day_bounds(time_zone: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """The start and end (exclusive) of now's calendar day in time_zone, as aware datetimes."""
+    """The start and end (exclusive) of now's calendar day in time_zone, as UTC datetimes."""
     zone = zoneinfo.ZoneInfo(time_zone)
     today = now.astimezone(zone).date()
     start = dt.datetime.combine(today, dt.time(0), tzinfo=zone)
     end = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(0), tzinfo=zone)
-    return start, end
+    # In UTC: arithmetic on two times of one zone is by the wall clock, which hides a clock change.
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
 
 
 async def queue_owner(conn: asyncpg.Connection, visit_id: UUID, fhir_user: str | None,

@@ -5,9 +5,10 @@
 -- visits). Off until an operator turns it on (`visitgate org department-queue`, audited).
 ALTER TABLE organisations ADD COLUMN department_queue boolean NOT NULL DEFAULT false;
 
--- serves: queue.own_visits (a clinician's visits of one configuration created today: their provider
--- participant rows since the day began; a participant is made after its visit, so none of today's is older)
+-- serves: queue.own_visits (a clinician's visits of today: the visits they took part in since the day began)
 CREATE INDEX participants_provider_today ON participants (fhir_user, created_at) WHERE role = 'provider';
+-- serves: queue.own_visits (... and the visits they launched since the day began)
+CREATE INDEX provider_sessions_fhir_user ON provider_sessions (fhir_user, created_at);
 
 -- serves: queue.department_visits (a department's visits of one configuration created today)
 CREATE INDEX visits_department_today ON visits (configuration_id, department, created_at)

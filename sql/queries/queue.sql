@@ -12,11 +12,15 @@ LEFT JOIN organisations o ON o.id = c.organisation_id
 WHERE v.id = $1;
 
 -- name: own_visits
--- Visits of configuration $2 created in [$3, $4) that the clinician $1 opened (their provider participant).
+-- Visits of configuration $2 created in [$3, $4) that the clinician $1 opened: launched (a provider session
+-- of theirs, kept 12 hours) or took part in (their provider participant, kept). Both are made after the
+-- visit, so none of today's visits is found through an older row.
 SELECT v.id, v.created_at, v.patient_ref, v.department
-FROM participants p
-JOIN visits v ON v.id = p.visit_id
-WHERE p.role = 'provider' AND p.fhir_user = $1 AND p.created_at >= $3
+FROM visits v
+WHERE v.id IN (SELECT p.visit_id FROM participants p
+               WHERE p.role = 'provider' AND p.fhir_user = $1 AND p.created_at >= $3
+               UNION
+               SELECT s.visit_id FROM provider_sessions s WHERE s.fhir_user = $1 AND s.created_at >= $3)
   AND v.configuration_id = $2 AND v.created_at >= $3 AND v.created_at < $4
 ORDER BY v.created_at, v.id
 LIMIT $5;
