@@ -53,7 +53,7 @@ async def queue_page(request: web.Request) -> web.Response:
         "visit_url": str(request.app.router["provider_view"].url_for(handle=handle)),
         "time_zone": owner.time_zone,
         "renew_in": renew_after(request.app[SETTINGS].provider_handle_ttl, session.handle_expires_in),
-        **for_page(request, "provider"),
+        **for_page(request, "queue"),
     }
     return no_store(aiohttp_jinja2.render_template("queue.html", request, context))
 

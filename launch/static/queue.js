@@ -41,17 +41,17 @@ export function minutesSince(iso, at) {
   const since = Date.parse(iso);
   if (Number.isNaN(since)) { return ""; }
   const minutes = Math.max(0, Math.floor((at - since) / 60000));
-  return minutes < 1 ? "<1 min" : minutes + " min";
+  return minutes < 1 ? t("queue.under_a_minute") : t("queue.minutes", { minutes: minutes });
 }
 
 function patientName(visit) {
   if (visit.patient) { return visit.patient; }
-  return visit.problem ? "Patient (name not available)" : "Patient";
+  return visit.problem ? t("queue.no_name") : t("role.patient");
 }
 
 function who(visit, id, p) {
   if (p.role === "patient") { return patientName(visit); }
-  return roleLabel(id, p, {}) + " · visit of " + patientName(visit);
+  return t("queue.visit_of", { who: roleLabel(id, p, {}), patient: patientName(visit) });
 }
 
 // Events of one visit come in id order on the socket, but a snapshot may still be answered while live ones
@@ -69,16 +69,16 @@ function apply(event) {
   applyEvent(visit.people, event, null);
   const p = visit.people[event.participant];
   if (live && p && before !== p.state) {
-    if (p.state === "waiting") { announce(who(visit, event.participant, p) + " is waiting."); }
-    if (p.state === "in_visit") { announce(who(visit, event.participant, p) + " is in the visit."); }
+    if (p.state === "waiting") { announce(t("queue.now_waiting", { who: who(visit, event.participant, p) })); }
+    if (p.state === "in_visit") { announce(t("queue.now_in_visit", { who: who(visit, event.participant, p) })); }
   }
 }
 
 function admitButton(id, text) {
   const b = document.createElement("button");
   b.type = "button";
-  b.textContent = "Admit";
-  b.setAttribute("aria-label", "Admit " + text);
+  b.textContent = t("action.admit");
+  b.setAttribute("aria-label", t("queue.admit_who", { who: text }));
   b.dataset.participant = id;
   return b;
 }
@@ -100,13 +100,14 @@ function row(visit, id, p, kind) {
     wait.className = "wait";
     wait.dataset.since = p.since;
     wait.textContent = minutesSince(p.since, now());
-    state.appendChild(document.createTextNode("waiting "));
+    state.appendChild(document.createTextNode(t("queue.waiting") + " "));
     state.appendChild(wait);
-    if (p.device === "failed") { state.appendChild(document.createTextNode(" · device problem")); }
+    if (p.device === "failed") { state.appendChild(document.createTextNode(" · " + t("queue.device_problem"))); }
   } else if (kind === "in_visit") {
-    state.textContent = p.state === "admitted" ? "admitted, joining" : "in the visit for " + minutesSince(p.since, now());
+    state.textContent = p.state === "admitted" ? t("queue.joining")
+      : t("queue.in_visit_for", { minutes: minutesSince(p.since, now()) });
   } else {
-    state.textContent = visit.ended ? "visit ended" : describeOther(visit);
+    state.textContent = visit.ended ? t("queue.ended") : describeOther(visit);
   }
   li.appendChild(state);
   if (kind === "waiting") {
@@ -120,9 +121,9 @@ function row(visit, id, p, kind) {
 
 function describeOther(visit) {
   const states = Object.keys(visit.people).map((id) => visit.people[id].state);
-  if (states.indexOf("left") >= 0 || states.indexOf("disconnected") >= 0) { return "left"; }
-  if (states.indexOf("denied") >= 0 || states.indexOf("removed") >= 0) { return "not admitted"; }
-  return "not arrived";
+  if (states.indexOf("left") >= 0 || states.indexOf("disconnected") >= 0) { return t("queue.left"); }
+  if (states.indexOf("denied") >= 0 || states.indexOf("removed") >= 0) { return t("queue.not_admitted"); }
+  return t("queue.not_arrived");
 }
 
 function render() {
@@ -168,7 +169,7 @@ function say(code) {
     return;
   }
   const key = "error." + code;
-  notice.textContent = t(key) === key ? "Refused (reason code: " + code + ")." : t(key);
+  notice.textContent = t(key) === key ? t("error.other", { code: code }) : t(key);
   notice.hidden = false;
 }
 
@@ -227,7 +228,7 @@ const presence = new PresenceClient({
   },
   onSynced: () => {
     live = true;
-    status.textContent = "live";
+    status.textContent = t("status.live");
     root.dataset.scope = scope;
     render();
   },
@@ -243,7 +244,7 @@ const presence = new PresenceClient({
   },
   onError: (code, frame, request) => { if (!request || request.type === "subscribe_queue") { say(code); } },
   onStatus: (state) => {
-    if (state !== "open" && state !== "closed") { status.textContent = state; }
+    if (state !== "open" && state !== "closed") { status.textContent = t("status." + state); }
   },
 });
 
@@ -254,7 +255,7 @@ if (root && providerHandle.current()) {
     target.disabled = true;
     say(null);
     presence.request({ type: "admit", participant: target.dataset.participant })
-      .then(() => announce("Admitted."))
+      .then(() => announce(t("queue.admitted")))
       .catch((error) => { say(error.code); target.disabled = false; });
   });
   root.addEventListener("change", (e) => {
@@ -262,7 +263,7 @@ if (root && providerHandle.current()) {
     if (!(target instanceof HTMLInputElement) || target.name !== "scope" || !target.checked) { return; }
     scope = target.value === "department" ? "department" : "own";
     say(null);
-    status.textContent = "connecting…";
+    status.textContent = t("status.connecting");
     presence.stop();
     presence.start();
   });
