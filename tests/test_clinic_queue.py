@@ -3,19 +3,24 @@ allows it), live over the presence socket, with Admit; patient names read from F
 from another browser or a forged one refused."""
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime as dt
 import json
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 from uuid import UUID
 
 import aiohttp
+import asyncpg
 import pytest
 
 from config_portal.organisations import department_queue
 from gateway import clinic_queue, participants
 from gateway.appkeys import DB
+from gateway.cli import main
 from gateway.configurations import set_organisation_zone
 from presence import eventlog
 from presence import queue as queue_socket
@@ -202,7 +207,7 @@ async def test_the_department_queue_shows_only_the_clinicians_own_department(sta
         audited = await conn.fetch("SELECT actor, details FROM audit_log WHERE action = 'organisation.department_queue'")
     assert [(r["actor"], json.loads(r["details"])) for r in audited] == [
         ("operator@example.org", {"before": {"department_queue": False}, "after": {"department_queue": True}})]
-    del elsewhere
+    assert elsewhere not in {mine, colleague}
 
 
 async def test_a_launch_without_a_department_has_no_department_queue(stack: Stack) -> None:
@@ -303,3 +308,33 @@ async def test_the_queue_keeps_no_patient_name_in_database_or_logs(stack: Stack,
     for name, value in CANARIES.items():
         assert value.lower() not in dump.lower(), f"{name} landed in the database"
         assert value.lower() not in logs, f"{name} landed in the logs"
+
+
+async def test_an_operator_turns_department_queues_on_and_off_from_the_command_line(
+        database_url: str, monkeypatch: pytest.MonkeyPatch, signing_key_pem: bytes, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("VISITGATE_PUBLIC_URL", "https://visits.example.org")
+    monkeypatch.setenv("VISITGATE_SECRET_KEY", base64.b64encode(b"x" * 32).decode())
+    monkeypatch.setenv("VISITGATE_SIGNING_KEY", signing_key_pem.decode())
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    assert await asyncio.to_thread(main, [
+        "org", "add", "--slug", "contoso", "--name", "Contoso Health", "--idp", "oidc", "--issuer",
+        "https://idp.example.org", "--client-id", "app-1", "--client-secret-file", str(secret)]) == 0
+    for state in ("on", "on", "off"):
+        assert await asyncio.to_thread(main, ["org", "department-queue", "--org", "contoso", state,
+                                              "--by", "ops@contoso.example"]) == 0
+    assert "department queues are off in contoso" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["org", "department-queue", "--org", "nobody", "on"]) != 0
+    assert "nobody" in capsys.readouterr().err
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT department_queue FROM organisations") is False
+        audited = await conn.fetch("SELECT actor, details FROM audit_log "
+                                   "WHERE action = 'organisation.department_queue' ORDER BY id")
+        # Turning it on twice changed (and audited) it once.
+        assert [(r["actor"], json.loads(r["details"])["after"]) for r in audited] == [
+            ("ops@contoso.example", {"department_queue": True}), ("ops@contoso.example", {"department_queue": False})]
+    finally:
+        await conn.close()
