@@ -224,7 +224,9 @@ const presence = new PresenceClient({
       const known = names.get(v.id);
       if (known) { v.patient = known[0]; v.problem = known[1]; }
     });
-    loadNames();
+    // After a reconnect only the visits still without a name are read from the EHR again.
+    const unnamed = Array.from(visits.values()).filter((v) => !v.patient).map((v) => v.id);
+    if (unnamed.length === visits.size) { loadNames(); } else if (unnamed.length) { loadNames(unnamed.slice(0, 50)); }
   },
   onSynced: () => {
     live = true;
