@@ -13,7 +13,7 @@ from gateway.security import Sealer
 from gateway.settings import Settings
 
 from . import store
-from .organisations import ENTRA_HOST, NewOrganisation, add_organisation, grant
+from .organisations import ENTRA_HOST, NewOrganisation, add_organisation, department_queue, grant
 
 
 def add_command(commands: Any) -> None:
@@ -42,6 +42,12 @@ def add_command(commands: Any) -> None:
     who.add_argument("--group", help="a group ID as the group claim lists it")
     give.add_argument("--by", default="operator", help="who does it (recorded in the audit log)")
     give.set_defaults(func=_grant)
+    queue = actions.add_parser("department-queue",
+                               help="let the organisation's clinicians see their department's clinic queue, or not")
+    queue.add_argument("--org", required=True, help="the organisation's short name")
+    queue.add_argument("state", choices=["on", "off"])
+    queue.add_argument("--by", default="operator", help="who does it (recorded in the audit log)")
+    queue.set_defaults(func=_department_queue)
     zone = actions.add_parser("time-zone", help="the organisation's time zone for its reports and messages")
     zone.add_argument("--org", required=True, help="the organisation's short name")
     which = zone.add_mutually_exclusive_group(required=True)
@@ -77,6 +83,15 @@ def _grant(args: argparse.Namespace) -> int:
     async def work(conn: Any) -> int:
         added = await grant(conn, args.org, args.role, matched_by, value, args.by)
         print(f"{args.role} granted by {matched_by} in {args.org}" if added else "that grant already existed")
+        return 0
+
+    return asyncio.run(with_connection(Settings.from_env(), work))
+
+
+def _department_queue(args: argparse.Namespace) -> int:
+    async def work(conn: Any) -> int:
+        changed = await department_queue(conn, args.org, args.state == "on", args.by)
+        print(f"department queues are {args.state} in {args.org}" + ("" if changed else " (already)"))
         return 0
 
     return asyncio.run(with_connection(Settings.from_env(), work))

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from gateway import clinic_queue
 from gateway.configurations import append_audit
 from gateway.errors import ConfigError
 from gateway.security import Sealer
@@ -114,3 +115,19 @@ async def grant(conn: asyncpg.Connection, slug: str, role: str, matched_by: str,
                                {"before": None, "after": {"role": role, "matched_by": matched_by, "value": value}},
                                organisation_id=org.id)
     return added
+
+
+async def department_queue(conn: asyncpg.Connection, slug: str, allowed: bool, actor: str) -> bool:
+    """Let (or stop) an organisation's clinicians see their department's clinic queue, audited; False when it
+    already was so. ConfigError for an unknown organisation."""
+    async with conn.transaction():
+        found = await clinic_queue.set_department_queue(conn, slug, allowed)
+        if found is None:
+            raise ConfigError(f"no organisation is named {slug!r}")
+        org_id, was = found
+        if was == allowed:
+            return False
+        await append_audit(conn, actor, "organisation.department_queue", f"organisation:{org_id}",
+                           {"before": {"department_queue": was}, "after": {"department_queue": allowed}},
+                           organisation_id=org_id)
+    return True

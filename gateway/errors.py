@@ -124,6 +124,15 @@ class SessionExpired(VisitgateError):
     title = "This session has ended"
 
 
+class QueueRefused(VisitgateError):
+    """A clinic queue the clinician may not see: a department queue their organisation does not share, or
+    one asked for without a department to show (reasons `department_queue_off`, `no_department`)."""
+
+    status = 403
+    reason = "department_queue_off"
+    title = "This queue is not available"
+
+
 class JoinLinkInvalid(VisitgateError):
     """A join link we will not honour; the reason says why, the page says what to do, and nothing else."""
 

@@ -229,8 +229,39 @@ PROVIDER: Mapping[str, str] = {
     "invitations.unavailable": N_("The list of links sent could not be loaded."),
 }
 
+# The clinician's clinic queue (queue.js): today's visits, who waits and for how long, who is in a visit.
+QUEUE: Mapping[str, str] = {
+    **PRESENCE_ERRORS,
+    **WAITING,
+    "status.connecting": N_("connecting…"),
+    "status.live": N_("live"),
+    "status.reconnecting": N_("reconnecting…"),
+    "status.failed": N_("offline: reload the page"),
+    "status.ended": N_("this page has expired: open the visit again from the EHR"),
+    "queue.minutes": N_("{minutes} min"),
+    "queue.under_a_minute": N_("<1 min"),
+    "queue.no_name": N_("Patient (name not available)"),
+    "queue.visit_of": N_("{who} · visit of {patient}"),
+    "queue.waiting": N_("waiting"),
+    "queue.device_problem": N_("device problem"),
+    "queue.joining": N_("admitted, joining"),
+    "queue.in_visit_for": N_("in the visit for {minutes}"),
+    "queue.ended": N_("visit ended"),
+    "queue.left": N_("left"),
+    "queue.not_admitted": N_("not admitted"),
+    "queue.not_arrived": N_("not arrived"),
+    "queue.admit_who": N_("Admit {who}"),
+    "queue.now_waiting": N_("{who} is waiting."),
+    "queue.now_in_visit": N_("{who} is in the visit."),
+    "queue.admitted": N_("Admitted."),
+    "error.names_unavailable": N_("Patient names could not be read from the EHR just now."),
+    "error.department_queue_off": N_("Your organisation does not share department queues."),
+    "error.no_department": N_("Your launch from the EHR named no department."),
+    "error.bad_scope": N_("Not done: there is no such queue."),
+}
+
 PAGES: Mapping[str, Mapping[str, str]] = {"join": JOIN, "lobby": LOBBY, "room": ROOM, "provider": PROVIDER,
-                                          "device_test": DEVICE_TEST}
+                                          "device_test": DEVICE_TEST, "queue": QUEUE}
 
 
 # Pages that follow the request's language (and show the language switcher). The provider view's template

@@ -34,10 +34,11 @@ from .invites import invitations, invite, resend, revoke
 from .join import (LOGO_URL, STATIC_DIR, join_exchange, join_page, lobby_handoff, lobby_page, lobby_state,
                    open_patient_visit, organisation_logo, patient_facing_errors, setup_join, short_join_page)
 from .page_strings import for_page
+from .queue import queue_page, queue_patients
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
 from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
 from .smart import Client, SmartClient, TokenGrant
-from .view_reads import STARTED_READS, reads_for, started_reads_ctx
+from .view_reads import STARTED_READS, patient_name, reads_for, started_reads_ctx
 from .visits import open_visit
 
 log = logging.getLogger(__name__)
@@ -350,22 +351,6 @@ def _when(start: object, end: object) -> str | None:
     return f"{text}–{last:%H:%M}" if last is not None and last.date() == first.date() else text
 
 
-def _patient_name(patient: dict[str, Any]) -> str:
-    names = patient.get("name")
-    if not isinstance(names, list):
-        return "(no name on record)"
-    official = [n for n in names if isinstance(n, dict) and n.get("use") in (None, "official", "usual")]
-    for name in official or [n for n in names if isinstance(n, dict)]:
-        if isinstance(name.get("text"), str):
-            return str(name["text"])
-        given = [g for g in name.get("given") or [] if isinstance(g, str)]
-        family = name.get("family")
-        text = " ".join([*given, family if isinstance(family, str) else ""]).strip()
-        if text:
-            return text
-    return "(no name on record)"
-
-
 @serves_json
 async def renew_handle(request: web.Request) -> web.Response:
     """POST /provider/{handle}/renew: a fresh handle for an open provider page (view or room), as JSON.
@@ -420,7 +405,7 @@ async def provider_view(request: web.Request) -> web.Response:
         "banner": session.need_patient_banner,
         "unverified": unverified,
         "patient": patient and {
-            "name": _patient_name(patient),
+            "name": patient_name(patient),
             "birth_date": patient.get("birthDate") if isinstance(patient.get("birthDate"), str) else None,
             "gender": patient.get("gender") if isinstance(patient.get("gender"), str) else None,
         },
@@ -434,6 +419,7 @@ async def provider_view(request: web.Request) -> web.Response:
         "problems": sorted(set(problems)),
         "meeting": meeting,
         "room_url": str(app.router["provider_room"].url_for(handle=handle)),
+        "queue_url": str(app.router["provider_queue"].url_for(handle=handle)),
         "room_size": ROOM_SIZE,
         "renew_in": renew_after(app[SETTINGS].provider_handle_ttl, session.handle_expires_in),
         **for_page(request, "provider"),
@@ -456,6 +442,8 @@ ROUTES: list[web.AbstractRouteDef] = [
     web.post("/provider/{handle}/invite/{participant}/revoke", revoke, name="provider_invite_revoke"),
     web.post("/provider/{handle}/invite/{participant}/resend", resend, name="provider_invite_resend"),
     web.get("/provider/{handle}/room", provider_room, name="provider_room"),
+    web.get("/provider/{handle}/queue", queue_page, name="provider_queue"),
+    web.get("/provider/{handle}/queue/patients", queue_patients, name="provider_queue_patients"),
     # The patient's and guests' way in: join links, the lobby, the room.
     web.get("/j/{code}", short_join_page, name="short_join"),
     web.get("/join", join_page, name="join"),

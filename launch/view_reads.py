@@ -66,6 +66,23 @@ async def read_for_view(fhir: FhirClient, encounter_id: str, patient_id: str | N
     return reads
 
 
+def patient_name(patient: dict[str, Any]) -> str:
+    """How a Patient resource names its patient (official or usual name first), for a page to show now."""
+    names = patient.get("name")
+    if not isinstance(names, list):
+        return "(no name on record)"
+    official = [n for n in names if isinstance(n, dict) and n.get("use") in (None, "official", "usual")]
+    for name in official or [n for n in names if isinstance(n, dict)]:
+        if isinstance(name.get("text"), str):
+            return str(name["text"])
+        given = [g for g in name.get("given") or [] if isinstance(g, str)]
+        family = name.get("family")
+        text = " ".join([*given, family if isinstance(family, str) else ""]).strip()
+        if text:
+            return text
+    return "(no name on record)"
+
+
 class StartedReads:
     """Reads started by callbacks, by the hash of the handle their view will be opened with; each taken once."""
 

@@ -136,6 +136,12 @@ async def events_after(conn: asyncpg.Connection, visit_id: UUID, after_id: int, 
     return [_event(r) for r in await conn.fetch(Q["events_after"], visit_id, after_id, up_to, limit)]
 
 
+async def events_of_visits(conn: asyncpg.Connection, visit_ids: list[UUID], up_to: int,
+                           limit: int) -> list[PresenceEvent]:
+    """The events of several visits with id <= up_to, oldest first (a clinic queue's snapshot)."""
+    return [_event(r) for r in await conn.fetch(Q["events_of_visits"], visit_ids, up_to, limit)]
+
+
 async def all_events_after(conn: asyncpg.Connection, after_id: int, limit: int = 1000) -> list[PresenceEvent]:
     """Every visit's events after after_id, oldest first (for the bus catching up)."""
     return [_event(r) for r in await conn.fetch(Q["events_by_id_after"], after_id, limit)]

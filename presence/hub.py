@@ -42,7 +42,7 @@ class Connection:
     """One authenticated socket subscribed (or about to be) to one visit."""
 
     __slots__ = ("ws", "transport", "visit_id", "participant_id", "role", "where", "floor", "ready", "pending", "closing",
-                 "held_by", "display_name")
+                 "held_by", "display_name", "queue")
 
     def __init__(self, ws: web.WebSocketResponse, transport: Any, visit_id: UUID,
                  participant_id: UUID, role: str, where: str) -> None:
@@ -58,6 +58,9 @@ class Connection:
         self.closing = False
         self.held_by: UUID | None = None  # the process lease its opening event was written under
         self.display_name: str | None = None  # what its patient or guest typed (memory only)
+        # A clinic queue's socket (where == "queue"): its watch of several visits (presence.queue), each
+        # subscribed here as a Connection of its own that shares this socket.
+        self.queue: Any = None
 
 
 class Hub:
@@ -165,7 +168,8 @@ class Hub:
         providers=True to the clinicians' too)."""
         frame = text_frame(text)
         for conn in self.connections(visit_id):
-            if conn.ready and (to is None or conn.participant_id == to or (providers and conn.role == "provider")):
+            # A clinic queue only watches presence: signalling and chat are for the visit's own pages.
+            if conn.ready and conn.where != "queue" and (to is None or conn.participant_id == to or (providers and conn.role == "provider")):
                 self._write(conn, frame)
 
     async def send(self, conn: Connection, text: str) -> None:

@@ -23,12 +23,14 @@ import aiohttp
 import asyncpg
 from aiohttp import WSMsgType, web
 
-from gateway import joinlinks, participants
+from gateway import clinic_queue, joinlinks, participants
 from gateway.appkeys import DB, SETTINGS
+from gateway.errors import QueueRefused
 from gateway.meetings.builtin import ice_servers
 from gateway.sessions import browser_keys, provider_identity
 
 from . import eventlog, quality, visit_end
+from . import queue as clinic_queue_socket
 from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET
 from .bus import RelayTooLarge
 from .hub import Connection
@@ -63,6 +65,7 @@ class Identity:
     visit_id: UUID
     participant_id: UUID
     role: str
+    fhir_user: str | None = None  # a clinician's EHR user id (what their clinic queue is drawn from)
 
 
 class Refusal(Exception):
@@ -125,7 +128,22 @@ async def _socket(request: web.Request, ws: web.WebSocketResponse) -> None:
             await ws.close(code=4401, message=b"auth failed")
             return
         conn = Connection(ws, request.transport, identity.visit_id, identity.participant_id, identity.role, where)
-        if not await _opened(app, conn):
+        if where == "queue":
+            try:
+                opened = await _open_queue(app, conn, identity)
+            except eventlog.UNAVAILABLE:
+                opened = None
+            if opened is None:
+                await _error(ws, req_id, "database_unavailable")
+                await ws.close(code=1013, message=b"try again later")
+                conn = None
+                return
+            if not opened:
+                await _error(ws, req_id, "auth_failed")
+                await ws.close(code=4401, message=b"auth failed")
+                conn = None
+                return
+        elif not await _opened(app, conn):
             # This process holds no lease right now (it was just written off): the browser comes back at once.
             await ws.close(code=RESTART_CODE, message=b"reconnect")
             return
@@ -135,7 +153,9 @@ async def _socket(request: web.Request, ws: web.WebSocketResponse) -> None:
             await _tell_moved(app, conn)
         await _serve(app, conn, None if conn.role == "provider" else request)
     finally:
-        if conn is not None:
+        if conn is not None and conn.where == "queue":
+            clinic_queue_socket.stop(app, conn)  # a queue socket wrote no opening event: none to close
+        elif conn is not None:
             app[HUB].remove(conn)
             await asyncio.shield(_closed(app, conn))
 
@@ -151,7 +171,7 @@ async def _first_frame(ws: web.WebSocketResponse) -> dict[str, Any] | None:
         await ws.close(code=4408, message=b"auth timeout")
         return None
     frame = _parse(msg)
-    if frame is None or frame.get("type") != "auth" or frame.get("where") not in ON_OPEN:
+    if frame is None or frame.get("type") != "auth" or frame.get("where") not in (*ON_OPEN, "queue"):
         await ws.close(code=4400, message=b"auth expected")
         return None
     return frame
@@ -186,9 +206,9 @@ async def _authenticate(request: web.Request, frame: dict[str, Any]) -> tuple[Id
             if found is None:
                 return None, where
             participant_id = await participants.provider_participant(db, found.visit_id, found.fhir_user)
-        return Identity(found.visit_id, participant_id, "provider"), where
+        return Identity(found.visit_id, participant_id, "provider", found.fhir_user), where
     cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE)
-    if not cookie or where == "view" or not _HANDLE.fullmatch(cookie):
+    if not cookie or where in ("view", "queue") or not _HANDLE.fullmatch(cookie):
         return None, where
     async with request.app[DB].acquire() as db:
         participant = await joinlinks.participant_for_session(db, cookie)
@@ -224,6 +244,16 @@ async def _session_live(request: web.Request) -> bool:
     cookie = request.cookies.get(joinlinks.PARTICIPANT_COOKIE, "")
     async with request.app[DB].acquire() as db:
         return await joinlinks.participant_for_session(db, cookie) is not None
+
+
+async def _open_queue(app: web.Application, conn: Connection, identity: Identity) -> bool:
+    """Make conn a clinic queue's socket (presence.queue) for the clinician's launch; False if its visit is gone."""
+    async with app[DB].acquire() as db:
+        owner = await clinic_queue.queue_owner(db, identity.visit_id, identity.fhir_user, app[SETTINGS].time_zone)
+    if owner is None:
+        return False
+    conn.queue = clinic_queue_socket.QueueWatch(owner)
+    return True
 
 
 async def _opened(app: web.Application, conn: Connection) -> bool:
@@ -271,12 +301,23 @@ async def _serve(app: web.Application, conn: Connection, session: web.Request | 
     bucket = _Bucket()
     ws = conn.ws
     checked = time.monotonic()
+    # A participant's socket is woken now and then even when silent, to check its session (below); a clinic
+    # queue's, to read its list of visits again.
+    wake = SESSION_IDLE if session is not None else clinic_queue_socket.QUEUE_REFRESH if conn.queue else None
+    refreshed = time.monotonic()
     while True:
         try:
-            # A participant's socket is woken now and then even when silent, to check its session (below).
-            msg = await ws.receive(timeout=SESSION_IDLE if session is not None else None)
+            msg = await ws.receive(timeout=wake)
         except TimeoutError:
             msg = None
+        if conn.queue is not None and time.monotonic() - refreshed >= clinic_queue_socket.QUEUE_REFRESH:
+            refreshed = time.monotonic()
+            try:
+                await clinic_queue_socket.refresh(app, conn)
+            except eventlog.UNAVAILABLE:
+                pass  # the next refresh tries again
+            except QueueRefused:
+                pass  # the organisation stopped sharing department queues: no new visits join
         if msg is not None:
             if msg.type != WSMsgType.TEXT:
                 break
@@ -312,6 +353,9 @@ async def _dispatch(app: web.Application, conn: Connection, frame: dict[str, Any
         return "unknown_type"
     try:
         if spec.roles is not None and conn.role not in spec.roles:
+            raise Refusal("not_allowed")
+        # A queue watches and admits; everything else belongs to a visit's own pages, and the reverse.
+        if (conn.where == "queue") != (frame["type"] in QUEUE_ONLY) and frame["type"] not in QUEUE_TOO:
             raise Refusal("not_allowed")
         args = {name: check(frame.get(name)) for name, check in spec.fields.items()}
         answered = await spec.handler(app, conn, args, req_id)
@@ -517,13 +561,17 @@ async def _on_provider_action(app: web.Application, conn: Connection, args: dict
         raise Refusal("rate_limited")
     async with app[DB].acquire() as db:
         participant = await participants.get_participant(db, target)
-        if participant is None or participant.visit_id != conn.visit_id or participant.role == "provider":
+        # From a clinic queue: a patient or guest of any visit the queue watches (the clinician's own).
+        mine = participant is not None and (
+            clinic_queue_socket.watches(conn, participant.visit_id) if conn.where == "queue"
+            else participant.visit_id == conn.visit_id)
+        if participant is None or not mine or participant.role == "provider":
             raise Refusal("unknown_participant")
         if await participants.admission_state(db, target) == kind:
             return False  # admitted (denied, removed) already: nothing new to store
-        if await visit_end.visit_end(db, conn.visit_id) is not None:
+        if await visit_end.visit_end(db, participant.visit_id) is not None:
             raise Refusal("visit_ended")
-    await _store(app, conn, target, kind)
+    await _store(app, conn, target, kind, participant.visit_id)
     return False
 
 
@@ -590,9 +638,32 @@ async def _on_end_visit(app: web.Application, conn: Connection, args: dict[str, 
     return False
 
 
-async def _store(app: web.Application, conn: Connection, participant_id: UUID, kind: str) -> None:
-    """Store an event a request asked for (the database away: refused, the page shows it), and count it."""
-    await eventlog.record_event(app[DB], conn.visit_id, participant_id, kind, app[ANNOUNCER])
+async def _on_subscribe_queue(app: web.Application, conn: Connection, args: dict[str, Any],
+                              req_id: int | None) -> bool:
+    if conn.queue.scope is not None:
+        raise Refusal("already_subscribed")
+    try:
+        await clinic_queue_socket.subscribe(app, conn, args["scope"], req_id)
+    except QueueRefused as exc:
+        raise Refusal(exc.reason) from None
+    return True
+
+
+def _scope(value: Any) -> str:
+    if value is None:
+        return "own"
+    if not isinstance(value, str) or value not in clinic_queue.SCOPES:
+        raise Refusal("bad_scope")
+    return value
+
+
+async def _store(app: web.Application, conn: Connection, participant_id: UUID, kind: str,
+                 visit_id: UUID | None = None) -> None:
+    """Store an event a request asked for (the database away: refused, the page shows it), and count it.
+
+    In conn's visit, or in visit_id (a clinic queue admits into the visits it watches).
+    """
+    await eventlog.record_event(app[DB], visit_id or conn.visit_id, participant_id, kind, app[ANNOUNCER])
     app[STORE_BUDGET].spend(conn.participant_id)
     app[BUS].poke()
 
@@ -618,7 +689,10 @@ MESSAGES: Mapping[str, MessageType] = {
     "signal": MessageType(_on_signal, {"to": _participant, "data": _signal_data}),
     "chat": MessageType(_on_chat, {"to": _optional_participant, "text": _chat_text}),
     "end_visit": MessageType(_on_end_visit, {}, frozenset({"provider"})),
+    "subscribe_queue": MessageType(_on_subscribe_queue, {"scope": _scope}, frozenset({"provider"})),
 }
+QUEUE_ONLY = frozenset({"subscribe_queue"})  # sent on a clinic queue's socket only
+QUEUE_TOO = frozenset(PROVIDER_ACTIONS)  # sent on a visit's pages and on a queue
 
 
 async def _subscribe(app: web.Application, conn: Connection, after: int | None, req_id: int | None) -> None:

@@ -27,6 +27,8 @@ const RESTART = 1012;
 const DEFAULTS = {
   url: "/ws",
   subscribe: true,
+  subscribeFrame: null, // () -> the frame to subscribe with, instead of {type: "subscribe", after}
+  dedupe: true, // drop events at or below the last id seen; off for a clinic queue (many visits, own order)
   baseDelayMs: 500,
   maxDelayMs: 15000,
   maxAttempts: Infinity, // reconnects in a row (no auth_ok between them) before giving up
@@ -76,6 +78,10 @@ function validEvent(frame) {
  *   onError(code, frame, request)  every error frame (request: the frame that caused it, if known)
  *   onStatus(state, detail)  "connecting" | "open" | "reconnecting" | "failed" | "ended" | "closed"
  *   onEnded(code)     authentication refused (4401): the session is over; the client stops
+ *   subscribeFrame()  a clinic queue subscribes with its own frame ({type: "subscribe_queue", scope}); its
+ *                     snapshot answers it as a visit's does, and after a reconnect it subscribes afresh
+ *   dedupe            false for a clinic queue: its visits' events interleave out of id order, so the page
+ *                     orders them per visit, and the client neither drops nor resumes by id
  */
 export class PresenceClient {
   constructor(options) {
@@ -282,6 +288,11 @@ export class PresenceClient {
   }
 
   _deliver(event) {
+    if (!this.options.dedupe) {
+      this.stats.events += 1;
+      this._call("onEvent", event);
+      return;
+    }
     if (this.lastEventId !== null && event.id <= this.lastEventId) {
       this.stats.duplicates += 1;
       return;
@@ -308,17 +319,20 @@ export class PresenceClient {
         this._setState("open", { participant: frame.participant, role: frame.role, visit: frame.visit });
         this._call("onAuthenticated", frame);
         if (this.options.subscribe && this.state === "open") {
-          this._subscribeId = this._send({ type: "subscribe", after: this.lastEventId });
+          const custom = this._call("subscribeFrame");
+          this._subscribeId = this._send(custom || { type: "subscribe", after: this.lastEventId });
         }
         return;
       case "snapshot": {
         if (!isInt(frame.id) || frame.id !== this._subscribeId) return;
+        const dedupe = this.options.dedupe;
         const events = (Array.isArray(frame.events) ? frame.events : []).filter((e) =>
-          e && typeof e === "object" && validEvent(e) && (this.lastEventId === null || e.id > this.lastEventId));
+          e && typeof e === "object" && validEvent(e) &&
+          (!dedupe || this.lastEventId === null || e.id > this.lastEventId));
         events.sort((a, b) => a.id - b.id);
-        if (events.length) this.lastEventId = events[events.length - 1].id;
+        if (events.length && dedupe) this.lastEventId = events[events.length - 1].id;
         this.stats.events += events.length;
-        this._noteLastId(frame.last_id);
+        if (dedupe) this._noteLastId(frame.last_id);
         this._call("onSnapshot", events, frame);
         this._call("onSynced", { resumed: false, lastId: this.lastEventId });
         return;

@@ -86,6 +86,15 @@ WHERE e.visit_id = $1 AND e.id > $2 AND e.id <= $3
 ORDER BY e.id
 LIMIT $4;
 
+-- name: events_of_visits
+-- For a clinic queue's snapshot: the events of several visits ($1) up to $2, in id order (served by
+-- presence_events_visit, one range per visit).
+SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind, e.detail
+FROM presence_events e LEFT JOIN participants p ON p.id = e.participant_id
+WHERE e.visit_id = ANY($1::uuid[]) AND e.id <= $2
+ORDER BY e.id
+LIMIT $3;
+
 -- name: events_by_id_after
 -- For the bus: every event after the last one a process has seen, across visits.
 SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, p.guest_kind, e.detail

@@ -77,6 +77,7 @@ SCRIPTS = {
     "lobby": ["lobby.js", "patient-common.js", "chat.js"],
     "room": ["room.js", "waiting.js", "chat.js"],
     "provider": ["provider.js", "invite.js", "waiting.js", "chat.js", "invitations.js"],
+    "queue": ["queue.js", "waiting.js"],
 }
 
 
