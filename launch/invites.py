@@ -103,7 +103,7 @@ class InviteForm:
     address: str | None
 
 
-def parse_form(form: Mapping[str, Any]) -> InviteForm:
+def parse_form(form: Mapping[str, Any], region: str | None = None) -> InviteForm:
     """Check the posted fields; InviteRefused (400) names the first that is wrong."""
     def field(name: str) -> str:
         value = form.get(name)
@@ -127,7 +127,7 @@ def parse_form(form: Mapping[str, Any]) -> InviteForm:
     address = field("address") or None
     if channel == "email" and (address is None or len(address) > 254 or not _EMAIL.match(address)):
         raise InviteRefused(400, "invalid_address", "Enter the guest's email address, like name@example.org.")
-    if channel == "sms" and (address is None or to_e164(address) is None):
+    if channel == "sms" and (address is None or to_e164(address, region) is None):
         raise InviteRefused(400, "invalid_address",
                             "Enter the guest's mobile number with its country code, like +1 555 010 0199.")
     return InviteForm(channel, role, guest_kind, address if channel != "copy" else None)
@@ -231,7 +231,7 @@ async def invite(request: web.Request) -> web.Response:
     """POST /provider/{handle}/invite: make (or reuse) the participant, issue a join link, send or show it."""
     session = await provider_session(request)
     try:
-        form = parse_form(await request.post())
+        form = parse_form(await request.post(), request.app[NOTIFIER].region)
         return await _invite(request, session, form)
     except InviteRefused as refused:
         return _answer(request, refused.status, {"ok": False, "reason": refused.reason,
@@ -333,7 +333,7 @@ async def resend(request: web.Request) -> web.Response:
         posted = await request.post()
         channel = posted.get("channel") or found["channel"]
         form = parse_form({"channel": channel, "role": found["role"], "guest_kind": found["guest_kind"] or "",
-                           "address": posted.get("address") or ""})
+                           "address": posted.get("address") or ""}, request.app[NOTIFIER].region)
         return await _invite(request, session, form, again=found["participant_id"])
     except InviteRefused as refused:
         return _answer(request, refused.status, {"ok": False, "reason": refused.reason,
@@ -398,7 +398,7 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
     except NotifyError as exc:
         await _take_back(request, token, participant_id, new_guest=form.role == "guest" and again is None)
         log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
-        status = 422 if exc.reason == "sms_bad_number" else 502
+        status = {"sms_bad_number": 422, "sms_opted_out": 409}.get(exc.reason, 502)
         after = ("The link was not sent; nothing was kept." if again is None else
                  "The new link was not sent, and the earlier one no longer works: try again, or copy a new link.")
         raise InviteRefused(status, exc.reason, f"{exc.detail} {after}") from None
