@@ -209,8 +209,9 @@ class TwilioSms:
         if base.scheme not in ("https", "http") or not base.host:
             raise ConfigError("the Twilio API URL must be like https://api.twilio.com")
         self._http = http
-        self._auth = aiohttp.BasicAuth(account_sid, auth_token)
-        self._url = base.with_path(f"/2010-04-01/Accounts/{account_sid}/Messages.json")
+        # HTTP basic authentication written out (aiohttp deprecates its BasicAuth helper).
+        self._authorization = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._url = base.with_path(base.path.rstrip("/") + f"/2010-04-01/Accounts/{account_sid}/Messages.json")
         self.sender = _sender(sender)
         self.region = region
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
@@ -221,7 +222,8 @@ class TwilioSms:
         number = _recipient(to, self.region, body)
         form = {"To": number, "From": _sender(sender) if sender else self.sender, "Body": body}
         try:
-            async with self._http.post(self._url, data=form, auth=self._auth, timeout=self._timeout,
+            async with self._http.post(self._url, data=form, headers={"Authorization": self._authorization},
+                                       timeout=self._timeout,
                                        allow_redirects=False) as response:
                 status = response.status
                 raw = await response.content.read(MAX_ANSWER)

@@ -72,12 +72,13 @@ class TwilioDouble:
                                   "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
 
     def _authenticated(self, request: web.Request) -> bool:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
         try:
-            auth = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
-        except ValueError:
+            login, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
             return False
-        return hmac.compare_digest(auth.login.encode(), self.account_sid.encode()) \
-            and hmac.compare_digest(auth.password.encode(), self.auth_token.encode())
+        return scheme.lower() == "basic" and hmac.compare_digest(login.encode(), self.account_sid.encode()) \
+            and hmac.compare_digest(password.encode(), self.auth_token.encode())
 
     async def create_message(self, request: web.Request) -> web.Response:
         """POST /2010-04-01/Accounts/{AccountSid}/Messages.json."""
