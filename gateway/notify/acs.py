@@ -184,7 +184,10 @@ class AcsClient:
 
     def _resolve(self, location: str) -> URL:
         url = URL(location)
-        return url if url.is_absolute() else self.endpoint.join(url)
+        if url.is_absolute():
+            return url
+        # A location relative to the resource (ACS's resourceLocation): under the endpoint's own path.
+        return self.endpoint.with_path(self.endpoint.path.rstrip("/") + url.path).with_query(url.query)
 
     def _operation_started(self, answer: AcsAnswer, what: str) -> str:
         self._raise_for(answer, what)

@@ -73,8 +73,14 @@ SELECT n.number FROM sms_number_links l JOIN sms_numbers n ON n.id = l.number_id
 WHERE l.configuration_id = $1 AND n.state = 'active';
 
 -- name: start_operation
-INSERT INTO sms_operations (organisation_id, kind, step, country, number_type, number_id, number, requested_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id;
+INSERT INTO sms_operations (organisation_id, kind, step, country, number_type, number_id, number, requested_by,
+                            operation_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id;
+
+-- name: live_configurations
+-- The configurations a number may be linked to (index configurations_organisation serves it).
+SELECT id, fhir_base_url, environment FROM configurations
+WHERE organisation_id = $1 AND status <> 'retired' ORDER BY fhir_base_url;
 
 -- name: operations_of
 SELECT id, kind, step, country, number_type, number, error, created_at, updated_at
@@ -95,5 +101,5 @@ UPDATE sms_operations SET step = $2, operation_url = $3, search_id = $4, number 
     updated_at = now(), next_poll_at = now() + make_interval(secs => $8), lease_until = NULL
 WHERE id = $1;
 
--- name: next_due
-SELECT min(next_poll_at) FROM sms_operations WHERE step NOT IN ('succeeded', 'failed');
+-- name: release_operation
+UPDATE sms_operations SET lease_until = NULL WHERE id = $1;
