@@ -113,6 +113,8 @@ class AcsDouble:
     """Recipients the carrier will not deliver to (per-recipient failure inside a 202)."""
     fail_operations: bool = False
     """Phone number operations started from now on end `failed`."""
+    hold_operations: bool = False
+    """While true, every operation stays `running` whatever its age (a test decides when ACS finishes)."""
     operations: dict[str, Operation] = field(default_factory=dict)
     searches: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_sms: Any = None
@@ -351,7 +353,7 @@ class AcsDouble:
             return self._refuse(request, 404, "NotFound", "No such operation.")
         elapsed = time.monotonic() - op.started
         body: dict[str, Any] = {"id": op.id, "operationType": op.kind, "createdDateTime": "", "status": "running"}
-        if elapsed >= self.lro_delay:
+        if elapsed >= self.lro_delay and not self.hold_operations:
             if op.fail:
                 body.update(status="failed", error={"code": "OperationFailed", "message": "The operation failed."})
             else:

@@ -42,6 +42,7 @@ class Gateway:
 
     url: str
     app: web.Application
+    server: TestServer
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ async def start_gateway(database_url: str, signing_key_pem: bytes) -> AsyncItera
         server = TestServer(app, host="127.0.0.1", port=port)
         await server.start_server(**runner_options())
         servers.append(server)
-        return Gateway(url, app)
+        return Gateway(url, app, server)
 
     try:
         yield start
