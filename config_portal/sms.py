@@ -236,7 +236,7 @@ def _back(session: PortalSession, done: str) -> web.Response:
 
 
 def _checked(form: Any, name: str) -> bool:
-    return form.get(name) == "on"
+    return bool(form.get(name) == "on")
 
 
 @allowed("admin")
