@@ -33,6 +33,7 @@ from gateway.appkeys import DB, EHR, NOTIFIER, SEALER, SETTINGS
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
+from gateway.notify.routing import sms_route
 from gateway.web import serves_json
 
 from . import store
@@ -349,6 +350,16 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
     if form.channel == "sms" and app[NOTIFIER].sms is None:
         raise InviteRefused(409, NotConfigured.reason, "SMS is not set up on this gateway. Send the link by "
                                                        "email or copy it.")
+    sender = None
+    if form.channel == "sms":
+        # The organisation's SMS set-up decides whether join links go by text, and from which of its numbers.
+        async with app[DB].acquire() as conn:
+            route = await sms_route(conn, session.fhir_base_url, "join_link")
+        if not route.allowed:
+            raise InviteRefused(409, route.reason or "sms_not_enabled", "Your organisation has not turned on join "
+                                                                        "links by SMS. Send the link by email or "
+                                                                        "copy it.")
+        sender = route.sender
     address, language = form.address, None
     if form.role == "patient" and form.channel != "copy":
         patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
@@ -392,7 +403,7 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
             masked = mask_email(address)
             where = "email on file" if form.role == "patient" else "email"
         else:
-            await app[NOTIFIER].send_sms(address, message.sms)
+            await app[NOTIFIER].send_sms(address, message.sms, sender=sender)
             masked = mask_phone(address)
             where = "mobile number on file" if form.role == "patient" else "mobile number"
     except NotifyError as exc:

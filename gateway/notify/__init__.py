@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..settings import Settings
 from .email import EmailSender, SmtpConfig
 from .errors import NotConfigured, NotifyError
+from .optout import OptOutSms
 from .sms import AcsSms, SinkSms, SmsProvider, TwilioSms, to_e164
 
 __all__ = ["AcsSms", "EmailSender", "NotConfigured", "Notifier", "NotifyError", "SinkSms", "SmsProvider",
@@ -62,11 +63,14 @@ class Notifier:
         """Email a message the caller wrote (in the patient's language) to one address."""
         await self.email.send(to, subject, body)
 
-    async def send_sms(self, to: str, text: str) -> str:
-        """Text a message the caller wrote to one number; answers the provider's message id."""
+    async def send_sms(self, to: str, text: str, sender: str | None = None) -> str:
+        """Text a message the caller wrote to one number (from sender, an organisation's own number, when the
+        carrier can choose); answers the provider's message id."""
         if self.sms is None:
             raise NotConfigured("SMS is not set up on this gateway. Ask your administrator, or send the "
                                 "link by email or copy it.")
+        if sender is not None and isinstance(self.sms, OptOutSms):
+            return await self.sms.send(to, text, sender=sender)
         return await self.sms.send(to, text)
 
 

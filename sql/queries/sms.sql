@@ -103,3 +103,13 @@ WHERE id = $1;
 
 -- name: release_operation
 UPDATE sms_operations SET lease_until = NULL WHERE id = $1;
+
+-- name: route_of_configuration
+-- For one configuration (by its FHIR base URL): its organisation, that organisation's SMS set-up, and the
+-- number linked to it. Serves the sending path (index configurations_fhir_base_url, then the primary keys).
+SELECT c.id AS configuration_id, c.organisation_id, s.terms_accepted_at IS NOT NULL AS terms_accepted,
+       s.consent_at IS NOT NULL AS consent_given, s.send_confirmation, s.send_reminder, s.send_join_link,
+       (SELECT n.number FROM sms_number_links l JOIN sms_numbers n ON n.id = l.number_id
+        WHERE l.configuration_id = c.id AND n.state = 'active') AS sender
+FROM configurations c LEFT JOIN sms_setups s ON s.organisation_id = c.organisation_id
+WHERE c.fhir_base_url = $1;
