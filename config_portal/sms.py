@@ -48,7 +48,7 @@ NUMBER_TYPES = {"tollFree": "Toll-free", "geographic": "Local (geographic)"}
 MESSAGES = {"send_confirmation": "Appointment confirmations (booked, changed, cancelled)",
             "send_reminder": "Appointment reminders",
             "send_join_link": "Join links sent by clinicians"}
-STEP_TEXT = {"requested": "Waiting to search for a number",
+STEP_TEXT = {"requested": "Waiting to start",
              "searching": "Searching for an available number",
              "purchasing": "Buying the number",
              "releasing": "Releasing the number",
@@ -124,6 +124,10 @@ async def advance(pool: asyncpg.Pool, client: AcsClient, poll_interval: float) -
         else:
             state["step"], error = "failed", exc.detail[:300]
             audit.append(("sms.operation_failed", {"reason": exc.reason}))
+    except Exception:  # a bug or an answer no check foresaw: this operation fails, the worker goes on
+        log.exception("SMS set-up operation %s failed unexpectedly", op["id"])
+        state["step"], error = "failed", "An unexpected error stopped this operation."
+        audit.append(("sms.operation_failed", {"reason": "internal_error"}))
     async with pool.acquire() as conn, conn.transaction():
         if state["step"] == "succeeded" and op["kind"] == "purchase" and state["number_id"] is None:
             state["number_id"] = await conn.fetchval(Q["add_number"], op["organisation_id"], state["number"])
@@ -145,6 +149,11 @@ async def _step(client: AcsClient, op: asyncpg.Record, state: dict[str, Any],
                 audit: list[tuple[str, dict[str, Any]]]) -> None:
     """One look at ACS for an operation; changes state (and notes what to audit) when it moved on."""
     step = state["step"]
+    if step == "requested" and op["kind"] == "release":
+        state["operation_url"] = await client.start_release(state["number"])
+        state["step"] = "releasing"
+        audit.append(("sms.number_release_started", {"number": state["number"]}))
+        return
     if step == "requested":
         state["operation_url"] = await client.start_search(op["country"], op["number_type"])
         state["step"] = "searching"
@@ -182,6 +191,8 @@ async def _worker(app: web.Application) -> None:
         except (OSError, asyncpg.PostgresError) as exc:
             # The database went away for a moment: the rows are still there, look again later.
             log.warning("SMS set-up worker: %s", type(exc).__name__)
+        except Exception:  # never let one bad row stop every organisation's operations
+            log.exception("SMS set-up worker")
         wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=min(settings.sms_operation_poll_interval, 5.0))
@@ -341,19 +352,15 @@ async def release_number(request: web.Request) -> web.StreamResponse:
     if SMS_ACS not in request.app:
         return await _page(request, session, error="Releasing a number needs Azure Communication Services set "
                                                    "up on the gateway.", status=409)
-    async with request.app[DB].acquire() as conn:
-        number = await _owned_number(conn, session, request.match_info["number"])
-    if number["state"] != "active":
-        return await _page(request, session, error="This number is already being released.", status=409)
-    try:
-        location = await request.app[SMS_ACS].start_release(number["number"])
-    except NotifyError as exc:
-        return await _page(request, session, error=f"{exc.detail} Try again later.", status=502)
     async with request.app[DB].acquire() as conn, conn.transaction():
+        number = await _owned_number(conn, session, request.match_info["number"])
+        if number["state"] != "active":
+            return await _page(request, session, error="This number is already being released.", status=409)
+        # Texts stop going from it now; the worker asks ACS to release it and follows the operation.
         await conn.execute(Q["set_number_state"], number["id"], "releasing")
-        op_id = await conn.fetchval(Q["start_operation"], session.organisation_id, "release", "releasing", "US",
-                                    "tollFree", number["id"], number["number"], actor(session), location)
-        await append_audit(conn, actor(session), "sms.number_release_started", f"sms_number:{number['id']}",
+        op_id = await conn.fetchval(Q["start_operation"], session.organisation_id, "release", "requested", "US",
+                                    "tollFree", number["id"], number["number"], actor(session), None)
+        await append_audit(conn, actor(session), "sms.number_release_requested", f"sms_operation:{op_id}",
                            {"number": number["number"]}, organisation_id=session.organisation_id)
     request.app[SMS_WAKE].set()
     return _back(session, "releasing")

@@ -44,10 +44,6 @@ class Notifier:
         """The whole message: who it is from and the link, nothing clinical."""
         return f"Your video visit with {self.organisation_name} is ready: {link}"
 
-    def phone_number(self, number: str) -> str | None:
-        """The number in E.164 when it is a valid one in the organisation's region; else None."""
-        return to_e164(number, self.region)
-
     async def email_link(self, to: str, link: str) -> None:
         """Email a join link to one address, in English."""
         body = (f"{self.join_text(link)}\n\n"

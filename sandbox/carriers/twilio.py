@@ -101,7 +101,7 @@ class TwilioDouble:
             return self._error(400, 21617, "The concatenated message body exceeds the 1600 character limit.", form)
         if not valid_number(to):
             return self._error(400, 21211, f"Invalid 'To' Phone Number: {to[:20]}", form)
-        if sender not in self.numbers:
+        if sender and sender not in self.numbers:
             return self._error(400, 21606, "The From phone number is not a valid, SMS-capable inbound phone "
                                            "number or short code for your account.", form)
         if not self.rate.take():

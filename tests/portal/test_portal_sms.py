@@ -94,8 +94,8 @@ async def test_one_number_serves_several_fhir_base_urls_and_is_released(
     assert state["state"] == "released"
     assert (await post_form(portal, f"{path}/release", {}))[0] == 404  # gone
     actions = await _actions(portal)
-    assert actions[-4:] == ["sms.number_links", "sms.number_links", "sms.number_release_started",
-                            "sms.number_released"]
+    assert actions[-5:] == ["sms.number_links", "sms.number_links", "sms.number_release_requested",
+                            "sms.number_release_started", "sms.number_released"]
 
 
 async def test_which_messages_go_out_is_saved_and_audited(portal: Portal) -> None:
