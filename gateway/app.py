@@ -19,9 +19,9 @@ from aiohttp import web
 from . import configurations, db, notify
 from .appkeys import DB, DSN, EHR, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .ehr import EhrClient
+from .meetings import default_providers
 from .notify import inbound
 from .notify.optout import OptOutSms
-from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
 from .web import csrf_middleware, error_middleware, input_middleware, security_headers_middleware
