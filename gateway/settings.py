@@ -209,6 +209,7 @@ class Settings:
             phone_region=env.get("VISITGATE_PHONE_REGION", "").strip().upper() or None,
             sms_help_text=env.get("VISITGATE_SMS_HELP_TEXT", "").strip() or None,
             sms_webhook_secret=env.get("VISITGATE_SMS_WEBHOOK_SECRET", "").strip() or None,
+            sms_operation_poll_interval=_seconds(env, "VISITGATE_SMS_OPERATION_POLL_INTERVAL", 3, least=1),
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
             waiting_chat=_flag(env.get("VISITGATE_WAITING_CHAT", "").strip() or "on"),  # unset or empty: on
             provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),

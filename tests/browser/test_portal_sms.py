@@ -57,5 +57,7 @@ async def test_getting_a_number_shows_its_progress_across_a_reload(portal: Porta
         assert number is not None and number.strip() in double.numbers
         await expect(progress.locator(".step")).to_have_text("Done")
         await assert_accessible(page)
+        await page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
+        assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         await context.close()

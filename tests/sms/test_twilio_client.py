@@ -79,3 +79,22 @@ async def test_twilio_settings_are_checked_at_start_up(http: aiohttp.ClientSessi
         TwilioSms(http, TWILIO_SID, "", TWILIO_NUMBER)
     with pytest.raises(ConfigError):
         TwilioSms(http, TWILIO_SID, TWILIO_TOKEN, "555-0100")
+
+
+def test_sms_settings_from_the_environment() -> None:
+    from gateway.security import generate_signing_key_pem
+    from gateway.settings import Settings
+
+    env = {"VISITGATE_PUBLIC_URL": "https://visits.example.org",
+           "VISITGATE_SECRET_KEY": base64.b64encode(b"s" * 32).decode(),
+           "VISITGATE_SIGNING_KEY": generate_signing_key_pem().decode(),
+           "VISITGATE_SMS_PROVIDER": "Twilio", "VISITGATE_TWILIO_ACCOUNT_SID": TWILIO_SID,
+           "VISITGATE_TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "VISITGATE_SMS_FROM": TWILIO_NUMBER,
+           "VISITGATE_PHONE_REGION": "gb", "VISITGATE_SMS_WEBHOOK_SECRET": "w" * 20}
+    settings = Settings.from_env(env)
+    assert (settings.sms_provider, settings.phone_region, settings.twilio_api_url) == (
+        "twilio", "GB", "https://api.twilio.com")
+    assert TWILIO_TOKEN not in repr(settings) and "w" * 20 not in repr(settings)
+    for bad in ({"VISITGATE_PHONE_REGION": "XX"}, {"VISITGATE_SMS_WEBHOOK_SECRET": "short"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env({**env, **bad})
