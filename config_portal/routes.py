@@ -265,7 +265,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/portal/{org}/members/grant", members_grant)
     app.router.add_post("/portal/{org}/members/revoke", members_revoke)
     # Imported here: their handlers use this module's `allowed`.
-    from . import approval, configurations, error_report
+    from . import approval, configurations, error_report, sms
     configurations.add_routes(app)
     approval.add_routes(app)
     error_report.add_routes(app)
+    sms.add_routes(app)

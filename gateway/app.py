@@ -20,6 +20,8 @@ from . import configurations, db, notify
 from .appkeys import DB, DSN, EHR, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .ehr import EhrClient
 from .meetings import default_providers
+from .notify import inbound
+from .notify.optout import OptOutSms
 from .security import Sealer, SigningKey
 from .settings import Settings
 from .web import csrf_middleware, error_middleware, input_middleware, security_headers_middleware
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", importlib.import_module("gateway.metrics").metrics)  # counters, no ids
     app.router.add_get("/.well-known/jwks.json", jwks)
+    inbound.add_routes(app)  # the SMS carriers' webhooks: STOP, START, HELP
     app.router.add_static("/static/", Path(__file__).parent / "static", append_version=False)
     for name in PARTS:
         importlib.import_module(name).setup(app)
@@ -100,7 +103,11 @@ async def _ehr_client(app: web.Application) -> AsyncIterator[None]:
 
 async def _notifier(app: web.Application) -> AsyncIterator[None]:
     # A misconfigured SMS provider stops start-up here, by name (ConfigError).
-    app[NOTIFIER] = notify.build_notifier(app[SETTINGS], app[HTTP])
+    notifier = notify.build_notifier(app[SETTINGS], app[HTTP])
+    if notifier.sms is not None:
+        # Every text goes through the opt-out list, whoever sends it (join links, reminders).
+        notifier.sms = OptOutSms(notifier.sms, app[DB], app[SEALER], app[SETTINGS].phone_region)
+    app[NOTIFIER] = notifier
     yield
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
+
 from .errors import ConfigError
 
 
@@ -57,7 +59,7 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_timeout: float = 10.0
     sms_provider: str = "none"
-    """Where SMS goes: "none", "sink" (POST {to, body} to sms_sink_url, or keep in memory) or "acs"."""
+    """Where SMS goes: "none", "sink" (POST {to, body} to sms_sink_url, or keep in memory), "acs" or "twilio"."""
     sms_sink_url: str | None = None
     sms_from: str | None = None
     """The sending number in E.164 (for carriers such as Azure Communication Services)."""
@@ -65,6 +67,20 @@ class Settings:
     """The Azure Communication Services resource, e.g. https://contoso.communication.azure.com."""
     acs_access_key: str | None = field(default=None, repr=False)
     """The resource's access key (base64), used for HMAC-SHA256 request signing."""
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    """Twilio's auth token: HTTP basic authentication of our requests, and the key of X-Twilio-Signature."""
+    twilio_api_url: str = "https://api.twilio.com"
+    phone_region: str | None = None
+    """The organisation's default region (ISO 3166, e.g. US): phone numbers written without a country code are
+    read as dialled there. None: only international numbers (+ country code) are understood."""
+    sms_help_text: str | None = None
+    """The answer to HELP; by default names the organisation and says how to stop."""
+    sms_webhook_secret: str | None = field(default=None, repr=False)
+    """The `code` query parameter ACS's Event Grid subscription must carry to deliver inbound SMS (Event Grid
+    signs nothing: this secret in the endpoint URL is how a delivery proves itself)."""
+    sms_operation_poll_interval: float = 3.0
+    """Seconds between looks at a carrier's long-running operation (phone number search, purchase, release)."""
     writeback_enabled: bool = True
     """Run the write-back worker in this process (any number of processes may)."""
     writeback_concurrency: int = 8
@@ -122,6 +138,10 @@ class Settings:
             raise ConfigError("VISITGATE_SECRET_KEY must hold at least 32 bytes (base64)")
         if not self.public_url.startswith(("http://", "https://")) or self.public_url.endswith("/"):
             raise ConfigError("VISITGATE_PUBLIC_URL must be an origin like https://visits.example.org")
+        if self.phone_region is not None and not _known_region(self.phone_region):
+            raise ConfigError("VISITGATE_PHONE_REGION must be a two-letter region code like US or GB")
+        if self.sms_webhook_secret is not None and len(self.sms_webhook_secret) < 16:
+            raise ConfigError("VISITGATE_SMS_WEBHOOK_SECRET must hold at least 16 characters")
         try:
             zoneinfo.ZoneInfo(self.time_zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -183,6 +203,13 @@ class Settings:
             sms_from=env.get("VISITGATE_SMS_FROM") or None,
             acs_endpoint=(env.get("VISITGATE_ACS_ENDPOINT") or "").strip().rstrip("/") or None,
             acs_access_key=env.get("VISITGATE_ACS_ACCESS_KEY") or None,
+            twilio_account_sid=env.get("VISITGATE_TWILIO_ACCOUNT_SID", "").strip() or None,
+            twilio_auth_token=env.get("VISITGATE_TWILIO_AUTH_TOKEN") or None,
+            twilio_api_url=(env.get("VISITGATE_TWILIO_API_URL") or "https://api.twilio.com").strip().rstrip("/"),
+            phone_region=env.get("VISITGATE_PHONE_REGION", "").strip().upper() or None,
+            sms_help_text=env.get("VISITGATE_SMS_HELP_TEXT", "").strip() or None,
+            sms_webhook_secret=env.get("VISITGATE_SMS_WEBHOOK_SECRET", "").strip() or None,
+            sms_operation_poll_interval=_seconds(env, "VISITGATE_SMS_OPERATION_POLL_INTERVAL", 3, least=1),
             metrics_token=env.get("VISITGATE_METRICS_TOKEN", "").strip() or None,
             waiting_chat=_flag(env.get("VISITGATE_WAITING_CHAT", "").strip() or "on"),  # unset or empty: on
             provider_handle_ttl=_seconds(env, "VISITGATE_PROVIDER_HANDLE_TTL", 15 * 60, least=60),
@@ -197,6 +224,10 @@ class Settings:
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )
+
+
+def _known_region(region: str) -> bool:
+    return region in phonenumbers.SUPPORTED_REGIONS
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int, least: int) -> int:

@@ -33,6 +33,7 @@ from gateway.appkeys import DB, EHR, NOTIFIER, SEALER, SETTINGS
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
+from gateway.notify.routing import sms_route
 from gateway.web import serves_json
 
 from . import store
@@ -103,7 +104,7 @@ class InviteForm:
     address: str | None
 
 
-def parse_form(form: Mapping[str, Any]) -> InviteForm:
+def parse_form(form: Mapping[str, Any], region: str | None = None) -> InviteForm:
     """Check the posted fields; InviteRefused (400) names the first that is wrong."""
     def field(name: str) -> str:
         value = form.get(name)
@@ -127,7 +128,7 @@ def parse_form(form: Mapping[str, Any]) -> InviteForm:
     address = field("address") or None
     if channel == "email" and (address is None or len(address) > 254 or not _EMAIL.match(address)):
         raise InviteRefused(400, "invalid_address", "Enter the guest's email address, like name@example.org.")
-    if channel == "sms" and (address is None or to_e164(address) is None):
+    if channel == "sms" and (address is None or to_e164(address, region) is None):
         raise InviteRefused(400, "invalid_address",
                             "Enter the guest's mobile number with its country code, like +1 555 010 0199.")
     return InviteForm(channel, role, guest_kind, address if channel != "copy" else None)
@@ -231,7 +232,7 @@ async def invite(request: web.Request) -> web.Response:
     """POST /provider/{handle}/invite: make (or reuse) the participant, issue a join link, send or show it."""
     session = await provider_session(request)
     try:
-        form = parse_form(await request.post())
+        form = parse_form(await request.post(), request.app[NOTIFIER].region)
         return await _invite(request, session, form)
     except InviteRefused as refused:
         return _answer(request, refused.status, {"ok": False, "reason": refused.reason,
@@ -333,7 +334,7 @@ async def resend(request: web.Request) -> web.Response:
         posted = await request.post()
         channel = posted.get("channel") or found["channel"]
         form = parse_form({"channel": channel, "role": found["role"], "guest_kind": found["guest_kind"] or "",
-                           "address": posted.get("address") or ""})
+                           "address": posted.get("address") or ""}, request.app[NOTIFIER].region)
         return await _invite(request, session, form, again=found["participant_id"])
     except InviteRefused as refused:
         return _answer(request, refused.status, {"ok": False, "reason": refused.reason,
@@ -349,6 +350,16 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
     if form.channel == "sms" and app[NOTIFIER].sms is None:
         raise InviteRefused(409, NotConfigured.reason, "SMS is not set up on this gateway. Send the link by "
                                                        "email or copy it.")
+    sender = None
+    if form.channel == "sms":
+        # The organisation's SMS set-up decides whether join links go by text, and from which of its numbers.
+        async with app[DB].acquire() as conn:
+            route = await sms_route(conn, session.fhir_base_url, "join_link")
+        if not route.allowed:
+            raise InviteRefused(409, route.reason or "sms_not_enabled", "Your organisation has not turned on join "
+                                                                        "links by SMS. Send the link by email or "
+                                                                        "copy it.")
+        sender = route.sender
     address, language = form.address, None
     if form.role == "patient" and form.channel != "copy":
         patient_id = sealer.unseal(session.patient_ref, "visits.patient_ref") if session.patient_ref else None
@@ -392,13 +403,13 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
             masked = mask_email(address)
             where = "email on file" if form.role == "patient" else "email"
         else:
-            await app[NOTIFIER].send_sms(address, message.sms)
+            await app[NOTIFIER].send_sms(address, message.sms, sender=sender)
             masked = mask_phone(address)
             where = "mobile number on file" if form.role == "patient" else "mobile number"
     except NotifyError as exc:
         await _take_back(request, token, participant_id, new_guest=form.role == "guest" and again is None)
         log.info("sending %s failed for participant %s: %s", form.channel, participant_id, exc.reason)
-        status = 422 if exc.reason == "sms_bad_number" else 502
+        status = {"sms_bad_number": 422, "sms_opted_out": 409}.get(exc.reason, 502)
         after = ("The link was not sent; nothing was kept." if again is None else
                  "The new link was not sent, and the earlier one no longer works: try again, or copy a new link.")
         raise InviteRefused(status, exc.reason, f"{exc.detail} {after}") from None

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import controls, fhir, oauth, oidc, pages, phone
 from .appkeys import CLIENT_KEYS, FAULTS, HTTP_SESSION, KEYS, LAUNCHES, OAUTH, SETTINGS, STORE
+from .carriers import wiring
 from .config import Faults, SandboxSettings
 from .grants import LaunchRegistry, OAuthState
 from .keys import ClientKeyCache, KeyRing, SigningKey
@@ -57,6 +58,7 @@ def create_sandbox_app(settings: SandboxSettings) -> web.Application:
     fhir.setup_routes(app)
     pages.setup_routes(app)
     phone.setup_routes(app)  # /phone and /mailbox: where the demo's SMS and email land
+    wiring.setup(app)  # the SMS carriers' doubles (/acs, /twilio), delivering to the phone
     oidc.setup(app)  # /idp/{tenant}/...: the OpenID provider the portal signs in with (Entra ID's shape)
     if settings.test_controls:
         controls.setup_routes(app)

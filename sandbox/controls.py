@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import FAULTS, OIDC, STORE
+from .carriers import wiring
 from .config import OidcClient
 from .launches import create_launch
 from .store import StoreError
@@ -154,6 +155,7 @@ def setup_routes(app: web.Application) -> None:
     """Add the control routes."""
     app.router.add_post("/_sandbox/launches", post_launch)
     app.router.add_post("/_sandbox/faults", post_faults)
+    app.router.add_post("/_sandbox/carriers", wiring.post_carriers)
     app.router.add_post("/_sandbox/resources", post_resource)
     app.router.add_post("/_sandbox/oidc/clients", post_oidc_client)
     app.router.add_post("/_sandbox/oidc/tenants/{tenant}", post_oidc_tenant)

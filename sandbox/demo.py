@@ -42,6 +42,7 @@ from config_portal.demo import DEMO_SLUG, ensure_demo_organisation
 from . import SandboxClient, SandboxSettings, create_sandbox_app
 from .config import DEMO_PORTAL_CLIENT_ID, demo_portal_client
 from .oidc_directory import GROUP_APPROVERS, TENANT_MAIN, USERS
+from .carriers.wiring import with_demo_carrier
 from .phone import with_demo_messaging
 
 DEMO_CLIENT_ID = "visitgate-demo"
@@ -143,6 +144,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
         oidc_clients=(demo_portal_client(f"{settings.public_url}/portal/callback", portal_secret,
                                          f"{settings.public_url}/portal/signed-out"),)))
     settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
+    # Texts go through the ACS double (signed requests, phone numbers the portal can buy), and the phone's
+    # replies (STOP, START, HELP) come back through its Event Grid webhook.
+    settings = with_demo_carrier(sandbox_app, settings, sandbox_url)
     gateway_app = create_app(settings)
     # Open requests get 10 s to finish on the way out (as under `visitgate serve`): dev.py waits 30 s in all.
     # The sandbox EHR logs no requests: aiohttp's access log would put whole request lines, with live launch

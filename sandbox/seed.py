@@ -148,7 +148,7 @@ def seed(store: FhirStore, now: datetime | None = None) -> None:
                 "birthDate": birth_date,
                 "gender": gender,
                 "telecom": [
-                    {"system": "phone", "value": f"+1-555-01{n:02d}", "use": "mobile"},
+                    {"system": "phone", "value": f"+1-206-555-01{n:02d}", "use": "mobile"},
                     {"system": "email", "value": f"{given.lower()}.{family.lower()}@example.org", "use": "home"},
                 ],
                 **({"communication": COMMUNICATION[pid]} if pid in COMMUNICATION else {}),

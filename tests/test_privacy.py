@@ -12,7 +12,7 @@ CANARIES = {
     "given": "Zephyrinacanary",
     "family": "Quillfeathercanary",
     "birth_date": "1931-02-03",
-    "phone": "+1-555-0142-7319",
+    "phone": "+1-206-555-0173",
     "email": "zephyrina.canary@example.invalid",
     "mrn": "MRN-CANARY-77310",
     "patient_id": "canarypat-5d2e",

@@ -1,8 +1,11 @@
-"""Notifications: join links by email (SMTP) and SMS (a provider interface with a sink and ACS).
+"""Notifications: join links by email (SMTP) and SMS (a provider interface with a sink and two carriers,
+Azure Communication Services and Twilio).
 
 The gateway builds one Notifier at start-up from its settings (`build_notifier`, called by the app
-factory's cleanup_ctx once the HTTP session exists) and keeps it in `app[NOTIFIER]`. Addresses and numbers are given to it once, at send time, by
-callers that read them live from FHIR or from the clinician's form; nothing here stores or logs them.
+factory's cleanup_ctx once the HTTP session exists) and keeps it in `app[NOTIFIER]`; the factory then wraps its
+SMS provider in the opt-out check (`optout.OptOutSms`), so every text honours STOP. Addresses and numbers are
+given to it once, at send time, by callers that read them live from FHIR or from the clinician's form; nothing
+here stores or logs them.
 Messages carry no clinical detail: only the organisation's name and the link (and, in email, until when the link
 works). The words are the caller's: launch writes them in the patient's language from its translation catalog
 and hands them to `send_email`/`send_sms`; `email_link`/`sms_link` are the English ones for callers without a
@@ -18,12 +21,13 @@ from ..errors import ConfigError
 from ..settings import Settings
 from .email import EmailSender, SmtpConfig
 from .errors import NotConfigured, NotifyError
-from .sms import AcsSms, SinkSms, SmsProvider, to_e164
+from .optout import OptOutSms
+from .sms import AcsSms, SinkSms, SmsProvider, TwilioSms, to_e164
 
 __all__ = ["AcsSms", "EmailSender", "NotConfigured", "Notifier", "NotifyError", "SinkSms", "SmsProvider",
-           "SmtpConfig", "build_notifier", "to_e164"]
+           "SmtpConfig", "TwilioSms", "build_notifier", "to_e164"]
 
-SMS_PROVIDERS = ("none", "sink", "acs")
+SMS_PROVIDERS = ("none", "sink", "acs", "twilio")
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Notifier:
     email: EmailSender
     sms: SmsProvider | None
     organisation_name: str
+    region: str | None = None
+    """The organisation's default phone region (numbers without a country code are read as dialled there)."""
 
     def join_text(self, link: str) -> str:
         """The whole message: who it is from and the link, nothing clinical."""
@@ -53,12 +59,52 @@ class Notifier:
         """Email a message the caller wrote (in the patient's language) to one address."""
         await self.email.send(to, subject, body)
 
-    async def send_sms(self, to: str, text: str) -> str:
-        """Text a message the caller wrote to one number; answers the provider's message id."""
+    async def send_sms(self, to: str, text: str, sender: str | None = None) -> str:
+        """Text a message the caller wrote to one number (from sender, an organisation's own number, when the
+        carrier can choose); answers the provider's message id."""
         if self.sms is None:
             raise NotConfigured("SMS is not set up on this gateway. Ask your administrator, or send the "
                                 "link by email or copy it.")
+        if sender is not None and isinstance(self.sms, OptOutSms):
+            return await self.sms.send(to, text, sender=sender)
         return await self.sms.send(to, text)
+
+
+def help_text(settings: Settings) -> str:
+    """What a patient who texts HELP gets back."""
+    return settings.sms_help_text or (f"{settings.organisation_name}: video visit links and reminders. "
+                                      "Reply STOP to stop these texts, START to get them again.")
+
+
+def build_carrier(settings: Settings, http: aiohttp.ClientSession | None) -> SmsProvider | None:
+    """The SMS carrier the settings name (not yet behind the opt-out check); ConfigError names what is missing."""
+    region = settings.phone_region
+    if settings.sms_provider == "none":
+        return None
+    if settings.sms_provider == "sink":
+        return SinkSms(http, settings.sms_sink_url, region) if settings.sms_sink_url else SinkSms(region=region)
+    if settings.sms_provider == "acs":
+        needed = (("VISITGATE_ACS_ENDPOINT", settings.acs_endpoint),
+                  ("VISITGATE_ACS_ACCESS_KEY", settings.acs_access_key), ("VISITGATE_SMS_FROM", settings.sms_from))
+    elif settings.sms_provider == "twilio":
+        needed = (("VISITGATE_TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+                  ("VISITGATE_TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+                  ("VISITGATE_SMS_FROM", settings.sms_from))
+    else:
+        raise ConfigError(f"VISITGATE_SMS_PROVIDER must be one of {', '.join(SMS_PROVIDERS)}")
+    missing = [name for name, value in needed if not value]
+    if missing:
+        raise ConfigError(f"SMS provider {settings.sms_provider} needs: {', '.join(missing)}")
+    if http is None:
+        raise ConfigError(f"SMS provider {settings.sms_provider} needs the gateway's HTTP session")
+    assert settings.sms_from
+    if settings.sms_provider == "acs":
+        assert settings.acs_endpoint and settings.acs_access_key
+        return AcsSms(http, settings.acs_endpoint, settings.acs_access_key, settings.sms_from, region=region,
+                      timeout=settings.http_timeout)
+    assert settings.twilio_account_sid and settings.twilio_auth_token
+    return TwilioSms(http, settings.twilio_account_sid, settings.twilio_auth_token, settings.sms_from,
+                     api_url=settings.twilio_api_url, region=region, timeout=settings.http_timeout)
 
 
 def build_notifier(settings: Settings, http: aiohttp.ClientSession | None = None) -> Notifier:
@@ -67,22 +113,5 @@ def build_notifier(settings: Settings, http: aiohttp.ClientSession | None = None
         host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_from,
         starttls=settings.smtp_starttls, tls=settings.smtp_tls, username=settings.smtp_username,
         password=settings.smtp_password, timeout=settings.smtp_timeout))
-    sms: SmsProvider | None
-    if settings.sms_provider == "none":
-        sms = None
-    elif settings.sms_provider == "sink":
-        sms = SinkSms(http, settings.sms_sink_url) if settings.sms_sink_url else SinkSms()
-    elif settings.sms_provider == "acs":
-        missing = [name for name, value in (("VISITGATE_ACS_ENDPOINT", settings.acs_endpoint),
-                                            ("VISITGATE_ACS_ACCESS_KEY", settings.acs_access_key),
-                                            ("VISITGATE_SMS_FROM", settings.sms_from)) if not value]
-        if missing:
-            raise ConfigError(f"SMS provider acs needs: {', '.join(missing)}")
-        if http is None:
-            raise ConfigError("SMS provider acs needs the gateway's HTTP session")
-        assert settings.acs_endpoint and settings.acs_access_key and settings.sms_from
-        sms = AcsSms(http, settings.acs_endpoint, settings.acs_access_key, settings.sms_from)
-    else:
-        raise ConfigError(f"VISITGATE_SMS_PROVIDER must be one of {', '.join(SMS_PROVIDERS)}")
-    return Notifier(email=email, sms=sms, organisation_name=settings.organisation_name)
-
+    return Notifier(email=email, sms=build_carrier(settings, http), organisation_name=settings.organisation_name,
+                    region=settings.phone_region)

@@ -1,40 +1,51 @@
-"""SMS providers: the interface the gateway sends through, a sink for the demo and tests, and Azure
-Communication Services (ACS) as a real carrier.
+"""SMS providers: the interface the gateway sends through, a sink for the demo and tests, and two carriers,
+Azure Communication Services (ACS) and Twilio, each through its one client.
 
 Phone numbers arrive from the caller (read from FHIR, or typed by the clinician) just before sending and
-are never logged or kept, except by SinkSms in memory, which exists for the demo and the tests only.
+are never logged or kept, except by SinkSms in memory, which exists for the demo and the tests only. They are
+parsed and validated with `phonenumbers` (Google's libphonenumber metadata) in the organisation's default
+region, so a national number ("(206) 555-0100" in the US) is understood where the organisation is.
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import email.utils
 import hashlib
 import hmac
 import json
-import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import phonenumbers
 from yarl import URL
 
 from ..errors import ConfigError
+from .acs import SMS_API_VERSION, AcsClient
 from .errors import NotifyError
 
+MAX_BODY = 1600
+"""Characters of one message at most: Twilio's documented limit, and more than ten segments anywhere."""
+MAX_ANSWER = 64 * 1024
 
-_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-_PUNCTUATION = re.compile(r"[\s\-.()/]")
 
-
-def to_e164(number: str) -> str | None:
-    """The number in E.164 (+ and up to 15 digits) with spaces, dashes, dots and brackets removed; None if
-    it is not an international number (we do not guess a country code)."""
-    compact = _PUNCTUATION.sub("", number)
-    if compact.startswith("00"):
-        compact = "+" + compact[2:]
-    return compact if _E164.match(compact) else None
+def to_e164(number: str, region: str | None = None) -> str | None:
+    """The number in E.164 if it is a valid phone number, read as dialled in region (an ISO 3166 code such as
+    "US"; None: only international numbers with + or 00 are understood); None when it is not a valid number."""
+    text = number.strip()
+    if len(text) > 40:
+        return None
+    if region is None and text.startswith("00"):
+        text = "+" + text[2:]
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
 class SmsProvider(Protocol):
@@ -45,6 +56,23 @@ class SmsProvider(Protocol):
     async def send(self, to: str, body: str) -> str:
         """Send one text message; returns the provider's message id. Raises NotifyError on failure."""
         ...
+
+
+def _recipient(to: str, region: str | None, body: str) -> str:
+    """The recipient in E.164, after checking the message can be sent at all; NotifyError otherwise."""
+    number = to_e164(to, region)
+    if number is None:
+        raise NotifyError("The phone number is not a valid mobile number.", reason="sms_bad_number")
+    if not body or len(body) > MAX_BODY:
+        raise NotifyError(f"A text message holds 1 to {MAX_BODY} characters.", reason="sms_bad_body")
+    return number
+
+
+def _sender(number: str) -> str:
+    found = to_e164(number)
+    if found is None:
+        raise ConfigError("the SMS sending number must be a valid number in E.164 (+ country code)")
+    return found
 
 
 @dataclass(frozen=True)
@@ -60,19 +88,18 @@ class SinkSms:
 
     name = "sink"
 
-    def __init__(self, http: aiohttp.ClientSession | None = None, url: str | None = None) -> None:
+    def __init__(self, http: aiohttp.ClientSession | None = None, url: str | None = None,
+                 region: str | None = None) -> None:
         if url is not None and http is None:
             raise ValueError("SinkSms needs an HTTP session to post to a URL")
         self._http = http
         self.url = url
+        self.region = region
         self.sent: list[SmsMessage] = []
 
     async def send(self, to: str, body: str) -> str:
         """Hand the message to the sink."""
-        number = to_e164(to)
-        if number is None:
-            raise NotifyError("The phone number is not an international number (+ country code).",
-                              reason="sms_bad_number")
+        number = _recipient(to, self.region, body)
         message_id = f"sink-{uuid.uuid4()}"
         if self.url is None or self._http is None:
             self.sent.append(SmsMessage(number, body))
@@ -80,33 +107,13 @@ class SinkSms:
         try:
             async with self._http.post(self.url, json={"to": number, "body": body}) as response:
                 status = response.status
-                await response.read()
+                await response.content.read(MAX_ANSWER)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NotifyError(f"The SMS sink could not be reached ({type(exc).__name__}).",
                               reason="sms_failed") from None
         if status >= 300:
             raise NotifyError(f"The SMS sink answered {status}.", reason="sms_failed")
         return message_id
-
-
-ACS_API_VERSION = "2021-03-07"
-
-
-def acs_content_hash(body: bytes) -> str:
-    """x-ms-content-sha256: the base64 SHA-256 of the exact body bytes."""
-    return base64.b64encode(hashlib.sha256(body).digest()).decode()
-
-
-def acs_signature(access_key: bytes, method: str, path_and_query: str, date: str, host: str,
-                  content_hash: str) -> str:
-    """The HMAC-SHA256 signature ACS expects over "VERB\\npath?query\\ndate;host;content-hash"."""
-    string_to_sign = f"{method.upper()}\n{path_and_query}\n{date};{host};{content_hash}"
-    return base64.b64encode(hmac.new(access_key, string_to_sign.encode(), hashlib.sha256).digest()).decode()
-
-
-def acs_authorization(signature: str) -> str:
-    """The Authorization header value naming the signed headers, in the order they were signed."""
-    return f"HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={signature}"
 
 
 class AcsSms:
@@ -117,71 +124,40 @@ class AcsSms:
     _RETRY = frozenset({429, 500, 502, 503, 504})
 
     def __init__(self, http: aiohttp.ClientSession, endpoint: str, access_key: str, sender: str,
-                 attempts: int = 2) -> None:
-        url = URL(endpoint.rstrip("/"))
-        if url.scheme not in ("https", "http") or not url.host:
-            raise ConfigError("the ACS endpoint must be a URL like https://<resource>.communication.azure.com")
-        try:
-            self._key = base64.b64decode(access_key, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError("the ACS access key must be base64 (as shown in the Azure portal)") from None
-        if not self._key:
-            raise ConfigError("the ACS access key is empty")
-        number = to_e164(sender)
-        if number is None:
-            raise ConfigError("the SMS sending number must be in E.164 (+ country code)")
-        self._http = http
-        self._url = url.with_path(url.path.rstrip("/") + "/sms").with_query({"api-version": ACS_API_VERSION})
-        # Host as sent on the wire: the port only when it is not the scheme's default.
-        self._host = url.host if url.is_default_port() else f"{url.host}:{url.port}"
-        self._sender = number
+                 attempts: int = 2, region: str | None = None, timeout: float = 10.0) -> None:
+        self.client = AcsClient(http, endpoint, access_key, timeout=timeout)
+        self._url = self.client.url("/sms", SMS_API_VERSION)
+        self.sender = _sender(sender)
+        self.region = region
         self._attempts = max(1, attempts)
 
     def signed_headers(self, body: bytes, date: str | None = None) -> dict[str, str]:
-        """The headers of one request carrying body, signed now (or at date)."""
-        date = date or email.utils.formatdate(usegmt=True)
-        content_hash = acs_content_hash(body)
-        signature = acs_signature(self._key, "POST", self._url.raw_path_qs, date, self._host, content_hash)
-        return {"Content-Type": "application/json", "Host": self._host, "x-ms-date": date,
-                "x-ms-content-sha256": content_hash, "Authorization": acs_authorization(signature)}
+        """The headers of one send carrying body, signed now (or at date)."""
+        return self.client.signed_headers("POST", self._url, body, date)
 
-    async def send(self, to: str, body: str) -> str:
-        """Send one message; answers the ACS message id."""
-        number = to_e164(to)
-        if number is None:
-            raise NotifyError("The phone number is not an international number (+ country code).",
-                              reason="sms_bad_number")
+    async def send(self, to: str, body: str, sender: str | None = None) -> str:
+        """Send one message (from the configured number, or sender); answers the ACS message id."""
+        number = _recipient(to, self.region, body)
         first_sent = email.utils.formatdate(usegmt=True)
         payload = {
-            "from": self._sender,
+            "from": _sender(sender) if sender else self.sender,
             "smsRecipients": [{"to": number, "repeatabilityRequestId": str(uuid.uuid4()),
                                "repeatabilityFirstSent": first_sent}],
             "message": body,
             "smsSendOptions": {"enableDeliveryReport": False},
         }
-        data = json.dumps(payload, separators=(",", ":")).encode()
-        status, answer = 0, None
+        answer = None
         for attempt in range(self._attempts):
             try:
-                async with self._http.post(self._url, data=data, headers=self.signed_headers(data)) as response:
-                    status = response.status
-                    raw = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = await self.client.request("POST", self._url, payload)
+            except NotifyError:
                 if attempt + 1 < self._attempts:
                     continue
-                raise NotifyError(f"The SMS service could not be reached ({type(exc).__name__}).",
-                                  reason="sms_failed") from None
-            answer = _json_or_none(raw)
-            if status not in self._RETRY:
+                raise NotifyError("The SMS service could not be reached.", reason="sms_failed") from None
+            if answer.status not in self._RETRY:
                 break
-        return _acs_result(status, answer)
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
+        assert answer is not None
+        return _acs_result(answer.status, answer.body)
 
 
 def _acs_result(status: int, answer: Any) -> str:
@@ -189,6 +165,8 @@ def _acs_result(status: int, answer: Any) -> str:
     if status in (401, 403):
         raise NotifyError("The SMS service refused our credentials (check the ACS access key).",
                           reason="sms_unauthorized")
+    if status == 429:
+        raise NotifyError("The SMS service asked us to slow down.", reason="sms_throttled")
     if status != 202:
         code = answer.get("error", {}).get("code") if isinstance(answer, dict) and isinstance(
             answer.get("error"), dict) else None
@@ -202,3 +180,73 @@ def _acs_result(status: int, answer: Any) -> str:
         raise NotifyError(f"The SMS service did not take the message ({item.get('httpStatusCode')}).",
                           reason="sms_refused")
     return str(item.get("messageId", ""))
+
+
+TWILIO_API = "https://api.twilio.com"
+# Twilio error codes (its error dictionary) that mean "this recipient, not us": refused, not retried.
+_TWILIO_RECIPIENT_ERRORS = frozenset({21211, 21408, 21610, 21612, 21614})
+
+
+def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """X-Twilio-Signature: base64 HMAC-SHA1, keyed with the auth token, of the full URL followed by each POST
+    parameter's name and value, sorted by name."""
+    data = url + "".join(k + v for k, v in sorted(params))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+class TwilioSms:
+    """Twilio Programmable Messaging (REST 2010-04-01): form-encoded POSTs with HTTP basic authentication."""
+
+    name = "twilio"
+
+    def __init__(self, http: aiohttp.ClientSession, account_sid: str, auth_token: str, sender: str,
+                 api_url: str = TWILIO_API, region: str | None = None, timeout: float = 10.0) -> None:
+        if not (account_sid.startswith("AC") and len(account_sid) == 34 and account_sid[2:].isalnum()):
+            raise ConfigError("the Twilio account SID looks like AC followed by 32 hexadecimal digits")
+        if not auth_token:
+            raise ConfigError("the Twilio auth token is empty")
+        base = URL(api_url.rstrip("/"))
+        if base.scheme not in ("https", "http") or not base.host:
+            raise ConfigError("the Twilio API URL must be like https://api.twilio.com")
+        self._http = http
+        # HTTP basic authentication written out (aiohttp deprecates its BasicAuth helper).
+        self._authorization = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._url = base.with_path(base.path.rstrip("/") + f"/2010-04-01/Accounts/{account_sid}/Messages.json")
+        self.sender = _sender(sender)
+        self.region = region
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
+
+    async def send(self, to: str, body: str, sender: str | None = None) -> str:
+        """Send one message; answers Twilio's message SID. Not retried: Twilio has no idempotency key, and a
+        second POST after a lost answer could text the patient twice."""
+        number = _recipient(to, self.region, body)
+        form = {"To": number, "From": _sender(sender) if sender else self.sender, "Body": body}
+        try:
+            async with self._http.post(self._url, data=form, headers={"Authorization": self._authorization},
+                                       timeout=self._timeout,
+                                       allow_redirects=False) as response:
+                status = response.status
+                raw = await response.content.read(MAX_ANSWER)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NotifyError(f"Twilio could not be reached ({type(exc).__name__}).", reason="sms_failed") from None
+        try:
+            answer = json.loads(raw) if raw else None
+        except ValueError:
+            answer = None
+        return _twilio_result(status, answer)
+
+
+def _twilio_result(status: int, answer: Any) -> str:
+    """The SID of a 201; NotifyError carrying Twilio's error code for anything else."""
+    if status == 201 and isinstance(answer, dict) and isinstance(answer.get("sid"), str):
+        return str(answer["sid"])
+    code = answer.get("code") if isinstance(answer, dict) else None
+    said = f" (error {code})" if isinstance(code, int) else ""
+    if status in (401, 403):
+        raise NotifyError(f"Twilio refused our credentials{said} (check the account SID and auth token).",
+                          reason="sms_unauthorized")
+    if status == 429:
+        raise NotifyError(f"Twilio asked us to slow down{said}.", reason="sms_throttled")
+    if status == 400 and code in _TWILIO_RECIPIENT_ERRORS:
+        raise NotifyError(f"Twilio did not take the message for this number{said}.", reason="sms_refused")
+    raise NotifyError(f"Twilio answered {status}{said}.", reason="sms_failed")

@@ -64,10 +64,24 @@ def test_masks_show_little() -> None:
 
 
 def test_e164_normalisation() -> None:
-    assert to_e164("+1 (555) 010-0199") == "+15550100199"
+    assert to_e164("+1 (206) 555-0199") == "+12065550199"
     assert to_e164("0044 20 7946 0958") == "+442079460958"
     assert to_e164("555-0100") is None
     assert to_e164("+0 555") is None
+
+
+def test_numbers_are_validated_not_only_shaped() -> None:
+    assert to_e164("+1 555 010 0199") is None  # no such area code: refused before any carrier sees it
+    assert to_e164("+1 206 555 01") is None  # too short for the United States
+    assert to_e164("x" * 100) is None
+
+
+def test_national_numbers_are_read_in_the_organisations_region() -> None:
+    assert to_e164("(206) 555-0199") is None  # no region: we do not guess a country code
+    assert to_e164("(206) 555-0199", "US") == "+12065550199"
+    assert to_e164("020 7946 0958", "GB") == "+442079460958"
+    assert to_e164("+34 600 000 000", "US") == "+34600000000"  # an international number stays itself
+    assert to_e164("011 44 20 7946 0958", "US") == "+442079460958"  # the US international prefix
 
 
 def test_parse_form_for_a_guest_drops_the_address_when_copying() -> None:
@@ -113,7 +127,7 @@ def test_acs_without_its_settings_stops_start_up_by_name() -> None:
 async def test_sink_without_url_keeps_messages_in_memory() -> None:
     notifier = build_notifier(_settings(sms_provider="sink", organisation_name="Riverside Clinic"))
     assert isinstance(notifier.sms, SinkSms)
-    await notifier.sms_link("+1 555 0100", "http://127.0.0.1:1/join?t=x")
+    await notifier.sms_link("+1 206 555 0100", "http://127.0.0.1:1/join?t=x")
     [message] = notifier.sms.sent
-    assert message.to == "+15550100"
+    assert message.to == "+12065550100"
     assert message.body == "Your video visit with Riverside Clinic is ready: http://127.0.0.1:1/join?t=x"

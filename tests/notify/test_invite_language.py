@@ -17,7 +17,7 @@ from tests.test_privacy import CANARIES, _seed_canary_patient
 from .conftest import ORGANISATION, SmtpServer
 from .helpers import invite, launch_handle
 
-BEA_PHONE_E164 = "+15550102"  # pat-2, who prefers Spanish (sandbox/seed.py)
+BEA_PHONE_E164 = "+12065550102"  # pat-2, who prefers Spanish (sandbox/seed.py)
 BEA_EMAIL = "bea.example@example.org"
 LINK = re.compile(r"https?://\S+")
 

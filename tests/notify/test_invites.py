@@ -11,7 +11,7 @@ from .conftest import ORGANISATION, SmtpServer
 from .helpers import invite, launch_handle, link_in, link_works
 
 PAT1_EMAIL = "alex.testpatient@example.org"  # sandbox/seed.py
-PAT1_PHONE_E164 = "+15550101"
+PAT1_PHONE_E164 = "+12065550101"
 
 
 async def test_patient_email_arrives_at_the_smtp_server_with_a_working_link(stack: Stack, smtp: SmtpServer) -> None:
@@ -152,7 +152,7 @@ async def test_patient_without_email_gets_a_clear_message(stack: Stack, smtp: Sm
     store = stack.sandbox_app[STORE]
     patient = store.get("Patient", "pat-2")
     assert patient is not None
-    patient["telecom"] = [{"system": "phone", "value": "+1-555-0102", "use": "mobile"},
+    patient["telecom"] = [{"system": "phone", "value": "+1-206-555-0102", "use": "mobile"},
                           {"system": "email", "value": "old.bea@example.org", "use": "old"},
                           {"system": "email", "value": "ended.bea@example.org", "period": {"end": "2001-01-01"}}]
     store.put(patient)

@@ -36,7 +36,7 @@ async def test_demo_wiring_delivers_email_to_the_mailbox_and_sms_to_the_phone(
         async with aiohttp.ClientSession() as http:
             notifier = build_notifier(settings, http)
             await notifier.email_link("alex.testpatient@example.org", "http://127.0.0.1:1/join?t=abc")
-            await notifier.sms_link("+1-555-0101", "http://127.0.0.1:1/join?t=def")
+            await notifier.sms_link("+1-206-555-0101", "http://127.0.0.1:1/join?t=def")
             mail = await (await http.get(f"{url}/mailbox", headers={"Accept": "application/json"})).json()
             [message] = mail["messages"]
             assert message["to"] == "alex.testpatient@example.org"
@@ -45,7 +45,7 @@ async def test_demo_wiring_delivers_email_to_the_mailbox_and_sms_to_the_phone(
             assert '<a href="http://127.0.0.1:1/join?t=abc">' in page
             texts = await (await http.get(f"{url}/phone", headers={"Accept": "application/json"})).json()
             assert [(t["to"], t["body"].rsplit(" ", 1)[1]) for t in texts["messages"]] == [
-                ("+15550101", "http://127.0.0.1:1/join?t=def")]
+                ("+12065550101", "http://127.0.0.1:1/join?t=def")]
     finally:
         await server.close()
 

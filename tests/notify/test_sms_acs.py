@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway.errors import ConfigError
 from gateway.notify import AcsSms, NotifyError
 
-from .acs_double import AcsDouble
+from sandbox.carriers.acs import AcsDouble
 
 KEY = base64.b64encode(b"k" * 64).decode()
 SENDER = "+18005550100"
@@ -40,14 +40,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def test_acs_send_is_signed_and_accepted(acs: tuple[AcsDouble, str], http: aiohttp.ClientSession) -> None:
     double, endpoint = acs
-    message_id = await AcsSms(http, endpoint, KEY, SENDER).send("+1 (555) 010-0199", "Your visit: https://x/j")
+    message_id = await AcsSms(http, endpoint, KEY, SENDER).send("+1 (206) 555-0199", "Your visit: https://x/j")
     assert message_id.startswith("Outgoing_")
     [call] = double.calls
     assert call.status == 202, call.error
     assert call.body["from"] == SENDER
     assert call.body["message"] == "Your visit: https://x/j"
     [recipient] = call.body["smsRecipients"]
-    assert recipient["to"] == "+15550100199"  # normalised to E.164
+    assert recipient["to"] == "+12065550199"  # normalised to E.164
     assert recipient["repeatabilityRequestId"] and recipient["repeatabilityFirstSent"]
     assert call.headers["Authorization"].startswith(
         "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=")
@@ -58,7 +58,7 @@ async def test_acs_send_with_the_wrong_key_is_rejected(acs: tuple[AcsDouble, str
     double, endpoint = acs
     wrong = base64.b64encode(b"w" * 64).decode()
     with pytest.raises(NotifyError) as refused:
-        await AcsSms(http, endpoint, wrong, SENDER).send("+15550100199", "hello")
+        await AcsSms(http, endpoint, wrong, SENDER).send("+12065550199", "hello")
     assert refused.value.reason == "sms_unauthorized"
     assert [c.status for c in double.calls] == [401]
     assert double.calls[0].error == "Denied"
@@ -71,7 +71,7 @@ async def _post_signed(http: aiohttp.ClientSession, sms: AcsSms, endpoint: str, 
         return r.status
 
 
-def _body(to: str = "+15550100199") -> bytes:
+def _body(to: str = "+12065550199") -> bytes:
     return json.dumps({"from": SENDER, "smsRecipients": [{"to": to}], "message": "hi"}).encode()
 
 
@@ -80,7 +80,7 @@ async def test_double_rejects_a_body_that_is_not_the_one_signed(acs: tuple[AcsDo
     double, endpoint = acs
     sms = AcsSms(http, endpoint, KEY, SENDER)
     assert await _post_signed(http, sms, endpoint, _body(), _body()) == 202
-    assert await _post_signed(http, sms, endpoint, _body(), _body("+15550100666")) == 401
+    assert await _post_signed(http, sms, endpoint, _body(), _body("+12065550166")) == 401
 
 
 async def test_double_rejects_a_stale_date(acs: tuple[AcsDouble, str], http: aiohttp.ClientSession) -> None:
@@ -102,7 +102,7 @@ async def test_acs_sender_must_be_the_resources_number(acs: tuple[AcsDouble, str
                                                        http: aiohttp.ClientSession) -> None:
     _double, endpoint = acs
     with pytest.raises(NotifyError) as refused:
-        await AcsSms(http, endpoint, KEY, "+18005550111").send("+15550100199", "hello")
+        await AcsSms(http, endpoint, KEY, "+18005550111").send("+12065550199", "hello")
     assert refused.value.reason == "sms_failed"
 
 
@@ -110,7 +110,7 @@ async def test_acs_retries_an_outage_once_with_the_same_repeatability_id(acs: tu
                                                                         http: aiohttp.ClientSession) -> None:
     double, endpoint = acs
     double.fail_next = [503]
-    await AcsSms(http, endpoint, KEY, SENDER).send("+15550100199", "hello")
+    await AcsSms(http, endpoint, KEY, SENDER).send("+12065550199", "hello")
     assert [c.status for c in double.calls] == [503, 202]
     first, second = (c.body["smsRecipients"][0] for c in double.calls)
     assert first == second  # same repeatabilityRequestId and FirstSent: the service will not send twice
@@ -119,9 +119,9 @@ async def test_acs_retries_an_outage_once_with_the_same_repeatability_id(acs: tu
 async def test_acs_recipient_refused_by_the_carrier_is_an_error(acs: tuple[AcsDouble, str],
                                                                 http: aiohttp.ClientSession) -> None:
     double, endpoint = acs
-    double.refuse_numbers = {"+15550100199"}
+    double.refuse_numbers = {"+12065550199"}
     with pytest.raises(NotifyError) as refused:
-        await AcsSms(http, endpoint, KEY, SENDER).send("+15550100199", "hello")
+        await AcsSms(http, endpoint, KEY, SENDER).send("+12065550199", "hello")
     assert refused.value.reason == "sms_refused"
 
 

@@ -136,7 +136,11 @@ async def test_every_portal_route_checks_the_role_on_the_server(portal: Portal, 
         config_id, revision_id = await propose_new(conn, portal.gateway_app[SEALER], NewConfiguration(
             fhir_base_url=ehr.fhir_base, environment="test", client_id=EHR_CLIENT_ID, client_auth="private_key_jwt",
             approver=APPROVER.oid), "test-operator", organisation_id=org_id)
-    placeholders = {"{org}": ORG, "{config}": str(config_id), "{revision}": str(revision_id)}
+        # One of the organisation's own sending numbers, for the SMS set-up's routes.
+        number_id = await conn.fetchval("INSERT INTO sms_numbers (organisation_id, number) VALUES ($1, $2) "
+                                        "RETURNING id", org_id, "+18335550199")
+    placeholders = {"{org}": ORG, "{config}": str(config_id), "{revision}": str(revision_id),
+                    "{number}": str(number_id)}
     if who != "nobody":
         assert (await portal.sign_in(MEMBERS[who])).status == 303
     for method, path, handler in portal_routes(portal.gateway_app):
