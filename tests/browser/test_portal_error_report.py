@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import Browser, expect
 
-from gateway.appkeys import DB
+from gateway.appkeys import DB, SETTINGS
 from gateway.near_miss import NearMiss
 from launch import store as launch_store
 from tests.browser.axe import assert_accessible
@@ -22,13 +22,14 @@ pytestmark = pytest.mark.browser
 async def test_the_error_report_works_on_a_phone_by_keyboard_and_passes_axe(portal: Portal,  # noqa: F811
                                                                            browser: Browser) -> None:
     config_id = await approved(portal, "epic")
+    zone = portal.gateway_app[SETTINGS].time_zone
     async with portal.gateway_app[DB].acquire() as conn:
-        await launch_store.count_launch_refusal(conn, config_id, "token_error")
-        await launch_store.count_launch_refusal(conn, config_id, "iss_near_miss")
+        await launch_store.count_launch_refusal(conn, config_id, "token_error", zone)
+        await launch_store.count_launch_refusal(conn, config_id, "iss_near_miss", zone)
         await launch_store.note_near_miss(conn, NearMiss(config_id, "environment",
-                                                         "https://ehr-tst.example.org/fhir/R4"))
+                                                         "https://ehr-tst.example.org/fhir/R4"), zone)
         await conn.execute("INSERT INTO writeback_failures (configuration_id, day, reason, outcome, bucket, count) "
-                           "VALUES ($1, (now() AT TIME ZONE 'UTC')::date, 'fhir_404', 'dead', 0, 2)", config_id)
+                           "VALUES ($1, (now() AT TIME ZONE $2)::date, 'fhir_404', 'dead', 0, 2)", config_id, zone)
     context = await browser.new_context(ignore_https_errors=True, **PROFILES["phone"])
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
