@@ -1,6 +1,10 @@
 """The error report in real Chromium on a phone: no WCAG 2.1 A/AA violation, every stop reachable by Tab with
-its focus showing (the wide tables scroll sideways as focusable regions), and the period chosen by keyboard."""
+its focus showing (the wide tables scroll sideways as focusable regions), the period and a chosen range of
+days chosen by keyboard, and the time zone of the days named."""
 from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Browser, expect
@@ -50,9 +54,27 @@ async def test_the_error_report_works_on_a_phone_by_keyboard_and_passes_axe(port
         assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
         stops = await tab_through(page)
         assert "period-7" in stops and sum(s.startswith("div ") for s in stops) == 5, stops
+        assert {"range-from", "range-to", "range-show"} <= set(stops), stops
+        await expect(page.locator("#time-zone")).to_contain_text(zone)
         await page.locator("#period-7").focus()
         await page.keyboard.press("Enter")
         await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}/errors?days=7")
         await expect(page.locator("#period-7")).to_have_attribute("aria-current", "page")
+        # A chosen range by keyboard: the labelled date fields, then the button.
+        today = dt.datetime.now(ZoneInfo(zone)).date()
+        await page.get_by_label("From (first day)").fill((today - dt.timedelta(days=1)).isoformat())
+        await page.get_by_label("To (last day", exact=False).fill(today.isoformat())
+        await page.locator("#range-show").focus()
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}/errors?from=*")
+        await expect(page.locator("#launch-reasons")).to_contain_text("token_error")
+        await expect(page.locator("#period-7")).not_to_have_attribute("aria-current", "page")
+        # A range that is not one: the default period, and why, announced.
+        await page.get_by_label("From (first day)").fill(today.isoformat())
+        await page.get_by_label("To (last day", exact=False).fill((today - dt.timedelta(days=1)).isoformat())
+        await page.get_by_label("To (last day", exact=False).press("Enter")
+        await expect(page.locator("#range-refused")).to_contain_text("must not be after")
+        await expect(page.locator("#period-30")).to_have_attribute("aria-current", "page")
+        await assert_accessible(page)
     finally:
         await context.close()
