@@ -5,12 +5,16 @@ only its days; a range that is not one falls back to the default period, never a
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import zoneinfo
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.appkeys import DB
 from gateway.configurations import organisation_id, set_organisation_zone
+from gateway.errors import ConfigError
 from tests.conftest import reason_code
 from tests.zones import local_date, zone_on_another_date
 
@@ -150,3 +154,21 @@ async def test_a_chosen_range_shows_only_its_days_and_a_bad_one_falls_back(porta
     r = await portal.get(url, params={"days": "7", "from": day(2), "to": day(12)})
     assert 'aria-current="page">Last 7 days' in await r.text()
     assert set(_days_shown(await r.text())) == {(day(3), approved, "token_error")}
+
+
+async def test_a_zone_only_python_knows_is_refused_before_it_breaks_the_counters(portal: Portal,
+                                                                                tmp_path: Path) -> None:
+    # A zone file under a name no database has: Python's tz data knows it, PostgreSQL's does not (as happens
+    # when the two tz databases are of different ages: a new zone, such as America/Coyhaique in 2025).
+    (tmp_path / "Visitgate").mkdir()
+    shutil.copy(Path(zoneinfo.TZPATH[0] if zoneinfo.TZPATH else "/usr/share/zoneinfo") / "Europe" / "Paris",
+                tmp_path / "Visitgate" / "Nowhere")
+    zoneinfo.reset_tzpath(to=[str(tmp_path), *zoneinfo.TZPATH])
+    try:
+        assert zoneinfo.ZoneInfo("Visitgate/Nowhere").utcoffset(dt.datetime(2026, 1, 1)) == dt.timedelta(hours=1)
+        with pytest.raises(ConfigError, match="database does not know"):
+            await _set_zone(portal, "Visitgate/Nowhere")
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache(only_keys=["Visitgate/Nowhere"])
+    assert (await portal.sql("SELECT time_zone FROM organisations WHERE slug = $1", ORG))[0]["time_zone"] is None
