@@ -3,11 +3,14 @@ reason code, per configuration and day, each reason with what happened and what 
 and the near misses of unknown `iss` values (gateway.near_miss). Admins of the organisation only.
 
 Figures come from the counters kept as failures happen (launch_refusals, writeback_failures,
-launch_near_misses; sql/queries/error_report.sql), never from scanning logs. Days are UTC days.
+launch_near_misses; sql/queries/error_report.sql), never from scanning logs. Days are the organisation's:
+each counter counts a failure on the day it happened in the configuration's organisation's time zone (the
+gateway's, VISITGATE_TIME_ZONE, when it has none), and the periods end on today in that zone.
 """
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +20,8 @@ import asyncpg
 from aiohttp import web
 
 import sql
-from gateway.appkeys import DB
+from gateway.appkeys import DB, SETTINGS
+from gateway.configurations import organisation_zone
 from gateway.reasons import Reason, launch_reason, writeback_reason
 
 from . import access
@@ -26,6 +30,9 @@ from .routes import allowed, no_store
 Q = sql.queries("error_report")
 PERIODS = (7, 30, 90)
 DEFAULT_PERIOD = 30
+# The longest chosen range, in days (a year, leap day included): the report stays a page, not a dump.
+MAX_RANGE_DAYS = 366
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 # What each kind of near miss means, for the admin reading it.
 DIFFERENCES = {
     "suffix": "The same URL with more or less at its end (path segments, a query or a fragment).",
@@ -121,7 +128,8 @@ class ErrorReport:
 
 
 async def report(conn: asyncpg.Connection, organisation_id: int, first_day: dt.date, last_day: dt.date) -> ErrorReport:
-    """The organisation's error report for the days first_day to last_day (UTC), both included."""
+    """The organisation's error report for the days first_day to last_day (the organisation's days, as the
+    counters counted them), both included."""
     configurations = {r["id"]: ReportConfiguration(**dict(r))
                       for r in await conn.fetch(Q["organisation_configurations"], organisation_id)}
     launches = [LaunchFailures(**dict(r)) for r in await conn.fetch(Q["launch_failures"], organisation_id,
@@ -132,23 +140,60 @@ async def report(conn: asyncpg.Connection, organisation_id: int, first_day: dt.d
     return ErrorReport(first_day, last_day, configurations, launches, writebacks, near)
 
 
-def period_of(query: Mapping[str, str], today: dt.date) -> tuple[int, dt.date, dt.date]:
-    """The period a query asks for (`days`: 7, 30 or 90; anything else is the default) as (days, first, last)."""
+@dataclass(frozen=True)
+class Period:
+    """The days a report covers: the last `days` days (7, 30 or 90) or, with days None, a chosen range.
+    refused says why a chosen range that was asked for is not the one shown (the default period is)."""
+
+    days: int | None
+    first: dt.date
+    last: dt.date
+    refused: str | None = None
+
+
+def _date(value: str) -> dt.date | None:
+    # YYYY-MM-DD only: fromisoformat alone also takes week dates and basic formats nobody meant to type.
+    if len(value) != 10 or not _DATE.fullmatch(value):
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def period_of(query: Mapping[str, str], today: dt.date) -> Period:
+    """The period a query asks for: `from` and `to` (YYYY-MM-DD, from <= to, at most MAX_RANGE_DAYS days) for a
+    chosen range, else `days` (7, 30 or 90); anything else is the default period ending today."""
     raw = query.get("days", "")
     days = int(raw) if len(raw) <= 2 and raw.isascii() and raw.isdigit() and int(raw) in PERIODS else DEFAULT_PERIOD
-    return days, today - dt.timedelta(days=days - 1), today
+    default = Period(days, today - dt.timedelta(days=days - 1), today)
+    start, end = query.get("from", ""), query.get("to", "")
+    if not start and not end:
+        return default
+    first, last = _date(start), _date(end)
+    if first is None or last is None:
+        refused = "Both dates of a range must be given, written as YYYY-MM-DD."
+    elif first > last:
+        refused = "The first day of a range must not be after its last day."
+    elif (last - first).days + 1 > MAX_RANGE_DAYS:
+        refused = f"A range may cover at most {MAX_RANGE_DAYS} days."
+    else:
+        return Period(None, first, last)
+    return Period(days, default.first, default.last, refused + f" Showing the last {days} days instead.")
 
 
 @allowed("admin")
 async def errors_page(request: web.Request) -> web.StreamResponse:
-    """GET /portal/{org}/errors: launch and write-back failures by reason, configuration and day; near misses."""
+    """GET /portal/{org}/errors: launch and write-back failures by reason, configuration and day; near misses.
+    Days are the organisation's (its time zone, else the gateway's); periods end on its today."""
     session = await access.portal_session(request, "admin")
-    days, first, last = period_of(request.query, dt.datetime.now(dt.timezone.utc).date())
     async with request.app[DB].acquire() as conn:
-        found = await report(conn, session.organisation_id, first, last)
+        zone = await organisation_zone(conn, session.organisation_id, request.app[SETTINGS].time_zone)
+        period = period_of(request.query, dt.datetime.now(zone).date())
+        found = await report(conn, session.organisation_id, period.first, period.last)
     return no_store(aiohttp_jinja2.render_template("portal_errors.html", request, {
-        "session": session, "here": "errors", "report": found, "days": days, "periods": PERIODS,
-        "differences": DIFFERENCES}))
+        "session": session, "here": "errors", "report": found, "period": period, "periods": PERIODS,
+        "max_range_days": MAX_RANGE_DAYS, "zone": zone.key, "differences": DIFFERENCES}))
 
 
 def add_routes(app: web.Application) -> None:

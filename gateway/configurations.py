@@ -422,6 +422,9 @@ async def set_organisation_zone(conn: asyncpg.Connection, organisation_id: int, 
     """Set (or with None clear) an organisation's own time zone, audited."""
     if name is not None:
         zone_named(name)
+        # The counters of the error report compute the organisation's day in the database (sql/queries/launch.sql).
+        if not await conn.fetchval(Q["zone_known"], name):
+            raise ConfigError(f"the database does not know the time zone {name[:64]!r}: update its tz data first")
     async with conn.transaction():
         if await conn.fetchval(Q["set_organisation_time_zone"], organisation_id, name) is None:
             raise NotFound("no such organisation")

@@ -189,7 +189,7 @@ async def count_launch_failure(app: web.Application, configuration_id: int, reas
     matters more than the count)."""
     try:
         async with app[DB].acquire() as conn:
-            await store.count_launch_refusal(conn, configuration_id, reason)
+            await store.count_launch_refusal(conn, configuration_id, reason, app[SETTINGS].time_zone)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, DatabaseUnavailable) as exc:
         log.warning("launch failure not counted (%s)", type(exc).__name__)
 
@@ -264,12 +264,13 @@ async def _refuse_launch(request: web.Request, found: store.LaunchStart | None) 
     if found is None:
         iss = request.query.get("iss", "")
         miss = near_miss.nearest(iss, await request.app[APPROVED_BASES].current(request.app[DB]))
+    zone = request.app[SETTINGS].time_zone
     async with request.app[DB].acquire() as conn:
         if miss is not None:
-            await store.count_launch_refusal(conn, miss.configuration_id, "iss_near_miss")
-            await store.note_near_miss(conn, miss)
+            await store.count_launch_refusal(conn, miss.configuration_id, "iss_near_miss", zone)
+            await store.note_near_miss(conn, miss, zone)
         else:
-            await store.count_launch_refusal(conn, found.configuration_id if found else None, reason)
+            await store.count_launch_refusal(conn, found.configuration_id if found else None, reason, zone)
     if status in _NOT_IN_FORCE:
         raise UnknownIssuer(_NOT_IN_FORCE[status], reason=reason)
     raise UnknownIssuer("This EHR's FHIR server is not approved for virtual visits here. Ask your "

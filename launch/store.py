@@ -111,16 +111,19 @@ async def start_launch(conn: asyncpg.Connection, state_hash: bytes, iss: str, tt
     return LaunchStart(row["id"], row["status"], row["client_id"], row["client_auth"], row["scopes"]) if row else None
 
 
-async def count_launch_refusal(conn: asyncpg.Connection, configuration_id: int | None, reason: str) -> None:
+async def count_launch_refusal(conn: asyncpg.Connection, configuration_id: int | None, reason: str,
+                               default_zone: str) -> None:
     """Count one failed launch for the error report (per configuration, reason and day); a code that is not
-    one of ours in shape is counted as "other"."""
-    await conn.execute(Q["count_launch_refusal"], configuration_id, code_or_other(reason))
+    one of ours in shape is counted as "other". The day is today in the configuration's organisation's time
+    zone, or default_zone (the gateway's, Settings.time_zone) when it has none or no organisation."""
+    await conn.execute(Q["count_launch_refusal"], configuration_id, code_or_other(reason), default_zone)
 
 
-async def note_near_miss(conn: asyncpg.Connection, miss: NearMiss) -> None:
+async def note_near_miss(conn: asyncpg.Connection, miss: NearMiss, default_zone: str) -> None:
     """Keep a near miss's URL (as admins may see it) for its configuration's error report, once a day, within
-    the day's cap."""
-    await conn.execute(Q["note_near_miss"], miss.configuration_id, miss.shown, miss.difference, NEAR_MISSES_PER_DAY)
+    the day's cap; the day is the organisation's (default_zone: as count_launch_refusal)."""
+    await conn.execute(Q["note_near_miss"], miss.configuration_id, miss.shown, miss.difference, NEAR_MISSES_PER_DAY,
+                       default_zone)
 
 
 class ApprovedBases:

@@ -92,12 +92,13 @@ async def dead_letter_visit(conn: asyncpg.Connection, visit_id: UUID, up_to_even
 
 async def record_attempt(conn: asyncpg.Connection, visit_id: UUID, configuration_id: int, up_to_event_id: int,
                          strategy: str, outcome: str, http_status: int | None, reason: str | None,
-                         version_id: str | None, duration_ms: int) -> None:
+                         version_id: str | None, duration_ms: int, default_zone: str) -> None:
     """Append one attempt to the audit; a failed one (retry, dead, disabled) is also counted for the error
-    report, by its reason's code (gateway.reasons.writeback_code)."""
+    report, by its reason's code (gateway.reasons.writeback_code), on today in the configuration's
+    organisation's time zone, or default_zone (the gateway's, Settings.time_zone) when it has none."""
     code = writeback_code(reason) if reason else "other"
     await conn.execute(Q["record_attempt"], visit_id, configuration_id, up_to_event_id, strategy, outcome,
-                       http_status, reason, version_id, duration_ms, code)
+                       http_status, reason, version_id, duration_ms, code, default_zone)
 
 
 async def disable(conn: asyncpg.Connection, configuration_id: int, reason: str) -> bool:

@@ -389,7 +389,7 @@ class WritebackWorker:
                        outcome: str, status: int | None, reason: str | None, version: str | None,
                        started: float) -> None:
         await outbox.record_attempt(conn, visit_id, config.id, up_to, config.strategy, outcome, status, reason,
-                                    version, int((time.monotonic() - started) * 1000))
+                                    version, int((time.monotonic() - started) * 1000), self._settings.time_zone)
         self._metrics.attempts.labels(outcome).inc()
 
     async def _finish(self, config: WritebackConfig, visit_id: UUID, outcome: Outcome, started: float) -> None:

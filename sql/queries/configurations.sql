@@ -124,5 +124,11 @@ SELECT details -> 'after' ->> 'kid' FROM audit_log WHERE action = 'key.rotate' O
 -- An organisation's own time zone (NULL: the gateway's), for its reports, queues and messages.
 SELECT time_zone FROM organisations WHERE id = $1;
 
+-- name: zone_known
+-- Whether the database knows a time zone name: the error report's counters turn now() into the organisation's
+-- day in the statement, and a name only Python's tz data has would make every count of it fail. Read on an
+-- admin's change only (the view lists the server's zone files).
+SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1);
+
 -- name: set_organisation_time_zone
 UPDATE organisations SET time_zone = $2 WHERE id = $1 RETURNING id;

@@ -1,5 +1,6 @@
 -- The portal's error report: an organisation's launch failures, near misses and write-back failures per
--- configuration, reason and day (UTC), from the counters kept as failures happen (buckets added up here).
+-- configuration, reason and day (the organisation's days: each counter counts on today in the configuration's
+-- organisation's time zone), from the counters kept as failures happen (buckets added up here).
 
 -- name: organisation_configurations
 SELECT id, fhir_base_url, environment, ehr, status FROM configurations WHERE organisation_id = $1 ORDER BY id;

@@ -14,10 +14,16 @@ WITH c AS (
 SELECT c.id, c.status, c.client_id, c.client_auth, c.scopes FROM c LEFT JOIN kept ON kept.configuration_id = c.id;
 
 -- name: count_launch_refusal
--- The error report's counter of failed launches: per configuration (NULL: an unknown `iss`), day (UTC),
--- reason and bucket (this connection's: connections counting at once update different rows).
+-- The error report's counter of failed launches: per configuration (NULL: an unknown `iss`), day, reason and
+-- bucket (this connection's: connections counting at once update different rows). The day is today in the
+-- configuration's organisation's time zone, or the gateway's ($3) when it has none of its own or the
+-- configuration no organisation (an unknown `iss`), so the report's days are the organisation's.
 INSERT INTO launch_refusals (configuration_id, reason, day, bucket, count)
-VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date, (pg_backend_pid() % 64)::smallint, 1)
+VALUES ($1, $2,
+        (now() AT TIME ZONE coalesce((SELECT o.time_zone FROM configurations c
+                                      JOIN organisations o ON o.id = c.organisation_id
+                                      WHERE c.id = $1), $3::text))::date,
+        (pg_backend_pid() % 64)::smallint, 1)
 ON CONFLICT ((coalesce(configuration_id, 0)), day, reason, bucket)
     DO UPDATE SET count = launch_refusals.count + 1;
 
@@ -27,11 +33,16 @@ SELECT id, fhir_base_url FROM configurations WHERE status = 'approved' ORDER BY 
 
 -- name: note_near_miss
 -- Keep a near miss's URL once per configuration and day, unless that configuration has $4 of them that day
--- already (a flood of made-up URLs stays bounded). Insert-only: repeats touch no row.
+-- already (a flood of made-up URLs stays bounded). Insert-only: repeats touch no row. The day (and so the
+-- cap's day) is today in the configuration's organisation's time zone, or the gateway's ($5).
+WITH today AS (
+    SELECT (now() AT TIME ZONE coalesce((SELECT o.time_zone FROM configurations c
+                                         JOIN organisations o ON o.id = c.organisation_id
+                                         WHERE c.id = $1), $5::text))::date AS day
+)
 INSERT INTO launch_near_misses (configuration_id, day, iss, difference)
-SELECT $1, (now() AT TIME ZONE 'UTC')::date, $2, $3
-WHERE (SELECT count(*) FROM launch_near_misses
-       WHERE configuration_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date) < $4
+SELECT $1, t.day, $2, $3 FROM today t
+WHERE (SELECT count(*) FROM launch_near_misses WHERE configuration_id = $1 AND day = t.day) < $4
 ON CONFLICT DO NOTHING;
 
 -- name: take_launch_state

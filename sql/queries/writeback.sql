@@ -87,14 +87,19 @@ RETURNING event_id;
 
 -- name: record_attempt
 -- Append the attempt and, when it failed, count it for the error report by its reason's code ($10) in the
--- connection's bucket (one statement, so the count and the audit never disagree).
+-- connection's bucket (one statement, so the count and the audit never disagree), on today in the
+-- configuration's organisation's time zone, or the gateway's ($11) when it has none of its own or no organisation.
 WITH attempt AS (
     INSERT INTO writeback_attempts (visit_id, configuration_id, up_to_event_id, strategy, outcome, http_status,
                                     reason, version_id, duration_ms)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 )
 INSERT INTO writeback_failures (configuration_id, day, reason, outcome, bucket, count)
-SELECT $2, (now() AT TIME ZONE 'UTC')::date, $10, $5, (pg_backend_pid() % 64)::smallint, 1
+SELECT $2,
+       (now() AT TIME ZONE coalesce((SELECT o.time_zone FROM configurations c
+                                     JOIN organisations o ON o.id = c.organisation_id
+                                     WHERE c.id = $2), $11::text))::date,
+       $10, $5, (pg_backend_pid() % 64)::smallint, 1
 WHERE $5 IN ('retry', 'dead', 'disabled')
 ON CONFLICT (configuration_id, day, reason, outcome, bucket) DO UPDATE SET count = writeback_failures.count + 1;
 

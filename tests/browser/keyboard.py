@@ -15,7 +15,9 @@ FOCUS = """() => {
   if (!el || el === document.body) return {id: null, name: null, visible: false};
   const s = getComputedStyle(el);
   return {id: el.id, name: el.id || `${el.tagName.toLowerCase()} "${(el.textContent || "").trim().slice(0, 30)}"`,
-          visible: el.matches(":focus-visible") && s.outlineStyle !== "none" && parseFloat(s.outlineWidth) >= 2,
+          // On a date field's calendar button (inside the field) the field is :focus-within only.
+          visible: (el.matches(":focus-visible") || el.matches('input[type="date"]:focus-within'))
+                   && s.outlineStyle !== "none" && parseFloat(s.outlineWidth) >= 2,
           outline: `${s.outlineStyle} ${s.outlineWidth} ${s.outlineColor}`};
 }"""
 
@@ -45,6 +47,9 @@ async def tab_through(page: Page) -> list[str]:
     for _ in range(MAX_TABS):
         await page.keyboard.press("Tab")
         now = await focus(page)
+        if stops and now["name"] == stops[-1]:  # a date field's day, month, year and calendar button
+            assert now["visible"], f"the focus on {now['name']} does not show: {now}"
+            continue
         if now["name"] is None or now["name"] in stops:  # out of the page, or round again
             return stops
         assert now["visible"], f"the focus on {now['name']} does not show: {now}"

@@ -209,11 +209,11 @@ async def test_connections_counting_the_same_failure_at_once_do_not_wait_for_eac
         assert len(buckets) >= 2, "three connections of one pool share a bucket"
         first, second = list(buckets.values())[:2]
         async with first.transaction():
-            await store.count_launch_refusal(first, approved, "token_error")
+            await store.count_launch_refusal(first, approved, "token_error", "UTC")
             # The first transaction still holds its row: a second counter on that row would wait for it.
             async with second.transaction():
                 await second.execute("SET LOCAL lock_timeout = '2s'")
-                await asyncio.wait_for(store.count_launch_refusal(second, approved, "token_error"), 10)
+                await asyncio.wait_for(store.count_launch_refusal(second, approved, "token_error", "UTC"), 10)
     finally:
         for conn in held:
             await pool.release(conn)

@@ -57,8 +57,8 @@ async def test_the_error_report_is_for_the_organisations_admins_only(portal: Por
         config_id = await add_approved(conn, portal.gateway_app[SEALER], NewConfiguration(
             fhir_base_url=ehr.fhir_base, environment="test", client_id=EHR_CLIENT_ID, client_auth="private_key_jwt"),
             "test-operator", organisation_id=await organisation_id(conn, ORG))
-        await launch_store.count_launch_refusal(conn, config_id, "token_error")
-        await launch_store.note_near_miss(conn, NearMiss(config_id, "suffix", f"{ehr.fhir_base}/R4"))
+        await launch_store.count_launch_refusal(conn, config_id, "token_error", "UTC")
+        await launch_store.note_near_miss(conn, NearMiss(config_id, "suffix", f"{ehr.fhir_base}/R4"), "UTC")
     url = f"/portal/{ORG}/errors"
     r = await portal.get(url)
     assert r.status == 401, await r.text()

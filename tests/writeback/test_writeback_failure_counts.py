@@ -9,7 +9,9 @@ from collections import Counter
 from config_portal.error_report import report
 from config_portal.organisations import NewOrganisation, add_organisation
 from gateway.appkeys import SEALER
+from gateway.configurations import set_organisation_zone
 from gateway.reasons import writeback_code
+from tests.zones import local_date, zone_on_another_date
 
 from .conftest import WritebackStack, attempts, drained, people, record_all, wait_until
 
@@ -62,3 +64,26 @@ async def test_write_back_failures_are_counted_per_reason_and_outcome(wb_stack: 
     totals = {t.code: t.counts for t in found.writeback_totals()}
     assert totals == {"fhir_500": (3, 0, 0), "fhir_404": (0, 1, 0), "scope_not_granted": (0, 0, 1)}
     assert found.launches == [] and found.near_misses == []
+
+
+async def test_a_write_back_failure_counts_on_the_organisations_day(wb_stack: WritebackStack) -> None:
+    zone = zone_on_another_date()
+    async with wb_stack.pool.acquire() as conn:
+        org_id = await add_organisation(conn, wb_stack.gateway_app[SEALER], NewOrganisation(
+            slug="wb-zone", name="Write-back Zone", idp_kind="oidc", issuer="https://idp.example.org",
+            client_id="portal", client_secret="portal-secret-" + "x" * 16), "test-operator")
+        await set_organisation_zone(conn, org_id, zone, "test-operator")
+        await conn.execute("UPDATE configurations SET organisation_id = $1 WHERE id = $2", org_id,
+                           wb_stack.configuration_id)
+    await wb_stack.set_strategy("fhir-r4-put")
+    # An Encounter the EHR does not have: a dead letter at once, counted on the organisation's today.
+    missing = await wb_stack.visit("enc-does-not-exist")
+    q = await people(wb_stack.pool, missing)
+    await record_all(wb_stack.pool, missing, [(q.patient, "lobby_entered")])
+    await drained(wb_stack.pool)
+    local = local_date(zone)
+    assert local != dt.datetime.now(dt.timezone.utc).date()
+    async with wb_stack.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT day, reason, outcome, sum(count)::int AS n FROM writeback_failures "
+                                "GROUP BY day, reason, outcome")
+    assert [(r["day"], r["reason"], r["outcome"], r["n"]) for r in rows] == [(local, "fhir_404", "dead", 1)]
