@@ -19,6 +19,7 @@ from aiohttp import web
 from . import configurations, db, notify
 from .appkeys import DB, DSN, EHR, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .ehr import EhrClient
+from .errors import ConfigError
 from .meetings import default_providers
 from .notify import inbound
 from .notify.optout import OptOutSms
@@ -70,6 +71,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await db.create_pool(dsn, settings.db_pool_max)
     async with pool.acquire() as conn:
         await db.migrate(conn)
+        # Counters compute days in the gateway's zone inside SQL: a zone only Python's tz data knows would fail
+        # every one of them later, so it stops start-up now, naming the setting.
+        if not await configurations.zone_known(conn, settings.time_zone):
+            raise ConfigError(f"VISITGATE_TIME_ZONE {settings.time_zone!r} is unknown to the database; choose "
+                              "another name or update PostgreSQL's time zone data")
         # A new signing key (a rotation) is audited once, whichever process starts first with it.
         key = app[SIGNING_KEY]
         if await configurations.note_signing_key(conn, key.kid, key.alg):

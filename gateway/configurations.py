@@ -405,6 +405,11 @@ def zone_named(name: str) -> zoneinfo.ZoneInfo:
         raise ConfigError(f"the time zone must be an IANA name such as Europe/Paris, not {name[:64]!r}") from exc
 
 
+async def zone_known(conn: asyncpg.Connection, name: str) -> bool:
+    """Whether the database knows this time zone name (its counters convert to zones in SQL)."""
+    return bool(await conn.fetchval(Q["zone_known"], name))
+
+
 async def organisation_zone(conn: asyncpg.Connection, organisation_id: int | None,
                             default: str) -> zoneinfo.ZoneInfo:
     """The organisation's time zone for its reports, queues and messages; the gateway's (default) if it has
@@ -423,7 +428,7 @@ async def set_organisation_zone(conn: asyncpg.Connection, organisation_id: int, 
     if name is not None:
         zone_named(name)
         # The counters of the error report compute the organisation's day in the database (sql/queries/launch.sql).
-        if not await conn.fetchval(Q["zone_known"], name):
+        if not await zone_known(conn, name):
             raise ConfigError(f"the database does not know the time zone {name[:64]!r}: update its tz data first")
     async with conn.transaction():
         if await conn.fetchval(Q["set_organisation_time_zone"], organisation_id, name) is None:

@@ -3,11 +3,16 @@ and each organisation may keep its own time zone for its reports and messages.""
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
 import zoneinfo
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from aiohttp.test_utils import TestServer, unused_port
 
+from gateway import Settings, create_app
 from gateway.appkeys import DB
 from gateway.configurations import organisation_zone, set_organisation_zone
 from gateway.errors import ConfigError
@@ -70,3 +75,24 @@ async def test_organisation_time_zone_is_its_own_or_the_gateways(stack: Stack) -
         audited = await conn.fetch("SELECT details FROM audit_log WHERE action = 'organisation.time_zone' "
                                    "AND organisation_id = $1 ORDER BY id", org)
     assert [json.loads(r["details"])["time_zone"] for r in audited] == ["Europe/Paris", None]
+
+
+async def test_a_gateway_zone_the_database_does_not_know_stops_start_up_by_name(
+        database_url: str, signing_key_pem: bytes, tmp_path: Path) -> None:
+    # Python's tz data knows this zone and PostgreSQL's does not (the two can be of different ages).
+    (tmp_path / "Visitgate").mkdir()
+    shutil.copy(Path(zoneinfo.TZPATH[0] if zoneinfo.TZPATH else "/usr/share/zoneinfo") / "Europe" / "Paris",
+                tmp_path / "Visitgate" / "Elsewhere")
+    zoneinfo.reset_tzpath(to=[str(tmp_path), *zoneinfo.TZPATH])
+    try:
+        port = unused_port()
+        settings = Settings(public_url=f"http://127.0.0.1:{port}", secret_key=secrets.token_bytes(32),
+                            signing_key_pem=signing_key_pem, database_url=database_url, port=port,
+                            time_zone="Visitgate/Elsewhere")
+        server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+        with pytest.raises(ConfigError, match="VISITGATE_TIME_ZONE"):
+            await server.start_server()
+        await server.close()
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache(only_keys=["Visitgate/Elsewhere"])
