@@ -180,3 +180,11 @@ class GatewayTimeout(UpstreamError):
     status = 504
     reason = "upstream_timeout"
     title = "The EHR did not answer in time"
+
+
+class WebhookRefused(VisitgateError):
+    """A call to one of our webhooks (Graph's change notifications) that does not prove it is for us: 403."""
+
+    status = 403
+    reason = "notification_refused"
+    title = "This notification was refused"

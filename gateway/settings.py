@@ -117,6 +117,18 @@ class Settings:
     webhook_allow_http_loopback: bool = False
     """Tests only: deliver to http://127.0.0.1 (otherwise https only, and never to private addresses)."""
 
+    graph_notification_key_pem: bytes | None = field(default=None, repr=False)
+    """PEM RSA private key Graph encrypts Teams meeting notifications to (a certificate for it is made at start-up).
+    Without it, no Teams meeting is subscribed to and presence in Teams visits is not live."""
+    graph_subscription_lifetime: int = 3 * 24 * 3600 - 600
+    """Seconds a Teams meeting's Graph subscription is asked to last (Graph allows at most three days)."""
+    graph_renew_before: int = 12 * 3600
+    """Renew a subscription when it has less than this many seconds left."""
+    graph_poll_interval: float = 1.0
+    """Seconds between this process's looks for queued notifications, renewals and reconciliations due."""
+    graph_reconcile_delay: float = 300.0
+    """Seconds after a meeting's call ended (or notifications were missed) before its attendance report is read."""
+
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:
             raise ConfigError("VISITGATE_SECRET_KEY must hold at least 32 bytes (base64)")
@@ -193,6 +205,8 @@ class Settings:
             visit_grace=_seconds(env, "VISITGATE_VISIT_GRACE", 60 * 60, least=0),
             webhook_retry_window=_seconds(env, "VISITGATE_WEBHOOK_RETRY_WINDOW", 24 * 3600, least=1),
             webhook_allow_http_loopback=_flag(env.get("VISITGATE_WEBHOOK_ALLOW_HTTP_LOOPBACK", "")),
+            graph_notification_key_pem=Path(env["VISITGATE_GRAPH_NOTIFICATION_KEY_FILE"].strip()).read_bytes()
+            if env.get("VISITGATE_GRAPH_NOTIFICATION_KEY_FILE", "").strip() else None,
             idp_ca_file=Path(env["VISITGATE_IDP_CA_FILE"]) if env.get("VISITGATE_IDP_CA_FILE", "").strip() else None,
             **_writeback_from_env(env),
             **_ice_from_env(env),

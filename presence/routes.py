@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
+from . import teams_webhook
 from .announcer import Announcer
 from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, WEBHOOKS, WRITEBACK
 from .backend_auth import BackendTokens
@@ -39,6 +40,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
     app.cleanup_ctx.append(_sweeper)  # ends visits left idle or past their window
     app.cleanup_ctx.append(_webhooks)  # the customers' webhook endpoints, from their own outbox
+    teams_webhook.setup(app)  # Graph's notifications of Teams meetings, and their worker
 
 
 async def _announcer(app: web.Application) -> AsyncIterator[None]:

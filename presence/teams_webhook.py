@@ -1,0 +1,92 @@
+"""The webhook Graph calls with a Teams meeting's change and lifecycle notifications, and its worker's lifetime.
+
+Server to server: outside the EHR's frame, no cookies and no CSRF check (the clientState of each notification
+proves it, see presence.teams_events). The handler answers Graph's validation handshake, checks what is cheap,
+queues durably and answers 202; the worker does the rest.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from aiohttp import web
+
+from gateway.appkeys import DB, SETTINGS
+from gateway.errors import BadRequest, WebhookRefused
+from gateway.web import csrf_exempt, serves_json
+
+from .appkeys import ANNOUNCER, TEAMS, TEAMS_GRAPH
+from .teams_events import LIFECYCLE_PATH, NOTIFICATION_PATH, TeamsEvents
+
+_MAX_TOKEN = 2048  # a validationToken longer than this is not Graph's
+
+
+def _validation(request: web.Request) -> web.Response | None:
+    token = request.query.get("validationToken")
+    if token is None:
+        return None
+    if not token or len(token) > _MAX_TOKEN:
+        raise BadRequest("The validation token is not one Graph sends.", reason="malformed_notification")
+    # Graph wants the token back as it sent it (decoded), as plain text, within ten seconds.
+    return web.Response(text=token, content_type="text/plain")
+
+
+async def _receive(request: web.Request, *, lifecycle: bool) -> web.Response:
+    answer = _validation(request)
+    if answer is not None:
+        return answer
+    teams = request.app[TEAMS]
+    try:
+        document = json.loads(await request.read())
+    except ValueError:
+        raise BadRequest("The body is not JSON.", reason="malformed_json") from None
+    rows = await teams.screen(document, lifecycle=lifecycle)
+    if not rows:
+        raise WebhookRefused("No notification in this call is for a subscription of ours.")
+    await teams.intake.put(rows)
+    return web.Response(status=202)
+
+
+@csrf_exempt
+@serves_json
+async def graph_notifications(request: web.Request) -> web.Response:
+    """POST /graph/notifications: Graph's change notifications (and its validation handshake)."""
+    return await _receive(request, lifecycle=False)
+
+
+@csrf_exempt
+@serves_json
+async def graph_lifecycle(request: web.Request) -> web.Response:
+    """POST /graph/lifecycle: Graph's lifecycle notifications (and its validation handshake)."""
+    return await _receive(request, lifecycle=True)
+
+
+async def subscribe_meeting(app: web.Application, tenant_id: str, visit_id: UUID, join_web_url: str, *,
+                            organizer_id: str, meeting_id: str) -> bool:
+    """Subscribe to a Teams visit's meeting call events (once per visit); True when a subscription is live.
+
+    Called by the Teams meeting provider after createOrGet. It never raises for Graph's refusals: presence in
+    Teams is then not live, the visit goes on, and the attendance report still fills in after the call.
+    """
+    return await app[TEAMS].subscribe(tenant_id, visit_id, join_web_url, organizer_id=organizer_id,
+                                      meeting_id=meeting_id)
+
+
+async def _worker(app: web.Application) -> AsyncIterator[None]:
+    teams = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], lambda: app.get(TEAMS_GRAPH))
+    app[TEAMS] = teams
+    teams.intake.start()
+    task = asyncio.create_task(teams.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await teams.intake.stop()
+
+
+def setup(app: web.Application) -> None:
+    """Mount the webhook routes and the worker (after the announcer's cleanup context)."""
+    app.router.add_post(NOTIFICATION_PATH, graph_notifications, name="graph_notifications")
+    app.router.add_post(LIFECYCLE_PATH, graph_lifecycle, name="graph_lifecycle")
+    app.cleanup_ctx.append(_worker)
