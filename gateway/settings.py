@@ -100,7 +100,14 @@ class Settings:
     portal_sign_in_ttl: int = 600
     """Seconds a portal sign-in may spend at the identity provider."""
     idp_ca_file: Path | None = None
-    """A CA bundle trusted for the organisations' identity providers instead of the system's (tests, demo)."""
+    """A CA bundle trusted for the organisations' identity providers, and for Microsoft Graph and Entra ID,
+    instead of the system's (tests and the demo point these at sandbox doubles with a CA of their own)."""
+    graph_url: str = "https://graph.microsoft.com"
+    """Microsoft Graph's origin (https only; the national clouds have their own)."""
+    entra_authority_host: str = "https://login.microsoftonline.com"
+    """Entra ID's authority host (https only); a tenant's authority is <host>/<tenant id>."""
+    graph_budget: float = 8.0
+    """Seconds one Graph call may take in all, retries of 429 and 5xx included, unless its caller gives less."""
     visit_idle_end: float = 30 * 60
     """Seconds without anyone connected after a visit started (both sides present once) before it ends."""
     visit_grace: float = 60 * 60
@@ -208,9 +215,20 @@ class Settings:
             graph_notification_key_pem=Path(env["VISITGATE_GRAPH_NOTIFICATION_KEY_FILE"].strip()).read_bytes()
             if env.get("VISITGATE_GRAPH_NOTIFICATION_KEY_FILE", "").strip() else None,
             idp_ca_file=Path(env["VISITGATE_IDP_CA_FILE"]) if env.get("VISITGATE_IDP_CA_FILE", "").strip() else None,
+            graph_url=_https_origin(env, "VISITGATE_GRAPH_URL", "https://graph.microsoft.com"),
+            entra_authority_host=_https_origin(env, "VISITGATE_ENTRA_AUTHORITY_HOST",
+                                               "https://login.microsoftonline.com"),
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )
+
+
+def _https_origin(env: Mapping[str, str], name: str, default: str) -> str:
+    """An https origin from the environment (MSAL and Graph take nothing else), without a trailing slash."""
+    raw = env.get(name, "").strip().rstrip("/") or default
+    if not raw.startswith("https://") or "?" in raw or "#" in raw:
+        raise ConfigError(f"{name} must be an https origin like {default}")
+    return raw
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int, least: int) -> int:
