@@ -1,13 +1,17 @@
 """Typed application keys of the presence part."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
+
+from gateway.graph import TeamsTenant
 
 from .announcer import Announcer
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
-from .teams_events import GraphPort, TeamsEvents
+from .teams_events import TeamsEvents
 from .limits import StoreBudget
 from .visit_end import VisitSweeper
 from .webhooks import WebhookWorker
@@ -23,4 +27,6 @@ CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages e
 SWEEPER = web.AppKey("visit_sweeper", VisitSweeper)  # ends idle visits and visits past their window
 WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)  # follows events into the webhook outbox, delivers them
 TEAMS = web.AppKey("teams_events", TeamsEvents)  # Graph subscriptions of Teams meetings, their webhook and worker
-TEAMS_GRAPH = web.AppKey("teams_graph", GraphPort)  # how presence calls Graph (the gateway's one Graph client)
+# An organisation's Teams settings by Entra tenant id, for background Graph calls (renewals) in any process.
+TenantLookup = Callable[[str], Awaitable[TeamsTenant | None]]
+TEAMS_TENANTS: web.AppKey[TenantLookup] = web.AppKey("teams_tenants")

@@ -191,12 +191,11 @@ class Intake:
 class TeamsEvents:
     """Subscriptions to Teams meetings, the webhook's checks, and the worker that turns notifications into events."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, announcer: Announcer,
-                 graph: Callable[[], GraphPort | None]) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, announcer: Announcer, port: GraphPort) -> None:
         self._pool = pool
         self._settings = settings
         self._announcer = announcer
-        self._graph = graph
+        self.port = port  # how Graph is called; tests put one of their own here
         self.key = (NotificationKey.from_pem(settings.graph_notification_key_pem)
                     if settings.graph_notification_key_pem else None)
         # Keys of their own, derived from the gateway key: one proves clientStates, one digests Teams identities.
@@ -247,9 +246,9 @@ class TeamsEvents:
     async def subscribe(self, tenant_id: str, visit_id: UUID, join_web_url: str, *, organizer_id: str,
                         meeting_id: str) -> bool:
         """Subscribe to the meeting's call events once per visit; True when a subscription is live."""
-        graph = self._graph()
-        if self.key is None or graph is None:
-            log.warning("Teams presence is off: no Graph notification key or no Graph client configured")
+        graph = self.port
+        if self.key is None:
+            log.warning("Teams presence is off: no Graph notification key (VISITGATE_GRAPH_NOTIFICATION_KEY_FILE)")
             return False
         async with self._pool.acquire() as conn:
             subscription_id = await conn.fetchval(Q["create_subscription"], visit_id, tenant_id, organizer_id,
@@ -496,8 +495,8 @@ class TeamsEvents:
 
     async def renew(self, subscription: Subscription) -> bool:
         """Move the subscription's expiry a full lifetime on (also what reauthorizes it); True if Graph did."""
-        graph = self._graph()
-        if graph is None or subscription.graph_id is None:
+        graph = self.port
+        if subscription.graph_id is None:
             return False
         expires = _now() + dt.timedelta(seconds=self._settings.graph_subscription_lifetime)
         status, answer = await graph(subscription.tenant_id, "PATCH",
@@ -548,9 +547,7 @@ class TeamsEvents:
     async def reconcile(self, subscription: Subscription) -> int:
         """Add what the attendance report shows and the event log lacks, once: each stretch a participant
         attended gets a `connected` (and a `disconnected` when it ended) unless one is there already."""
-        graph = self._graph()
-        if graph is None:
-            return 0
+        graph = self.port
         base = (f"/users/{quote(subscription.organizer_id, safe='')}"
                 f"/onlineMeetings/{quote(subscription.meeting_id, safe='')}/attendanceReports")
         status, reports = await graph(subscription.tenant_id, "GET", base)

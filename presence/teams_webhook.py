@@ -13,11 +13,12 @@ from uuid import UUID
 
 from aiohttp import web
 
-from gateway.appkeys import DB, SETTINGS
-from gateway.errors import BadRequest, WebhookRefused
+from gateway.appkeys import DB, GRAPH, SETTINGS
+from gateway.errors import BadRequest, GraphRefused, GraphUnavailable, WebhookRefused
+from gateway.graph import GraphClient, TeamsTenant
 from gateway.web import csrf_exempt, serves_json
 
-from .appkeys import ANNOUNCER, TEAMS, TEAMS_GRAPH
+from .appkeys import ANNOUNCER, TEAMS, TEAMS_TENANTS
 from .teams_events import LIFECYCLE_PATH, NOTIFICATION_PATH, TeamsEvents
 
 _MAX_TOKEN = 2048  # a validationToken longer than this is not Graph's
@@ -63,19 +64,53 @@ async def graph_lifecycle(request: web.Request) -> web.Response:
     return await _receive(request, lifecycle=True)
 
 
-async def subscribe_meeting(app: web.Application, tenant_id: str, visit_id: UUID, join_web_url: str, *,
+class ClientPort:
+    """presence.teams_events' way to Graph, through the gateway's one Graph client (gateway.graph).
+
+    Background work (renewals, lifecycle, reconciliation) knows a subscription's tenant by its id only: the
+    tenants this process met in subscribe_meeting are remembered in memory (their credentials are never
+    written by this module), others are asked of `TEAMS_TENANTS` (the organisation's Teams settings).
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self.tenants: dict[str, TeamsTenant] = {}
+
+    async def __call__(self, tenant_id: str, method: str, path: str, *, json: object = None,
+                       beta: bool = False) -> tuple[int, object]:
+        """Call Graph; Graph's 4xx refusals come back as their status (the caller decides), faults raise."""
+        tenant = self.tenants.get(tenant_id)
+        lookup = self._app.get(TEAMS_TENANTS)
+        if tenant is None and lookup is not None:
+            tenant = await lookup(tenant_id)
+        if tenant is None:
+            raise GraphUnavailable("No Teams settings are known for this tenant.", reason="graph_tenant_unknown")
+        client: GraphClient = self._app[GRAPH]
+        try:
+            # A POST that failed with a 5xx may have created the subscription: not retried blindly.
+            answer = await client.request(tenant, method, path, json=json, beta=beta,
+                                          retry_server_errors=method != "POST")
+        except GraphRefused as exc:
+            return exc.upstream_status or 400, None
+        return answer.status, answer.json
+
+
+async def subscribe_meeting(app: web.Application, tenant: TeamsTenant, visit_id: UUID, join_web_url: str, *,
                             organizer_id: str, meeting_id: str) -> bool:
     """Subscribe to a Teams visit's meeting call events (once per visit); True when a subscription is live.
 
     Called by the Teams meeting provider after createOrGet. It never raises for Graph's refusals: presence in
     Teams is then not live, the visit goes on, and the attendance report still fills in after the call.
     """
-    return await app[TEAMS].subscribe(tenant_id, visit_id, join_web_url, organizer_id=organizer_id,
-                                      meeting_id=meeting_id)
+    teams = app[TEAMS]
+    if isinstance(teams.port, ClientPort):
+        teams.port.tenants[tenant.tenant_id] = tenant
+    return await teams.subscribe(tenant.tenant_id, visit_id, join_web_url, organizer_id=organizer_id,
+                                 meeting_id=meeting_id)
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
-    teams = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], lambda: app.get(TEAMS_GRAPH))
+    teams = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], ClientPort(app))
     app[TEAMS] = teams
     teams.intake.start()
     task = asyncio.create_task(teams.run())
