@@ -131,6 +131,8 @@ class Settings:
     """Seconds a Teams meeting's Graph subscription is asked to last (Graph allows at most three days)."""
     graph_renew_before: int = 12 * 3600
     """Renew a subscription when it has less than this many seconds left."""
+    graph_worker_enabled: bool = True
+    """Run the worker that decrypts Graph's queued notifications in this process (any number of processes may)."""
     graph_poll_interval: float = 1.0
     """Seconds between this process's looks for queued notifications, renewals and reconciliations due."""
     graph_reconcile_delay: float = 300.0
@@ -212,6 +214,7 @@ class Settings:
             visit_grace=_seconds(env, "VISITGATE_VISIT_GRACE", 60 * 60, least=0),
             webhook_retry_window=_seconds(env, "VISITGATE_WEBHOOK_RETRY_WINDOW", 24 * 3600, least=1),
             webhook_allow_http_loopback=_flag(env.get("VISITGATE_WEBHOOK_ALLOW_HTTP_LOOPBACK", "")),
+            graph_worker_enabled=_flag(env.get("VISITGATE_GRAPH_WORKER_ENABLED", "").strip() or "on"),
             graph_notification_key_pem=Path(env["VISITGATE_GRAPH_NOTIFICATION_KEY_FILE"].strip()).read_bytes()
             if env.get("VISITGATE_GRAPH_NOTIFICATION_KEY_FILE", "").strip() else None,
             idp_ca_file=Path(env["VISITGATE_IDP_CA_FILE"]) if env.get("VISITGATE_IDP_CA_FILE", "").strip() else None,

@@ -7,7 +7,6 @@ queues durably and answers 202; the worker does the rest.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from uuid import UUID
 
@@ -16,7 +15,7 @@ from aiohttp import web
 from gateway.appkeys import DB, GRAPH, SETTINGS
 from gateway.errors import BadRequest, GraphRefused, GraphUnavailable, WebhookRefused
 from gateway.graph import GraphClient, TeamsTenant
-from gateway.web import csrf_exempt, serves_json
+from gateway.web import MISSING, csrf_exempt, json_body, serves_json
 
 from .appkeys import ANNOUNCER, TEAMS, TEAMS_TENANTS
 from .teams_events import LIFECYCLE_PATH, NOTIFICATION_PATH, TeamsEvents
@@ -39,11 +38,10 @@ async def _receive(request: web.Request, *, lifecycle: bool) -> web.Response:
     if answer is not None:
         return answer
     teams = request.app[TEAMS]
-    try:
-        document = json.loads(await request.read())
-    except ValueError:
-        raise BadRequest("The body is not JSON.", reason="malformed_json") from None
-    rows = await teams.screen(document, lifecycle=lifecycle)
+    document = json_body(request)  # parsed and checked once, by the input check
+    if document is MISSING:
+        raise BadRequest("Graph's notifications are JSON (application/json).", reason="malformed_json")
+    rows = await teams.screen(document, lifecycle=lifecycle, text=(await request.read()).decode())
     if not rows:
         raise WebhookRefused("No notification in this call is for a subscription of ours.")
     await teams.intake.put(rows)
@@ -113,10 +111,11 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
     teams = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], ClientPort(app))
     app[TEAMS] = teams
     teams.intake.start()
-    task = asyncio.create_task(teams.run())
+    task = asyncio.create_task(teams.run()) if app[SETTINGS].graph_worker_enabled else None
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     await teams.intake.stop()
 
 
