@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,11 +63,17 @@ class GraphStack:
 
 @asynccontextmanager
 async def graph_double(folder: Path, *, redirect_uris: tuple[str, ...] = (),
-                       policy_for: tuple[str, ...] | None = (CLINICIAN_OID,)) -> AsyncIterator[GraphStack]:
+                       policy_for: tuple[str, ...] | None = (CLINICIAN_OID,), port: int = 0,
+                       server_context: ssl.SSLContext | None = None) -> AsyncIterator[GraphStack]:
     """The double on https://127.0.0.1 with one tenant, one application (certificate and secret, the meetings
-    role, access policy for `policy_for`; None: the whole tenant) and two users."""
+    role, access policy for `policy_for`; None: the whole tenant) and two users. With server_context, it serves
+    with that (a CA another fixture made in folder) instead of making its own."""
     from sandbox.appkeys import ENTRA, GRAPH
-    tls = make_sandbox_tls(folder)
+    if server_context is None:
+        tls = make_sandbox_tls(folder)
+        server_context, ca_path = tls.server_context, tls.ca_path
+    else:
+        ca_path = folder / "test-ca.pem"
     app = create_graph_double_app()
     entra, graph = app[ENTRA], app[GRAPH]
     tenant = entra.tenant(TENANT_ID)
@@ -81,5 +88,5 @@ async def graph_double(folder: Path, *, redirect_uris: tuple[str, ...] = (),
         graph.grant_policy(TENANT_ID, CLIENT_ID)
     for oid in policy_for or ():
         graph.grant_policy(TENANT_ID, CLIENT_ID, oid)
-    async with serve(app, tls.server_context) as origin:
-        yield GraphStack(origin, tls.ca_path, app, entra, graph)
+    async with serve(app, server_context, port=port) as origin:
+        yield GraphStack(origin, ca_path, app, entra, graph)
