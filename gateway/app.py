@@ -20,6 +20,7 @@ from . import configurations, db, notify
 from .appkeys import DB, DSN, EHR, GRAPH, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .ehr import EhrClient
 from .graph import GraphClient
+from .teams import TeamsMeetings
 from .meetings import default_providers
 from .security import Sealer, SigningKey
 from .settings import Settings
@@ -105,6 +106,7 @@ async def _graph_client(app: web.Application) -> AsyncIterator[None]:
     graph = GraphClient(app[HTTP], graph_url=settings.graph_url, authority_host=settings.entra_authority_host,
                         ca_file=settings.idp_ca_file, timeout=settings.http_timeout, budget=settings.graph_budget)
     app[GRAPH] = graph
+    app[MEETINGS][TeamsMeetings.name] = TeamsMeetings(graph)  # a Teams meeting needs Graph, so it comes with it
     try:
         yield
     finally:

@@ -31,6 +31,7 @@ import random
 import re
 import ssl
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import msal
 import requests
 from cryptography import x509
@@ -48,6 +50,10 @@ from .ehr import is_json
 from .errors import (GraphError, GraphPolicyDenied, GraphRefused, GraphThrottled, GraphUnavailable)
 
 log = logging.getLogger(__name__)
+
+# MSAL warns on every flow whose response_mode is not form_post; the clinician's pop-up asks for query on purpose
+# (as the portal does, config_portal/idp.py): a cross-site form POST would not carry SameSite=Lax cookies.
+warnings.filterwarnings("ignore", message=re.escape("response_mode='form_post' is recommended"), category=UserWarning)
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 """The app-only scope: whatever application roles an admin consented to (the token's audience is Graph,
@@ -232,7 +238,7 @@ class GraphClient:
             app = msal.ConfidentialClientApplication(
                 tenant.client_id, client_credential=credential, http_client=session, timeout=self.timeout,
                 authority=f"{self.authority_host}/{tenant.tenant_id}", instance_discovery=False,
-                token_cache=cache)
+                token_cache=cache, exclude_scopes=["offline_access"])
         except BaseException:
             session.close()
             raise
@@ -283,6 +289,79 @@ class GraphClient:
                                                  f"certificate or secret is registered and unexpired.")
             raise GraphUnavailable(f"Entra ID gave no token ({error or 'no answer'})", reason="entra_unavailable")
         return result
+
+    # --- a clinician's one-time sign-in (authorization code flow with PKCE) -----------------------------
+
+    async def begin_sign_in(self, tenant: TeamsTenant, redirect_uri: str, state: str) -> dict[str, Any]:
+        """Start a clinician's sign-in to the tenant: MSAL's flow (auth_uri, PKCE verifier, nonce) with our
+        state; no refresh token is asked for (offline_access excluded), as none is kept."""
+        app = await self._app(tenant)
+        try:
+            flow: dict[str, Any] = await asyncio.to_thread(
+                app.initiate_auth_code_flow, [], redirect_uri=redirect_uri, state=state, response_mode="query",
+                prompt="select_account")
+        except Exception as exc:  # MSAL's ValueErrors and requests' errors alike
+            raise GraphUnavailable("the Microsoft sign-in could not be started", reason="entra_unavailable") from exc
+        if flow.get("state") != state or not str(flow.get("auth_uri", "")).startswith(self.authority_host + "/"):
+            raise GraphError("the Microsoft sign-in gave an unusable address", reason="entra_invalid")
+        return flow
+
+    async def finish_sign_in(self, tenant: TeamsTenant, flow: dict[str, Any],
+                             response: Mapping[str, str]) -> tuple[str, str]:
+        """Redeem the sign-in's code (PKCE checked by Entra, state and nonce by MSAL), verify the id_token's
+        signature, issuer, audience and tenant here, forget every token, and answer (object ID, tenant ID)."""
+        if "error" in response:
+            code = "".join(c for c in response["error"][:64] if c.isalnum() or c == "_")
+            raise GraphRefused(f"the Microsoft sign-in was refused ({code})", reason="entra_sign_in_refused")
+        app = await self._app(tenant)
+        try:
+            result = await asyncio.to_thread(self._redeem, app, flow, dict(response))
+        except Exception as exc:  # MSAL raises on a state or nonce mismatch, or an undecodable id_token
+            raise GraphRefused("the Microsoft sign-in's answer did not check out",
+                               reason="entra_sign_in_refused") from exc
+        id_token = result.get("id_token")
+        if not isinstance(id_token, str):
+            raise GraphRefused("the Microsoft sign-in gave no id_token", reason="entra_sign_in_refused")
+        claims = await self._verify_id_token(tenant, id_token, str(flow.get("nonce", "")))
+        return str(claims["oid"]), str(claims["tid"])
+
+    @staticmethod
+    def _redeem(app: msal.ConfidentialClientApplication, flow: dict[str, Any],
+                response: dict[str, str]) -> dict[str, Any]:
+        """In a thread: MSAL redeems the code, then its cache forgets the clinician (no token is kept)."""
+        result: dict[str, Any] = app.acquire_token_by_auth_code_flow(flow, response)
+        claims = result.get("id_token_claims") or {}
+        for account in app.get_accounts():
+            if account.get("local_account_id") in (claims.get("oid"), claims.get("sub")):
+                app.remove_account(account)
+        return result
+
+    async def _verify_id_token(self, tenant: TeamsTenant, id_token: str, nonce: str) -> dict[str, Any]:
+        keys_url = f"{self.authority_host}/{tenant.tenant_id}/discovery/v2.0/keys"
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._http.get(keys_url, ssl=self._ssl, allow_redirects=False) as response:
+                    if response.status != 200:
+                        raise GraphUnavailable("Entra ID's keys could not be read", reason="entra_unavailable")
+                    keys = await response.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise GraphUnavailable("Entra ID's keys could not be read", reason="entra_unavailable") from exc
+        try:
+            kid = jwt.get_unverified_header(id_token).get("kid")
+            jwk = next(k for k in keys.get("keys", []) if isinstance(k, dict) and k.get("kid") == kid)
+            claims: dict[str, Any] = jwt.decode(
+                id_token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience=tenant.client_id,
+                issuer=f"{self.authority_host}/{tenant.tenant_id}/v2.0", leeway=60,
+                options={"require": ["exp", "iat", "iss", "aud", "oid", "tid"]})
+        except (StopIteration, AttributeError, jwt.PyJWTError) as exc:
+            raise GraphRefused("the Microsoft sign-in's id_token did not check out",
+                               reason="entra_sign_in_refused") from exc
+        # MSAL sends the nonce hashed and compares it itself; checked again here against what it sent.
+        if claims.get("nonce") != hashlib.sha256(nonce.encode()).hexdigest() or claims["tid"] != tenant.tenant_id \
+                or not is_guid(str(claims["oid"])):
+            raise GraphRefused("the Microsoft sign-in's id_token is not for this tenant or sign-in",
+                               reason="entra_sign_in_refused")
+        return claims
 
     # --- requests --------------------------------------------------------------------------------------
 
