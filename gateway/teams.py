@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -215,6 +216,8 @@ class TeamsMeetings:
 
     def __init__(self, graph: GraphClient) -> None:
         self._graph = graph
+        # Called (without waiting) once a visit's meeting stands: presence subscribes to its call events here.
+        self.on_meeting: list[Callable[[UUID, Organizer, str, str | None], None]] = []
 
     async def create_meeting(self, visit_id: str, *, organizer: Any = None, deadline: float | None = None) -> Meeting:
         """createOrGet the visit's meeting for its organizer (idempotent by externalId: concurrent launches
@@ -258,4 +261,7 @@ async def ensure_meeting(conn: asyncpg.Connection, sealer: Sealer, provider: Tea
     except GraphPolicyDenied as exc:
         await note_problem(conn, organizer.organisation_id, exc.admin_message)
         raise
-    return await set_meeting(conn, sealer, visit_id, meeting)
+    meeting_id, join_url = await set_meeting(conn, sealer, visit_id, meeting)
+    for hook in provider.on_meeting:
+        hook(visit_id, organizer, meeting_id, join_url)
+    return meeting_id, join_url

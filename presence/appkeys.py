@@ -1,11 +1,7 @@
 """Typed application keys of the presence part."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
-
-from gateway.graph import TeamsTenant
 
 from .announcer import Announcer
 from .bus import PresenceBus
@@ -27,6 +23,3 @@ CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages e
 SWEEPER = web.AppKey("visit_sweeper", VisitSweeper)  # ends idle visits and visits past their window
 WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)  # follows events into the webhook outbox, delivers them
 TEAMS = web.AppKey("teams_events", TeamsEvents)  # Graph subscriptions of Teams meetings, their webhook and worker
-# An organisation's Teams settings by Entra tenant id, for background Graph calls (renewals) in any process.
-TenantLookup = Callable[[str], Awaitable[TeamsTenant | None]]
-TEAMS_TENANTS: web.AppKey[TenantLookup] = web.AppKey("teams_tenants")

@@ -70,9 +70,9 @@ class GraphPort(Protocol):
     (unreachable, throttled past its budget) arrive as gateway.errors.UpstreamError.
     """
 
-    def __call__(self, tenant_id: str, method: str, path: str, *, json: Any = None,
+    def __call__(self, tenant_key: str, method: str, path: str, *, json: Any = None,
                  beta: bool = False) -> Awaitable[tuple[int, Any]]:
-        """Call Graph (v1.0, or beta) as the application of that tenant."""
+        """Call Graph (v1.0, or beta) as the Teams application of that organisation (tenant_key)."""
         ...
 
 
@@ -83,7 +83,7 @@ class Subscription:
     id: UUID
     graph_id: str | None
     visit_id: UUID
-    tenant_id: str
+    tenant_key: str
     organizer_id: str
     meeting_id: str
     join_web_url: str
@@ -93,7 +93,7 @@ class Subscription:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Subscription:
         """From a row of the graph_events queries."""
-        return cls(row["id"], row["graph_id"], row["visit_id"], row["tenant_id"], row["organizer_id"],
+        return cls(row["id"], row["graph_id"], row["visit_id"], row["tenant_key"], row["organizer_id"],
                    row["meeting_id"], row["join_web_url"], row["status"], row["expires_at"])
 
 
@@ -185,7 +185,12 @@ class Intake:
                     continue
                 task = asyncio.create_task(self._flush(batch))
                 flushing.add(task)
-                task.add_done_callback(lambda done: (flushing.discard(done), slots.release()))
+
+                def finished(done: asyncio.Task[None]) -> None:
+                    flushing.discard(done)
+                    slots.release()
+
+                task.add_done_callback(finished)
         finally:
             for task in list(flushing):
                 task.cancel()
@@ -237,6 +242,28 @@ class TeamsEvents:
         self._known: dict[UUID, tuple[str | None, str, float]] = {}
         self.refused = 0
         self.outcomes: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        """Run work in the background (a subscription made after a launch), cancelled when the gateway stops."""
+        async def run() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug: logged; the launch it followed is long answered
+                log.exception("Teams background work failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel background work and stop the intake (the gateway is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.intake.stop()
 
     # ----- subscribing -------------------------------------------------------------------------------------
 
@@ -271,7 +298,7 @@ class TeamsEvents:
                     seconds=self._settings.graph_subscription_lifetime)),
                 "clientState": self.client_state(subscription_id)}
 
-    async def subscribe(self, tenant_id: str, visit_id: UUID, join_web_url: str, *, organizer_id: str,
+    async def subscribe(self, tenant_key: str, visit_id: UUID, join_web_url: str, *, organizer_id: str,
                         meeting_id: str) -> bool:
         """Subscribe to the meeting's call events once per visit; True when a subscription is live."""
         graph = self.port
@@ -279,15 +306,15 @@ class TeamsEvents:
             log.warning("Teams presence is off: no Graph notification key (VISITGATE_GRAPH_NOTIFICATION_KEY_FILE)")
             return False
         async with self._pool.acquire() as conn:
-            subscription_id = await conn.fetchval(Q["create_subscription"], visit_id, tenant_id, organizer_id,
+            subscription_id = await conn.fetchval(Q["create_subscription"], visit_id, tenant_key, organizer_id,
                                                   meeting_id, join_web_url)
         if subscription_id is None:
             return True  # another launch of this visit subscribed, or is subscribing
-        return await self._create(graph, subscription_id, tenant_id, join_web_url)
+        return await self._create(graph, subscription_id, tenant_key, join_web_url)
 
-    async def _create(self, graph: GraphPort, subscription_id: UUID, tenant_id: str, join_web_url: str) -> bool:
+    async def _create(self, graph: GraphPort, subscription_id: UUID, tenant_key: str, join_web_url: str) -> bool:
         try:
-            status, answer = await graph(tenant_id, "POST", "/subscriptions",
+            status, answer = await graph(tenant_key, "POST", "/subscriptions",
                                          json=self._request_body(subscription_id, join_web_url), beta=True)
         except UpstreamError as exc:
             status, answer = None, None
@@ -535,7 +562,7 @@ class TeamsEvents:
                                _now() + dt.timedelta(seconds=self._settings.graph_reconcile_delay))
         self._known.pop(subscription.id, None)
         if not ended:
-            await self.subscribe(subscription.tenant_id, subscription.visit_id, subscription.join_web_url,
+            await self.subscribe(subscription.tenant_key, subscription.visit_id, subscription.join_web_url,
                                  organizer_id=subscription.organizer_id, meeting_id=subscription.meeting_id)
 
     async def renew(self, subscription: Subscription) -> bool:
@@ -544,7 +571,7 @@ class TeamsEvents:
         if subscription.graph_id is None:
             return False
         expires = _now() + dt.timedelta(seconds=self._settings.graph_subscription_lifetime)
-        status, answer = await graph(subscription.tenant_id, "PATCH",
+        status, answer = await graph(subscription.tenant_key, "PATCH",
                                      f"/subscriptions/{quote(subscription.graph_id, safe='')}",
                                      json={"expirationDateTime": graph_time(expires)}, beta=True)
         if status == 200:
@@ -595,7 +622,7 @@ class TeamsEvents:
         graph = self.port
         base = (f"/users/{quote(subscription.organizer_id, safe='')}"
                 f"/onlineMeetings/{quote(subscription.meeting_id, safe='')}/attendanceReports")
-        status, reports = await graph(subscription.tenant_id, "GET", base)
+        status, reports = await graph(subscription.tenant_key, "GET", base)
         if status != 200 or not isinstance(reports, dict):
             raise UpstreamError(f"Graph answered {status} for attendance reports", reason="graph_error",
                                 upstream_status=status)
@@ -604,7 +631,7 @@ class TeamsEvents:
             report_id = report.get("id") if isinstance(report, dict) else None
             if not isinstance(report_id, str):
                 continue
-            status, records = await graph(subscription.tenant_id, "GET",
+            status, records = await graph(subscription.tenant_key, "GET",
                                           f"{base}/{quote(report_id, safe='')}/attendanceRecords")
             if status != 200 or not isinstance(records, dict):
                 raise UpstreamError(f"Graph answered {status} for attendance records", reason="graph_error",

@@ -7,17 +7,18 @@ queues durably and answers 202; the worker does the rest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from uuid import UUID
 
 from aiohttp import web
 
-from gateway.appkeys import DB, GRAPH, SETTINGS
+from gateway import teams
+from gateway.appkeys import DB, GRAPH, MEETINGS, SEALER, SETTINGS
 from gateway.errors import BadRequest, GraphRefused, GraphUnavailable, WebhookRefused
-from gateway.graph import GraphClient, TeamsTenant
+from gateway.graph import TeamsTenant
 from gateway.web import MISSING, csrf_exempt, json_body, serves_json
 
-from .appkeys import ANNOUNCER, TEAMS, TEAMS_TENANTS
+from .appkeys import ANNOUNCER, TEAMS
 from .teams_events import LIFECYCLE_PATH, NOTIFICATION_PATH, TeamsEvents
 
 _MAX_TOKEN = 2048  # a validationToken longer than this is not Graph's
@@ -63,60 +64,80 @@ async def graph_lifecycle(request: web.Request) -> web.Response:
 
 
 class ClientPort:
-    """presence.teams_events' way to Graph, through the gateway's one Graph client (gateway.graph).
-
-    Background work (renewals, lifecycle, reconciliation) knows a subscription's tenant by its id only: the
-    tenants this process met in subscribe_meeting are remembered in memory (their credentials are never
-    written by this module), others are asked of `TEAMS_TENANTS` (the organisation's Teams settings).
+    """presence.teams_events' way to Graph: the gateway's one Graph client (gateway.graph), as an organisation's
+    Teams application. A subscription names its organisation (its tenant_key); that organisation's Teams settings
+    are read from the database (gateway.teams) the first time this process needs them, then kept in memory.
     """
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self.tenants: dict[str, TeamsTenant] = {}
 
-    async def __call__(self, tenant_id: str, method: str, path: str, *, json: object = None,
+    async def _tenant(self, tenant_key: str) -> TeamsTenant | None:
+        tenant = self.tenants.get(tenant_key)
+        if tenant is None and tenant_key.isdigit():
+            async with self._app[DB].acquire() as conn:
+                tenant = await teams.tenant_of(conn, self._app[SEALER], int(tenant_key))
+            if tenant is not None:
+                self.tenants[tenant_key] = tenant
+        return tenant
+
+    async def __call__(self, tenant_key: str, method: str, path: str, *, json: object = None,
                        beta: bool = False) -> tuple[int, object]:
         """Call Graph; Graph's 4xx refusals come back as their status (the caller decides), faults raise."""
-        tenant = self.tenants.get(tenant_id)
-        lookup = self._app.get(TEAMS_TENANTS)
-        if tenant is None and lookup is not None:
-            tenant = await lookup(tenant_id)
+        tenant = await self._tenant(tenant_key)
         if tenant is None:
-            raise GraphUnavailable("No Teams settings are known for this tenant.", reason="graph_tenant_unknown")
-        client: GraphClient = self._app[GRAPH]
+            raise GraphUnavailable("No Teams settings are known for this organisation.",
+                                   reason="graph_tenant_unknown")
         try:
             # A POST that failed with a 5xx may have created the subscription: not retried blindly.
-            answer = await client.request(tenant, method, path, json=json, beta=beta,
-                                          retry_server_errors=method != "POST")
+            answer = await self._app[GRAPH].request(tenant, method, path, json=json, beta=beta,
+                                                    retry_server_errors=method != "POST")
         except GraphRefused as exc:
             return exc.upstream_status or 400, None
         return answer.status, answer.json
 
 
-async def subscribe_meeting(app: web.Application, tenant: TeamsTenant, visit_id: UUID, join_web_url: str, *,
-                            organizer_id: str, meeting_id: str) -> bool:
+async def subscribe_meeting(app: web.Application, organizer: teams.Organizer, visit_id: UUID, join_web_url: str,
+                            meeting_id: str) -> bool:
     """Subscribe to a Teams visit's meeting call events (once per visit); True when a subscription is live.
 
-    Called by the Teams meeting provider after createOrGet. It never raises for Graph's refusals: presence in
-    Teams is then not live, the visit goes on, and the attendance report still fills in after the call.
+    The Teams meeting provider calls it (through `TeamsMeetings.on_meeting`, in the background) once a visit's
+    meeting stands. It never raises for Graph's refusals: presence in Teams is then not live, the visit goes
+    on, and the next launch of the visit tries again.
     """
-    teams = app[TEAMS]
-    if isinstance(teams.port, ClientPort):
-        teams.port.tenants[tenant.tenant_id] = tenant
-    return await teams.subscribe(tenant.tenant_id, visit_id, join_web_url, organizer_id=organizer_id,
-                                 meeting_id=meeting_id)
+    events = app[TEAMS]
+    key = str(organizer.organisation_id)
+    if isinstance(events.port, ClientPort):
+        events.port.tenants[key] = organizer.tenant
+    return await events.subscribe(key, visit_id, join_web_url, organizer_id=organizer.oid, meeting_id=meeting_id)
+
+
+def _meeting_hook(app: web.Application) -> Callable[[UUID, teams.Organizer, str, str | None], None]:
+    def on_meeting(visit_id: UUID, organizer: teams.Organizer, meeting_id: str, join_url: str | None) -> None:
+        if join_url is not None:
+            # Not awaited: the launch goes on while Graph checks our webhook and makes the subscription.
+            app[TEAMS].spawn(subscribe_meeting(app, organizer, visit_id, join_url, meeting_id))
+
+    return on_meeting
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
-    teams = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], ClientPort(app))
-    app[TEAMS] = teams
-    teams.intake.start()
-    task = asyncio.create_task(teams.run()) if app[SETTINGS].graph_worker_enabled else None
+    events = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], ClientPort(app))
+    app[TEAMS] = events
+    provider = app[MEETINGS].get(teams.PROVIDER)
+    hook = _meeting_hook(app)
+    if isinstance(provider, teams.TeamsMeetings):
+        provider.on_meeting.append(hook)
+    events.intake.start()
+    task = asyncio.create_task(events.run()) if app[SETTINGS].graph_worker_enabled else None
     yield
+    if isinstance(provider, teams.TeamsMeetings):
+        provider.on_meeting.remove(hook)
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    await teams.intake.stop()
+    await events.stop()
 
 
 def setup(app: web.Application) -> None:

@@ -481,6 +481,8 @@ def create_graph_double_app(*, entra: EntraDouble | None = None) -> web.Applicat
     app.router.add_post("/teams/l/meetup-join/{thread}/0/join", join_post)
     app.router.add_get("/teams/meeting/{meeting}/p/{participant}", participant_page)
     app.router.add_post("/teams/meeting/{meeting}/p/{participant}/{action:leave|admit}", participant_post)
+    from . import graph_events
+    graph_events.install(app)  # subscriptions, notifications of the roster, attendance reports
     return app
 
 

@@ -116,10 +116,26 @@ class GraphEvents:
     deliveries: list[dict[str, Any]] = field(default_factory=list)  # what was sent where, and the answer
     http: aiohttp.ClientSession | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Meetings made elsewhere in the double (createOrGet): (id, join URL, organizer, tenant) of each.
+    elsewhere: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
 
     def meeting_by_url(self, join_web_url: str) -> Meeting | None:
         """The meeting with that join URL."""
-        return next((m for m in self.meetings.values() if m.join_web_url == join_web_url), None)
+        found = next((m for m in self.meetings.values() if m.join_web_url == join_web_url), None)
+        if found is None:
+            found = self._adopt(lambda made: made[1] == join_web_url)
+        return found
+
+    def meeting_by_id(self, meeting_id: str) -> Meeting | None:
+        """The meeting with that id."""
+        return self.meetings.get(meeting_id) or self._adopt(lambda made: made[0] == meeting_id)
+
+    def _adopt(self, wanted: Callable[[tuple[str, str, str, str]], bool]) -> Meeting | None:
+        made = next((m for m in self.elsewhere() if wanted(m)), None)
+        if made is None:
+            return None
+        meeting = self.meetings[made[0]] = Meeting(*made)
+        return meeting
 
 
 EVENTS = web.AppKey("graph_events", GraphEvents)
@@ -411,12 +427,41 @@ def register_meeting(app: web.Application, meeting_id: str, join_web_url: str, o
     return meeting
 
 
-def on_roster(app: web.Application, meeting_id: str, roster: list[dict[str, Any]]) -> None:
-    """The Teams join page's roster hook: the meeting's roster changed (entries {id, identity})."""
-    state = app[EVENTS]
-    meeting = state.meetings.get(meeting_id)
-    if meeting is not None:
-        set_roster(state, meeting, roster)
+def install(app: web.Application) -> GraphEvents:
+    """Add this part to the Graph and Entra double (sandbox/graph.py): its Entra's app tokens authorize, its
+    createOrGet's meetings can be subscribed to, and its Teams join page's roster changes are notified."""
+    from .appkeys import GRAPH, ROSTER_LISTENERS
+
+    double = app[GRAPH]
+
+    async def authorize(request: web.Request) -> Caller:
+        header = request.headers.get("Authorization", "")
+        claims = double.entra.verify_access_token(header[7:]) if header.startswith("Bearer ") else None
+        if claims is None:
+            raise web.HTTPUnauthorized(text=json.dumps({"error": {"code": "InvalidAuthenticationToken",
+                                                                  "message": "Access token is empty or invalid."}}),
+                                       content_type="application/json")
+        return Caller(str(claims["tid"]), str(claims["appid"]), frozenset(claims.get("roles", [])))
+
+    state = setup(app, authorize)
+    state.elsewhere = lambda: [(m.id, m.join_web_url, m.organizer_oid, m.tenant_id) for m in double.meetings.values()]
+
+    async def on_roster(made: Any, roster: list[Any]) -> None:
+        meeting = state.meeting_by_id(made.id)
+        if meeting is None:
+            return
+        # Teams' call roster holds who is in the meeting itself; the lobby is not in the call.
+        in_call = []
+        for person in roster:
+            if person.state != "inMeeting":
+                continue
+            identity = ({"user": {"id": person.oid, "displayName": person.display_name, "tenantId": made.tenant_id}}
+                        if person.oid else {"guest": {"id": person.id, "displayName": person.display_name}})
+            in_call.append({"id": person.id, "identity": identity})
+        set_roster(state, meeting, in_call)
+
+    app[ROSTER_LISTENERS].append(on_roster)
+    return state
 
 
 # ----- attendance reports (v1.0) ---------------------------------------------------------------------------
@@ -426,7 +471,7 @@ async def _meeting_for_reports(request: web.Request) -> Meeting | web.Response:
     caller = await state.authorize(request)
     if ARTIFACT_ROLE not in caller.roles:
         return graph_error(403, "Forbidden", "The application lacks OnlineMeetingArtifact.Read.All.")
-    meeting = state.meetings.get(request.match_info["meeting"])
+    meeting = state.meeting_by_id(request.match_info["meeting"])
     if meeting is None or meeting.organizer_id != request.match_info["user"] or meeting.tenant_id != caller.tenant_id:
         return graph_error(404, "NotFound", "The online meeting was not found.")
     return meeting
@@ -491,7 +536,7 @@ async def control_meeting(request: web.Request) -> web.Response:
 async def control_roster(request: web.Request) -> web.Response:
     """POST /_controls/meetings/{id}/roster {participants: [{id, identity}], notify: true}."""
     state = request.app[EVENTS]
-    meeting = state.meetings.get(request.match_info["id"])
+    meeting = state.meeting_by_id(request.match_info["id"])
     body = await _body(request)
     if meeting is None or body is None or not isinstance(body.get("participants"), list):
         raise web.HTTPBadRequest(text="unknown meeting or no participants list")
@@ -502,7 +547,7 @@ async def control_roster(request: web.Request) -> web.Response:
 async def control_end(request: web.Request) -> web.Response:
     """POST /_controls/meetings/{id}/end: everyone leaves, and the call ends."""
     state = request.app[EVENTS]
-    meeting = state.meetings.get(request.match_info["id"])
+    meeting = state.meeting_by_id(request.match_info["id"])
     if meeting is None:
         raise web.HTTPNotFound()
     set_roster(state, meeting, [], notify=(await _body(request) or {}).get("notify", True) is not False)

@@ -10,7 +10,7 @@ CREATE TABLE graph_subscriptions (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     graph_id       text,                 -- Graph's subscription id, once Graph has created it
     visit_id       uuid NOT NULL REFERENCES visits (id),
-    tenant_id      text NOT NULL,        -- the organisation's Entra tenant
+    tenant_key     text NOT NULL,        -- whose Teams application calls Graph for it: the organisation's id
     organizer_id   text NOT NULL,        -- the organising clinician's Entra object id (attendance reports)
     meeting_id     text NOT NULL,        -- Graph's onlineMeeting id (attendance reports)
     join_web_url   text NOT NULL,        -- the meeting's join URL (the subscription's resource)

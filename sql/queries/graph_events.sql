@@ -3,7 +3,7 @@
 
 -- name: create_subscription
 -- A pending subscription for the visit's meeting, unless the visit has a live one already (then no row).
-INSERT INTO graph_subscriptions (visit_id, tenant_id, organizer_id, meeting_id, join_web_url)
+INSERT INTO graph_subscriptions (visit_id, tenant_key, organizer_id, meeting_id, join_web_url)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (visit_id) WHERE status IN ('pending', 'active') DO NOTHING
 RETURNING id;
@@ -15,15 +15,15 @@ UPDATE graph_subscriptions SET graph_id = $2, expires_at = $3, status = 'active'
 UPDATE graph_subscriptions SET status = $2, renewing_until = NULL WHERE id = $1;
 
 -- name: subscription
-SELECT id, graph_id, visit_id, tenant_id, organizer_id, meeting_id, join_web_url, status, expires_at
+SELECT id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at
 FROM graph_subscriptions WHERE id = $1;
 
 -- name: live_subscription_for_visit
-SELECT id, graph_id, visit_id, tenant_id, organizer_id, meeting_id, join_web_url, status, expires_at
+SELECT id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at
 FROM graph_subscriptions WHERE visit_id = $1 AND status IN ('pending', 'active');
 
 -- name: latest_subscription_for_visit
-SELECT id, graph_id, visit_id, tenant_id, organizer_id, meeting_id, join_web_url, status, expires_at
+SELECT id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at
 FROM graph_subscriptions WHERE visit_id = $1 ORDER BY created_at DESC LIMIT 1;
 
 -- name: enqueue_notifications
@@ -56,7 +56,7 @@ WHERE id IN (SELECT id FROM graph_subscriptions
              WHERE status = 'active' AND expires_at < now() + make_interval(secs => $1)
                AND (renewing_until IS NULL OR renewing_until < now())
              ORDER BY expires_at LIMIT 20 FOR UPDATE SKIP LOCKED)
-RETURNING id, graph_id, visit_id, tenant_id, organizer_id, meeting_id, join_web_url, status, expires_at;
+RETURNING id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at;
 
 -- name: renewed
 UPDATE graph_subscriptions SET expires_at = $2, renewing_until = NULL WHERE id = $1;
@@ -69,7 +69,7 @@ UPDATE graph_subscriptions SET reconcile_due = least(coalesce(reconcile_due, $2)
 UPDATE graph_subscriptions SET reconcile_due = now() + interval '60 seconds'
 WHERE id IN (SELECT id FROM graph_subscriptions WHERE reconcile_due <= now()
              ORDER BY reconcile_due LIMIT 10 FOR UPDATE SKIP LOCKED)
-RETURNING id, graph_id, visit_id, tenant_id, organizer_id, meeting_id, join_web_url, status, expires_at;
+RETURNING id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at;
 
 -- name: reconciled
 UPDATE graph_subscriptions SET reconcile_due = NULL, reconciled_at = now() WHERE id = $1;
