@@ -15,7 +15,9 @@ It holds to the documented contract and refuses what Graph refuses:
 - Roster changes (the Teams join page's roster hook, or `POST /_controls/meetings/{id}/roster`) go to every
   subscription of the meeting as encrypted rich notifications: a random AES-256 key encrypts the JSON
   (CBC, PKCS7, the key's first 16 bytes as IV), HMAC-SHA256 with that key signs the ciphertext, and the key is
-  encrypted to the subscriber's certificate with RSA-OAEP (SHA-1).
+  encrypted to the subscriber's certificate with RSA-OAEP (SHA-1); installed on the Graph double, each collection
+  carries `validationTokens` signed by its Entra (iss sts.windows.net/{tenant}/, aud the subscribing app, azp and
+  appid Graph's change-tracking application).
 - Controls fire lifecycle notifications (reauthorizationRequired, subscriptionRemoved, missed) and can change
   the roster without notifying (a missed notification); attendance reports (v1.0, OnlineMeetingArtifact.Read.All)
   are made from the roster's history.
@@ -50,6 +52,7 @@ RESOURCE = re.compile(r"^/?communications/onlineMeetings\(joinWebUrl='([^']+)'\)
 READ_ROLES = frozenset({"OnlineMeetings.Read.All", "OnlineMeetings.ReadWrite.All"})
 ARTIFACT_ROLE = "OnlineMeetingArtifact.Read.All"
 HANDSHAKE_TIMEOUT = 10.0
+CHANGE_TRACKING_APP = "0bf30f3b-4a52-48df-9a82-234910c4a086"  # Microsoft Graph change tracking's application id
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class GraphEvents:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # Meetings made elsewhere in the double (createOrGet): (id, join URL, organizer, tenant) of each.
     elsewhere: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
+    # Signs the validation tokens of rich notifications (the double's Entra key), when there is one.
+    sign: Callable[[dict[str, Any]], str] | None = None
 
     def meeting_by_url(self, join_web_url: str) -> Meeting | None:
         """The meeting with that join URL."""
@@ -345,10 +350,24 @@ async def get_subscription(request: web.Request) -> web.Response:
 
 # ----- notifications ------------------------------------------------------------------------------------------
 
-async def _post(state: GraphEvents, sub: Subscription, url: str, kind: str, items: list[dict[str, Any]]) -> None:
+def validation_token(state: GraphEvents, sub: Subscription) -> str:
+    """A validationToken as Graph's change tracking sends them with rich notifications: a JWT of the tenant's
+    Entra, for the subscribing application (aud), from Graph's change-tracking application (azp, appid)."""
+    assert state.sign is not None
+    now = int(_now().timestamp())
+    return state.sign({"iss": f"https://sts.windows.net/{sub.tenant_id}/", "aud": sub.app_id,
+                       "azp": CHANGE_TRACKING_APP, "appid": CHANGE_TRACKING_APP, "tid": sub.tenant_id,
+                       "iat": now, "nbf": now, "exp": now + 3600})
+
+
+async def _post(state: GraphEvents, sub: Subscription, url: str, kind: str, items: list[dict[str, Any]],
+                tokens: list[str] | None = None) -> None:
     assert state.http is not None
+    body: dict[str, Any] = {"value": items}
+    if tokens:
+        body["validationTokens"] = tokens
     try:
-        async with state.http.post(url, json={"value": items}, allow_redirects=False,
+        async with state.http.post(url, json=body, allow_redirects=False,
                                    timeout=aiohttp.ClientTimeout(total=10)) as answer:
             status: int | None = answer.status
     except (TimeoutError, aiohttp.ClientError):
@@ -378,7 +397,8 @@ def notify_call_event(state: GraphEvents, meeting: Meeting, resource: dict[str, 
         if sub.public_key is not None:
             assert sub.certificate_id is not None and sub.thumbprint is not None
             item["encryptedContent"] = encrypt_for(sub.public_key, sub.certificate_id, sub.thumbprint, resource)
-        _spawn(state, _post(state, sub, sub.notification_url, "change", [item]))
+        _spawn(state, _post(state, sub, sub.notification_url, "change", [item],
+                            [validation_token(state, sub)] if sub.public_key is not None and state.sign else None))
 
 
 def set_roster(state: GraphEvents, meeting: Meeting, roster: list[dict[str, Any]], *, notify: bool = True) -> None:
@@ -444,6 +464,7 @@ def install(app: web.Application) -> GraphEvents:
         return Caller(str(claims["tid"]), str(claims["appid"]), frozenset(claims.get("roles", [])))
 
     state = setup(app, authorize)
+    state.sign = double.entra.sign
     state.elsewhere = lambda: [(m.id, m.join_web_url, m.organizer_oid, m.tenant_id) for m in double.meetings.values()]
 
     async def on_roster(made: Any, roster: list[Any]) -> None:

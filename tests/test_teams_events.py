@@ -459,3 +459,46 @@ async def test_no_patient_data_is_sent_to_graph_or_kept(teams: Teams) -> None:
     async with teams.stack.gateway_app[DB].acquire() as conn:
         _tables, text = await database_text(conn)
     assert CANARY_NAME not in text and "anon-" not in text
+
+
+async def test_hostile_webhook_calls_get_a_refusal_never_a_500(teams: Teams) -> None:
+    visit = await teams.visit()
+    await teams.meeting(visit)
+    graph_id, our_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    good = teams.events.client_state(our_id)
+    bodies: list[Any] = [[], {}, {"value": []}, {"value": [1, "x", None]}, {"value": [{"clientState": 5}]},
+                         {"value": [{"subscriptionId": graph_id, "clientState": good}]},  # no encrypted content
+                         {"value": [{"subscriptionId": graph_id, "clientState": good, "lifecycleEvent": "nonsense"}]},
+                         {"value": [{"subscriptionId": 7, "clientState": good, "lifecycleEvent": "missed"}]},
+                         {"value": [{"subscriptionId": graph_id, "clientState": "x" * 5000}]},
+                         {"value": [{}] * 1001}]
+    for body in bodies:
+        for path in ("/graph/notifications", "/graph/lifecycle"):
+            r = await _post(teams, body, path)
+            assert r.status in (400, 403), (body, r.status)
+    async with teams.http.post(teams.stack.gateway_url + "/graph/notifications", data=b"not json",
+                               headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 400
+    async with teams.http.post(teams.stack.gateway_url + "/graph/notifications",
+                               params={"validationToken": "x" * 3000}) as r:
+        assert r.status == 400
+    assert not await teams.fetch("SELECT 1 FROM graph_notifications")
+
+
+async def test_a_collection_keeps_its_good_notifications_and_drops_the_others(teams: Teams) -> None:
+    visit = await teams.visit()
+    await teams.meeting(visit)
+    graph_id, our_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    state = teams.events.client_state(our_id)
+    roster = {"eventType": "Microsoft.Communication.CallRosterUpdate",
+              "activeParticipants@joined": [{"Id": "leg-9", "Identity": {"User": {"Id": ORGANIZER}}}]}
+    good = await _rich_item(teams, graph_id, state, roster)
+    forged = await _rich_item(teams, graph_id, f"{our_id}.forged", roster)
+    r = await _post(teams, {"value": [forged, good]})
+    assert r.status == 202
+
+    async def applied() -> bool:
+        return ("provider", "connected") in await _kinds(teams, visit)
+
+    await wait_for(applied)
+    assert len(await teams.fetch("SELECT 1 FROM graph_notifications")) == 1
