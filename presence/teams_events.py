@@ -435,9 +435,27 @@ class TeamsEvents:
             claimed = await conn.fetch(Q["claim_notifications"], 50, 30.0)
         for row in claimed:
             await self._process(row)
+        ended = await self.end_ended()
         renewed = await self.renew_due()
         reconciled = await self.reconcile_due()
-        return bool(claimed) or renewed > 0 or reconciled > 0
+        return bool(claimed) or ended > 0 or renewed > 0 or reconciled > 0
+
+    async def end_ended(self) -> int:
+        """Let go of the subscriptions of visits that ended (DELETE at Graph); the attendance report follows."""
+        async with self._pool.acquire() as conn:
+            ended = [Subscription.from_row(r) for r in await conn.fetch(Q["end_subscriptions"],
+                                                                         self._settings.graph_reconcile_delay)]
+        for subscription in ended:
+            self._known.pop(subscription.id, None)
+            if subscription.graph_id is None:
+                continue
+            try:
+                # 404: Graph had let it go already. Anything else: it lapses on its own within three days.
+                await self.port(subscription.tenant_key, "DELETE",
+                                f"/subscriptions/{quote(subscription.graph_id, safe='')}", beta=True)
+            except UpstreamError as exc:
+                log.info("an ended visit's Graph subscription was not deleted (%s); it expires", exc.reason)
+        return len(ended)
 
     async def _subscription(self, subscription_id: UUID) -> Subscription | None:
         async with self._pool.acquire() as conn:

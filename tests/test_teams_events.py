@@ -502,3 +502,24 @@ async def test_a_collection_keeps_its_good_notifications_and_drops_the_others(te
 
     await wait_for(applied)
     assert len(await teams.fetch("SELECT 1 FROM graph_notifications")) == 1
+
+
+async def test_an_ended_visit_lets_its_subscription_go_and_reads_the_report_once(teams: Teams) -> None:
+    from presence.visit_end import end_visit
+
+    visit = await teams.visit()
+    meeting_id, _join = await teams.meeting(visit)
+    await teams.roster(meeting_id, [clinician(), anonymous()], notify=False)  # nothing reached us live
+    await teams.roster(meeting_id, [], notify=False)
+    async with teams.stack.gateway_app[DB].acquire() as conn:
+        await end_visit(conn, visit, "clinician")
+
+    async def let_go() -> bool:
+        rows = await teams.fetch("SELECT status, reconciled_at FROM graph_subscriptions")
+        return rows[0]["status"] == "ended" and rows[0]["reconciled_at"] is not None
+
+    await wait_for(let_go)
+    assert not teams.double.subscriptions  # deleted at Graph
+    assert sorted(await _kinds(teams, visit)) == [("guest", "connected"), ("guest", "disconnected"),
+                                                   ("provider", "connected"), ("provider", "disconnected")]
+    assert await teams.events.reconcile_visit(visit) == 0
