@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing
 import os
@@ -139,8 +140,8 @@ def load(port: int, bodies: list[bytes], seconds: float, offset: int = 0,
          connections: int = CONNECTIONS) -> tuple[int, int]:
     """(202s, anything else) from one load process posting for `seconds`."""
     queue: Any = multiprocessing.get_context("fork").Queue()
-    process = multiprocessing.get_context("fork").Process(target=_load, args=(port, bodies, seconds, offset, connections,
-                                                                                   queue))
+    process = multiprocessing.get_context("fork").Process(
+        target=_load, args=(port, bodies, seconds, offset, connections, queue))
     process.start()
     result: tuple[int, int] = queue.get(timeout=seconds + 60)
     process.join(10)
@@ -154,7 +155,6 @@ async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[byte
     collections for it, encrypted to the gateway's notification key."""
     import asyncpg
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
     from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
     from gateway.security import Sealer
@@ -181,9 +181,9 @@ async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[byte
     finally:
         await conn.close()
     key = NotificationKey.from_pem(key_pem)
-    public = x509.load_der_x509_certificate(__import__("base64").b64decode(key.certificate_b64)).public_key()
-    del serialization
+    public = x509.load_der_x509_certificate(base64.b64decode(key.certificate_b64)).public_key()
     state = client_state(state_key(secret), subscription_id)
+    resource_path = "communications/onlineMeetings(joinWebUrl='https%3A%2F%2Fteams.example%2Fj')/meetingCallEvents"
     bodies = []
     for i in range(count):
         # A roster change of one call leg each: the worker writes a presence event for most of them.
@@ -192,9 +192,10 @@ async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[byte
                         "Id": ORGANIZER, "DisplayName": "Dr Bench", "TenantId": TENANT}}}]}
         item = {"subscriptionId": graph_id, "changeType": "updated", "clientState": state, "tenantId": TENANT,
                 "subscriptionExpirationDateTime": "2026-01-03T10:00:00.0000000Z",
-                "resource": "communications/onlineMeetings(joinWebUrl='https%3A%2F%2Fteams.example%2Fj')/meetingCallEvents",
+                "resource": resource_path,
                 "resourceData": {"@odata.type": "#Microsoft.Graph.meetingCallEvent", "id": str(uuid.uuid4())},
-                "encryptedContent": encrypt_for(public, key.certificate_id, "AB" * 20, resource)}  # type: ignore[arg-type]
+                "encryptedContent": encrypt_for(public, key.certificate_id, "AB" * 20,  # type: ignore[arg-type]
+                                                resource)}
         bodies.append(json.dumps({"value": [item]}).encode())
     return bodies
 
@@ -279,7 +280,9 @@ def main() -> None:
             say(f"run {n + 1}: bare {bare_rate:,.0f}/s ({bare_bad} not 202), gateway {gw_rate:,.0f}/s "
                 f"({gw_bad} not 202), ratio {ratios[-1]:.3f}; steal bare {steal.steal_pct:.1f}% "
                 f"gateway {steal_gw.steal_pct:.1f}%; gateway CPU {gw_cpu * 100:.0f}% of a core, "
-                f"{gw_cpu / max(gw_rate, 1) * 1e6:.0f} us per notification (bare {bare_cpu / max(bare_rate, 1) * 1e6:.0f} us, PostgreSQL {pg_cpu / max(gw_rate, 1) * 1e6:.0f} us); machine busy bare {steal.busy_pct:.0f}% "
+                f"{gw_cpu / max(gw_rate, 1) * 1e6:.0f} us per notification "
+                f"(bare {bare_cpu / max(bare_rate, 1) * 1e6:.0f} us, PostgreSQL {pg_cpu / max(gw_rate, 1) * 1e6:.0f} us); "
+                f"machine busy bare {steal.busy_pct:.0f}% "
                 f"gateway {steal_gw.busy_pct:.0f}%")
         rows = asyncio.run(queued(dsn))
         say(f"queue rows {rows}; notifications the gateway answered 202 {accepted_total} "

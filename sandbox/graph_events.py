@@ -6,8 +6,8 @@ It holds to the documented contract and refuses what Graph refuses:
   v1.0 refuses the resource), changeType `updated`, an application token with OnlineMeetings.Read.All or
   OnlineMeetings.ReadWrite.All for the meeting's tenant; `includeResourceData` needs `encryptionCertificate`
   (base64 DER X.509, RSA) and `encryptionCertificateId`; a rich subscription for more than an hour needs a
-  `lifecycleNotificationUrl`; `expirationDateTime` in the future and at most three days on (4,320 minutes, the documented limit of
-  this resource; `max_minutes`); a
+  `lifecycleNotificationUrl`; `expirationDateTime` in the future and at most three days on (4,320 minutes,
+  the documented limit of this resource; `max_minutes`); a
   `clientState` of at most 128 characters. Before creating it, the double POSTs each notification URL with a
   `validationToken` query parameter and creates the subscription only if the token comes back as text/plain with
   200 within ten seconds.
