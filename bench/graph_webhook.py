@@ -286,7 +286,8 @@ def main() -> None:
                 f"({gw_bad} not 202), ratio {ratios[-1]:.3f}; steal bare {steal.steal_pct:.1f}% "
                 f"gateway {steal_gw.steal_pct:.1f}%; gateway CPU {gw_cpu * 100:.0f}% of a core, "
                 f"{gw_cpu / max(gw_rate, 1) * 1e6:.0f} us per notification "
-                f"(bare {bare_cpu / max(bare_rate, 1) * 1e6:.0f} us, PostgreSQL {pg_cpu / max(gw_rate, 1) * 1e6:.0f} us); "
+                f"(bare {bare_cpu / max(bare_rate, 1) * 1e6:.0f} us, "
+                f"PostgreSQL {pg_cpu / max(gw_rate, 1) * 1e6:.0f} us); "
                 f"machine busy bare {steal.busy_pct:.0f}% "
                 f"gateway {steal_gw.busy_pct:.0f}%")
         rows = asyncio.run(queued(dsn))
