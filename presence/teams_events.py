@@ -306,6 +306,7 @@ class TeamsEvents:
             log.warning("Teams presence is off: no Graph notification key (VISITGATE_GRAPH_NOTIFICATION_KEY_FILE)")
             return False
         async with self._pool.acquire() as conn:
+            await conn.execute(Q["abandon_stale_pending"], visit_id)
             subscription_id = await conn.fetchval(Q["create_subscription"], visit_id, tenant_key, organizer_id,
                                                   meeting_id, join_web_url)
         if subscription_id is None:

@@ -8,6 +8,12 @@ VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (visit_id) WHERE status IN ('pending', 'active') DO NOTHING
 RETURNING id;
 
+-- name: abandon_stale_pending
+-- A pending subscription whose process died between asking Graph and hearing back (Graph answers within
+-- seconds; its handshake has ten) is given up, so the visit can be subscribed again.
+UPDATE graph_subscriptions SET status = 'failed'
+WHERE visit_id = $1 AND status = 'pending' AND created_at < now() - interval '2 minutes';
+
 -- name: activate_subscription
 UPDATE graph_subscriptions SET graph_id = $2, expires_at = $3, status = 'active' WHERE id = $1;
 
