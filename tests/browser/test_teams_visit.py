@@ -8,6 +8,7 @@ Run inside a private network namespace, like every browser test:
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
@@ -15,6 +16,7 @@ from playwright.async_api import Browser, expect
 
 from gateway import joinlinks, participants
 from gateway.appkeys import DB
+from tests.browser.axe import assert_accessible
 from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS, PROFILES
 from tests.teams.conftest import TeamsVisit, teams_visit  # noqa: F401 (the fixture)
 from tests.teams.graph_helpers import CLINICIAN_OID
@@ -52,6 +54,9 @@ async def test_teams_visit_sign_in_once_meeting_once_and_patient_to_the_teams_jo
         meeting = next(iter(double.graph.meetings.values()))
         assert meeting.organizer_oid == CLINICIAN_OID
         await expect(join_teams).to_have_attribute("href", meeting.join_web_url)
+        app = clinician.frame(url=lambda url: urlsplit(url).path.startswith("/provider/"))
+        assert app is not None
+        await assert_accessible(app)
         assert await stack.gateway_app[DB].fetchval("SELECT count(*) FROM teams_links") == 1
 
         # The patient: the link, our lobby and device test, then (admitted) Teams' own join and lobby.
