@@ -569,8 +569,11 @@ def main_run(args: argparse.Namespace) -> int:
                                                          duration=args.warmup))
             if warm["ok"] == 0:
                 raise RuntimeError("no launch succeeded during the warm-up\n" + run.tail("gateway"))
+            # The built-in launch's latency first, in the same conditions, for comparison.
+            latency = latency_phase(run, launch_spec, urls)
             teams = teams_latency_phase(run, launch_spec, urls)
-            result_line = (f"RESULT launch teams_latency_ratio={teams['ratio']:.3f} "
+            result_line = (f"RESULT launch latency_ratio={latency['ratio']:.3f} "
+                           f"full_launch_p50_ms={latency['p50_ms']:.1f} teams_latency_ratio={teams['ratio']:.3f} "
                            f"teams_full_launch_p50_ms={teams['p50_ms']:.1f} ideal_ms={teams['ideal_ms']:.0f} "
                            f"teams_create_calls={teams['create_calls']} "
                            f"errors={sum(m['errors'] for _, _, m in run.phases)}")
@@ -829,7 +832,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latency-duration", type=float, default=10.0, help="seconds of the latency phase")
     parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
     parser.add_argument("--teams-only", action="store_true",
-                        help="only the Teams latency phase (teams_latency_ratio), after a short warm-up")
+                        help="only the latency phases, built-in then Teams (latency_ratio, teams_latency_ratio), "
+                             "after a short warm-up")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.sweep, args.warmup, args.concurrency, args.rounds = 4.0, 2.0, 2.0, [32], 2

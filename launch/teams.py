@@ -98,9 +98,8 @@ async def provider_context(app: web.Application, session: store.ProviderSession)
     await app[STARTED_MEETINGS].wait(session.visit_id)
     async with app[DB].acquire() as conn:
         row = await conn.fetchrow(teams.Q["meeting_of_visit"], session.visit_id)
-        join_url = await teams.join_url_of(conn, sealer, session.visit_id)
-        if join_url is not None:
-            return {"join_url": join_url}
+        if row["meeting_join_ref"] is not None:
+            return {"join_url": sealer.unseal(row["meeting_join_ref"], teams.JOIN_URL_CONTEXT)}
         found = await teams.organizer_for(conn, sealer, row["configuration_id"], session.fhir_user) \
             if session.fhir_user else None
         if found is None:
