@@ -13,13 +13,14 @@ import base64
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import teams
 from gateway.appkeys import DB, GRAPH, SEALER, SETTINGS
-from gateway.errors import GraphError, GraphPolicyDenied
+from gateway.errors import GraphError, GraphPolicyDenied, GraphRefused
 from gateway.graph import MEETINGS_ROLE, GraphClient, SecretCredential, TeamsTenant, is_guid, load_certificate
 
 from . import access
@@ -59,9 +60,9 @@ async def check_tenant(graph: GraphClient, tenant: TeamsTenant, organizers: list
             admin_message=f"The application {tenant.client_id} has no application permission {MEETINGS_ROLE}. "
                           f"In Entra ID, under the application's API permissions, add Microsoft Graph > Application "
                           f"permissions > {MEETINGS_ROLE} and grant admin consent.")
-    check = CHECK_JOIN_URL.replace("'", "")
+    where = quote(f"JoinWebUrl eq '{CHECK_JOIN_URL}'", safe="'")
     for oid in organizers:
-        await graph.request(tenant, "GET", f"/users/{oid}/onlineMeetings?$filter=JoinWebUrl%20eq%20'{check}'")
+        await graph.request(tenant, "GET", f"/users/{oid}/onlineMeetings?$filter={where}")
 
 
 async def _page(request: web.Request, session: PortalSession, *, error: str | None = None, status: int = 200,
@@ -132,8 +133,9 @@ async def teams_save(request: web.Request) -> web.StreamResponse:
     except GraphError as exc:
         log.info("Teams settings of organisation %s failed their check: %s", session.organisation_id, exc.reason)
         message = exc.admin_message or f"{exc.title}: {exc.detail} (reason code {exc.reason})."
-        return await _page(request, session, values=values, status=422 if exc.status < 500 or
-                           isinstance(exc, GraphPolicyDenied) else 502, error=message)
+        # Refused: what the admin gave (or granted) must change, 422; Microsoft unreachable or failing: its status.
+        refused = isinstance(exc, (GraphRefused, GraphPolicyDenied))
+        return await _page(request, session, values=values, status=422 if refused else exc.status, error=message)
     async with request.app[DB].acquire() as conn:
         await teams.save_tenant(conn, sealer, session.organisation_id, tenant, _actor(session), before)
     return web.Response(status=303, headers={"Location": f"/portal/{session.organisation_slug}/teams?done=saved"})

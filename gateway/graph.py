@@ -30,7 +30,6 @@ import logging
 import random
 import re
 import ssl
-import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -208,14 +207,12 @@ class GraphClient:
         self.token_cache = msal.TokenCache()  # the ONE cache: MSAL keys it by client, tenant and scope
         self._apps: dict[tuple[str, str, str], tuple[msal.ConfidentialClientApplication, requests.Session]] = {}
         self._building: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self._lock = threading.Lock()  # MSAL's own sessions are closed from the loop, built in threads
 
     def close(self) -> None:
         """Close MSAL's HTTP sessions (at shutdown)."""
-        with self._lock:
-            for _, session in self._apps.values():
-                session.close()
-            self._apps.clear()
+        for _, session in self._apps.values():
+            session.close()
+        self._apps.clear()
 
     # --- tokens ----------------------------------------------------------------------------------------
 
@@ -263,6 +260,9 @@ class GraphClient:
                 except Exception as exc:  # requests' connection errors, MSAL's discovery failures
                     log.warning("Entra authority for a tenant unreachable: %s", type(exc).__name__)
                     raise GraphUnavailable("Entra ID could not be reached", reason="entra_unavailable") from exc
+                # A changed credential replaces the application built from the old one.
+                for stale in [k for k in self._apps if k[:2] == key[:2]]:
+                    self._apps.pop(stale)[1].close()
                 self._apps[key] = built
             return built[0]
 
@@ -383,6 +383,7 @@ class GraphClient:
         body = None if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
         delay = BACKOFF_FIRST
         attempt = 0
+        failure: GraphError
         while True:
             attempt += 1
             remaining = end - loop.time()
@@ -393,11 +394,13 @@ class GraphClient:
                     token = await self.token(tenant)
                     status, answer_headers, doc = await self._send(method, url, token["access_token"], body,
                                                                    headers)
+            except GraphUnavailable as exc:  # Entra unreachable or failing: as retryable as Graph itself
+                wait, failure = delay, exc
             except GraphError:
                 raise
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 wait = delay
-                failure: GraphError = GraphUnavailable(
+                failure = GraphUnavailable(
                     f"Microsoft Graph could not be reached ({type(exc).__name__})", reason="graph_unavailable")
             except aiohttp.ClientError as exc:
                 raise GraphError(f"Microsoft Graph answered something unreadable ({type(exc).__name__})",

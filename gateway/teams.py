@@ -253,15 +253,18 @@ async def join_url_of(conn: asyncpg.Connection, sealer: Sealer, visit_id: UUID) 
     return sealer.unseal(row["meeting_join_ref"], JOIN_URL_CONTEXT)
 
 
-async def ensure_meeting(conn: asyncpg.Connection, sealer: Sealer, provider: TeamsMeetings, visit_id: UUID,
-                         organizer: Organizer, deadline: float | None = None) -> tuple[str, str | None]:
-    """The visit's meeting, made now if it has none; a policy refusal is kept for the admins, then raised."""
+async def make_meeting(pool: asyncpg.Pool, sealer: Sealer, provider: TeamsMeetings, visit_id: UUID,
+                       organizer: Organizer, deadline: float | None = None) -> tuple[str, str | None]:
+    """The visit's meeting, made now if it has none (no database connection is held while Graph answers); a
+    policy refusal is kept for the admins, then raised."""
     try:
         meeting = await provider.create_meeting(str(visit_id), organizer=organizer, deadline=deadline)
     except GraphPolicyDenied as exc:
-        await note_problem(conn, organizer.organisation_id, exc.admin_message)
+        async with pool.acquire() as conn:
+            await note_problem(conn, organizer.organisation_id, exc.admin_message)
         raise
-    meeting_id, join_url = await set_meeting(conn, sealer, visit_id, meeting)
+    async with pool.acquire() as conn:
+        meeting_id, join_url = await set_meeting(conn, sealer, visit_id, meeting)
     for hook in provider.on_meeting:
         hook(visit_id, organizer, meeting_id, join_url)
     return meeting_id, join_url

@@ -38,6 +38,7 @@ from .smart import Client, SmartClient, TokenGrant
 from .view_reads import STARTED_READS, reads_for, started_reads_ctx
 from .teams import ROUTES as TEAMS_ROUTES
 from .teams import provider_context as teams_context
+from .teams import started_meetings_ctx
 from .visits import open_visit
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def setup(app: web.Application) -> None:
     setup_join(app)
     app.cleanup_ctx.append(_smart_client)
     app.cleanup_ctx.append(started_reads_ctx)
+    app.cleanup_ctx.append(started_meetings_ctx)
     app.cleanup_ctx.append(_purge_expired)
     app.router.add_routes(ROUTES)
     app.router.add_routes(TEAMS_ROUTES)  # the Microsoft 365 sign-in's callback (launch/teams.py)

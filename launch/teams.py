@@ -10,8 +10,11 @@ makes the meeting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -34,16 +37,69 @@ def redirect_uri(app: web.Application) -> str:
     return f"{app[SETTINGS].public_url}{CALLBACK_PATH}"
 
 
+class StartedMeetings:
+    """Meetings being made in this process, by visit: started at the launch's callback (beside the view's FHIR
+    reads), awaited by the provider view; concurrent launches of one visit share one Graph call."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[UUID, asyncio.Task[tuple[str, str | None]]] = {}
+
+    def start(self, app: web.Application, visit_id: UUID, organizer: teams.Organizer) -> None:
+        """Make the visit's meeting in the background, unless that is under way already."""
+        if visit_id in self._tasks:
+            return
+        provider = app[MEETINGS][teams.PROVIDER]
+        assert isinstance(provider, teams.TeamsMeetings)
+        deadline = asyncio.get_running_loop().time() + app[SETTINGS].graph_budget
+        task = asyncio.create_task(teams.make_meeting(app[DB], app[SEALER], provider, visit_id, organizer,
+                                                      deadline))
+        self._tasks[visit_id] = task
+        task.add_done_callback(lambda done: self._done(visit_id, done))
+
+    def _done(self, visit_id: UUID, task: asyncio.Task[tuple[str, str | None]]) -> None:
+        if self._tasks.get(visit_id) is task:
+            del self._tasks[visit_id]
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here, so a failure no view came for is not reported as lost; the view explains it.
+            log.warning("Teams meeting for visit %s not made at launch: %s", visit_id,
+                        getattr(task.exception(), "reason", type(task.exception()).__name__))
+
+    async def wait(self, visit_id: UUID) -> None:
+        """Wait for the visit's meeting under way here, if any (its failure is the view's to retry)."""
+        task = self._tasks.get(visit_id)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    def close(self) -> None:
+        """Stop every meeting still being made (the process is stopping)."""
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
+
+STARTED_MEETINGS = web.AppKey("started_meetings", StartedMeetings)
+
+
+async def started_meetings_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Hold this process's meetings in the making, and stop them at its end."""
+    app[STARTED_MEETINGS] = StartedMeetings()
+    try:
+        yield
+    finally:
+        app[STARTED_MEETINGS].close()
+
+
 async def provider_context(app: web.Application, session: store.ProviderSession) -> dict[str, Any]:
     """What the provider view shows of a Teams visit: the join address, or the sign-in, or a problem with a
-    retry. Makes the meeting if the visit has none yet and the clinician is linked (a first launch after the
-    sign-in, or a retry after Graph was down)."""
+    retry. Waits for the meeting its launch started; makes it if the visit still has none and the clinician is
+    linked (a first launch after the sign-in, another process, or a retry after Graph was down)."""
     sealer = app[SEALER]
+    await app[STARTED_MEETINGS].wait(session.visit_id)
     async with app[DB].acquire() as conn:
         row = await conn.fetchrow(teams.Q["meeting_of_visit"], session.visit_id)
-        join_url = await teams.join_url_of(conn, sealer, session.visit_id)
-        if join_url is not None:
-            return {"join_url": join_url}
+        if row["meeting_join_ref"] is not None:
+            return {"join_url": sealer.unseal(row["meeting_join_ref"], teams.JOIN_URL_CONTEXT)}
         found = await teams.organizer_for(conn, sealer, row["configuration_id"], session.fhir_user) \
             if session.fhir_user else None
         if found is None:
@@ -56,17 +112,17 @@ async def provider_context(app: web.Application, session: store.ProviderSession)
             await teams.store_sign_in(conn, sealer, token_hash(state), organisation_id, session.fhir_user, flow,
                                       SIGN_IN_TTL)
             return {"sign_in_url": flow["auth_uri"]}
-        provider = app[MEETINGS][teams.PROVIDER]
-        assert isinstance(provider, teams.TeamsMeetings)
-        deadline = asyncio.get_running_loop().time() + app[SETTINGS].graph_budget
-        try:
-            _, join_url = await teams.ensure_meeting(conn, sealer, provider, session.visit_id,
-                                                     teams.Organizer(organisation_id, tenant, oid), deadline)
-        except GraphPolicyDenied:
-            return {"problem": "policy"}
-        except GraphError as exc:
-            log.warning("Teams meeting for visit %s not made: %s", session.visit_id, exc.reason)
-            return {"problem": "unavailable", "reason": exc.reason}
+    provider = app[MEETINGS][teams.PROVIDER]
+    assert isinstance(provider, teams.TeamsMeetings)
+    deadline = asyncio.get_running_loop().time() + app[SETTINGS].graph_budget
+    try:
+        _, join_url = await teams.make_meeting(app[DB], sealer, provider, session.visit_id,
+                                               teams.Organizer(organisation_id, tenant, oid), deadline)
+    except GraphPolicyDenied:
+        return {"problem": "policy"}
+    except GraphError as exc:
+        log.warning("Teams meeting for visit %s not made: %s", session.visit_id, exc.reason)
+        return {"problem": "unavailable", "reason": exc.reason}
     return {"join_url": join_url} if join_url else {"problem": "unavailable", "reason": "graph_invalid"}
 
 

@@ -1,17 +1,17 @@
 """Finding or creating an encounter's visit and its meeting: the one way both launches open a visit."""
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
 from aiohttp import web
 
 from gateway import teams
-from gateway.appkeys import MEETINGS, SEALER, SETTINGS
-from gateway.errors import GraphError, LaunchRefused
+from gateway.appkeys import MEETINGS, SEALER
+from gateway.errors import LaunchRefused
 
 from . import store
+from .teams import STARTED_MEETINGS
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,10 @@ async def open_visit(conn: asyncpg.Connection, app: web.Application, config: sto
     (LaunchRefused `patient_mismatch`) before anything more is made for it. Call it outside a transaction:
     creating the meeting may call out to the meeting service.
 
-    A Teams meeting is organized by the clinician (`fhir_user`, linked to their Microsoft 365 account): without
-    that link (a patient's launch, a clinician's first Teams visit) or when Graph refuses or stays down, the
-    visit opens without a meeting and the provider view says what to do (sign in, retry, ask the admin).
+    A Teams meeting is organized by the clinician (`fhir_user`, linked to their Microsoft 365 account); it is
+    started here and awaited by the provider view (launch.teams). Without that link (a patient's launch, a
+    clinician's first Teams visit) or when Graph refuses or stays down, the view says what to do (sign in,
+    retry, ask the admin).
     """
     sealer = app[SEALER]
     visit = await store.find_or_create_visit(
@@ -51,19 +52,11 @@ async def open_visit(conn: asyncpg.Connection, app: web.Application, config: sto
 
 async def _open_teams_meeting(conn: asyncpg.Connection, app: web.Application, config: store.LaunchConfiguration,
                               visit: store.Visit, fhir_user: str | None) -> store.Visit:
-    sealer = app[SEALER]
-    found = await teams.organizer_for(conn, sealer, config.id, fhir_user) if fhir_user else None
+    found = await teams.organizer_for(conn, app[SEALER], config.id, fhir_user) if fhir_user else None
     organisation_id, tenant, oid = found if found is not None else (0, None, None)
     if tenant is None or oid is None:
         return visit  # no Teams settings, or the clinician has not signed in to Microsoft 365 yet
-    provider = app[MEETINGS][teams.PROVIDER]
-    assert isinstance(provider, teams.TeamsMeetings)
-    deadline = asyncio.get_running_loop().time() + app[SETTINGS].graph_budget
-    try:
-        meeting_id, _ = await teams.ensure_meeting(conn, sealer, provider, visit.id,
-                                                   teams.Organizer(organisation_id, tenant, oid), deadline)
-    except GraphError as exc:
-        # The launch still opens the visit: the provider view retries and explains (never a 500).
-        log.warning("Teams meeting for visit %s not made at launch: %s", visit.id, exc.reason)
-        return visit
-    return store.Visit(visit.id, meeting_id, visit.meeting_provider, visit.patient_ref)
+    # Made in the background, beside the view's FHIR reads (started just before): the redirect to the view
+    # does not wait for Graph, the view does (launch.teams), and a Graph failure is the view's to explain.
+    app[STARTED_MEETINGS].start(app, visit.id, teams.Organizer(organisation_id, tenant, oid))
+    return visit

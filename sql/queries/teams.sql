@@ -12,7 +12,9 @@ SELECT t.organisation_id, t.tenant_id, t.client_id, t.credential_kind, t.credent
        l.entra_oid
 FROM configurations c
 JOIN teams_tenants t ON t.organisation_id = c.organisation_id
+-- A link made in another tenant (the settings changed since) does not count: the clinician signs in again.
 LEFT JOIN teams_links l ON l.organisation_id = c.organisation_id AND l.ehr_user_key = $2
+                       AND l.entra_tenant_id = t.tenant_id
 WHERE c.id = $1;
 
 -- name: save_tenant

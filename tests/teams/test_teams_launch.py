@@ -9,11 +9,12 @@ import json
 import logging
 import re
 
+import msal
 import pytest
 from yarl import URL
 
 from gateway import joinlinks, participants
-from gateway.appkeys import DB
+from gateway.appkeys import DB, GRAPH
 from presence import eventlog
 
 from ..conftest import database_text, reason_code
@@ -35,6 +36,11 @@ async def test_first_launch_offers_the_sign_in_then_later_launches_go_straight_i
     assert callback.status == 200 and "teams-signed-in" in await callback.text()
     rows = await teams_visit.stack.gateway_app[DB].fetch("SELECT entra_oid, entra_tenant_id FROM teams_links")
     assert [r["entra_oid"] for r in rows] == [CLINICIAN_OID]
+    # Only the link is kept: MSAL's one cache holds no account, no refresh or access token of the clinician.
+    cache = teams_visit.stack.gateway_app[GRAPH].token_cache
+    for kind in (msal.TokenCache.CredentialType.ACCOUNT, msal.TokenCache.CredentialType.REFRESH_TOKEN,
+                 msal.TokenCache.CredentialType.ID_TOKEN):
+        assert not list(cache.search(kind)), kind
     _, again = await teams_visit.provider_page()
     join = re.search(r'id="join-teams" href="([^"]+)"', again)
     assert join and join.group(1).startswith(teams_visit.double.origin + "/teams/l/meetup-join/"), again
@@ -139,3 +145,11 @@ async def test_an_admitted_patient_is_handed_to_the_teams_join(teams_visit: Team
     await eventlog.record_event(stack.gateway_app[DB], visit_id, patient, "admitted")
     handed = await stack.get(f"{stack.gateway_url}/room")
     assert handed.status == 303 and handed.headers["Location"] == html.unescape(join)
+
+
+async def test_a_link_from_another_tenant_asks_for_the_sign_in_again(teams_visit: TeamsVisit) -> None:
+    await _linked(teams_visit)
+    await teams_visit.stack.gateway_app[DB].execute(
+        "UPDATE teams_links SET entra_tenant_id = '00000000-0000-0000-0000-000000000000'")
+    _, page = await teams_visit.provider_page()
+    assert 'id="teams-sign-in"' in page and not teams_visit.double.graph.meetings
