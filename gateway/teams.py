@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -209,6 +209,9 @@ def meeting_request(visit_id: str) -> dict[str, Any]:
             "lobbyBypassSettings": {"scope": "organizer", "isDialInBypassEnabled": False}}
 
 
+MeetingListener = Callable[[UUID, Organizer, Meeting], Awaitable[None]]
+
+
 class TeamsMeetings:
     """The `teams` meeting provider: one Teams meeting per visit, organized by the clinician."""
 
@@ -216,8 +219,9 @@ class TeamsMeetings:
 
     def __init__(self, graph: GraphClient) -> None:
         self._graph = graph
-        # Called (without waiting) once a visit's meeting stands: presence subscribes to its call events here.
-        self.on_meeting: list[Callable[[UUID, Organizer, str, str | None], None]] = []
+        self.meeting_listeners: list[MeetingListener] = []
+        """Awaited as `listener(visit_id, organizer, meeting)` once per visit, when its meeting is named (in
+        whichever process named it), e.g. to subscribe to the meeting's call events."""
 
     async def create_meeting(self, visit_id: str, *, organizer: Any = None, deadline: float | None = None) -> Meeting:
         """createOrGet the visit's meeting for its organizer (idempotent by externalId: concurrent launches
@@ -237,12 +241,16 @@ class TeamsMeetings:
 
 
 async def set_meeting(conn: asyncpg.Connection, sealer: Sealer, visit_id: UUID,
-                      meeting: Meeting) -> tuple[str, str | None]:
-    """Name the visit's Teams meeting unless another launch already did: (meeting id, join URL) that stand."""
+                      meeting: Meeting) -> tuple[str, str | None, bool]:
+    """Name the visit's Teams meeting unless another launch already did: (meeting id, join URL) that stand, and
+    whether this call named it."""
     sealed = sealer.seal(meeting.join_url, JOIN_URL_CONTEXT) if meeting.join_url else None
     row = await conn.fetchrow(Q["set_teams_meeting"], visit_id, meeting.meeting_id, sealed)
+    if row["meeting_id"] is None:
+        # Another launch named it while this statement ran: its snapshot predates that; read it afresh.
+        row = {**dict(await conn.fetchrow(Q["meeting_of_visit"], visit_id)), "named_now": False}
     join = sealer.unseal(row["meeting_join_ref"], JOIN_URL_CONTEXT) if row["meeting_join_ref"] else None
-    return row["meeting_id"], join
+    return row["meeting_id"], join, bool(row["named_now"])
 
 
 async def join_url_of(conn: asyncpg.Connection, sealer: Sealer, visit_id: UUID) -> str | None:
@@ -264,7 +272,12 @@ async def make_meeting(pool: asyncpg.Pool, sealer: Sealer, provider: TeamsMeetin
             await note_problem(conn, organizer.organisation_id, exc.admin_message)
         raise
     async with pool.acquire() as conn:
-        meeting_id, join_url = await set_meeting(conn, sealer, visit_id, meeting)
-    for hook in provider.on_meeting:
-        hook(visit_id, organizer, meeting_id, join_url)
+        meeting_id, join_url, named_now = await set_meeting(conn, sealer, visit_id, meeting)
+    if named_now:
+        # Once per visit across every process: what follows a new meeting (the live-presence subscription).
+        for listener in list(provider.meeting_listeners):
+            try:
+                await listener(visit_id, organizer, meeting)
+            except Exception:  # a listener's failure must not cost the clinician the meeting
+                log.exception("a Teams meeting listener failed for visit %s", visit_id)
     return meeting_id, join_url

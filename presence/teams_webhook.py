@@ -7,7 +7,7 @@ queues durably and answers 202; the worker does the rest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from uuid import UUID
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from gateway import teams
 from gateway.appkeys import DB, GRAPH, MEETINGS, SEALER, SETTINGS
 from gateway.errors import BadRequest, GraphRefused, GraphUnavailable, WebhookRefused
 from gateway.graph import TeamsTenant
+from gateway.meetings import Meeting
 from gateway.web import MISSING, csrf_exempt, json_body, serves_json
 
 from .appkeys import ANNOUNCER, TEAMS
@@ -113,11 +114,11 @@ async def subscribe_meeting(app: web.Application, organizer: teams.Organizer, vi
     return await events.subscribe(key, visit_id, join_web_url, organizer_id=organizer.oid, meeting_id=meeting_id)
 
 
-def _meeting_hook(app: web.Application) -> Callable[[UUID, teams.Organizer, str, str | None], None]:
-    def on_meeting(visit_id: UUID, organizer: teams.Organizer, meeting_id: str, join_url: str | None) -> None:
-        if join_url is not None:
-            # Not awaited: the launch goes on while Graph checks our webhook and makes the subscription.
-            app[TEAMS].spawn(subscribe_meeting(app, organizer, visit_id, join_url, meeting_id))
+def _meeting_listener(app: web.Application) -> teams.MeetingListener:
+    async def on_meeting(visit_id: UUID, organizer: teams.Organizer, meeting: Meeting) -> None:
+        if meeting.join_url is not None:
+            # Not awaited: the meeting is the clinician's to use now, while Graph checks our webhook.
+            app[TEAMS].spawn(subscribe_meeting(app, organizer, visit_id, meeting.join_url, meeting.meeting_id))
 
     return on_meeting
 
@@ -126,14 +127,14 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
     events = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], ClientPort(app))
     app[TEAMS] = events
     provider = app[MEETINGS].get(teams.PROVIDER)
-    hook = _meeting_hook(app)
+    listener = _meeting_listener(app)
     if isinstance(provider, teams.TeamsMeetings):
-        provider.on_meeting.append(hook)
+        provider.meeting_listeners.append(listener)
     events.intake.start()
     task = asyncio.create_task(events.run()) if app[SETTINGS].graph_worker_enabled else None
     yield
     if isinstance(provider, teams.TeamsMeetings):
-        provider.on_meeting.remove(hook)
+        provider.meeting_listeners.remove(listener)
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -61,11 +61,17 @@ DELETE FROM teams_sign_ins WHERE expires_at <= now();
 
 -- name: set_teams_meeting
 -- The first launch to get here names the meeting and its join address; later ones read the winner's.
-UPDATE visits
-SET meeting_join_ref = CASE WHEN meeting_id IS NULL THEN $3 ELSE meeting_join_ref END,
-    meeting_id = COALESCE(meeting_id, $2)
-WHERE id = $1
-RETURNING meeting_id, meeting_join_ref;
+-- named_now: this call named it (the row is locked by the UPDATE, so exactly one call sees true). A call that
+-- waited on another's lock may read NULL from its statement's snapshot; it reads the row again (teams.py).
+WITH named AS (
+    UPDATE visits
+    SET meeting_join_ref = $3, meeting_id = $2
+    WHERE id = $1 AND meeting_id IS NULL
+    RETURNING meeting_id, meeting_join_ref
+)
+SELECT meeting_id, meeting_join_ref, true AS named_now FROM named
+UNION ALL
+SELECT meeting_id, meeting_join_ref, false FROM visits WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM named);
 
 -- name: meeting_of_visit
 SELECT v.meeting_provider, v.meeting_id, v.meeting_join_ref, v.configuration_id, c.organisation_id

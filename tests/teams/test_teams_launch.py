@@ -8,13 +8,15 @@ import html
 import json
 import logging
 import re
+from typing import Any
 
 import msal
 import pytest
 from yarl import URL
 
 from gateway import joinlinks, participants
-from gateway.appkeys import DB, GRAPH
+from gateway.appkeys import DB, GRAPH, MEETINGS
+from gateway.teams import TeamsMeetings
 from presence import eventlog
 
 from ..conftest import database_text, reason_code
@@ -56,6 +58,14 @@ async def test_a_used_or_unknown_sign_in_state_is_refused(teams_visit: TeamsVisi
 
 async def test_ten_concurrent_launches_of_one_encounter_give_one_meeting(teams_visit: TeamsVisit) -> None:
     await _linked(teams_visit)
+    named: list[str] = []
+
+    async def on_meeting(visit_id: Any, organizer: Any, meeting: Any) -> None:
+        named.append(meeting.meeting_id)
+
+    provider = teams_visit.stack.gateway_app[MEETINGS]["teams"]
+    assert isinstance(provider, TeamsMeetings)
+    provider.meeting_listeners.append(on_meeting)
     launches = [teams_visit.stack.new_launch() for _ in range(10)]
     pages = await asyncio.gather(*(teams_visit.provider_page(launch) for launch in launches))
     urls = {re.search(r'id="join-teams" href="([^"]+)"', page).group(1) for _, page in pages}  # type: ignore[union-attr]
@@ -63,6 +73,7 @@ async def test_ten_concurrent_launches_of_one_encounter_give_one_meeting(teams_v
     assert len(teams_visit.double.graph.meetings) == 1
     rows = await teams_visit.stack.gateway_app[DB].fetch("SELECT meeting_id FROM visits")
     assert len(rows) == 1 and rows[0]["meeting_id"] == next(iter(teams_visit.double.graph.meetings))
+    assert named == [rows[0]["meeting_id"]]  # the listeners hear of the meeting once
 
 
 async def test_throttling_within_the_budget_is_retried(teams_visit: TeamsVisit) -> None:
@@ -153,3 +164,21 @@ async def test_a_link_from_another_tenant_asks_for_the_sign_in_again(teams_visit
         "UPDATE teams_links SET entra_tenant_id = '00000000-0000-0000-0000-000000000000'")
     _, page = await teams_visit.provider_page()
     assert 'id="teams-sign-in"' in page and not teams_visit.double.graph.meetings
+
+
+async def test_two_processes_naming_one_meeting_at_once_agree_and_only_one_names_it(teams_visit: TeamsVisit) -> None:
+    from gateway.appkeys import SEALER
+    from gateway.meetings import Meeting
+    from gateway.teams import set_meeting
+    await teams_visit.provider_page()  # a visit without a meeting (the clinician is not linked)
+    pool, sealer = teams_visit.stack.gateway_app[DB], teams_visit.stack.gateway_app[SEALER]
+    visit_id = await pool.fetchval("SELECT id FROM visits")
+    first = Meeting("teams", "m-1", "https://teams.example/l/meetup-join/1")
+    async with pool.acquire() as holder, pool.acquire() as other:
+        transaction = holder.transaction()
+        await transaction.start()
+        assert await set_meeting(holder, sealer, visit_id, first) == ("m-1", first.join_url, True)
+        waiting = asyncio.create_task(set_meeting(other, sealer, visit_id, Meeting("teams", "m-2", "https://x/2")))
+        await asyncio.sleep(0.2)  # it waits on the row lock, with a snapshot from before the commit
+        await transaction.commit()
+        assert await waiting == ("m-1", first.join_url, False)
