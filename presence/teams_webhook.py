@@ -103,9 +103,9 @@ async def subscribe_meeting(app: web.Application, organizer: teams.Organizer, vi
                             meeting_id: str) -> bool:
     """Subscribe to a Teams visit's meeting call events (once per visit); True when a subscription is live.
 
-    The Teams meeting provider calls it (through `TeamsMeetings.on_meeting`, in the background) once a visit's
-    meeting stands. It never raises for Graph's refusals: presence in Teams is then not live, the visit goes
-    on, and the next launch of the visit tries again.
+    The Teams meeting provider calls it (through `TeamsMeetings.meeting_listeners`, in the background) once
+    a visit's meeting stands. It never raises for Graph's refusals: presence in Teams is then not live, the visit
+    goes on, and the attendance report fills in after the call.
     """
     events = app[TEAMS]
     key = str(organizer.organisation_id)

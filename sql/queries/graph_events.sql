@@ -111,11 +111,13 @@ SELECT EXISTS (SELECT 1 FROM presence_events
                WHERE visit_id = $1 AND participant_id = $2 AND kind = $3 AND at BETWEEN $4 AND $5);
 
 -- name: end_subscriptions
--- Live subscriptions of visits that have ended (visit_ends' primary key answers each EXISTS): Graph need send
--- nothing more, and the attendance report is read $1 seconds on (unless a reading is already due sooner).
+-- Subscriptions of visits that have ended (visit_ends' primary key answers each EXISTS): Graph need send nothing
+-- more, and the attendance report is read $1 seconds on (unless a reading is already due sooner), also for a
+-- meeting whose subscription Graph refused (nothing reached us live: the report is all there is).
 UPDATE graph_subscriptions s
 SET status = 'ended', renewing_until = NULL,
     reconcile_due = least(coalesce(s.reconcile_due, now() + make_interval(secs => $1)),
                           now() + make_interval(secs => $1))
-WHERE s.status IN ('pending', 'active') AND EXISTS (SELECT 1 FROM visit_ends e WHERE e.visit_id = s.visit_id)
+WHERE s.status IN ('pending', 'active', 'failed')
+  AND EXISTS (SELECT 1 FROM visit_ends e WHERE e.visit_id = s.visit_id)
 RETURNING id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at;
