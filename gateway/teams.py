@@ -182,22 +182,26 @@ async def linked_oids(conn: asyncpg.Connection, organisation_id: int, limit: int
 # --- the pop-up sign-in's state ---------------------------------------------------------------------------
 
 async def store_sign_in(conn: asyncpg.Connection, sealer: Sealer, state_hash: bytes, organisation_id: int,
-                        fhir_user: str, flow: dict[str, Any], ttl: int) -> None:
-    """Keep a started sign-in (MSAL's flow, sealed) for the clinician's EHR user."""
+                        visit_id: UUID, fhir_user: str, flow: dict[str, Any], ttl: int) -> None:
+    """Keep a started sign-in (MSAL's flow, sealed) for the clinician's provider session (visit, EHR user)."""
     await conn.execute(Q["purge_sign_ins"])
-    await conn.execute(Q["insert_sign_in"], state_hash, organisation_id, sealer.seal(fhir_user, EHR_USER_CONTEXT),
-                       sealer.seal(json.dumps(flow), FLOW_CONTEXT), float(ttl))
+    await conn.execute(Q["insert_sign_in"], state_hash, organisation_id, visit_id,
+                       sealer.seal(fhir_user, EHR_USER_CONTEXT), sealer.seal(json.dumps(flow), FLOW_CONTEXT),
+                       float(ttl))
 
 
 async def take_sign_in(conn: asyncpg.Connection, sealer: Sealer,
                        state_hash: bytes) -> tuple[int, str, dict[str, Any]] | None:
-    """The sign-in a state names (single use): (organisation, EHR user, MSAL's flow), or None (unknown, used
-    or expired)."""
+    """The sign-in a state names (single use): (organisation, EHR user, MSAL's flow), or None (unknown, used,
+    expired, or its clinician's session in the visit has ended)."""
     row = await conn.fetchrow(Q["take_sign_in"], state_hash)
     if row is None or not row["live"]:
         return None
+    fhir_user = sealer.unseal(row["ehr_user_ref"], EHR_USER_CONTEXT)
+    if not await conn.fetchval(Q["provider_session_lives"], row["visit_id"], fhir_user):
+        return None
     flow: dict[str, Any] = json.loads(sealer.unseal(row["flow"], FLOW_CONTEXT))
-    return row["organisation_id"], sealer.unseal(row["ehr_user_ref"], EHR_USER_CONTEXT), flow
+    return row["organisation_id"], fhir_user, flow
 
 
 # --- the meeting --------------------------------------------------------------------------------------------

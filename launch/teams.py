@@ -109,8 +109,8 @@ async def provider_context(app: web.Application, session: store.ProviderSession)
             state = new_token()
             flow = await app[GRAPH].begin_sign_in(tenant, redirect_uri(app), state)
             assert session.fhir_user is not None
-            await teams.store_sign_in(conn, sealer, token_hash(state), organisation_id, session.fhir_user, flow,
-                                      SIGN_IN_TTL)
+            await teams.store_sign_in(conn, sealer, token_hash(state), organisation_id, session.visit_id,
+                                      session.fhir_user, flow, SIGN_IN_TTL)
             return {"sign_in_url": flow["auth_uri"]}
     provider = app[MEETINGS][teams.PROVIDER]
     assert isinstance(provider, teams.TeamsMeetings)

@@ -33,17 +33,21 @@ CREATE TABLE teams_links (
 -- serves: teams_link_of (every Teams launch) and the upsert of a sign-in
 CREATE UNIQUE INDEX teams_links_user ON teams_links (organisation_id, ehr_user_key);
 
--- The pop-up sign-in's state, made from a live provider session's page for that session's EHR user (sealed),
--- with MSAL's flow (PKCE verifier, nonce; sealed); single use, short-lived.
+-- The pop-up sign-in's state, made from a live provider session's page for that session's visit and EHR user
+-- (sealed), with MSAL's flow (PKCE verifier, nonce; sealed); single use, short-lived, and only honoured while
+-- that clinician's session in that visit lives.
 CREATE UNLOGGED TABLE teams_sign_ins (
     state_hash       bytea PRIMARY KEY,  -- serves: take_sign_in
     organisation_id  bigint NOT NULL,
+    visit_id         uuid NOT NULL,
     ehr_user_ref     bytea NOT NULL,
     flow             bytea NOT NULL,
     expires_at       timestamptz NOT NULL
 );
 -- serves: purge_sign_ins
 CREATE INDEX teams_sign_ins_expires_at ON teams_sign_ins (expires_at);
+-- serves: teams.provider_session_lives (the sign-in's callback)
+CREATE INDEX provider_sessions_visit_user ON provider_sessions (visit_id, fhir_user);
 
 -- The meeting's joinWebUrl (sealed: it opens the meeting's lobby to whoever holds it), named with the meeting.
 ALTER TABLE visits ADD COLUMN meeting_join_ref bytea;

@@ -49,12 +49,16 @@ DELETE FROM teams_links WHERE organisation_id = $1 AND id = $2
 RETURNING ehr_user_ref, entra_oid, entra_tenant_id;
 
 -- name: insert_sign_in
-INSERT INTO teams_sign_ins (state_hash, organisation_id, ehr_user_ref, flow, expires_at)
-VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second');
+INSERT INTO teams_sign_ins (state_hash, organisation_id, visit_id, ehr_user_ref, flow, expires_at)
+VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second');
 
 -- name: take_sign_in
 DELETE FROM teams_sign_ins WHERE state_hash = $1
-RETURNING organisation_id, ehr_user_ref, flow, expires_at > now() AS live;
+RETURNING organisation_id, visit_id, ehr_user_ref, flow, expires_at > now() AS live;
+
+-- name: provider_session_lives
+-- The sign-in's clinician still has a live session in the visit it started from.
+SELECT EXISTS (SELECT 1 FROM provider_sessions WHERE visit_id = $1 AND fhir_user = $2 AND expires_at > now());
 
 -- name: purge_sign_ins
 DELETE FROM teams_sign_ins WHERE expires_at <= now();

@@ -182,3 +182,11 @@ async def test_two_processes_naming_one_meeting_at_once_agree_and_only_one_names
         await asyncio.sleep(0.2)  # it waits on the row lock, with a snapshot from before the commit
         await transaction.commit()
         assert await waiting == ("m-1", first.join_url, False)
+
+
+async def test_a_sign_in_whose_clinician_session_ended_is_refused(teams_visit: TeamsVisit) -> None:
+    _, page = await teams_visit.provider_page()
+    await teams_visit.stack.gateway_app[DB].execute("UPDATE provider_sessions SET expires_at = now()")
+    callback = await teams_visit.sign_in(page, CLINICIAN_OID)
+    assert callback.status == 400 and reason_code(await callback.text()) == "invalid_state"
+    assert not await teams_visit.stack.gateway_app[DB].fetch("SELECT 1 FROM teams_links")
