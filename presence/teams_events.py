@@ -59,6 +59,7 @@ LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", 
 _KEY_NAMESPACE = uuid.UUID("0b6f5f3e-58a4-4c58-9d7c-3f1f2b7a9e10")  # idempotency keys of Teams events
 _MAX_ATTEMPTS = 10
 _CACHE_SECONDS = 30.0
+_RESUBSCRIBE_AFTER = 60.0  # seconds after a refused subscription before the first new attempt (then doubling)
 _FLUSHES = 4  # queue INSERTs in flight at once (see Intake)
 _PURGE_AFTER = 24 * 3600  # seconds a processed notification's digest is kept against redelivery
 
@@ -437,9 +438,21 @@ class TeamsEvents:
         for row in claimed:
             await self._process(row)
         ended = await self.end_ended()
+        resubscribed = await self.resubscribe_failed()
         renewed = await self.renew_due()
         reconciled = await self.reconcile_due()
-        return bool(claimed) or ended > 0 or renewed > 0 or reconciled > 0
+        return bool(claimed) or ended > 0 or resubscribed > 0 or renewed > 0 or reconciled > 0
+
+    async def resubscribe_failed(self) -> int:
+        """Subscribe again the live visits whose subscription Graph refused or never answered (backing off)."""
+        async with self._pool.acquire() as conn:
+            due = [Subscription.from_row(r) for r in await conn.fetch(Q["due_resubscriptions"],
+                                                                       _RESUBSCRIBE_AFTER)]
+        done = 0
+        for failed in due:
+            done += await self.subscribe(failed.tenant_key, failed.visit_id, failed.join_web_url,
+                                         organizer_id=failed.organizer_id, meeting_id=failed.meeting_id)
+        return done
 
     async def end_ended(self) -> int:
         """Let go of the subscriptions of visits that ended (DELETE at Graph); the attendance report follows."""

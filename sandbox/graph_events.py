@@ -607,6 +607,8 @@ async def _session(app: web.Application) -> Any:
     async with aiohttp.ClientSession() as http:
         state.http = http
         yield
+        if state.tasks:  # deliveries in flight finish first (cancelled mid-connect, a socket can be left open)
+            await asyncio.wait(list(state.tasks), timeout=2)
         for task in list(state.tasks):
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)

@@ -523,3 +523,29 @@ async def test_an_ended_visit_lets_its_subscription_go_and_reads_the_report_once
     assert sorted(await _kinds(teams, visit)) == [("guest", "connected"), ("guest", "disconnected"),
                                                    ("provider", "connected"), ("provider", "disconnected")]
     assert await teams.events.reconcile_visit(visit) == 0
+
+
+async def test_a_subscription_graph_refused_is_tried_again_later(teams: Teams) -> None:
+    visit = await teams.visit()
+    meeting_id = f"MSo{uuid.uuid4().hex}"
+    join = f"https://teams.example/l/meetup-join/19%3ameeting_{meeting_id}%40thread.v2/0"
+    graph_events.register_meeting(teams.double_app, meeting_id, join, ORGANIZER, TENANT)
+    port = teams.events.port
+
+    async def down(*args: Any, **kwargs: Any) -> tuple[int, Any]:
+        return 503, None
+
+    teams.events.port = down
+    try:
+        assert not await teams.events.subscribe(TENANT, visit, join, organizer_id=ORGANIZER, meeting_id=meeting_id)
+    finally:
+        teams.events.port = port
+    assert [r["status"] for r in await teams.fetch("SELECT status FROM graph_subscriptions")] == ["failed"]
+    await teams.fetch("UPDATE graph_subscriptions SET created_at = now() - interval '2 minutes'")
+
+    async def again() -> bool:
+        rows = await teams.fetch("SELECT status FROM graph_subscriptions ORDER BY created_at")
+        return [r["status"] for r in rows] == ["failed", "active"]
+
+    await wait_for(again)
+    assert len(teams.double.subscriptions) == 1

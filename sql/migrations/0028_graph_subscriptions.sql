@@ -28,6 +28,10 @@ CREATE UNIQUE INDEX graph_subscriptions_visit ON graph_subscriptions (visit_id) 
 CREATE UNIQUE INDEX graph_subscriptions_graph_id ON graph_subscriptions (graph_id) WHERE graph_id IS NOT NULL;
 -- serves: graph_events.due_renewals
 CREATE INDEX graph_subscriptions_expiry ON graph_subscriptions (expires_at) WHERE status = 'active';
+-- serves: graph_events.due_resubscriptions (the failed ones), latest_subscription_for_visit and the later and
+-- failed rows of a visit that due_resubscriptions looks for
+CREATE INDEX graph_subscriptions_visit_created ON graph_subscriptions (visit_id, created_at);
+CREATE INDEX graph_subscriptions_failed ON graph_subscriptions (created_at) WHERE status = 'failed';
 -- serves: graph_events.due_reconciliations
 CREATE INDEX graph_subscriptions_reconcile ON graph_subscriptions (reconcile_due) WHERE reconcile_due IS NOT NULL;
 

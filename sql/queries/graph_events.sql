@@ -121,3 +121,21 @@ SET status = 'ended', renewing_until = NULL,
 WHERE s.status IN ('pending', 'active', 'failed')
   AND EXISTS (SELECT 1 FROM visit_ends e WHERE e.visit_id = s.visit_id)
 RETURNING id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at;
+
+-- name: due_resubscriptions
+-- Visits whose latest subscription Graph refused (or never answered) in the last day, not ended: tried again $1
+-- seconds after the first failure, then twice as long after each, five times at most. Two processes that pick
+-- the same visit make one subscription (create_subscription's unique index).
+SELECT f.id, f.graph_id, f.visit_id, f.tenant_key, f.organizer_id, f.meeting_id, f.join_web_url, f.status,
+       f.expires_at
+FROM graph_subscriptions f
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM graph_subscriptions c
+                    WHERE c.visit_id = f.visit_id AND c.status = 'failed') AS failures
+WHERE f.status = 'failed' AND f.created_at > now() - interval '1 day'
+  AND failures.n < 5
+  AND f.created_at < now() - make_interval(secs => $1 * power(2, failures.n - 1))
+  AND NOT EXISTS (SELECT 1 FROM graph_subscriptions later
+                  WHERE later.visit_id = f.visit_id AND later.created_at > f.created_at)
+  AND NOT EXISTS (SELECT 1 FROM visit_ends e WHERE e.visit_id = f.visit_id)
+ORDER BY f.created_at
+LIMIT 10;
