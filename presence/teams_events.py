@@ -504,7 +504,9 @@ class TeamsEvents:
             return
         assert self.key is not None  # the webhook accepts no encrypted content without a key
         try:
-            resource = self.key.decrypt(item.get("encryptedContent"))
+            # Off the event loop: unwrapping the key (RSA-OAEP, ~0.5 ms) held the loop, and with it the webhook's
+            # intake, for as long; OpenSSL lets go of the GIL meanwhile, so it runs beside the loop.
+            resource = await asyncio.to_thread(self.key.decrypt, item.get("encryptedContent"))
         except NotificationRejected as rejected:
             log.info("a Graph notification was refused by the worker: %s", rejected.outcome)
             await self._finish(row["id"], rejected.outcome)
