@@ -122,6 +122,7 @@ def main() -> int:
     rest = sys.argv[2:]
     if what in ("-h", "--help", "help"):
         print("python3 dev.py demo [--port 8080]   the gateway and the sandbox EHR on 127.0.0.1 (README: Quick start)\n"
+              "      [--teams]                     visits as Teams meetings on the sandbox's Graph double\n"
               "python3 dev.py test [pytest args]   the test suite")
         return 0
     if what == "demo":

@@ -76,6 +76,11 @@ CLIENT_ID = "bench"
 NOISY_SHARE = 0.15  # a phase where processes not ours took more than this share of the machine is flagged
 TOTAL_DEADLINE = 300.0  # the whole run, start-up included, never takes longer than this
 EHR_LATENCY = 0.05  # seconds: the sandbox EHR answers every request this long after it arrived (latency phase)
+GRAPH_LATENCY = 0.05  # seconds: the Graph and Entra double answers this long after a request arrived (Teams phase)
+TEAMS_TENANT = "5b0c7a52-8d3e-4a8e-9b6c-2d8f0e6a1b11"
+TEAMS_CLIENT = "c6e1f0c2-11b4-4c5e-8a2d-7f3b9c0d4e22"
+TEAMS_SECRET = "bench-graph-secret-" + "s" * 16
+TEAMS_OID = "0b2d9e4f-5a6c-4d7e-8f90-a1b2c3d4e5ff"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,6 +121,52 @@ def sandbox_main(argv: list[str]) -> None:
     runpy.run_module("sandbox", run_name="__main__", alter_sys=True)
 
 
+def graph_main(port: int, control_port: int, folder: str, latency: float) -> None:
+    """The Graph and Entra double (sandbox/graph.py) over https, answering every request after `latency`
+    seconds, with one tenant, one application (a secret, the meetings role, an access policy for the whole
+    tenant) and the clinician; a plain-http control port answers /healthz and /stats (createOrGet calls)."""
+    import asyncio
+
+    import uvloop
+    from aiohttp import web
+
+    from sandbox.appkeys import ENTRA, GRAPH
+    from sandbox.demo import make_idp_tls
+    from sandbox.entra import EntraApp, EntraUser
+    from sandbox.graph import create_graph_double_app, set_base
+
+    server_tls, _ca = make_idp_tls(Path(folder))
+    app = create_graph_double_app()
+    set_base(app, f"https://{HOST}:{port}")
+    tenant = app[ENTRA].tenant(TEAMS_TENANT)
+    tenant.apps[TEAMS_CLIENT] = EntraApp(TEAMS_CLIENT, secret=TEAMS_SECRET, roles={"OnlineMeetings.ReadWrite.All"})
+    tenant.users[TEAMS_OID] = EntraUser(TEAMS_OID, "Dr Bench", "bench@clinic.example")
+    graph = app[GRAPH]
+    graph.grant_policy(TEAMS_TENANT, TEAMS_CLIENT)
+    graph.latency = latency
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"create_calls": graph.create_calls, "meetings": len(graph.meetings),
+                                  "graph_calls": graph.graph_calls, "tokens": app[ENTRA].tokens_issued})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def serve() -> None:
+        control = web.Application()
+        control.router.add_get("/healthz", healthz)
+        control.router.add_get("/stats", stats)
+        runners = [web.AppRunner(app, access_log=None), web.AppRunner(control, access_log=None)]
+        for runner in runners:
+            await runner.setup()
+        await web.TCPSite(runners[0], HOST, port, ssl_context=server_tls).start()
+        await web.TCPSite(runners[1], HOST, control_port).start()
+        await asyncio.Event().wait()
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(serve())
+
+
 def gateway_profiled_main(kind: str, out: str) -> None:
     """`visitgate serve` under a profiler; the stats are written when the server stops (SIGTERM)."""
     from gateway.cli import main
@@ -151,6 +202,10 @@ def gateway_profiled_main(kind: str, out: str) -> None:
 
 class Deadline(Exception):
     """The run would exceed its time bound."""
+
+
+class _TeamsOnlyDone(Exception):
+    """--teams-only: the Teams phase ran; skip the rest of the run."""
 
 
 class Run:
@@ -396,11 +451,22 @@ def start_everything(run: Run) -> dict[str, Any]:
     print(f"  PostgreSQL (pgserver) up in {time.monotonic() - t:.1f}s", flush=True)
 
     gateway_port, sandbox_port, bare_port = free_port(), free_port(), free_port()
+    graph_port, graph_control = free_port(), free_port()
     gateway_origin = f"http://{HOST}:{gateway_port}"
     sandbox_origin = f"http://localhost:{sandbox_port}"  # /etc/hosts maps it to 127.0.0.1
     fhir_base = f"{sandbox_origin}/fhir"
-    env = gateway_env(public_url=gateway_origin, secret=os.urandom(32), signing_key_pem=generate_signing_key_pem(),
+    graph_origin = f"https://{HOST}:{graph_port}"
+    graph_tls = run.tmp / "graph-tls"
+    secret = os.urandom(32)
+    # The Graph and Entra double, answering GRAPH_LATENCY after each request (for the Teams phase only: the
+    # configuration is switched to Teams just before it); the gateway trusts its CA.
+    graph = run.spawn("graph", [sys.executable, __file__, "_graph", str(graph_port), str(graph_control),
+                                str(graph_tls), str(GRAPH_LATENCY)], ready_url=f"http://{HOST}:{graph_control}/healthz")
+    run.ready(graph)
+    env = gateway_env(public_url=gateway_origin, secret=secret, signing_key_pem=generate_signing_key_pem(),
                       database_url=dsn, data_dir=run.tmp / "data", log_level=args.log_level)
+    env.update({"VISITGATE_GRAPH_URL": graph_origin, "VISITGATE_ENTRA_AUTHORITY_HOST": graph_origin,
+                "VISITGATE_IDP_CA_FILE": str(graph_tls / "demo-ca.pem")})
     visitgate = str(BIN / "visitgate")
     added = subprocess.run([visitgate, "config", "add", "--fhir-base-url", fhir_base, "--environment", "test",
                             "--client-id", CLIENT_ID, "--client-auth", "private_key_jwt", "--approved-by", "bench",
@@ -428,15 +494,29 @@ def start_everything(run: Run) -> dict[str, Any]:
     for child in (sandbox, gateway, bare):
         run.ready(child)
 
+    launch_urls = make_launches(args.encounters, "bench-enc", sandbox_port, gateway_origin, fhir_base)
+    return {
+        "gateway_origin": gateway_origin, "sandbox_origin": sandbox_origin,
+        "launch_urls": launch_urls, "bare_url": f"http://{HOST}:{bare_port}/",
+        "warm_gateway": f"{gateway_origin}/healthz", "warm_bare": f"http://{HOST}:{bare_port}/healthz",
+        "warm_sandbox": f"{sandbox_origin}/fhir/.well-known/smart-configuration",
+        "full_launch_urls": launch_urls, "sandbox_control": f"http://{HOST}:{sandbox_port}",
+        "dsn": dsn, "secret": secret, "fhir_base": fhir_base, "sandbox_port": sandbox_port,
+        "graph_control": f"http://{HOST}:{graph_control}",
+    }
+
+
+def make_launches(count: int, prefix: str, sandbox_port: int, gateway_origin: str, fhir_base: str) -> list[str]:
+    """One launch context per new encounter in the sandbox; answers the gateway's /launch URLs."""
     # One launch context per encounter; launch i uses context i % N, so concurrent launches seldom meet on
     # one visit row (a clinic launches different encounters; the same one over and over would measure a
     # row lock). Launch ids stay valid for 10 minutes, longer than this run.
     launch_urls = []
-    for i in range(args.encounters):
+    for i in range(count):
         # The Encounter in the EHR, pointing at one of the seeded Appointments, so that the provider view (in
         # the latency phase) makes every read it makes for a real visit.
         status, body = http("POST", f"http://{HOST}:{sandbox_port}/_sandbox/resources", {
-            "resourceType": "Encounter", "id": f"bench-enc-{i}", "status": "planned",
+            "resourceType": "Encounter", "id": f"{prefix}-{i}", "status": "planned",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
             "subject": {"reference": f"Patient/pat-{i % 5 + 1}"},
             "participant": [{"individual": {"reference": "Practitioner/prac-1"}}],
@@ -445,18 +525,12 @@ def start_everything(run: Run) -> dict[str, Any]:
             raise RuntimeError(f"the sandbox refused an Encounter: {status} {body[:200]!r}")
         status, body = http("POST", f"http://{HOST}:{sandbox_port}/_sandbox/launches",
                             {"practitioner_id": "prac-1", "patient_id": f"pat-{i % 5 + 1}",
-                             "encounter_id": f"bench-enc-{i}"})
+                             "encounter_id": f"{prefix}-{i}"})
         if status != 200:
             raise RuntimeError(f"the sandbox refused a launch: {status} {body[:200]!r}")
         launch = json.loads(body)["launch"]
         launch_urls.append(f"{gateway_origin}/launch?iss={urllib.parse.quote(fhir_base, safe='')}&launch={launch}")
-    return {
-        "gateway_origin": gateway_origin, "sandbox_origin": sandbox_origin,
-        "launch_urls": launch_urls, "bare_url": f"http://{HOST}:{bare_port}/",
-        "warm_gateway": f"{gateway_origin}/healthz", "warm_bare": f"http://{HOST}:{bare_port}/healthz",
-        "warm_sandbox": f"{sandbox_origin}/fhir/.well-known/smart-configuration",
-        "full_launch_urls": launch_urls, "sandbox_control": f"http://{HOST}:{sandbox_port}",
-    }
+    return launch_urls
 
 
 def start_py_spy(run: Run, duration: float) -> list[tuple[str, ServedProcess, Path]]:
@@ -490,6 +564,22 @@ def main_run(args: argparse.Namespace) -> int:
                        "warm_url_sandbox": urls["warm_sandbox"], "gateway_origin": urls["gateway_origin"],
                        "sandbox_origin": urls["sandbox_origin"], "max_ops": 200_000}
 
+        if args.teams_only:
+            warm = run_phase(run, "launch warm-up", dict(launch_spec, kind="closed", concurrency=2,
+                                                         duration=args.warmup))
+            if warm["ok"] == 0:
+                raise RuntimeError("no launch succeeded during the warm-up\n" + run.tail("gateway"))
+            # The built-in launch's latency first, in the same conditions, for comparison.
+            latency = latency_phase(run, launch_spec, urls)
+            teams = teams_latency_phase(run, launch_spec, urls)
+            result_line = (f"RESULT launch latency_ratio={latency['ratio']:.3f} "
+                           f"full_launch_p50_ms={latency['p50_ms']:.1f} teams_latency_ratio={teams['ratio']:.3f} "
+                           f"teams_full_launch_p50_ms={teams['p50_ms']:.1f} ideal_ms={teams['ideal_ms']:.0f} "
+                           f"teams_create_calls={teams['create_calls']} "
+                           f"errors={sum(m['errors'] for _, _, m in run.phases)}")
+            steal = CpuSteal.merged([teams["phase"]["steal"]])
+            result_line += f" steal_pct_teams={steal.steal_pct:.1f} steal_max1s_teams={steal.worst_pct:.1f}"
+            raise _TeamsOnlyDone
         print("warm-up (discovery, JWKS, visits, connections):", flush=True)
         warm = run_phase(run, "launch warm-up", dict(launch_spec, kind="closed", concurrency=8,
                                                      duration=args.warmup))
@@ -529,6 +619,7 @@ def main_run(args: argparse.Namespace) -> int:
                                        rate=max(1.0, bare_peak["rate"] / 2), duration=D))], rounds)
 
         latency = latency_phase(run, launch_spec, urls)
+        teams = teams_latency_phase(run, launch_spec, urls)
 
         errors = sum(m["errors"] for _, _, m in run.phases)
         ratio = launch_peak["rate"] / bare_peak["rate"] if bare_peak["rate"] else math.nan
@@ -564,9 +655,10 @@ def main_run(args: argparse.Namespace) -> int:
               f"per full launch with the provider view and the EHR 50 ms away: {latency['cpu_ms']:.2f} ms")
         result_line += (f" latency_ratio={latency['ratio']:.3f} full_launch_p50_ms={latency['p50_ms']:.1f} "
                         f"ideal_ms={latency['ideal_ms']:.0f} cpu_ms_per_launch={cpu_ms_per_launch:.2f} "
-                        f"cpu_ms_per_full_launch={latency['cpu_ms']:.2f}")
+                        f"cpu_ms_per_full_launch={latency['cpu_ms']:.2f} "
+                        f"teams_latency_ratio={teams['ratio']:.3f} teams_full_launch_p50_ms={teams['p50_ms']:.1f}")
         for name, parts in (("peak", (launch_peak, bare_peak)), ("p99", (launch_half, bare_half)),
-                            ("latency", (latency["phase"],))):
+                            ("latency", (latency["phase"],)), ("teams", (teams["phase"],))):
             steal = CpuSteal.merged(m["steal"] for m in parts)
             result_line += f" steal_pct_{name}={steal.steal_pct:.1f} steal_max1s_{name}={steal.worst_pct:.1f}"
         if args.profile in ("cprofile", "yappi"):
@@ -575,6 +667,8 @@ def main_run(args: argparse.Namespace) -> int:
             if prof.exists() and args.profile_out:
                 shutil.copy(prof, args.profile_out)
                 print(f"gateway profile written to {args.profile_out}")
+    except _TeamsOnlyDone:
+        pass  # --teams-only: its RESULT line is made
     except (KeyboardInterrupt, Deadline, RuntimeError, ProcessFailed) as exc:
         print(f"\naborted: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     except Exception:  # a bug here must still clean up and end with a RESULT line
@@ -641,6 +735,79 @@ def latency_phase(run: Run, launch_spec: dict[str, Any], urls: dict[str, Any]) -
     return {"ratio": ratio, "p50_ms": p50, "ideal_ms": ideal_ms, "cpu_ms": cpu_ms, "phase": phase}
 
 
+async def _teams_setup(urls: dict[str, Any]) -> None:
+    """Switch the configuration to Teams: an organisation with the double's application, the clinician already
+    linked to their Microsoft 365 account (the phase measures every launch after the first one)."""
+    import asyncpg
+
+    from config_portal.organisations import NewOrganisation, add_organisation
+    from gateway import teams
+    from gateway.graph import SecretCredential, TeamsTenant
+    from gateway.security import Sealer
+
+    sealer = Sealer(urls["secret"])
+    conn = await asyncpg.connect(urls["dsn"])
+    try:
+        org_id = await add_organisation(conn, sealer, NewOrganisation(
+            slug="bench-teams", name="Bench Teams", idp_kind="entra", tenant_id=TEAMS_TENANT,
+            client_id="bench-portal", client_secret="bench-portal-secret"), "bench")
+        await conn.execute("UPDATE configurations SET meeting_provider = 'teams', organisation_id = $1 "
+                           "WHERE fhir_base_url = $2", org_id, urls["fhir_base"])
+        tenant = TeamsTenant(TEAMS_TENANT, TEAMS_CLIENT, SecretCredential(TEAMS_SECRET))
+        await teams.save_tenant(conn, sealer, org_id, tenant, "bench", None)
+        # The sandbox's fhirUser for prac-1 (the practitioner of every launch here).
+        await teams.save_link(conn, sealer, org_id, f"{urls['fhir_base']}/Practitioner/prac-1", TEAMS_OID,
+                              TEAMS_TENANT)
+    finally:
+        await conn.close()
+
+
+def teams_latency_phase(run: Run, launch_spec: dict[str, Any], urls: dict[str, Any]) -> dict[str, Any]:
+    """Full Teams launches of new encounters (each makes its visit's meeting with createOrGet), the EHR and
+    Graph both answering after 50 ms: teams_latency_ratio = the same ideal as latency_ratio / the median.
+    createOrGet is not among the serial round trips: it runs while the FHIR reads do."""
+    import asyncio
+
+    args = run.args
+    ideal_ms = len(SERIAL_ROUND_TRIPS) * EHR_LATENCY * 1000
+    asyncio.run(_teams_setup(urls))
+    # More new encounters than the phase can launch, so that every measured launch makes its meeting.
+    count = int(args.latency_workers * args.latency_duration / (ideal_ms / 1000)) + 40
+    fresh = make_launches(count, "bench-teams-enc", urls["sandbox_port"], urls["gateway_origin"], urls["fhir_base"])
+    print(f"Teams launches: {count} new encounters; the EHR and Graph both answering {EHR_LATENCY * 1000:.0f} ms "
+          f"after each request; ideal {ideal_ms:.0f} ms (createOrGet runs beside the Encounter and Patient reads)",
+          flush=True)
+    # One warm launch: the app token (Entra, through MSAL) is fetched once and cached.
+    run_phase(run, "Teams warm-up", dict(launch_spec, launch_urls=fresh[:2], kind="closed", full=True,
+                                         concurrency=1, duration=1.0))
+    _, before = http("GET", f"{urls['graph_control']}/stats")
+    faults = f"{urls['sandbox_control']}/_sandbox/faults"
+    status, body = http("POST", faults, {"ehr_answer_after": EHR_LATENCY})
+    if status != 200:
+        raise RuntimeError(f"the sandbox refused its latency switch: {status} {body[:200]!r}")
+    try:
+        phase = run_phase(run, "full Teams launch, EHR and Graph 50 ms", dict(
+            launch_spec, launch_urls=fresh[2:], kind="closed", full=True, concurrency=args.latency_workers,
+            duration=args.latency_duration))
+    finally:
+        http("POST", faults, {"ehr_answer_after": 0})
+    _, after = http("GET", f"{urls['graph_control']}/stats")
+    made = json.loads(after)["create_calls"] - json.loads(before)["create_calls"]
+    p50 = phase["p50_ms"]
+    ratio = ideal_ms / p50 if p50 and not math.isnan(p50) else math.nan
+    legs = phase["legs_ms"]
+    medians = [statistics.median(leg[k] for leg in legs) if legs else math.nan for k in range(4)]
+    print(f"  median full Teams launch {p50:.1f} ms (p99 {phase['p99_ms']:.1f} ms) over {phase['ok']} launches, "
+          f"{made} createOrGet calls; ideal {ideal_ms:.0f} ms; teams_latency_ratio {ratio:.3f} (goal >= 0.9)",
+          flush=True)
+    print(f"  median of each request: GET /launch {medians[0]:.1f} ms, authorize {medians[1]:.1f} ms, callback "
+          f"{medians[2]:.1f} ms (token, then createOrGet beside the reads), provider view {medians[3]:.1f} ms",
+          flush=True)
+    if phase["ok"] and made < phase["ok"]:
+        print("  NOTE: fewer createOrGet calls than launches: some launches found their meeting made", flush=True)
+    return {"ratio": ratio, "p50_ms": p50, "ideal_ms": ideal_ms, "phase": phase, "create_calls": made}
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -664,6 +831,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="browsers launching one after another in the latency phase (few: it measures waiting)")
     parser.add_argument("--latency-duration", type=float, default=10.0, help="seconds of the latency phase")
     parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
+    parser.add_argument("--teams-only", action="store_true",
+                        help="only the latency phases, built-in then Teams (latency_ratio, teams_latency_ratio), "
+                             "after a short warm-up")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.sweep, args.warmup, args.concurrency, args.rounds = 4.0, 2.0, 2.0, [32], 2
@@ -678,7 +848,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_bare":
+    if len(sys.argv) > 1 and sys.argv[1] == "_graph":
+        graph_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_bare":
         bare_main(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_sandbox":
         sandbox_main(sys.argv[2:])

@@ -34,7 +34,8 @@ CHOICES = {
     "client_auth": [("private_key_jwt", "private_key_jwt (asymmetric, recommended)"),
                     ("client_secret_basic", "client_secret_basic (a shared secret)"),
                     ("public", "Public client (no secret)")],
-    "meeting_provider": [("builtin", "Built-in video (WebRTC)")],
+    "meeting_provider": [("builtin", "Built-in video (WebRTC)"),
+                         ("teams", "Microsoft Teams (set up the organisation's Teams settings first)")],
     "writeback_strategy": [("none", "Off"), ("fhir-r4-patch", "FHIR R4 PATCH of the Encounter"),
                            ("fhir-r4-put", "FHIR R4 PUT of the Encounter")],
 }

@@ -7,6 +7,7 @@ import asyncpg
 
 import sql
 from gateway.configurations import append_audit
+from gateway.graph import TeamsTenant
 from gateway.security import Sealer
 
 from . import store
@@ -42,3 +43,22 @@ async def ensure_demo_organisation(conn: asyncpg.Connection, sealer: Sealer, *, 
         await grant(conn, DEMO_SLUG, role, matched_by, value, DEMO_ACTOR)
     if configuration_id is not None:
         await conn.execute(Q["assign_configuration"], configuration_id, org_id, "epic")
+
+
+async def ensure_demo_teams(conn: asyncpg.Connection, sealer: Sealer, configuration_id: int,
+                            tenant: TeamsTenant) -> None:
+    """`visitgate demo --teams`: the demo organisation's Teams settings point at the Graph double, and its
+    configuration makes Teams meetings (audited, as an operator's change)."""
+    from gateway import teams
+
+    found = await store.organisation_by_slug(conn, DEMO_SLUG)
+    assert found is not None
+    before = await teams.tenant_settings(conn, found.id)
+    await teams.save_tenant(conn, sealer, found.id, tenant, DEMO_ACTOR, before)
+    async with conn.transaction():
+        previous = await conn.fetchval("SELECT meeting_provider FROM configurations WHERE id = $1", configuration_id)
+        if previous != "teams":
+            await conn.execute("UPDATE configurations SET meeting_provider = 'teams' WHERE id = $1",
+                               configuration_id)
+            await append_audit(conn, DEMO_ACTOR, "configuration.meeting_provider", f"configuration:{configuration_id}",
+                               {"before": previous, "after": "teams"}, organisation_id=found.id)

@@ -17,9 +17,11 @@ import jinja2
 from aiohttp import web
 
 from . import configurations, db, notify
-from .appkeys import DB, DSN, EHR, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
+from .appkeys import DB, DSN, EHR, GRAPH, HTTP, MEETINGS, NOTIFIER, SEALER, SETTINGS, SIGNING_KEY
 from .ehr import EhrClient
 from .errors import ConfigError
+from .graph import GraphClient
+from .teams import TeamsMeetings
 from .meetings import default_providers
 from .notify import inbound
 from .notify.optout import OptOutSms
@@ -50,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_ehr_client)
+    app.cleanup_ctx.append(_graph_client)  # after the HTTP session it sends on
     app.cleanup_ctx.append(_notifier)  # after the HTTP session, which the SMS provider uses
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -105,6 +108,18 @@ async def _ehr_client(app: web.Application) -> AsyncIterator[None]:
         app[EHR] = EhrClient(session, timeout=app[SETTINGS].http_timeout)
         yield
         await app[EHR].close()
+
+
+async def _graph_client(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    graph = GraphClient(app[HTTP], graph_url=settings.graph_url, authority_host=settings.entra_authority_host,
+                        ca_file=settings.idp_ca_file, timeout=settings.http_timeout, budget=settings.graph_budget)
+    app[GRAPH] = graph
+    app[MEETINGS][TeamsMeetings.name] = TeamsMeetings(graph)  # a Teams meeting needs Graph, so it comes with it
+    try:
+        yield
+    finally:
+        graph.close()
 
 
 async def _notifier(app: web.Application) -> AsyncIterator[None]:

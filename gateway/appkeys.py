@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from .ehr import EhrClient
+from .graph import GraphClient
 from .meetings import MeetingProvider
 from .notify import Notifier
 from .security import Sealer, SigningKey
@@ -20,3 +21,4 @@ MEETINGS = web.AppKey("meetings", dict[str, MeetingProvider])
 DSN = web.AppKey("dsn", str)  # for connections outside the pool (the presence LISTEN connection)
 NOTIFIER = web.AppKey("notifier", Notifier)  # join links by email and SMS
 EHR = web.AppKey("ehr", EhrClient)  # every call to an EHR: launch, FHIR reads, backend services, write-back
+GRAPH = web.AppKey("graph", GraphClient)  # every call to Microsoft Graph and Entra ID (Teams meetings, presence)

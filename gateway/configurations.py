@@ -26,7 +26,7 @@ WRITEBACK_STRATEGIES = ("fhir-r4-put", "fhir-r4-patch", "none")
 CLIENT_AUTHS = ("public", "client_secret_basic", "private_key_jwt")
 EHRS = ("epic", "oracle", "smart")
 ENVIRONMENTS = ("test", "production")
-MEETING_PROVIDERS = ("builtin",)
+MEETING_PROVIDERS = ("builtin", "teams")
 DEFAULT_SCOPES = ("launch openid fhirUser user/Patient.read user/Encounter.read user/Appointment.read "
                   "user/Practitioner.read")
 # What the patient portal's launch asks for (the patient's own records, read live for the lobby).

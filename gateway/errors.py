@@ -189,3 +189,59 @@ class GatewayTimeout(UpstreamError):
     status = 504
     reason = "upstream_timeout"
     title = "The EHR did not answer in time"
+
+
+class GraphError(UpstreamError):
+    """Microsoft Graph or Entra ID failed or answered nonsense (gateway.graph raises this family): 502.
+
+    `admin_message`, when set, says what an organisation admin must do (clinicians see only the title and a
+    short detail; the portal shows the admin the whole of it).
+    """
+
+    reason = "graph_error"
+    title = "Microsoft Teams did not answer as expected"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, status: int | None = None,
+                 upstream_status: int | None = None, admin_message: str = "") -> None:
+        super().__init__(detail, reason=reason, status=status, upstream_status=upstream_status)
+        self.admin_message = admin_message
+
+
+class GraphPolicyDenied(GraphError):
+    """Graph answered 403: the application may not act for this user (no application access policy covers
+    them, or the app lacks its role); an admin can fix it, and admin_message says how: 502."""
+
+    reason = "graph_policy_denied"
+    title = "Your organisation's Teams set-up does not allow this visit yet"
+
+
+class GraphThrottled(GraphError):
+    """Graph kept answering 429 past the caller's deadline: 503."""
+
+    status = 503
+    reason = "graph_throttled"
+    title = "Microsoft Teams is busy right now"
+
+
+class GraphUnavailable(GraphError):
+    """Graph or Entra could not be reached, kept answering 5xx, or did not answer in time: 503."""
+
+    status = 503
+    reason = "graph_unavailable"
+    title = "Microsoft Teams is not available right now"
+
+
+class GraphRefused(GraphError):
+    """Graph or Entra refused the request (a 4xx other than 403 and 429, or a token refused): 502.
+    `upstream_status` says what it answered; for a refused credential it is None and reason is
+    `graph_credential_refused`."""
+
+    reason = "graph_refused"
+
+
+class WebhookRefused(VisitgateError):
+    """A call to one of our webhooks (Graph's change notifications) that does not prove it is for us: 403."""
+
+    status = 403
+    reason = "notification_refused"
+    title = "This notification was refused"

@@ -116,7 +116,14 @@ class Settings:
     portal_sign_in_ttl: int = 600
     """Seconds a portal sign-in may spend at the identity provider."""
     idp_ca_file: Path | None = None
-    """A CA bundle trusted for the organisations' identity providers instead of the system's (tests, demo)."""
+    """A CA bundle trusted for the organisations' identity providers, and for Microsoft Graph and Entra ID,
+    instead of the system's (tests and the demo point these at sandbox doubles with a CA of their own)."""
+    graph_url: str = "https://graph.microsoft.com"
+    """Microsoft Graph's origin (https only; the national clouds have their own)."""
+    entra_authority_host: str = "https://login.microsoftonline.com"
+    """Entra ID's authority host (https only); a tenant's authority is <host>/<tenant id>."""
+    graph_budget: float = 8.0
+    """Seconds one Graph call may take in all, retries of 429 and 5xx included, unless its caller gives less."""
     visit_idle_end: float = 30 * 60
     """Seconds without anyone connected after a visit started (both sides present once) before it ends."""
     visit_grace: float = 60 * 60
@@ -132,6 +139,20 @@ class Settings:
     webhook_poll_interval: float = 1.0
     webhook_allow_http_loopback: bool = False
     """Tests only: deliver to http://127.0.0.1 (otherwise https only, and never to private addresses)."""
+
+    graph_notification_key_pem: bytes | None = field(default=None, repr=False)
+    """PEM RSA private key Graph encrypts Teams meeting notifications to (a certificate for it is made at start-up).
+    Without it, no Teams meeting is subscribed to and presence in Teams visits is not live."""
+    graph_subscription_lifetime: int = 3 * 24 * 3600 - 600
+    """Seconds a Teams meeting's Graph subscription is asked to last (Graph allows at most three days)."""
+    graph_renew_before: int = 12 * 3600
+    """Renew a subscription when it has less than this many seconds left."""
+    graph_worker_enabled: bool = True
+    """Run the worker that decrypts Graph's queued notifications in this process (any number of processes may)."""
+    graph_poll_interval: float = 1.0
+    """Seconds between this process's looks for queued notifications, renewals and reconciliations due."""
+    graph_reconcile_delay: float = 300.0
+    """Seconds after a meeting's call ended (or notifications were missed) before its attendance report is read."""
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:
@@ -220,7 +241,13 @@ class Settings:
             visit_grace=_seconds(env, "VISITGATE_VISIT_GRACE", 60 * 60, least=0),
             webhook_retry_window=_seconds(env, "VISITGATE_WEBHOOK_RETRY_WINDOW", 24 * 3600, least=1),
             webhook_allow_http_loopback=_flag(env.get("VISITGATE_WEBHOOK_ALLOW_HTTP_LOOPBACK", "")),
+            graph_worker_enabled=_flag(env.get("VISITGATE_GRAPH_WORKER_ENABLED", "").strip() or "on"),
+            graph_notification_key_pem=Path(env["VISITGATE_GRAPH_NOTIFICATION_KEY_FILE"].strip()).read_bytes()
+            if env.get("VISITGATE_GRAPH_NOTIFICATION_KEY_FILE", "").strip() else None,
             idp_ca_file=Path(env["VISITGATE_IDP_CA_FILE"]) if env.get("VISITGATE_IDP_CA_FILE", "").strip() else None,
+            graph_url=_https_origin(env, "VISITGATE_GRAPH_URL", "https://graph.microsoft.com"),
+            entra_authority_host=_https_origin(env, "VISITGATE_ENTRA_AUTHORITY_HOST",
+                                               "https://login.microsoftonline.com"),
             **_writeback_from_env(env),
             **_ice_from_env(env),
         )
@@ -228,6 +255,14 @@ class Settings:
 
 def _known_region(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS
+
+
+def _https_origin(env: Mapping[str, str], name: str, default: str) -> str:
+    """An https origin from the environment (MSAL and Graph take nothing else), without a trailing slash."""
+    raw = env.get(name, "").strip().rstrip("/") or default
+    if not raw.startswith("https://") or "?" in raw or "#" in raw:
+        raise ConfigError(f"{name} must be an https origin like {default}")
+    return raw
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int, least: int) -> int:

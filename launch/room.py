@@ -22,6 +22,7 @@ from gateway.sessions import renew_after
 
 from .page_strings import for_page
 from .sessions import provider_session
+from .teams import patient_join_url
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ async def participant_room(request: web.Request) -> web.Response:
     if state != "admitted":
         # Not admitted yet, or denied or removed since: the lobby is where one waits.
         return _to_lobby()
+    join_url = await patient_join_url(request.app, participant.visit_id)
+    if join_url is not None:
+        # A Teams visit: on to the meeting's browser join, where Teams' own lobby holds them until let in.
+        return web.Response(status=303, headers={"Location": join_url, "Cache-Control": "no-store"})
     return _render(request, participant.id, participant.role, {"where": "room"}, leave_url=None)
 
 

@@ -22,6 +22,7 @@ from gateway.errors import (DatabaseUnavailable, LaunchRefused, SessionExpired, 
                             UpstreamError, VisitgateError)
 from gateway.fhir import FhirClient
 from gateway.meetings import Meeting
+from gateway.teams import PROVIDER as TEAMS
 from gateway.security import new_token, pkce_challenge, token_hash
 from gateway.smart import department_of
 from gateway.sessions import browser_hashes, browser_keys, renew_after
@@ -38,6 +39,9 @@ from .queue import queue_page, queue_patients
 from .room import ROOM_SIZE, no_store, participant_room, provider_room
 from .sessions import browser_key_for_launch, keep_browser_key, provider_session, warn_if_cookies_cannot_stick
 from .smart import Client, SmartClient, TokenGrant
+from .teams import ROUTES as TEAMS_ROUTES
+from .teams import provider_context as teams_context
+from .teams import started_meetings_ctx
 from .view_reads import STARTED_READS, patient_name, reads_for, started_reads_ctx
 from .visits import open_visit
 
@@ -55,8 +59,10 @@ def setup(app: web.Application) -> None:
     setup_join(app)
     app.cleanup_ctx.append(_smart_client)
     app.cleanup_ctx.append(started_reads_ctx)
+    app.cleanup_ctx.append(started_meetings_ctx)
     app.cleanup_ctx.append(_purge_expired)
     app.router.add_routes(ROUTES)
+    app.router.add_routes(TEAMS_ROUTES)  # the Microsoft 365 sign-in's callback (launch/teams.py)
 
 
 async def _smart_client(app: web.Application) -> AsyncIterator[None]:
@@ -231,7 +237,8 @@ async def _open_provider_visit(app: web.Application, config: store.LaunchConfigu
     sealer = app[SEALER]
     assert grant.encounter is not None
     async with app[DB].acquire() as conn:
-        visit = await open_visit(conn, app, config, grant.encounter, grant.patient, department=department)
+        visit = await open_visit(conn, app, config, grant.encounter, grant.patient, department=department,
+                                 fhir_user=fhir_user)
         await store.create_provider_session(
             conn, visit_id=visit.id, session_hash=token_hash(new_token()), fhir_user=fhir_user,
             access_token=sealer.seal(grant.access_token, "provider_sessions.access_token"),
@@ -400,7 +407,9 @@ async def provider_view(request: web.Request) -> web.Response:
         async with app[DB].acquire() as conn:
             await joinlinks.note_window_end(conn, session.visit_id, window_end)
     meeting = Meeting(session.meeting_provider, session.meeting_id) if session.meeting_id else None
+    teams_view = await teams_context(app, session) if session.meeting_provider == TEAMS else None
     context = {
+        "teams": teams_view,
         "visit_id": str(session.visit_id),
         "environment": session.environment,
         "banner": session.need_patient_banner,

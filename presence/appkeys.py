@@ -7,6 +7,7 @@ from .announcer import Announcer
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
+from .teams_events import TeamsEvents
 from .limits import StoreBudget
 from .visit_end import VisitSweeper
 from .webhooks import WebhookWorker
@@ -21,3 +22,4 @@ STORE_BUDGET = web.AppKey("presence_store_budget", StoreBudget)  # events each p
 CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages each participant may still send
 SWEEPER = web.AppKey("visit_sweeper", VisitSweeper)  # ends idle visits and visits past their window
 WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)  # follows events into the webhook outbox, delivers them
+TEAMS = web.AppKey("teams_events", TeamsEvents)  # Graph subscriptions of Teams meetings, their webhook and worker

@@ -124,6 +124,19 @@ async def append_held_event(conn: asyncpg.Connection, process_id: UUID, visit_id
     return None if row is None else int(row["id"])
 
 
+async def append_keyed_event(conn: asyncpg.Connection, visit_id: UUID, participant_id: UUID | None, kind: str,
+                             key: UUID, at: dt.datetime | None = None) -> int | None:
+    """Append an event that happened elsewhere (a Teams roster change), dated when it happened, once per key.
+
+    None when an event with this key was written already (Graph sent the change again, or a reconciliation
+    ran twice). Announce it once committed.
+    """
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown presence event kind {kind!r}")
+    row = await conn.fetchrow(Q["append_event"], visit_id, participant_id, kind, None, at, key)
+    return None if row is None else int(row["id"])
+
+
 def _event(row: asyncpg.Record) -> PresenceEvent:
     # Positional (in the fields' order): keywords cost as much again as the tuple itself on the bus's path.
     return PresenceEvent(row["id"], row["visit_id"], row["participant_id"], row["kind"], row["at"], row["role"],

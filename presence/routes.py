@@ -12,8 +12,9 @@ from prometheus_client.registry import Collector
 from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
+from . import teams_webhook
 from .announcer import Announcer
-from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, WEBHOOKS, WRITEBACK
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, TEAMS, WEBHOOKS, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
@@ -39,6 +40,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
     app.cleanup_ctx.append(_sweeper)  # ends visits left idle or past their window
     app.cleanup_ctx.append(_webhooks)  # the customers' webhook endpoints, from their own outbox
+    teams_webhook.setup(app)  # Graph's notifications of Teams meetings, and their worker
 
 
 async def _announcer(app: web.Application) -> AsyncIterator[None]:
@@ -105,6 +107,20 @@ class _PresenceCollector(Collector):
             yield CounterMetricFamily("visitgate_presence_events_dropped",
                                       "Socket events dropped while the database was away (memory full, or a stop)",
                                       value=lease.lost)
+        events = self._app.get(TEAMS)
+        if events is not None:
+            yield CounterMetricFamily("visitgate_graph_notifications_accepted",
+                                      "Graph notifications the webhook queued (answered 202)",
+                                      value=events.intake.accepted)
+            yield CounterMetricFamily("visitgate_graph_notifications_refused",
+                                      "Graph notifications the webhook refused (clientState, subscription, content)",
+                                      value=events.refused)
+            outcomes = CounterMetricFamily("visitgate_graph_notifications_processed",
+                                           "Queued Graph notifications the worker finished, by outcome",
+                                           labels=["outcome"])
+            for outcome, count in sorted(events.outcomes.items()):
+                outcomes.add_metric([outcome], count)
+            yield outcomes
         budget = self._app.get(STORE_BUDGET)
         if budget is not None:
             yield CounterMetricFamily("visitgate_presence_rate_limited",

@@ -21,3 +21,11 @@ CLIENT_KEYS = web.AppKey("sandbox_client_keys", ClientKeyCache)
 HTTP_SESSION = web.AppKey("sandbox_http_session", aiohttp.ClientSession)
 OIDC = web.AppKey("sandbox_oidc", OidcProvider)
 STANDALONE = web.AppKey("sandbox_standalone", StandaloneSignIns)
+
+# The Graph and Entra double (sandbox/graph.py, sandbox/entra.py): a separate https application.
+from .entra import EntraDouble  # noqa: E402
+from .graph import GraphDouble, RosterListener  # noqa: E402
+
+ENTRA = web.AppKey("sandbox_entra", EntraDouble)
+GRAPH = web.AppKey("sandbox_graph", GraphDouble)
+ROSTER_LISTENERS = web.AppKey("sandbox_graph_roster_listeners", list[RosterListener])

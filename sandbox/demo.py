@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import errno
 import ipaddress
@@ -37,7 +38,7 @@ from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approve
 from gateway.security import generate_signing_key_pem
 from gateway.web import runner_options
 
-from config_portal.demo import DEMO_SLUG, ensure_demo_organisation
+from config_portal.demo import DEMO_SLUG, ensure_demo_organisation, ensure_demo_teams
 
 from . import SandboxClient, SandboxSettings, create_sandbox_app
 from .config import DEMO_PORTAL_CLIENT_ID, demo_portal_client
@@ -46,6 +47,11 @@ from .carriers.wiring import with_demo_carrier
 from .phone import with_demo_messaging
 
 DEMO_CLIENT_ID = "visitgate-demo"
+# `--teams`: the demo organisation's Microsoft 365 tenant and application, at the Graph and Entra double.
+DEMO_TEAMS_TENANT = "7d5e3c1a-0b9f-4e2d-8c7b-6a5f4e3d2c1b"
+DEMO_TEAMS_CLIENT = "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d"
+DEMO_TEAMS_CLINICIANS = (("0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f", "Dr Ada Demo", "ada@sandbox-health.example"),
+                         ("1d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f5a", "Dr Ben Demo", "ben@sandbox-health.example"))
 DEMO_ADMIN = next(u for u in USERS if u.username == "admin@sandbox-health.example")
 DEMO_READER = next(u for u in USERS if u.username == "reader@sandbox-health.example")
 
@@ -118,7 +124,33 @@ def make_idp_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
     return context, ca_path
 
 
-async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tls: ssl.SSLContext) -> int:
+def graph_port_of(port: int) -> int:
+    """The port of the demo's https Graph and Entra double (`--teams`), for a gateway on port."""
+    return port + 4
+
+
+def _graph_double(settings: Settings, secret: str) -> web.Application:
+    """The Graph and Entra double with the demo organisation's tenant: its application (a secret, the meetings
+    role, an access policy for everyone) and two clinicians to sign in as."""
+
+    from .appkeys import ENTRA, GRAPH
+    from .entra import EntraApp, EntraUser
+    from .graph import create_graph_double_app, set_base
+
+    app = create_graph_double_app()
+    set_base(app, settings.graph_url)
+    tenant = app[ENTRA].tenant(DEMO_TEAMS_TENANT)
+    tenant.apps[DEMO_TEAMS_CLIENT] = EntraApp(DEMO_TEAMS_CLIENT, secret=secret,
+                                              roles={"OnlineMeetings.ReadWrite.All"},
+                                              redirect_uris={f"{settings.public_url}/teams/callback"})
+    for oid, name, upn in DEMO_TEAMS_CLINICIANS:
+        tenant.users[oid] = EntraUser(oid, name, upn)
+    app[GRAPH].grant_policy(DEMO_TEAMS_TENANT, DEMO_TEAMS_CLIENT)
+    return app
+
+
+async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tls: ssl.SSLContext,
+                 teams: bool = False) -> int:
     # Signals are taken first, and one that comes while the apps start is honoured once they have started:
     # the embedded PostgreSQL starts in a thread that cannot be cancelled, and whole apps stop cleanly
     # where half-started ones might leave that server running. Start-up takes seconds.
@@ -153,6 +185,10 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
     # states and PKCE challenges in their query strings, among the gateway's lines on the demo's console.
     runners = [web.AppRunner(gateway_app, shutdown_timeout=10, **runner_options()),  # type: ignore[arg-type]
                web.AppRunner(sandbox_app, shutdown_timeout=10, access_log=None)]
+    teams_secret = _demo_secret(settings.data_dir / "demo-teams-secret",
+                                secrets.token_urlsafe(32).encode()).decode() if teams else ""
+    if teams:
+        runners.append(web.AppRunner(_graph_double(settings, teams_secret), shutdown_timeout=10, access_log=None))
     try:
         try:
             for runner in runners:
@@ -161,6 +197,8 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
             await web.TCPSite(runners[1], "127.0.0.1", sandbox_port).start()
             # The same sandbox over https: its OpenID provider, which names this origin in its documents.
             await web.TCPSite(runners[1], "127.0.0.1", idp_port, ssl_context=idp_tls).start()
+            if teams:  # the Graph and Entra double, with the same demo certificate (localhost, 127.0.0.1)
+                await web.TCPSite(runners[2], "127.0.0.1", graph_port_of(settings.port), ssl_context=idp_tls).start()
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
@@ -182,6 +220,10 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
                 client_id=DEMO_PORTAL_CLIENT_ID, client_secret=portal_secret, configuration_id=demo_config,
                 grants=[("admin", "subject", DEMO_ADMIN.oid), ("approver", "group", GROUP_APPROVERS),
                         ("report_reader", "email", DEMO_READER.email)])
+            if teams:
+                from gateway.graph import SecretCredential, TeamsTenant
+                await ensure_demo_teams(conn, gateway_app[SEALER], demo_config, TeamsTenant(
+                    DEMO_TEAMS_TENANT, DEMO_TEAMS_CLIENT, SecretCredential(teams_secret)))
         if not stop.is_set():
             print(f"\nVisitgate demo is running.\n"
                   f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
@@ -192,7 +234,10 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
                   f"    (or \"Sign in to the portal as the demo admin\" on {sandbox_url}/ehr), then click\n"
                   f"    \"Continue as the demo admin\". Its sign-in service, {idp_url}, has a certificate from\n"
                   f"    the demo's own authority ({settings.idp_ca_file}): your browser warns once; accept it.\n"
-                  f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
+                  + (f"  Microsoft Teams: visits are Teams meetings at the Graph double {settings.graph_url}; the\n"
+                     f"    clinician signs in with Microsoft once (pick a demo clinician) and joins in Teams.\n"
+                     if teams else "")
+                  + f"  Gateway: {settings.public_url}  (Ctrl-C stops everything)\n", flush=True)
             await stop.wait()
         print("stopping...", flush=True)
     finally:
@@ -215,6 +260,9 @@ def idp_port_of(port: int) -> int:
 def add_command(commands: Any) -> None:
     """Add `visitgate demo` to the command line (registered under the visitgate.commands entry points)."""
     demo = commands.add_parser("demo", help="run the gateway with the sandbox EHR on 127.0.0.1")
+    demo.add_argument("--teams", action="store_true",
+                      help="run the demo organisation's visits as Microsoft Teams meetings, on the sandbox's Graph "
+                           "and Entra double (https, on the port after the sign-in service's)")
     demo.add_argument("--port", type=int, default=8080,
                       help="gateway port; the sandbox EHR takes the next one, its SMTP server the one after, "
                            "its https sign-in service the one after that")
@@ -230,4 +278,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(os.environ.get("VISITGATE_DATA_DIR", ".visitgate"))
     idp_tls, ca_file = make_idp_tls(data_dir / "demo-tls")
     settings = demo_settings(data_dir, port, sandbox_url, idp_ca_file=ca_file)
-    return asyncio.run(_serve(settings, sandbox_port, sandbox_url, idp_tls))
+    teams = bool(getattr(args, "teams", False))
+    if teams:
+        graph = f"https://localhost:{graph_port_of(port)}"
+        settings = dataclasses.replace(settings, graph_url=graph, entra_authority_host=graph)
+    return asyncio.run(_serve(settings, sandbox_port, sandbox_url, idp_tls, teams=teams))

@@ -26,17 +26,17 @@ STOP_BOUND = 40  # seconds: dev.py gives the demo 30 to stop before it kills it
 
 
 def _free_ports() -> int:
-    """A port that is free with the next three free too (the demo serves the EHR on port + 1, SMTP on port + 2,
-    its https sign-in service on port + 3).
+    """A port that is free with the next four free too (the demo serves the EHR on port + 1, SMTP on port + 2,
+    its https sign-in service on port + 3, and with --teams the Graph double on port + 4).
 
     Checked by binding them: a free port alone was not enough once, its neighbour being some connection's
     own (ephemeral) port at the time."""
     for _ in range(50):
         port = unused_port()
-        if port + 3 > 65535:
+        if port + 4 > 65535:
             continue
         try:
-            for neighbour in (port + 1, port + 2, port + 3):
+            for neighbour in (port + 1, port + 2, port + 3, port + 4):
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", neighbour))
         except OSError:
@@ -171,6 +171,31 @@ async def test_demo_serves_the_ehr_and_gateway_and_stops_everything_on_ctrl_c(da
         assert code == 0, output
         assert "Traceback" not in output, output
         assert not _postgres_serving(data_dir), output
+    finally:
+        await _kill(proc)
+
+
+async def test_demo_with_teams_runs_the_organisation_on_the_graph_double(data_dir: Path) -> None:
+    port = _free_ports()
+    proc, banner = await _start([VISITGATE, "demo", "--teams", "--port", str(port)], data_dir)
+    try:
+        assert f"https://localhost:{port + 4}" in banner, banner
+        jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[f"http://127.0.0.1:{port}"])
+        async with aiohttp.ClientSession(cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=15)) as http:
+            async with http.get(f"http://localhost:{port + 1}/ehr") as ehr:
+                visit = re.search(r'href="(/ehr/visit/[^"]+)"', await ehr.text())
+            assert visit, "the EHR's schedule links a visit"
+            async with http.get(f"http://localhost:{port + 1}{visit.group(1)}") as page:
+                src = re.search(r'<iframe id="app" title="Video visit" src="([^"]+)"', await page.text())
+            assert src
+            async with http.get(src.group(1).replace("&amp;", "&")) as view:
+                text = await view.text()
+                assert view.status == 200, text
+        # The clinician's first Teams visit: the one-time Microsoft sign-in at the double.
+        assert 'id="teams-sign-in"' in text and f"https://localhost:{port + 4}/" in text, text
+        proc.send_signal(signal.SIGINT)
+        code, output = await _stopped(proc)
+        assert code == 0 and "Traceback" not in output, output
     finally:
         await _kill(proc)
 

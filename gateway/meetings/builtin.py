@@ -19,7 +19,7 @@ class BuiltinRooms:
 
     name = "builtin"
 
-    async def create_meeting(self, visit_id: str) -> Meeting:
+    async def create_meeting(self, visit_id: str, *, organizer: Any = None, deadline: float | None = None) -> Meeting:
         """A fresh, unguessable room id."""
         return Meeting(provider=self.name, meeting_id=secrets.token_urlsafe(16))
 

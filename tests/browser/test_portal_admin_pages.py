@@ -47,5 +47,9 @@ async def test_the_records_audit_and_members_pages_work_by_keyboard_and_pass_axe
         await page.goto(f"{portal.gateway_url}/portal/{ORG}/members")
         await expect(page.locator("#members")).to_contain_text(ADMIN.oid)
         await assert_accessible(page)
+
+        await page.goto(f"{portal.gateway_url}/portal/{ORG}/teams")
+        await expect(page.locator("#teams-unset")).to_be_visible()
+        await assert_accessible(page)
     finally:
         await context.close()

@@ -57,7 +57,7 @@ def test_every_template_string_goes_through_the_catalog() -> None:
     # Text between tags in the patients' and the clinician's templates must come from {{ _("...") }}, not be
     # written in English (the product's name aside).
     for name in ("join.html", "lobby.html", "patient_inapp.html", "room.html", "provider.html", "invite_result.html",
-                 "launch_new_window.html"):
+                 "launch_new_window.html", "teams_signed_in.html"):
         source = (LAUNCH_DIR / "templates" / name).read_text()
         source = re.sub(r"\{#.*?#\}|\{\{.*?\}\}|\{%.*?%\}|<[^>]*>|Visitgate", " ", source, flags=re.S)
         assert not re.findall(r"[A-Za-z]{2,}", source), f"{name} has text outside the catalog"
