@@ -39,3 +39,12 @@ def test_a_fresh_sign_in_needs_an_auth_time_within_max_age() -> None:
     assert not fresh_enough(auth_time_of({}), 300, now)
     assert not fresh_enough(auth_time_of({"auth_time": "1800000000"}), 300, now)
     assert not fresh_enough(auth_time_of({"auth_time": True}), 300, now)
+
+
+def test_the_teams_settings_and_links_are_for_admins_only() -> None:
+    # The route matrix (test_portal_sessions.py) visits every portal route as each role; these are admin-only.
+    from config_portal import teams
+    from config_portal.routes import ACCESS
+
+    for handler in (teams.teams_page, teams.teams_save, teams.link_remove):
+        assert ACCESS[handler] == ("admin",), handler
