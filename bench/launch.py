@@ -35,6 +35,13 @@ launch, the ideal being the EHR round trips that must follow one another x 50 ms
 Encounter + Patient, Appointment = 200 ms; discovery and JWKS are cached by then). The median of each
 request is printed too, and `cpu_ms_per_full_launch`, the gateway's CPU per such launch.
 
+Teams (`teams_latency_ratio`): the configuration is then switched to Microsoft Teams, with the clinician
+already linked to their Microsoft 365 account, and the same full launches run for new encounters, the EHR and
+the Graph and Entra double (sandbox/graph.py, a child process on https, answering every request 50 ms after it
+arrived) both slow: every launch makes its visit's meeting (createOrGet), which runs beside the view's FHIR
+reads, so the ideal is the same 200 ms. The number of createOrGet calls is printed. `--teams-only` runs just the
+two latency phases (built-in, then Teams) in the same conditions.
+
 The machine has 2 cores shared by everything above, so the absolute rates say as much about the
 neighbours as about the gateway; only the ratios against the baseline of the same run are comparable.
 It is also a VM whose host steals CPU time from it: each phase prints how much (bench.stats.CpuSteal), and

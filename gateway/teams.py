@@ -21,6 +21,7 @@ import asyncpg
 
 import sql
 
+from .configurations import append_audit
 from .errors import GraphError, GraphPolicyDenied
 from .graph import CertificateCredential, GraphClient, SecretCredential, TeamsTenant
 from .meetings import Meeting
@@ -105,7 +106,6 @@ async def tenant_of(conn: asyncpg.Connection, sealer: Sealer, organisation_id: i
 async def save_tenant(conn: asyncpg.Connection, sealer: Sealer, organisation_id: int, tenant: TeamsTenant,
                       actor: str, before: TenantSettings | None) -> None:
     """Store checked Teams settings, audited (before and after, without the credential)."""
-    from .configurations import append_audit
     kind, sealed, thumbprint = seal_credential(sealer, tenant)
     async with conn.transaction():
         await conn.execute(Q["save_tenant"], organisation_id, tenant.tenant_id, tenant.client_id, kind, sealed,
@@ -141,7 +141,6 @@ async def organizer_for(conn: asyncpg.Connection, sealer: Sealer, configuration_
 async def save_link(conn: asyncpg.Connection, sealer: Sealer, organisation_id: int, fhir_user: str, oid: str,
                     tenant_id: str) -> int:
     """Link an EHR user to their Entra account (replacing an older link of theirs), audited."""
-    from .configurations import append_audit
     async with conn.transaction():
         link_id: int = await conn.fetchval(Q["save_link"], organisation_id,
                                            ehr_user_key(sealer, fhir_user),
@@ -162,7 +161,6 @@ async def links_of(conn: asyncpg.Connection, sealer: Sealer, organisation_id: in
 async def remove_link(conn: asyncpg.Connection, sealer: Sealer, organisation_id: int, link_id: int,
                       actor: str) -> bool:
     """Remove a link (the clinician signs in to Microsoft 365 again at their next Teams visit), audited."""
-    from .configurations import append_audit
     async with conn.transaction():
         row = await conn.fetchrow(Q["delete_link"], organisation_id, link_id)
         if row is None:

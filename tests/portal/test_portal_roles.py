@@ -23,6 +23,15 @@ def test_entra_members_are_matched_by_object_id_not_by_sub() -> None:
     assert resolve_roles(ENTRA, GRANTS, {"oid": "y", "sub": "oid-1"}) == ()
 
 
+def test_the_teams_settings_and_links_are_for_admins_only() -> None:
+    # The route matrix (test_portal_sessions.py) visits every portal route as each role; these are admin-only.
+    from config_portal import teams
+    from config_portal.routes import ACCESS
+
+    for handler in (teams.teams_page, teams.teams_save, teams.link_remove):
+        assert ACCESS[handler] == ("admin",), handler
+
+
 def test_an_email_is_matched_whatever_its_case_unless_the_provider_says_it_is_unverified() -> None:
     assert resolve_roles(OIDC, GRANTS, {"sub": "s", "email": "Ana@Example.org"}) == ("approver",)
     assert resolve_roles(OIDC, GRANTS, {"sub": "s", "email": "ana@example.org", "email_verified": False}) == ()
