@@ -8,6 +8,7 @@ from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
 from .limits import StoreBudget
+from .usage import UsageFollower
 from .visit_end import VisitSweeper
 from .webhooks import WebhookWorker
 from .writeback import WritebackWorker
@@ -21,3 +22,4 @@ STORE_BUDGET = web.AppKey("presence_store_budget", StoreBudget)  # events each p
 CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages each participant may still send
 SWEEPER = web.AppKey("visit_sweeper", VisitSweeper)  # ends idle visits and visits past their window
 WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)  # follows events into the webhook outbox, delivers them
+USAGE = web.AppKey("usage_follower", UsageFollower)  # keeps the usage report's per-visit figures as events arrive

@@ -13,11 +13,12 @@ from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
 from .announcer import Announcer
-from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, WEBHOOKS, WRITEBACK
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, USAGE, WEBHOOKS, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
+from .usage import UsageFollower
 from .visit_end import VisitSweeper
 from .webhooks import WebhookWorker, webhook_session
 from .limits import CHAT_PER_MINUTE, StoreBudget
@@ -39,6 +40,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_writeback(WritebackMetrics(app)))  # the outbox to FHIR Encounter worker
     app.cleanup_ctx.append(_sweeper)  # ends visits left idle or past their window
     app.cleanup_ctx.append(_webhooks)  # the customers' webhook endpoints, from their own outbox
+    app.cleanup_ctx.append(_usage)  # the usage report's per-visit figures, kept as events arrive
 
 
 async def _announcer(app: web.Application) -> AsyncIterator[None]:
@@ -137,6 +139,15 @@ def _writeback(counters: WritebackMetrics) -> Callable[[web.Application], AsyncI
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     app[SWEEPER] = VisitSweeper(app[DB], app[ANNOUNCER], app[SETTINGS])
     task = asyncio.create_task(app[SWEEPER].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    app[USAGE] = UsageFollower(app[DB])
+    task = asyncio.create_task(app[USAGE].run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
