@@ -265,6 +265,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/portal/{org}/members/grant", members_grant)
     app.router.add_post("/portal/{org}/members/revoke", members_revoke)
     # Imported here: their handlers use this module's `allowed`.
-    from . import approval, configurations
+    from . import approval, configurations, reports
     configurations.add_routes(app)
     approval.add_routes(app)
+    reports.add_routes(app)
