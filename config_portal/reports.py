@@ -14,7 +14,7 @@ import datetime as dt
 import io
 import re
 import zoneinfo
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -189,7 +189,7 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else str(round(value))
 
 
-async def csv_chunks(pool: asyncpg.Pool, org_id: int, span: Range) -> AsyncIterator[bytes]:
+async def csv_chunks(pool: asyncpg.Pool, org_id: int, span: Range) -> AsyncGenerator[bytes, None]:
     """The range's visits as CSV, oldest first, in chunks: read through a server-side cursor in one transaction,
     so memory stays flat however many rows there are. Cells a spreadsheet would run are quoted as text."""
     tz = zoneinfo.ZoneInfo(span.zone)
