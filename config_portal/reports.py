@@ -2,7 +2,7 @@
 day, department and environment, charts, one row per visit, and the same rows as a streamed CSV.
 
 Every figure comes from the per-visit rows presence.usage keeps as events arrive (`visit_usage`); the report's
-database work is four aggregates over one index range of those rows and never reads the event log. Nothing here
+database work is one aggregate (grouping sets) over one index range of those rows and never reads the event log. Nothing here
 is patient data: opaque visit ids, times, counts, the department's identifier from the launch context, the
 configuration's environment and meeting provider.
 """
@@ -144,11 +144,14 @@ class Figures:
         return self.no_shows / self.ended if self.ended else None
 
 
-def _figures(row: asyncpg.Record) -> Figures:
+def _figures(row: asyncpg.Record, key: Any) -> Figures:
     wait, duration = row["lobby_wait"] or (None, None), row["duration"] or (None, None)
-    return Figures(row["key"] if "key" in row else None, row["visits"], row["completed"], row["no_shows"],
-                   row["cancelled"], wait[0], wait[1], duration[0], duration[1], row["attendees"] or 0,
-                   row["sms"] or 0, row["email"] or 0)
+    return Figures(key, row["visits"], row["completed"], row["no_shows"], row["cancelled"], wait[0], wait[1],
+                   duration[0], duration[1], row["attendees"] or 0, row["sms"] or 0, row["email"] or 0)
+
+
+# The GROUPING() value of each kind of line of usage_figures (a bit set per column the line is not grouped by).
+_TOTALS, _DAY, _DEPARTMENT, _ENVIRONMENT = 7, 3, 5, 6
 
 
 @dataclass(frozen=True)
@@ -169,12 +172,23 @@ def today_in(zone: str) -> dt.date:
 
 
 async def usage_report(conn: asyncpg.Connection, org_id: int, span: Range) -> UsageReport:
-    """The report's figures for a range: four aggregates over the range's visit_usage rows, and its newest visits."""
+    """The report's figures for a range (one aggregate over the range's visit_usage rows) and its newest visits."""
     start, end = span.bounds()
-    totals = _figures(await conn.fetchrow(Q["usage_totals"], org_id, start, end))
-    days = {r["key"]: _figures(r) for r in await conn.fetch(Q["usage_by_day"], org_id, start, end, span.zone)}
-    departments = [_figures(r) for r in await conn.fetch(Q["usage_by_department"], org_id, start, end)]
-    environments = [_figures(r) for r in await conn.fetch(Q["usage_by_environment"], org_id, start, end)]
+    totals = Figures(None)
+    days: dict[dt.date, Figures] = {}
+    departments, environments = [], []
+    for row in await conn.fetch(Q["usage_figures"], org_id, start, end, span.zone):
+        kind = row["grouping"]
+        if kind == _TOTALS:
+            totals = _figures(row, None)
+        elif kind == _DAY:
+            days[row["day"]] = _figures(row, row["day"])
+        elif kind == _DEPARTMENT:
+            departments.append(_figures(row, row["department"]))
+        elif kind == _ENVIRONMENT:
+            environments.append(_figures(row, row["environment"]))
+    departments.sort(key=lambda f: (f.key is None, f.key or ""))  # the visits that named none last
+    environments.sort(key=lambda f: str(f.key))
     newest = list(await conn.fetch(Q["newest_rows"], org_id, start, end, NEWEST_ROWS))
     # Days without a visit are shown as such, so the trend's axis has every day.
     by_day = [days.get(day) or Figures(day) for day in span.days]
