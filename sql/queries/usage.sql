@@ -7,11 +7,13 @@ UPDATE usage_follower SET last_id = $1, gap_snapshot = $2, gap_upto = $3;
 
 -- name: events_after
 -- Events after the follower's position, oldest first, with the participant's role and, for a `visit_ended`,
--- whether the patient never came.
-SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at, p.role, x.no_show
+-- whether the patient never came. Looked up per event (by primary key and by visit_ends' unique event id):
+-- as joins, the planner hashed the whole participants table for every batch (seconds at 2,000,000 rows).
+SELECT e.id, e.visit_id, e.participant_id, e.kind, e.at,
+       (SELECT p.role FROM participants p WHERE p.id = e.participant_id) AS role,
+       CASE WHEN e.kind = 'visit_ended' THEN (SELECT x.no_show FROM visit_ends x WHERE x.event_id = e.id) END
+           AS no_show
 FROM presence_events e
-LEFT JOIN participants p ON p.id = e.participant_id
-LEFT JOIN visit_ends x ON x.event_id = e.id
 WHERE e.id > $1
 ORDER BY e.id
 LIMIT $2;

@@ -158,7 +158,13 @@ async def configurations(conn: asyncpg.Connection, sealer: Sealer, org_slug: str
 
 
 async def write_visits(conn: asyncpg.Connection, sealer: Sealer, plans: list[PlannedVisit]) -> None:
-    """Write the planned visits as the gateway would have: rows, events in time order, ends, invitations."""
+    """Write the planned visits as the gateway would have: rows, events in time order, ends, invitations; in one
+    transaction, as a `visit_ended` event and its visit_ends row are written together."""
+    async with conn.transaction():
+        await _write_visits(conn, sealer, plans)
+
+
+async def _write_visits(conn: asyncpg.Connection, sealer: Sealer, plans: list[PlannedVisit]) -> None:
     events: list[tuple[dt.datetime, PlannedVisit, str, str]] = []
     for p in plans:
         await conn.execute(
