@@ -9,9 +9,7 @@ configuration's environment and meeting provider.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
-import io
 import re
 import zoneinfo
 from collections.abc import AsyncGenerator, Mapping
@@ -28,7 +26,6 @@ from gateway.appkeys import DB, SETTINGS
 from gateway.configurations import organisation_zone
 
 from . import access
-from .audit import safe_cell
 from .charts import Series, bar_chart, line_chart
 from .errors import PortalError
 from .routes import allowed, no_store
@@ -195,37 +192,21 @@ async def usage_report(conn: asyncpg.Connection, org_id: int, span: Range) -> Us
     return UsageReport(span, totals, by_day, departments, environments, newest)
 
 
-def _instant(value: dt.datetime | None, tz: zoneinfo.ZoneInfo) -> str:
-    return "" if value is None else value.astimezone(tz).isoformat(timespec="seconds")
-
-
-def _seconds(value: float | None) -> str:
-    return "" if value is None else str(round(value))
-
-
 async def csv_chunks(pool: asyncpg.Pool, org_id: int, span: Range) -> AsyncGenerator[bytes, None]:
-    """The range's visits as CSV, oldest first, in chunks: read through a server-side cursor in one transaction,
-    so memory stays flat however many rows there are. Cells a spreadsheet would run are quoted as text."""
-    tz = zoneinfo.ZoneInfo(span.zone)
+    """The range's visits as CSV, oldest first, in chunks: lines read through a server-side cursor in one
+    transaction, so memory stays flat however many rows there are. Cells a spreadsheet would run are quoted as
+    text (sql/queries/reports.sql formats the lines)."""
     start, end = span.bounds()
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    count = 0
+    yield (",".join(CSV_COLUMNS) + "\r\n").encode()
+    lines: list[str] = []
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        async for r in conn.cursor(Q["usage_rows"], org_id, start, end, prefetch=CSV_PREFETCH):
-            department = r["department"]
-            writer.writerow((r["visit_id"], _instant(r["opened_at"], tz), _instant(r["started_at"], tz),
-                             _instant(r["ended_at"], tz), _seconds(r["duration_s"]), _seconds(r["lobby_wait_s"]),
-                             r["status"], r["attendees"], "" if department is None else safe_cell(department),
-                             r["environment"], r["meeting_provider"], r["sms_sent"], r["email_sent"]))
-            count += 1
-            if count == CSV_CHUNK:
-                yield out.getvalue().encode()
-                out.seek(0)
-                out.truncate()
-                count = 0
-    yield out.getvalue().encode()
+        await conn.execute(Q["csv_time_zone"], span.zone)
+        async for r in conn.cursor(Q["usage_csv_lines"], org_id, start, end, prefetch=CSV_PREFETCH):
+            lines.append(r[0])
+            if len(lines) == CSV_CHUNK:
+                yield "".join(lines).encode()
+                lines.clear()
+    yield "".join(lines).encode()
 
 
 # --- the pages ------------------------------------------------------------------------------------------------

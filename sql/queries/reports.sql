@@ -20,10 +20,26 @@ FROM visit_usage
 WHERE organisation_id = $1 AND opened_at >= $2 AND opened_at < $3
 GROUP BY GROUPING SETS ((), ((opened_at AT TIME ZONE $4)::date), (department), (environment));
 
--- name: usage_rows
--- One row per visit, oldest first (the CSV export, read through a cursor).
-SELECT visit_id, opened_at, started_at, ended_at, duration_s, lobby_wait_s, status, attendees, department,
-       environment, meeting_provider, sms_sent, email_sent
+-- name: csv_time_zone
+-- The zone the CSV's times are written in, for this transaction only.
+SELECT set_config('TimeZone', $1, true);
+
+-- name: usage_csv_lines
+-- One CSV line per visit, oldest first, read through a cursor (the export). Formatted here rather than row by
+-- row in Python, which took 5x the time of reading the rows at 1,000,000 visits. Times in the transaction's
+-- zone (csv_time_zone) with their offset; the department (the only text from outside) always quoted, and
+-- given a leading ' when a spreadsheet would run it as a formula (as config_portal.audit.safe_cell does).
+SELECT concat_ws(',', visit_id,
+                 to_char(opened_at, 'YYYY-MM-DD"T"HH24:MI:SSTZH:TZM'),
+                 coalesce(to_char(started_at, 'YYYY-MM-DD"T"HH24:MI:SSTZH:TZM'), ''),
+                 coalesce(to_char(ended_at, 'YYYY-MM-DD"T"HH24:MI:SSTZH:TZM'), ''),
+                 coalesce(round(duration_s)::bigint::text, ''),
+                 coalesce(round(lobby_wait_s)::bigint::text, ''),
+                 status, attendees,
+                 CASE WHEN department IS NULL THEN ''
+                      ELSE '"' || replace(CASE WHEN left(department, 1) IN ('=', '+', '-', '@', chr(9), chr(13))
+                                               THEN '''' || department ELSE department END, '"', '""') || '"' END,
+                 environment, meeting_provider, sms_sent, email_sent) || chr(13) || chr(10) AS line
 FROM visit_usage
 WHERE organisation_id = $1 AND opened_at >= $2 AND opened_at < $3
 ORDER BY opened_at, visit_id;

@@ -221,3 +221,20 @@ def test_a_period_counts_whole_days_up_to_today_in_the_zone() -> None:
     assert start == dt.datetime(2026, 3, 4, 5, 0, tzinfo=dt.timezone.utc)  # EST: UTC-5
     assert end == dt.datetime(2026, 3, 11, 4, 0, tzinfo=dt.timezone.utc)  # EDT from 8 March: UTC-4
     assert reports.parse_range({}, ZONE, dt.date(2026, 3, 10)).period == reports.DEFAULT_PERIOD
+
+
+async def test_a_department_with_commas_quotes_and_lines_comes_back_whole_from_the_csv(portal: Portal) -> None:
+    async with portal.gateway_app[DB].acquire() as conn:
+        configs = await configurations(conn, portal.gateway_app[SEALER], ORG, "usage")
+        visit = open_visit(configs["production"], "production", dt.datetime.now(dt.timezone.utc))
+        visit.department = 'Cardio, "East"\r\nwing'
+        hostile = open_visit(configs["production"], "production", dt.datetime.now(dt.timezone.utc))
+        hostile.department = "@SUM(A1:A9)"
+        await write_visits(conn, portal.gateway_app[SEALER], [visit, hostile])
+    await settle(portal)
+    assert (await portal.sign_in(ADMIN)).status == 303
+    r = await portal.get(f"/portal/{ORG}/reports/usage.csv?period=7")
+    rows = {row["visit_id"]: row for row in csv.DictReader(io.StringIO(await r.text(), newline=""))}
+    assert rows[str(visit.visit_id)]["department"] == 'Cardio, "East"\r\nwing'
+    assert rows[str(hostile.visit_id)]["department"] == "'@SUM(A1:A9)"
+    assert len(rows) == 2
