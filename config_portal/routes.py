@@ -265,9 +265,10 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/portal/{org}/members/grant", members_grant)
     app.router.add_post("/portal/{org}/members/revoke", members_revoke)
     # Imported here: their handlers use this module's `allowed`.
-    from . import approval, configurations, error_report, sms, teams
+    from . import approval, configurations, error_report, reports, sms, teams
     configurations.add_routes(app)
     approval.add_routes(app)
     error_report.add_routes(app)
+    reports.add_routes(app)
     sms.add_routes(app)
     teams.add_routes(app)

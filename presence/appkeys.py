@@ -9,6 +9,7 @@ from .hub import Hub
 from .lease import ProcessLease
 from .teams_events import TeamsEvents
 from .limits import StoreBudget
+from .usage import UsageFollower
 from .visit_end import VisitSweeper
 from .webhooks import WebhookWorker
 from .writeback import WritebackWorker
@@ -23,3 +24,4 @@ CHAT_BUDGET = web.AppKey("presence_chat_budget", StoreBudget)  # chat messages e
 SWEEPER = web.AppKey("visit_sweeper", VisitSweeper)  # ends idle visits and visits past their window
 WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)  # follows events into the webhook outbox, delivers them
 TEAMS = web.AppKey("teams_events", TeamsEvents)  # Graph subscriptions of Teams meetings, their webhook and worker
+USAGE = web.AppKey("usage_follower", UsageFollower)  # keeps the usage report's per-visit figures as events arrive

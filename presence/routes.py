@@ -14,11 +14,12 @@ from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
 
 from . import teams_webhook
 from .announcer import Announcer
-from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, TEAMS, WEBHOOKS, WRITEBACK
+from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, TEAMS, USAGE, WEBHOOKS, WRITEBACK
 from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease
+from .usage import UsageFollower
 from .visit_end import VisitSweeper
 from .webhooks import WebhookWorker, webhook_session
 from .limits import CHAT_PER_MINUTE, StoreBudget
@@ -41,6 +42,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_sweeper)  # ends visits left idle or past their window
     app.cleanup_ctx.append(_webhooks)  # the customers' webhook endpoints, from their own outbox
     teams_webhook.setup(app)  # Graph's notifications of Teams meetings, and their worker
+    app.cleanup_ctx.append(_usage)  # the usage report's per-visit figures, kept as events arrive
 
 
 async def _announcer(app: web.Application) -> AsyncIterator[None]:
@@ -153,6 +155,15 @@ def _writeback(counters: WritebackMetrics) -> Callable[[web.Application], AsyncI
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     app[SWEEPER] = VisitSweeper(app[DB], app[ANNOUNCER], app[SETTINGS])
     task = asyncio.create_task(app[SWEEPER].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    app[USAGE] = UsageFollower(app[DB])
+    task = asyncio.create_task(app[USAGE].run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

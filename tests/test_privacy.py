@@ -6,6 +6,8 @@ import logging
 import pytest
 
 from gateway.appkeys import DB
+from presence import usage
+from presence.visit_end import end_visit
 from tests.conftest import Stack, database_text
 
 CANARIES = {
@@ -46,8 +48,13 @@ async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, 
         assert response.status == 200, body
         assert CANARIES["family"] in body  # the banner did read it live
     async with stack.gateway_app[DB].acquire() as conn:
+        # The visit ends and the usage report's follower counts it, so its row is in the dump too.
+        await end_visit(conn, await conn.fetchval("SELECT id FROM visits"), "clinician")
+    await usage.catch_up(stack.gateway_app[DB])
+    async with stack.gateway_app[DB].acquire() as conn:
         tables, dump = await database_text(conn)
         assert {"visits", "provider_sessions", "launch_states", "audit_log", "configurations"} <= tables
+        assert await conn.fetchval("SELECT count(*) FROM visit_usage") == 1
         assert await conn.fetchval("SELECT count(*) FROM visits") == 1
     stored = dump.lower()
     # The sandbox is the EHR: it may log its own patients. Everything else is ours and must not.

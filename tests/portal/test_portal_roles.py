@@ -1,6 +1,8 @@
 """How roles are read from an id_token's claims: subject, email (verified or not said) and group claim; and
-who may read the error report."""
+who may read the error report and the usage report."""
 from __future__ import annotations
+
+import pytest
 
 from config_portal.access import auth_time_of, fresh_enough, groups_left_out, resolve_roles
 from config_portal.store import Membership, Organisation
@@ -10,7 +12,7 @@ from gateway.near_miss import NearMiss
 from launch import store as launch_store
 from tests.conftest import reason_code
 
-from .conftest import ADMIN, APPROVER, EHR_CLIENT_ID, GENERIC_ADMIN, GENERIC_ORG, ORG, READER, Ehr, Portal
+from .conftest import ADMIN, APPROVER, EHR_CLIENT_ID, GENERIC_ADMIN, GENERIC_ORG, MEMBERS, ORG, READER, Ehr, Portal
 
 ENTRA = Organisation(1, "org", "Org", "entra", "https://login.example/t/v2.0", "t", "client", b"", "groups")
 OIDC = Organisation(2, "gen", "Gen", "oidc", "https://idp.example", None, "client", b"", "roles_groups")
@@ -94,3 +96,40 @@ async def test_the_error_report_is_for_the_organisations_admins_only(portal: Por
     assert own.status == 200, await own.text()
     assert ehr.fhir_base not in await own.text() and 'id="no-launch-failures"' in await own.text()
     assert 'id="no-near-misses"' in await own.text() and 'id="no-writeback-failures"' in await own.text()
+
+
+# --- the usage report: admins and report readers of that organisation only (issue 16 line 2) -----------------
+
+REPORT_PATHS = (f"/portal/{ORG}/reports/usage", f"/portal/{ORG}/reports/usage.csv?period=90")
+
+
+@pytest.mark.parametrize("who", ["admin", "report_reader"])
+async def test_the_usage_report_is_open_to_its_organisations_admins_and_report_readers(portal: Portal,
+                                                                                       who: str) -> None:
+    assert (await portal.sign_in(MEMBERS[who])).status == 303
+    for path in REPORT_PATHS:
+        r = await portal.get(path)
+        assert r.status == 200, await r.text()
+    home = await (await portal.get(f"/portal/{ORG}")).text()
+    assert f'href="/portal/{ORG}/reports/usage"' in home  # in the navigation
+
+
+async def test_the_usage_report_is_refused_to_an_approver(portal: Portal) -> None:
+    assert (await portal.sign_in(APPROVER)).status == 303
+    for path in REPORT_PATHS:
+        r = await portal.get(path)
+        assert r.status == 403 and reason_code(await r.text()) == "role_required", await r.text()
+    home = await (await portal.get(f"/portal/{ORG}")).text()
+    assert "/reports/usage" not in home
+
+
+async def test_the_usage_report_is_refused_to_another_organisations_admin_and_to_nobody(portal: Portal) -> None:
+    for path in REPORT_PATHS:
+        r = await portal.get(path)
+        assert r.status == 401, await r.text()
+    assert (await portal.sign_in(GENERIC_ADMIN, org=GENERIC_ORG)).status == 303
+    for path in REPORT_PATHS:
+        r = await portal.get(path)
+        assert r.status == 403 and reason_code(await r.text()) == "other_organisation", await r.text()
+    r = await portal.get(f"/portal/{GENERIC_ORG}/reports/usage")
+    assert r.status == 200, await r.text()  # their own organisation's
