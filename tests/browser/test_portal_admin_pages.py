@@ -6,6 +6,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.browser.axe import assert_accessible
+from tests.browser.portal_pages import sign_in
 from tests.portal.conftest import (  # noqa: F401 -- fixtures
     ADMIN, ORG, Portal, extra_routes, portal, portal_settings,
 )
@@ -23,11 +24,7 @@ async def test_the_records_audit_and_members_pages_work_by_keyboard_and_pass_axe
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=portal.gateway_url)
     try:
         page = await context.new_page()
-        await page.goto(f"{portal.gateway_url}/portal/{ORG}/sign-in/start")
-        await page.get_by_label("User name").fill(ADMIN.username)
-        await page.get_by_label("Password").fill(ADMIN.password)
-        await page.get_by_label("Password").press("Enter")
-        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}")
+        await sign_in(page, portal.gateway_url, ORG, ADMIN)
 
         await page.goto(f"{portal.gateway_url}/portal/{ORG}/records")
         button = page.get_by_role("button", name="Copy Launch URL, Provider launch")

@@ -15,6 +15,7 @@ from launch import store as launch_store
 from tests.browser.axe import assert_accessible
 from tests.browser.conftest import ACTION_TIMEOUT_MS, NAVIGATION_TIMEOUT_MS, PROFILES
 from tests.browser.keyboard import tab_through
+from tests.browser.portal_pages import sign_in
 from tests.portal.conftest import (  # noqa: F401 -- fixtures
     ADMIN, ORG, Portal, extra_routes, portal, portal_settings,
 )
@@ -39,11 +40,7 @@ async def test_the_error_report_works_on_a_phone_by_keyboard_and_passes_axe(port
     context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
     try:
         page = await context.new_page()
-        await page.goto(f"{portal.gateway_url}/portal/{ORG}/sign-in/start")
-        await page.get_by_label("User name").fill(ADMIN.username)
-        await page.get_by_label("Password").fill(ADMIN.password)
-        await page.get_by_label("Password").press("Enter")
-        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}")
+        await sign_in(page, portal.gateway_url, ORG, ADMIN)
 
         await page.goto(f"{portal.gateway_url}/portal/{ORG}/errors")
         await expect(page.locator("#launch-reasons")).to_contain_text("token_error")

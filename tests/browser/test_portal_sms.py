@@ -9,6 +9,7 @@ from playwright.async_api import Browser, expect
 
 from sandbox.carriers import AcsDouble
 from tests.browser.axe import assert_accessible
+from tests.browser.portal_pages import sign_in
 from tests.portal.conftest import ADMIN, ORG, Portal, extra_routes, portal  # noqa: F401 -- fixtures
 from tests.portal.sms_helpers import acs, acs_settings, lro_delay  # noqa: F401 -- fixtures
 
@@ -30,11 +31,7 @@ async def test_getting_a_number_shows_its_progress_across_a_reload(portal: Porta
     context.set_default_navigation_timeout(8_000)
     try:
         page = await context.new_page()
-        await page.goto(f"{portal.gateway_url}/portal/{ORG}/sign-in/start")
-        await page.get_by_label("User name").fill(ADMIN.username)
-        await page.get_by_label("Password").fill(ADMIN.password)
-        await page.get_by_label("Password").press("Enter")
-        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}")
+        await sign_in(page, portal.gateway_url, ORG, ADMIN)
 
         await page.goto(f"{portal.gateway_url}/portal/{ORG}/sms")
         await page.get_by_role("checkbox", name="I accept the terms").check()

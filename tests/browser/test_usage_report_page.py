@@ -12,6 +12,7 @@ from gateway.appkeys import DB, SEALER
 from gateway.configurations import set_organisation_zone
 from tests.browser.axe import assert_accessible
 from tests.browser.keyboard import press_until_focused
+from tests.browser.portal_pages import sign_in
 from tests.portal.conftest import (  # noqa: F401 -- fixtures
     ORG, READER, Portal, extra_routes, portal, portal_settings,
 )
@@ -36,11 +37,7 @@ async def test_the_usage_report_draws_its_charts_with_tables_by_keyboard_and_pas
     context.set_default_navigation_timeout(8_000)
     try:
         page = await context.new_page()
-        await page.goto(f"{portal.gateway_url}/portal/{ORG}/sign-in/start")
-        await page.get_by_label("User name").fill(READER.username)
-        await page.get_by_label("Password").fill(READER.password)
-        await page.get_by_label("Password").press("Enter")
-        await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}")
+        await sign_in(page, portal.gateway_url, ORG, READER)
         await page.get_by_role("link", name="Usage report", exact=True).click()
         await page.wait_for_url(f"{portal.gateway_url}/portal/{ORG}/reports/usage")
 
