@@ -46,7 +46,7 @@ UPDATE graph_notifications SET attempts = attempts + 1, not_before = now() + mak
 WHERE id IN (SELECT id FROM graph_notifications
              WHERE processed_at IS NULL AND not_before <= now()
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id, subscription_id, body, attempts;
+RETURNING id, subscription_id, body, attempts, received_at;
 
 -- name: finish_notification
 -- Processed: the encrypted body is dropped, the digest stays a day against Graph sending it again.
