@@ -62,6 +62,7 @@ _CACHE_SECONDS = 30.0
 _RESUBSCRIBE_AFTER = 60.0  # seconds after a refused subscription before the first new attempt (then doubling)
 _FLUSHES = 4  # queue INSERTs in flight at once (see Intake)
 _PURGE_AFTER = 24 * 3600  # seconds a processed notification's digest is kept against redelivery
+_MAX_PAGES = 50  # pages of one attendance collection read at most (Graph pages records by the hundred or so)
 _MAX_TOKENS = 20  # Graph sends one validationToken per application and tenant in a collection
 
 
@@ -714,31 +715,78 @@ class TeamsEvents:
 
     async def reconcile(self, subscription: Subscription) -> int:
         """Add what the attendance report shows and the event log lacks, once: each stretch a participant
-        attended gets a `connected` (and a `disconnected` when it ended) unless one is there already."""
-        graph = self.port
+        attended gets a `connected` (and a `disconnected` when it ended) unless one is there already.
+
+        Graph produces the report some time after the call: while it answers 404 or has no report or record, the
+        report is read again later (graph_report_backoff, doubling, graph_report_retries reads in all); what was
+        written meanwhile is not written twice (idempotency keys and the events-near check)."""
         base = (f"/users/{quote(subscription.organizer_id, safe='')}"
                 f"/onlineMeetings/{quote(subscription.meeting_id, safe='')}/attendanceReports")
-        status, reports = await graph(subscription.tenant_key, "GET", base)
-        if status != 200 or not isinstance(reports, dict):
-            raise UpstreamError(f"Graph answered {status} for attendance reports", reason="graph_error",
-                                upstream_status=status)
         written: list[int] = []
-        for report in reports.get("value") or []:
+        try:
+            ready = await self._read_report(subscription, base, written)
+        finally:
+            if written:
+                self._announcer.announce(max(written))
+        async with self._pool.acquire() as conn:
+            if ready:
+                await conn.execute(Q["reconciled"], subscription.id)
+            elif await conn.fetchval(Q["report_not_ready"], subscription.id, self._settings.graph_report_backoff,
+                                     self._settings.graph_report_retries):
+                log.info("an attendance report is not ready yet; read again later")
+            else:
+                log.warning("an attendance report was not produced in time; given up")
+        return len(written)
+
+    async def _read_report(self, subscription: Subscription, base: str, written: list[int]) -> bool:
+        """Reconcile from each attendance report of the meeting; False when Graph has not produced it yet."""
+        reports = await self._read_all(subscription.tenant_key, base)
+        if not reports:
+            return False
+        records_seen = 0
+        for report in reports:
             report_id = report.get("id") if isinstance(report, dict) else None
             if not isinstance(report_id, str):
                 continue
-            status, records = await graph(subscription.tenant_key, "GET",
-                                          f"{base}/{quote(report_id, safe='')}/attendanceRecords")
-            if status != 200 or not isinstance(records, dict):
-                raise UpstreamError(f"Graph answered {status} for attendance records", reason="graph_error",
-                                    upstream_status=status)
-            for record in records.get("value") or []:
+            records = await self._read_all(subscription.tenant_key,
+                                           f"{base}/{quote(report_id, safe='')}/attendanceRecords")
+            if records is None:
+                return False
+            records_seen += len(records)
+            for record in records:
                 written.extend(await self._reconcile_record(subscription, record))
-        async with self._pool.acquire() as conn:
-            await conn.execute(Q["reconciled"], subscription.id)
-        if written:
-            self._announcer.announce(max(written))
-        return len(written)
+        return records_seen > 0
+
+    def _graph_path(self, link: Any) -> str | None:
+        """The path under /v1.0 of an @odata.nextLink, when it is on Graph's own base URL (else None)."""
+        prefix = self._settings.graph_url.rstrip("/") + "/v1.0/"
+        if not isinstance(link, str) or len(link) > 4096 or not link.startswith(prefix):
+            return None
+        return "/" + link[len(prefix):]
+
+    async def _read_all(self, tenant_key: str, path: str) -> list[Any] | None:
+        """Every item of a Graph collection (v1.0), following its @odata.nextLink pages while they stay on Graph's
+        base URL, _MAX_PAGES pages at most; None when Graph answers 404 (not there yet)."""
+        items: list[Any] = []
+        for _page in range(_MAX_PAGES):
+            status, answer = await self.port(tenant_key, "GET", path)
+            if status == 404:
+                return None
+            if status != 200 or not isinstance(answer, dict):
+                raise UpstreamError(f"Graph answered {status} for an attendance collection", reason="graph_error",
+                                    upstream_status=status)
+            value = answer.get("value")
+            items.extend(value if isinstance(value, list) else [])
+            link = answer.get("@odata.nextLink")
+            if link is None:
+                return items
+            next_path = self._graph_path(link)
+            if next_path is None:  # never followed off Graph: what was read is used (reconciling is idempotent)
+                log.warning("an attendance collection's next page is not on Graph's base URL; not followed")
+                return items
+            path = next_path
+        log.warning("an attendance collection has more than %d pages; the rest is not read", _MAX_PAGES)
+        return items
 
     async def _reconcile_record(self, subscription: Subscription, record: Any) -> list[int]:
         identity = record.get("identity") if isinstance(record, dict) else None

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.appkeys import DB, SEALER
+from gateway.appkeys import DB, SEALER, SETTINGS
 from gateway.graph import CHANGE_TRACKING_APP, GraphClient, SecretCredential, TeamsTenant
 from presence.appkeys import TEAMS
 from presence.eventlog import record_event
@@ -156,7 +156,8 @@ async def teams(database_url: str, signing_key_pem: bytes, notification_key_pem:
     await server.start_server()
     double_url = str(server.make_url("")).rstrip("/")
     settings = dict(graph_notification_key_pem=notification_key_pem, graph_poll_interval=0.05,
-                    graph_reconcile_delay=0.0, writeback_poll_interval=0.05, writeback_backoff_base=0.05)
+                    graph_reconcile_delay=0.0, graph_report_backoff=0.05, writeback_poll_interval=0.05,
+                    writeback_backoff_base=0.05)
     try:
         async with running_stack(database_url, signing_key_pem, lambda _g, _s: settings) as stack, \
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
@@ -521,6 +522,78 @@ async def test_a_missed_notification_is_reconciled_from_the_attendance_report_on
     assert await teams.events.reconcile_visit(visit) == 0
     assert await teams.events.reconcile_visit(visit) == 0
     assert len(await _kinds(teams, visit)) == 3
+
+
+async def _attendance(teams: Teams, **control: Any) -> None:
+    async with teams.http.post(f"{teams.double_url}/_controls/attendance", json=control) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_the_attendance_report_is_read_page_by_page_on_graph_only(teams: Teams) -> None:
+    visit = await teams.visit()
+    meeting_id, _join = await teams.meeting(visit)
+    people = [clinician()] + [anonymous(f"Guest {n}") for n in range(4)]
+    await teams.roster(meeting_id, people, notify=False)
+    await teams.roster(meeting_id, [], notify=False)
+    await _attendance(teams, pageSize=2)
+    # The double names the origin the gateway knows as Graph's in its links (it is called on 127.0.0.1 here).
+    teams.double.link_base = teams.stack.gateway_app[SETTINGS].graph_url
+    assert await teams.events.reconcile_visit(visit) == 10  # five people, each joined and left
+    pages = [path for path in teams.double.reads if path.endswith(("attendanceRecords", "=2", "=4"))]
+    assert [p.rsplit("/", 1)[1] for p in pages] == ["attendanceRecords", "attendanceRecords?$skiptoken=2",
+                                                    "attendanceRecords?$skiptoken=4"]
+    assert await teams.events.reconcile_visit(visit) == 0  # read again: nothing twice
+
+    # A next page off Graph's base URL is not followed: the first page is used.
+    other = await teams.visit("enc-2")
+    meeting_id, _join = await teams.meeting(other)
+    await teams.roster(meeting_id, people[:3], notify=False)
+    await teams.roster(meeting_id, [], notify=False)
+    teams.double.link_base = "https://graph.example.net"
+    teams.double.reads.clear()
+    assert await teams.events.reconcile_visit(other) == 4
+    assert not [path for path in teams.double.reads if "skiptoken" in path]
+
+
+async def test_an_attendance_report_not_produced_yet_is_read_again_later(teams: Teams) -> None:
+    visit = await teams.visit()
+    meeting_id, _join = await teams.meeting(visit)
+    graph_id, subscription_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    await teams.roster(meeting_id, [clinician()], notify=False)
+    await teams.roster(meeting_id, [], notify=False)
+    await _attendance(teams, notReadyReads=2)  # Graph answers 404 twice, then has the report
+    await teams.lifecycle(graph_id, "missed")
+
+    async def reconciled() -> bool:
+        return len(await _kinds(teams, visit)) == 2
+
+    await wait_for(reconciled)
+    reports = [p for p in teams.double.reads if p.endswith("/attendanceReports")]
+    assert len(reports) == 3
+    row = (await teams.fetch("SELECT reconcile_due, reconciled_at, reconcile_attempts FROM graph_subscriptions "
+                             "WHERE id = $1", subscription_id))[0]
+    assert row["reconcile_due"] is None and row["reconciled_at"] is not None and row["reconcile_attempts"] == 0
+
+
+async def test_an_attendance_report_that_never_comes_is_given_up_after_a_bounded_number_of_reads(
+        teams: Teams) -> None:
+    visit = await teams.visit()
+    _meeting_id, _join = await teams.meeting(visit)
+    graph_id, subscription_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    await teams.lifecycle(graph_id, "missed")  # nobody joined: Graph's list of reports stays empty
+
+    async def given_up() -> bool:
+        rows = await teams.fetch("SELECT reconciled_at FROM graph_subscriptions WHERE id = $1", subscription_id)
+        return rows[0]["reconciled_at"] is not None
+
+    await wait_for(given_up)
+    retries = teams.stack.gateway_app[SETTINGS].graph_report_retries
+    assert len([p for p in teams.double.reads if p.endswith("/attendanceReports")]) == retries
+    row = (await teams.fetch("SELECT reconcile_due, reconcile_attempts FROM graph_subscriptions WHERE id = $1",
+                             subscription_id))[0]
+    assert row["reconcile_due"] is None and row["reconcile_attempts"] == 0
+    await asyncio.sleep(0.3)  # several poll intervals: no further read
+    assert len([p for p in teams.double.reads if p.endswith("/attendanceReports")]) == retries
 
 
 # ----- renewal and lifecycle -----------------------------------------------------------------------------
