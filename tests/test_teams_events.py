@@ -565,9 +565,11 @@ async def test_an_attendance_report_not_produced_yet_is_read_again_later(teams: 
     await teams.lifecycle(graph_id, "missed")
 
     async def reconciled() -> bool:
-        return len(await _kinds(teams, visit)) == 2
+        rows = await teams.fetch("SELECT reconciled_at FROM graph_subscriptions WHERE id = $1", subscription_id)
+        return rows[0]["reconciled_at"] is not None
 
     await wait_for(reconciled)
+    assert sorted(await _kinds(teams, visit)) == [("provider", "connected"), ("provider", "disconnected")]
     reports = [p for p in teams.double.reads if p.endswith("/attendanceReports")]
     assert len(reports) == 3
     row = (await teams.fetch("SELECT reconcile_due, reconciled_at, reconcile_attempts FROM graph_subscriptions "
