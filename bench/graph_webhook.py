@@ -11,7 +11,8 @@ whose handler reads the body and answers 202, and one load process: a lean async
 connections (64 of them, one request in flight on each) that posts prebuilt notification collections and counts
 the 202s. The subscription is seeded straight into the schema as subscribe_meeting leaves it; from the request
 on, everything is the gateway's real code: the middlewares, the clientState HMAC, the subscription check (cached),
-the digest, the group-committed INSERT into the durable queue, and the worker decrypting (RSA-OAEP, HMAC,
+the digest, the group-committed INSERT into the durable queue, and the worker checking the validationToken
+(Entra's keys from a small https server here; one token for all, as Graph reuses it) and decrypting (RSA-OAEP, HMAC,
 AES-CBC) and applying each notification in the same process while the intake runs.
 
 Figure
@@ -55,6 +56,29 @@ from tests.harness import gateway_env  # noqa: E402
 CONNECTIONS = 64
 ORGANIZER = "7c8d9e0f-1a2b-4c3d-8e5f-6a7b8c9d0e1f"
 TENANT = "5b1f4c9e-1d2a-4c55-9a1e-0f5d8e3c2b10"
+APP_ID = "9a0c1c0e-2f44-4bb0-8e43-6b1f2a3d4e5f"
+ENTRA_KID = "bench-kid"
+
+KEYS_SERVER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+import json
+import uvloop
+from aiohttp import web
+from sandbox.demo import make_idp_tls
+
+jwk = json.loads(sys.argv[4])
+
+async def keys(request):
+    return web.json_response({"keys": [jwk]})
+
+app = web.Application()
+app.router.add_get("/{tenant}/discovery/v2.0/keys", keys)
+tls, _ca = make_idp_tls(Path(sys.argv[2]))
+uvloop.install()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), ssl_context=tls, access_log=None, print=None)
+"""
 
 BARE_SERVER = """
 import sys
@@ -152,13 +176,17 @@ def load(port: int, bodies: list[bytes], seconds: float, offset: int = 0,
 
 # ----- seeding ----------------------------------------------------------------------------------------------
 
-async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[bytes]:
-    """An approved configuration, a Teams visit with a live subscription, and `count` distinct notification
-    collections for it, encrypted to the gateway's notification key."""
+async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int, validation_token: str) -> list[bytes]:
+    """An approved configuration, an organisation with Teams settings, a Teams visit with a live subscription,
+    and `count` distinct notification collections for it, encrypted to the gateway's notification key and
+    carrying `validation_token` (Graph reuses one per application and tenant for a while)."""
     import asyncpg
     from cryptography import x509
 
+    from config_portal.organisations import NewOrganisation, add_organisation
+    from gateway import teams
     from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
+    from gateway.graph import SecretCredential, TeamsTenant
     from gateway.security import Sealer
     from presence.graph_crypto import NotificationKey
     from presence.teams_events import client_state, state_key
@@ -172,6 +200,11 @@ async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[byte
         config_id = await add_approved(conn, Sealer(secret), NewConfiguration(
             fhir_base_url="http://localhost:1/fhir", environment="test", client_id="bench",
             client_auth="private_key_jwt", scopes=DEFAULT_SCOPES), approved_by="bench")
+        org_id = await add_organisation(conn, Sealer(secret), NewOrganisation(
+            slug="bench-teams", name="Bench Teams", idp_kind="entra", tenant_id=TENANT, client_id="bench-portal",
+            client_secret="bench-portal-secret"), "bench")
+        await teams.save_tenant(conn, Sealer(secret), org_id, TeamsTenant(TENANT, APP_ID, SecretCredential("-")),
+                                "bench", None)
         visit_id = await conn.fetchval(
             "INSERT INTO visits (configuration_id, encounter_key, encounter_ref, meeting_provider)"
             " VALUES ($1, $2, $3, 'teams') RETURNING id", config_id, os.urandom(32), os.urandom(48))
@@ -179,7 +212,7 @@ async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[byte
         subscription_id = await conn.fetchval(
             "INSERT INTO graph_subscriptions (graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url,"
             " status, expires_at) VALUES ($1, $2, $3, $4, 'meeting', 'https://teams.example/j', 'active',"
-            " now() + interval '2 days') RETURNING id", graph_id, visit_id, TENANT, ORGANIZER)
+            " now() + interval '2 days') RETURNING id", graph_id, visit_id, str(org_id), ORGANIZER)
     finally:
         await conn.close()
     key = NotificationKey.from_pem(key_pem)
@@ -198,7 +231,7 @@ async def seed(dsn: str, secret: bytes, key_pem: bytes, count: int) -> list[byte
                 "resourceData": {"@odata.type": "#Microsoft.Graph.meetingCallEvent", "id": str(uuid.uuid4())},
                 "encryptedContent": encrypt_for(public, key.certificate_id, "AB" * 20,  # type: ignore[arg-type]
                                                 resource)}
-        bodies.append(json.dumps({"value": [item]}).encode())
+        bodies.append(json.dumps({"value": [item], "validationTokens": [validation_token]}).encode())
     return bodies
 
 
@@ -210,6 +243,18 @@ async def queued(dsn: str) -> int:
     try:
         value: int = await conn.fetchval("SELECT count(*) FROM graph_notifications")
         return value
+    finally:
+        await conn.close()
+
+
+async def outcomes(dsn: str) -> dict[str, int]:
+    """The queue's rows by outcome: the worker checked the tokens, decrypted and applied them (or not yet)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT outcome, count(*) AS n FROM graph_notifications GROUP BY outcome")
+        return {str(r["outcome"]): int(r["n"]) for r in rows}
     finally:
         await conn.close()
 
@@ -235,14 +280,35 @@ def main() -> None:
         # Each gateway block takes a fresh stretch of bodies: none is sent twice (enough for ~5,000/s).
         total = int(5_000 * (args.seconds * args.runs + 2))
         say(f"seeding {total} notifications ...")
-        bodies = asyncio.run(seed(dsn, secret, key_pem, total))
+        # Entra's signing key (served over https to the gateway) and the validationToken Graph would send.
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        from gateway.graph import CHANGE_TRACKING_APP
+        entra_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = int(time.time())
+        token = jwt.encode({"iss": f"https://sts.windows.net/{TENANT}/", "aud": APP_ID, "tid": TENANT,
+                            "azp": CHANGE_TRACKING_APP, "appid": CHANGE_TRACKING_APP, "iat": now, "nbf": now,
+                            "exp": now + 3600}, entra_key, algorithm="RS256", headers={"kid": ENTRA_KID})
+        jwk = {**jwt.algorithms.RSAAlgorithm.to_jwk(entra_key.public_key(), as_dict=True), "kid": ENTRA_KID}
+        bodies = asyncio.run(seed(dsn, secret, key_pem, total, token))
         say(f"body size {len(bodies[0])} bytes")
-        gw_port, bare_port = free_port(), free_port()
+        gw_port, bare_port, keys_port = free_port(), free_port(), free_port()
+        keys_tls = run.dir / "entra-tls"
+        keys = run.spawn("entra-keys", [sys.executable, "-c", KEYS_SERVER, str(keys_port), str(keys_tls), str(ROOT),
+                                        json.dumps(jwk)], ready_url=None)
         env = gateway_env(public_url=f"http://{HOST}:{gw_port}", secret=secret,
                           signing_key_pem=generate_signing_key_pem(), database_url=dsn, data_dir=run.dir / "data",
                           log_level="WARNING", graph_notification_key_file=str(key_file),
                           writeback_enabled=False, webhooks_enabled=False,
                           graph_worker_enabled=not args.no_worker)
+        # The worker reads Entra's keys there to check the validationTokens (the TLS files appear within a second).
+        env.update({"VISITGATE_ENTRA_AUTHORITY_HOST": f"https://{HOST}:{keys_port}",
+                    "VISITGATE_IDP_CA_FILE": str(keys_tls / "demo-ca.pem")})
+        for _ in range(200):
+            if (keys_tls / "demo-ca.pem").exists():
+                break
+            time.sleep(0.05)
         if args.profile:
             # cProfile over the whole served process (no py-spy here): shares, not absolute times.
             profile_out = run.dir / "gateway.prof"
@@ -293,10 +359,12 @@ def main() -> None:
         rows = asyncio.run(queued(dsn))
         say(f"queue rows {rows}; notifications the gateway answered 202 {accepted_total} "
             f"({'none lost, none twice' if rows == accepted_total else 'MISMATCH'})")
+        say(f"queue rows by the worker's outcome (None: not processed yet): {asyncio.run(outcomes(dsn))}")
         ratio = statistics.median(ratios)
         say(f"RESULT graph_webhook intake_ratio={ratio:.3f} runs={','.join(f'{r:.3f}' for r in ratios)}")
         bare.stop()
         gateway.stop()
+        keys.stop()
         if args.profile:
             import pstats
 

@@ -3,7 +3,8 @@
 their Microsoft 365 accounts, which admins see and remove. Everything audited.
 
 The live check gets a token afresh with the new credential (so a wrong one cannot hide behind a cached token),
-reads its application roles, and makes a harmless Graph call (a meeting lookup that finds nothing) for the most
+reads its application roles (the meetings role is required; the attendance reports' role only warned about: live
+presence works without it, the reconciliation after each call does not), and makes a harmless Graph call (a meeting lookup that finds nothing) for the most
 recently linked clinicians, so that an access policy that does not cover them shows here, with the commands that
 fix it, rather than at a clinician's launch.
 """
@@ -21,7 +22,7 @@ from aiohttp import web
 from gateway import teams
 from gateway.appkeys import DB, GRAPH, SEALER, SETTINGS
 from gateway.errors import GraphError, GraphPolicyDenied, GraphRefused
-from gateway.graph import MEETINGS_ROLE, GraphClient, SecretCredential, TeamsTenant, is_guid, load_certificate
+from gateway.graph import ARTIFACT_ROLE, MEETINGS_ROLE, GraphClient, SecretCredential, TeamsTenant, is_guid, load_certificate
 
 from . import access
 from .routes import allowed, no_store
@@ -50,11 +51,22 @@ def _roles_of(access_token: str) -> list[str]:
     return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
 
 
-async def check_tenant(graph: GraphClient, tenant: TeamsTenant, organizers: list[str]) -> None:
+def reports_warning(client_id: str) -> str:
+    """What an admin should do when the application cannot read attendance reports."""
+    return (f"The application {client_id} has no application permission {ARTIFACT_ROLE}. Teams visits work and "
+            f"their presence is live, but after each call Visitgate cannot read the meeting's attendance report "
+            f"to fill in what live notifications missed. In Entra ID, under the application's API permissions, add "
+            f"Microsoft Graph > Application permissions > {ARTIFACT_ROLE} and grant admin consent (the application "
+            f"access policy that covers the clinicians covers their reports too), then save the settings again.")
+
+
+async def check_tenant(graph: GraphClient, tenant: TeamsTenant, organizers: list[str]) -> list[str]:
     """Check Teams settings live: a fresh token, the meetings role, and a harmless call for each organizer
-    given; raises GraphError (GraphPolicyDenied with what the admin must do)."""
+    given; raises GraphError (GraphPolicyDenied with what the admin must do). Answers warnings that do not stop
+    the settings from being saved (the attendance reports' role missing)."""
     token = await graph.token(tenant, fresh=True)
-    if MEETINGS_ROLE not in _roles_of(str(token["access_token"])):
+    roles = _roles_of(str(token["access_token"]))
+    if MEETINGS_ROLE not in roles:
         raise GraphPolicyDenied(
             "The application lacks a permission.", reason="graph_role_missing",
             admin_message=f"The application {tenant.client_id} has no application permission {MEETINGS_ROLE}. "
@@ -63,6 +75,7 @@ async def check_tenant(graph: GraphClient, tenant: TeamsTenant, organizers: list
     where = quote(f"JoinWebUrl eq '{CHECK_JOIN_URL}'", safe="'")
     for oid in organizers:
         await graph.request(tenant, "GET", f"/users/{oid}/onlineMeetings?$filter={where}")
+    return [] if ARTIFACT_ROLE in roles else [reports_warning(tenant.client_id)]
 
 
 async def _page(request: web.Request, session: PortalSession, *, error: str | None = None, status: int = 200,
@@ -73,12 +86,15 @@ async def _page(request: web.Request, session: PortalSession, *, error: str | No
     shown = values or {"tenant_id": settings.tenant_id if settings else "",
                        "client_id": settings.client_id if settings else "",
                        "credential_kind": settings.credential_kind if settings else "certificate"}
+    done = request.query.get("done", "")
+    warning = reports_warning(settings.client_id) if settings and done == "saved-no-reports" else None
     context = {"session": session, "here": "teams", "settings": settings, "links": links, "values": shown,
-               "error": error, "done": {"saved": "The Teams settings were checked with Microsoft and saved.",
+               "error": error, "warning": warning,
+               "done": {"saved": "The Teams settings were checked with Microsoft and saved.",
+                        "saved-no-reports": "The Teams settings were checked with Microsoft and saved.",
                                         "removed": "The link was removed. That clinician signs in to Microsoft 365 "
                                                    "again at their next Teams visit.",
-                                        "gone": "That link had already been removed."}.get(
-                                            request.query.get("done", "")),
+                                        "gone": "That link had already been removed."}.get(done),
                "redirect_uri": f"{request.app[SETTINGS].public_url}/teams/callback"}
     return no_store(aiohttp_jinja2.render_template("portal_teams.html", request, context, status=status))
 
@@ -129,7 +145,7 @@ async def teams_save(request: web.Request) -> web.StreamResponse:
         return await _page(request, session, values=values, status=400, error=f"The credential: {exc}.")
     tenant = TeamsTenant(values["tenant_id"], values["client_id"], credential)
     try:
-        await check_tenant(request.app[GRAPH], tenant, organizers)
+        warnings = await check_tenant(request.app[GRAPH], tenant, organizers)
     except GraphError as exc:
         log.info("Teams settings of organisation %s failed their check: %s", session.organisation_id, exc.reason)
         message = exc.admin_message or f"{exc.title}: {exc.detail} (reason code {exc.reason})."
@@ -138,7 +154,9 @@ async def teams_save(request: web.Request) -> web.StreamResponse:
         return await _page(request, session, values=values, status=422 if refused else exc.status, error=message)
     async with request.app[DB].acquire() as conn:
         await teams.save_tenant(conn, sealer, session.organisation_id, tenant, _actor(session), before)
-    return web.Response(status=303, headers={"Location": f"/portal/{session.organisation_slug}/teams?done=saved"})
+    # Saved all the same when the attendance reports' role is missing; the page says what to add.
+    done = "saved-no-reports" if warnings else "saved"
+    return web.Response(status=303, headers={"Location": f"/portal/{session.organisation_slug}/teams?done={done}"})
 
 
 def before_kind(before: teams.TenantSettings | None) -> str | None:

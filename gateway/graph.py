@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import jwt
@@ -58,6 +59,15 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 """The app-only scope: whatever application roles an admin consented to (the token's audience is Graph,
 whichever cloud or double answers it)."""
 MEETINGS_ROLE = "OnlineMeetings.ReadWrite.All"
+ARTIFACT_ROLE = "OnlineMeetingArtifact.Read.All"
+"""The application role that reads a meeting's attendance reports (presence reconciliation after the call)."""
+CHANGE_TRACKING_APP = "0bf30f3b-4a52-48df-9a82-234910c4a086"
+"""Graph's change-tracking application: the authorized party (azp, or appid in v1 tokens) of the
+validationTokens that come with rich change notifications."""
+KEYS_TTL = 6 * 3600.0  # how long Entra's signing keys are kept (Microsoft rolls them with weeks of overlap)
+KEYS_REFETCH_AFTER = 60.0  # an unknown kid refetches the keys at most this often (forged tokens cannot make us
+# fetch per notification)
+TOKEN_LEEWAY = 60  # seconds of clock skew allowed on a token's times
 MAX_BODY = 1024 * 1024
 ATTEMPT_TIMEOUT = 10.0  # one attempt's limit, inside the caller's deadline
 BACKOFF_FIRST = 0.05
@@ -66,6 +76,8 @@ RETRY_AFTER_MAX = 30.0  # Graph's own hints are seconds; a longer one means "not
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
 _SERVER_ERRORS = frozenset({500, 502, 503, 504})
+_STS_ISSUER = re.compile(r"^https://sts\.windows\.net/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                         r"[0-9a-fA-F]{12})/$")
 
 
 def is_guid(value: str) -> bool:
@@ -207,6 +219,10 @@ class GraphClient:
         self.token_cache = msal.TokenCache()  # the ONE cache: MSAL keys it by client, tenant and scope
         self._apps: dict[tuple[str, str, str], tuple[msal.ConfidentialClientApplication, requests.Session]] = {}
         self._building: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # Entra's signing keys per tenant: (kid -> key, kept until (loop time), read at (loop time)).
+        self._keys: dict[str, tuple[dict[str, jwt.PyJWK], float, float]] = {}
+        self._keys_locks: dict[str, asyncio.Lock] = {}
+        self.keys_refetch_after = KEYS_REFETCH_AFTER
 
     def close(self) -> None:
         """Close MSAL's HTTP sessions (at shutdown)."""
@@ -336,24 +352,65 @@ class GraphClient:
                 app.remove_account(account)
         return result
 
-    async def _verify_id_token(self, tenant: TeamsTenant, id_token: str, nonce: str) -> dict[str, Any]:
-        keys_url = f"{self.authority_host}/{tenant.tenant_id}/discovery/v2.0/keys"
+    async def signing_keys(self, tenant_id: str, *, kid: str | None = None) -> dict[str, jwt.PyJWK]:
+        """Entra's token-signing keys for the tenant (kid -> key), from its discovery keys over the same https
+        and CA as every Entra call; kept KEYS_TTL, and read again (at most once a KEYS_REFETCH_AFTER) when `kid`
+        is not among them, as after a key rollover. GraphUnavailable when they cannot be read."""
+        loop = asyncio.get_running_loop()
+        cached = self._keys.get(tenant_id)
+        if cached is not None and cached[1] > loop.time() \
+                and (kid is None or kid in cached[0] or loop.time() - cached[2] < self.keys_refetch_after):
+            return cached[0]
+        async with self._keys_locks.setdefault(tenant_id, asyncio.Lock()):
+            cached = self._keys.get(tenant_id)  # another caller may have read them meanwhile
+            if cached is not None and cached[1] > loop.time() \
+                    and (kid is None or kid in cached[0] or loop.time() - cached[2] < self.keys_refetch_after):
+                return cached[0]
+            try:
+                keys = await self._read_keys(tenant_id)
+            except GraphUnavailable:
+                if cached is not None and cached[1] > loop.time():
+                    return cached[0]  # a refetch for an unknown kid failed: the keys we have still stand
+                raise
+            if len(self._keys) > 1000:  # one entry per organisation's tenant; bounded all the same
+                self._keys.clear()
+            self._keys[tenant_id] = (keys, loop.time() + KEYS_TTL, loop.time())
+            return keys
+
+    async def _read_keys(self, tenant_id: str) -> dict[str, jwt.PyJWK]:
+        keys_url = f"{self.authority_host}/{quote(tenant_id, safe='')}/discovery/v2.0/keys"
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._http.get(keys_url, ssl=self._ssl, allow_redirects=False) as response:
                     if response.status != 200:
                         raise GraphUnavailable("Entra ID's keys could not be read", reason="entra_unavailable")
-                    keys = await response.json(content_type=None)
+                    document = await response.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise GraphUnavailable("Entra ID's keys could not be read", reason="entra_unavailable") from exc
+        found: dict[str, jwt.PyJWK] = {}
+        listed = document.get("keys") if isinstance(document, dict) else None
+        for jwk in listed if isinstance(listed, list) else []:
+            if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str) and jwk.get("kty") == "RSA":
+                try:
+                    found[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256")
+                except jwt.PyJWTError:
+                    continue  # a key we cannot use is one no token of ours is signed with
+        return found
+
+    async def _verify_id_token(self, tenant: TeamsTenant, id_token: str, nonce: str) -> dict[str, Any]:
         try:
             kid = jwt.get_unverified_header(id_token).get("kid")
-            jwk = next(k for k in keys.get("keys", []) if isinstance(k, dict) and k.get("kid") == kid)
+        except jwt.PyJWTError as exc:
+            raise GraphRefused("the Microsoft sign-in's id_token did not check out",
+                               reason="entra_sign_in_refused") from exc
+        kid = kid if isinstance(kid, str) else ""
+        keys = await self.signing_keys(tenant.tenant_id, kid=kid)
+        try:
             claims: dict[str, Any] = jwt.decode(
-                id_token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience=tenant.client_id,
-                issuer=f"{self.authority_host}/{tenant.tenant_id}/v2.0", leeway=60,
+                id_token, keys[kid].key, algorithms=["RS256"], audience=tenant.client_id,
+                issuer=f"{self.authority_host}/{tenant.tenant_id}/v2.0", leeway=TOKEN_LEEWAY,
                 options={"require": ["exp", "iat", "iss", "aud", "oid", "tid"]})
-        except (StopIteration, AttributeError, jwt.PyJWTError) as exc:
+        except (KeyError, TypeError, jwt.PyJWTError) as exc:
             raise GraphRefused("the Microsoft sign-in's id_token did not check out",
                                reason="entra_sign_in_refused") from exc
         # MSAL sends the nonce hashed and compares it itself; checked again here against what it sent.
@@ -362,6 +419,48 @@ class GraphClient:
             raise GraphRefused("the Microsoft sign-in's id_token is not for this tenant or sign-in",
                                reason="entra_sign_in_refused")
         return claims
+
+    async def validation_token(self, tenant: TeamsTenant, token: str, *, at: float) -> tuple[float, bool]:
+        """Check a validationToken of Graph's rich notifications: a JWT signed with Entra's keys (RS256), issued
+        by `https://sts.windows.net/{tid}/` for Graph's change-tracking application (azp, or appid in v1 tokens),
+        and not expired at `at` (epoch seconds: when the notification arrived). Answers (its expiry, whether it
+        is for this tenant's application: aud and tid); GraphRefused when it is not authentic,
+        GraphUnavailable when Entra's keys cannot be read.
+
+        A token for another application is authentic but not ours: Graph sends one token per application and
+        tenant in a collection, and several organisations' subscriptions share our notification URL."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise GraphRefused("a validation token is not a JWT", reason="graph_token_malformed") from exc
+        if not isinstance(kid, str):
+            raise GraphRefused("a validation token names no key", reason="graph_token_malformed")
+        key = (await self.signing_keys(tenant.tenant_id, kid=kid)).get(kid)
+        if key is None:
+            raise GraphRefused("a validation token is signed with a key Entra does not list",
+                               reason="graph_token_unknown_key")
+        try:
+            # Expiry is checked against the arrival below, not now: the worker may take a while after Graph.
+            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=["RS256"],
+                                                options={"require": ["exp", "iss", "aud"], "verify_exp": False,
+                                                         "verify_aud": False, "verify_iat": False,
+                                                         "verify_nbf": False})
+        except jwt.PyJWTError as exc:
+            raise GraphRefused("a validation token's signature did not check out",
+                               reason="graph_token_signature") from exc
+        issuer = _STS_ISSUER.match(str(claims["iss"]))
+        tid = claims.get("tid")
+        if issuer is None or (tid is not None and str(tid).lower() != issuer.group(1).lower()):
+            raise GraphRefused("a validation token is not from Entra's token service", reason="graph_token_issuer")
+        party = claims["azp"] if "azp" in claims else claims.get("appid")
+        if party != CHANGE_TRACKING_APP:
+            raise GraphRefused("a validation token is not from Graph's change tracking", reason="graph_token_party")
+        exp, nbf = claims["exp"], claims.get("nbf")
+        if not isinstance(exp, (int, float)) or exp + TOKEN_LEEWAY < at \
+                or (isinstance(nbf, (int, float)) and nbf - TOKEN_LEEWAY > at):
+            raise GraphRefused("a validation token has expired", reason="graph_token_expired")
+        ours = claims["aud"] == tenant.client_id and issuer.group(1).lower() == tenant.tenant_id.lower()
+        return float(exp), ours
 
     # --- requests --------------------------------------------------------------------------------------
 

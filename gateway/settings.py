@@ -153,6 +153,10 @@ class Settings:
     """Seconds between this process's looks for queued notifications, renewals and reconciliations due."""
     graph_reconcile_delay: float = 300.0
     """Seconds after a meeting's call ended (or notifications were missed) before its attendance report is read."""
+    graph_report_retries: int = 6
+    """Reads of an attendance report Graph has not produced yet (404, or nothing in it) before it is given up."""
+    graph_report_backoff: float = 120.0
+    """Seconds before the second read of an attendance report not produced yet; each wait after is twice the last."""
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:

@@ -42,7 +42,7 @@ import asyncpg
 
 import sql
 from gateway import participants
-from gateway.errors import BadRequest, UpstreamError
+from gateway.errors import BadRequest, GraphRefused, UpstreamError
 from gateway.settings import Settings
 
 from . import eventlog
@@ -62,6 +62,8 @@ _CACHE_SECONDS = 30.0
 _RESUBSCRIBE_AFTER = 60.0  # seconds after a refused subscription before the first new attempt (then doubling)
 _FLUSHES = 4  # queue INSERTs in flight at once (see Intake)
 _PURGE_AFTER = 24 * 3600  # seconds a processed notification's digest is kept against redelivery
+_MAX_PAGES = 50  # pages of one attendance collection read at most (Graph pages records by the hundred or so)
+_MAX_TOKENS = 20  # Graph sends one validationToken per application and tenant in a collection
 
 
 class GraphPort(Protocol):
@@ -74,6 +76,17 @@ class GraphPort(Protocol):
     def __call__(self, tenant_key: str, method: str, path: str, *, json: Any = None,
                  beta: bool = False) -> Awaitable[tuple[int, Any]]:
         """Call Graph (v1.0, or beta) as the Teams application of that organisation (tenant_key)."""
+        ...
+
+
+class TokenCheck(Protocol):
+    """How the worker checks a validationToken of a rich notification (gateway.graph.GraphClient's
+    `validation_token`, as the organisation's Teams application)."""
+
+    def __call__(self, tenant_key: str, token: str, *, at: float) -> Awaitable[tuple[float, bool]]:
+        """(the token's expiry, whether it is for this organisation's application and tenant) of an authentic
+        token, unexpired at `at`; gateway.errors.GraphRefused when it is not one, UpstreamError when Entra's keys
+        cannot be read."""
         ...
 
 
@@ -226,11 +239,16 @@ class Intake:
 class TeamsEvents:
     """Subscriptions to Teams meetings, the webhook's checks, and the worker that turns notifications into events."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, announcer: Announcer, port: GraphPort) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, announcer: Announcer, port: GraphPort,
+                 tokens: TokenCheck) -> None:
         self._pool = pool
         self._settings = settings
         self._announcer = announcer
         self.port = port  # how Graph is called; tests put one of their own here
+        self.tokens = tokens  # how validationTokens are checked (the same)
+        # Tokens checked already: digest of (organisation, token) -> (expiry, ours). Graph sends the same token
+        # with every notification of a subscription for up to an hour; its signature is checked once.
+        self._verified: dict[bytes, tuple[float, bool]] = {}
         self.key = (NotificationKey.from_pem(settings.graph_notification_key_pem)
                     if settings.graph_notification_key_pem else None)
         # Keys of their own, derived from the gateway key: one proves clientStates, one digests Teams identities.
@@ -370,8 +388,14 @@ class TeamsEvents:
                 accepted.append(item)
         if text is not None and len(items) == 1:
             return [(digest, subscription, text) for digest, subscription, _none in rows]
-        # Several in one call: each is kept on its own (the worker takes them one by one).
-        return [(digest, subscription, json.dumps(item, separators=(",", ":")))
+        # Several in one call: each is kept on its own (the worker takes them one by one), as a collection of one
+        # with the call's validationTokens, which the worker checks.
+        tokens = document.get("validationTokens")
+        if tokens is None:
+            return [(digest, subscription, json.dumps(item, separators=(",", ":")))
+                    for (digest, subscription, _none), item in zip(rows, accepted)]
+        return [(digest, subscription, json.dumps({"value": [item], "validationTokens": tokens},
+                                                  separators=(",", ":")))
                 for (digest, subscription, _none), item in zip(rows, accepted)]
 
     async def _screen_item(self, item: Any, *, lifecycle: bool) -> tuple[bytes, UUID, str] | None:
@@ -476,10 +500,33 @@ class TeamsEvents:
             row = await conn.fetchrow(Q["subscription"], subscription_id)
         return None if row is None else Subscription.from_row(row)
 
-    async def _finish(self, notification_id: int, outcome: str) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+    async def _finish(self, notification_id: int, outcome: str, *, counted: str | None = None) -> None:
+        self.outcomes[counted or outcome] = self.outcomes.get(counted or outcome, 0) + 1
         async with self._pool.acquire() as conn:
             await conn.execute(Q["finish_notification"], notification_id, outcome)
+
+    async def _authentic(self, subscription: Subscription, tokens: Any, received_at: dt.datetime) -> str | None:
+        """Why the validationTokens of a notification do not prove it came from Graph for us, or None when they
+        do: each must be authentic (Entra's signature, issuer, Graph's change tracking, unexpired when the
+        notification arrived) and one must be for this organisation's application and tenant."""
+        if not isinstance(tokens, list) or not tokens or len(tokens) > _MAX_TOKENS \
+                or not all(isinstance(t, str) and 0 < len(t) <= 8192 for t in tokens):
+            return "graph_token_missing"
+        at = received_at.timestamp()
+        ours = False
+        for token in tokens:
+            digest = hashlib.sha256(f"{subscription.tenant_key}\n{token}".encode()).digest()
+            known = self._verified.get(digest)
+            if known is None or known[0] + 60 < at:
+                try:
+                    known = await self.tokens(subscription.tenant_key, token, at=at)
+                except GraphRefused as refused:
+                    return refused.reason
+                if len(self._verified) > 10_000:
+                    self._verified = {d: v for d, v in self._verified.items() if v[0] > _now().timestamp()}
+                self._verified[digest] = known
+            ours = ours or known[1]
+        return None if ours else "graph_token_audience"
 
     async def _process(self, row: asyncpg.Record) -> None:
         subscription = await self._subscription(row["subscription_id"])
@@ -487,11 +534,27 @@ class TeamsEvents:
             item = json.loads(row["body"])
         except (TypeError, ValueError):
             item = None
+        tokens = item.get("validationTokens") if isinstance(item, dict) else None
         if isinstance(item, dict) and isinstance(item.get("value"), list) and len(item["value"]) == 1:
-            item = item["value"][0]  # a collection of one, kept as Graph sent it
+            item = item["value"][0]  # a collection of one, kept as Graph sent it (with its validationTokens)
         if subscription is None or not isinstance(item, dict):
             await self._finish(row["id"], "malformed")
             return
+        if "encryptedContent" in item or tokens is not None:
+            # Graph's word that the collection is its own, for us: required with resource data, checked whenever
+            # given. Until it is, nothing of the notification is used.
+            try:
+                why = await self._authentic(subscription, tokens, row["received_at"])
+            except UpstreamError as exc:  # Entra's keys unreadable: tried again later
+                log.warning("a Graph notification's validation tokens could not be checked (%s)", exc.reason)
+                if row["attempts"] >= _MAX_ATTEMPTS:
+                    await self._finish(row["id"], "gave_up")
+                return
+            if why is not None:
+                log.warning("a Graph notification was refused by the worker: its validation tokens (%s)", why)
+                # The queue's record says bad_signature (the collection's signatures failed); the count names it.
+                await self._finish(row["id"], "bad_signature", counted="bad_token")
+                return
         if "lifecycleEvent" in item:
             try:
                 await self._lifecycle(subscription, str(item["lifecycleEvent"]))
@@ -652,31 +715,78 @@ class TeamsEvents:
 
     async def reconcile(self, subscription: Subscription) -> int:
         """Add what the attendance report shows and the event log lacks, once: each stretch a participant
-        attended gets a `connected` (and a `disconnected` when it ended) unless one is there already."""
-        graph = self.port
+        attended gets a `connected` (and a `disconnected` when it ended) unless one is there already.
+
+        Graph produces the report some time after the call: while it answers 404 or has no report or record, the
+        report is read again later (graph_report_backoff, doubling, graph_report_retries reads in all); what was
+        written meanwhile is not written twice (idempotency keys and the events-near check)."""
         base = (f"/users/{quote(subscription.organizer_id, safe='')}"
                 f"/onlineMeetings/{quote(subscription.meeting_id, safe='')}/attendanceReports")
-        status, reports = await graph(subscription.tenant_key, "GET", base)
-        if status != 200 or not isinstance(reports, dict):
-            raise UpstreamError(f"Graph answered {status} for attendance reports", reason="graph_error",
-                                upstream_status=status)
         written: list[int] = []
-        for report in reports.get("value") or []:
+        try:
+            ready = await self._read_report(subscription, base, written)
+        finally:
+            if written:
+                self._announcer.announce(max(written))
+        async with self._pool.acquire() as conn:
+            if ready:
+                await conn.execute(Q["reconciled"], subscription.id)
+            elif await conn.fetchval(Q["report_not_ready"], subscription.id, self._settings.graph_report_backoff,
+                                     self._settings.graph_report_retries):
+                log.info("an attendance report is not ready yet; read again later")
+            else:
+                log.warning("an attendance report was not produced in time; given up")
+        return len(written)
+
+    async def _read_report(self, subscription: Subscription, base: str, written: list[int]) -> bool:
+        """Reconcile from each attendance report of the meeting; False when Graph has not produced it yet."""
+        reports = await self._read_all(subscription.tenant_key, base)
+        if not reports:
+            return False
+        records_seen = 0
+        for report in reports:
             report_id = report.get("id") if isinstance(report, dict) else None
             if not isinstance(report_id, str):
                 continue
-            status, records = await graph(subscription.tenant_key, "GET",
-                                          f"{base}/{quote(report_id, safe='')}/attendanceRecords")
-            if status != 200 or not isinstance(records, dict):
-                raise UpstreamError(f"Graph answered {status} for attendance records", reason="graph_error",
-                                    upstream_status=status)
-            for record in records.get("value") or []:
+            records = await self._read_all(subscription.tenant_key,
+                                           f"{base}/{quote(report_id, safe='')}/attendanceRecords")
+            if records is None:
+                return False
+            records_seen += len(records)
+            for record in records:
                 written.extend(await self._reconcile_record(subscription, record))
-        async with self._pool.acquire() as conn:
-            await conn.execute(Q["reconciled"], subscription.id)
-        if written:
-            self._announcer.announce(max(written))
-        return len(written)
+        return records_seen > 0
+
+    def _graph_path(self, link: Any) -> str | None:
+        """The path under /v1.0 of an @odata.nextLink, when it is on Graph's own base URL (else None)."""
+        prefix = self._settings.graph_url.rstrip("/") + "/v1.0/"
+        if not isinstance(link, str) or len(link) > 4096 or not link.startswith(prefix):
+            return None
+        return "/" + link[len(prefix):]
+
+    async def _read_all(self, tenant_key: str, path: str) -> list[Any] | None:
+        """Every item of a Graph collection (v1.0), following its @odata.nextLink pages while they stay on Graph's
+        base URL, _MAX_PAGES pages at most; None when Graph answers 404 (not there yet)."""
+        items: list[Any] = []
+        for _page in range(_MAX_PAGES):
+            status, answer = await self.port(tenant_key, "GET", path)
+            if status == 404:
+                return None
+            if status != 200 or not isinstance(answer, dict):
+                raise UpstreamError(f"Graph answered {status} for an attendance collection", reason="graph_error",
+                                    upstream_status=status)
+            value = answer.get("value")
+            items.extend(value if isinstance(value, list) else [])
+            link = answer.get("@odata.nextLink")
+            if link is None:
+                return items
+            next_path = self._graph_path(link)
+            if next_path is None:  # never followed off Graph: what was read is used (reconciling is idempotent)
+                log.warning("an attendance collection's next page is not on Graph's base URL; not followed")
+                return items
+            path = next_path
+        log.warning("an attendance collection has more than %d pages; the rest is not read", _MAX_PAGES)
+        return items
 
     async def _reconcile_record(self, subscription: Subscription, record: Any) -> list[int]:
         identity = record.get("identity") if isinstance(record, dict) else None

@@ -98,6 +98,15 @@ class ClientPort:
             return exc.upstream_status or 400, None
         return answer.status, answer.json
 
+    async def validation_token(self, tenant_key: str, token: str, *, at: float) -> tuple[float, bool]:
+        """Check a notification's validationToken against Entra's keys for the organisation's application (the
+        worker's TokenCheck); raises as gateway.graph.GraphClient.validation_token does."""
+        tenant = await self._tenant(tenant_key)
+        if tenant is None:
+            raise GraphUnavailable("No Teams settings are known for this organisation.",
+                                   reason="graph_tenant_unknown")
+        return await self._app[GRAPH].validation_token(tenant, token, at=at)
+
 
 async def subscribe_meeting(app: web.Application, organizer: teams.Organizer, visit_id: UUID, join_web_url: str,
                             meeting_id: str) -> bool:
@@ -124,7 +133,8 @@ def _meeting_listener(app: web.Application) -> teams.MeetingListener:
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
-    events = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], ClientPort(app))
+    port = ClientPort(app)
+    events = TeamsEvents(app[DB], app[SETTINGS], app[ANNOUNCER], port, port.validation_token)
     app[TEAMS] = events
     provider = app[MEETINGS].get(teams.PROVIDER)
     listener = _meeting_listener(app)

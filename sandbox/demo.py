@@ -75,6 +75,18 @@ def demo_settings(data_dir: Path, port: int, sandbox_url: str, idp_ca_file: Path
                     idp_ca_file=idp_ca_file)
 
 
+def demo_teams_settings(settings: Settings, port: int) -> Settings:
+    """The demo's settings for `--teams`: Graph and Entra at the double, and a key Graph's notifications are
+    encrypted to (generated once into the data folder, as VISITGATE_GRAPH_NOTIFICATION_KEY_FILE would name one),
+    so that the Teams visits' presence is live."""
+    from .graph_events import private_key_pem
+
+    assert settings.data_dir is not None
+    graph = f"https://localhost:{graph_port_of(port)}"
+    key = _demo_secret(settings.data_dir / "demo-graph-notification-key.pem", private_key_pem())
+    return dataclasses.replace(settings, graph_url=graph, entra_authority_host=graph, graph_notification_key_pem=key)
+
+
 def make_idp_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
     """The sign-in service's TLS: a certificate authority (its key never written down) and a `localhost` server
     certificate it signs, valid for 30 days and kept in folder, so that a browser told to trust the authority
@@ -131,17 +143,18 @@ def graph_port_of(port: int) -> int:
 
 def _graph_double(settings: Settings, secret: str) -> web.Application:
     """The Graph and Entra double with the demo organisation's tenant: its application (a secret, the meetings
-    role, an access policy for everyone) and two clinicians to sign in as."""
+    and attendance reports' roles, an access policy for everyone) and two clinicians to sign in as."""
 
     from .appkeys import ENTRA, GRAPH
     from .entra import EntraApp, EntraUser
     from .graph import create_graph_double_app, set_base
+    from .graph_events import ARTIFACT_ROLE
 
     app = create_graph_double_app()
     set_base(app, settings.graph_url)
     tenant = app[ENTRA].tenant(DEMO_TEAMS_TENANT)
     tenant.apps[DEMO_TEAMS_CLIENT] = EntraApp(DEMO_TEAMS_CLIENT, secret=secret,
-                                              roles={"OnlineMeetings.ReadWrite.All"},
+                                              roles={"OnlineMeetings.ReadWrite.All", ARTIFACT_ROLE},
                                               redirect_uris={f"{settings.public_url}/teams/callback"})
     for oid, name, upn in DEMO_TEAMS_CLINICIANS:
         tenant.users[oid] = EntraUser(oid, name, upn)
@@ -280,6 +293,5 @@ def run(args: argparse.Namespace) -> int:
     settings = demo_settings(data_dir, port, sandbox_url, idp_ca_file=ca_file)
     teams = bool(getattr(args, "teams", False))
     if teams:
-        graph = f"https://localhost:{graph_port_of(port)}"
-        settings = dataclasses.replace(settings, graph_url=graph, entra_authority_host=graph)
+        settings = demo_teams_settings(settings, port)
     return asyncio.run(_serve(settings, sandbox_port, sandbox_url, idp_tls, teams=teams))

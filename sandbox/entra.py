@@ -97,6 +97,7 @@ class EntraDouble:
         self.kid = secrets.token_hex(8)
         self.codes: dict[str, _Code] = {}
         self.tokens_issued = 0  # client-credential tokens, for tests that count Entra round trips
+        self.keys_served = 0  # reads of the signing keys, for tests of the gateway's key cache
 
     def tenant(self, tenant_id: str) -> EntraTenant:
         """The tenant, made on first mention."""
@@ -177,6 +178,7 @@ async def discovery(request: web.Request) -> web.Response:
 async def keys(request: web.Request) -> web.Response:
     """The signing keys (one)."""
     entra = _double(request)
+    entra.keys_served += 1
     jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(entra.key.public_key(), as_dict=True)
     jwk.update({"kid": entra.kid, "use": "sig", "alg": "RS256"})
     return web.json_response({"keys": [jwk]})

@@ -20,7 +20,8 @@ It holds to the documented contract and refuses what Graph refuses:
   appid Graph's change-tracking application).
 - Controls fire lifecycle notifications (reauthorizationRequired, subscriptionRemoved, missed) and can change
   the roster without notifying (a missed notification); attendance reports (v1.0, OnlineMeetingArtifact.Read.All)
-  are made from the roster's history.
+  are made from the roster's history, their records paged with @odata.nextLink and the reports answering 404
+  for a while, as Graph does before it has produced them, when `POST /_controls/attendance` says so.
 Nothing here imports the gateway: it meets it over HTTP only.
 """
 from __future__ import annotations
@@ -123,6 +124,13 @@ class GraphEvents:
     elsewhere: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
     # Signs the validation tokens of rich notifications (the double's Entra key), when there is one.
     sign: Callable[[dict[str, Any]], str] | None = None
+    # Attendance reports (set by /_controls/attendance): records served this many to a page (None: all at once),
+    # and the next this many reads of a report answered 404, as while Graph has not produced it yet.
+    records_page_size: int | None = None
+    reports_not_ready: int = 0
+    reads: list[str] = field(default_factory=list)  # the attendance paths read, in order
+    # The origin the double's @odata.nextLink names (None: the one it was called on).
+    link_base: str | None = None
 
     def meeting_by_url(self, join_web_url: str) -> Meeting | None:
         """The meeting with that join URL."""
@@ -503,6 +511,11 @@ async def attendance_reports(request: web.Request) -> web.Response:
     meeting = await _meeting_for_reports(request)
     if isinstance(meeting, web.Response):
         return meeting
+    state = request.app[EVENTS]
+    state.reads.append(request.path)
+    if state.reports_not_ready > 0:
+        state.reports_not_ready -= 1
+        return graph_error(404, "NotFound", "The attendance report is not available yet.")
     reports = []
     if meeting.stretches:
         starts = [s.joined for s in meeting.stretches.values()]
@@ -527,6 +540,8 @@ async def attendance_records(request: web.Request) -> web.Response:
         return meeting
     if request.match_info["report"] != f"report-{meeting.id}" or not meeting.stretches:
         return graph_error(404, "NotFound", "The attendance report was not found.")
+    state = request.app[EVENTS]
+    state.reads.append(request.path_qs)
     records = []
     for identity_id, stretches in _by_identity(meeting).items():
         kind, person = next(iter(stretches[0].identity.items()))
@@ -538,7 +553,17 @@ async def attendance_records(request: web.Request) -> web.Response:
                         "identity": {"id": identity_id, "displayName": person.get("displayName"),
                                      "tenantId": person.get("tenantId") if kind == "user" else None},
                         "attendanceIntervals": intervals})
-    return web.json_response({"value": records})
+    size = state.records_page_size
+    if size is None:
+        return web.json_response({"value": records})
+    # Graph pages long collections: the next page's full URL, with an opaque $skiptoken, until the last.
+    token = request.query.get("$skiptoken", "0")
+    offset = int(token) if token.isdigit() else 0
+    page: dict[str, Any] = {"value": records[offset:offset + size]}
+    if offset + size < len(records):
+        origin = state.link_base or str(request.url.origin())
+        page["@odata.nextLink"] = f"{origin}{request.path}?$skiptoken={offset + size}"
+    return web.json_response(page)
 
 
 # ----- controls (tests and the demo) -----------------------------------------------------------------------
@@ -595,6 +620,18 @@ async def control_lifecycle(request: web.Request) -> web.Response:
     return web.json_response(state.deliveries[-1])
 
 
+async def control_attendance(request: web.Request) -> web.Response:
+    """POST /_controls/attendance {pageSize: n | null, notReadyReads: n}: page attendance records n to a page;
+    answer 404 to the next n reads of a meeting's attendance reports."""
+    state = request.app[EVENTS]
+    body = await _body(request) or {}
+    size, not_ready = body.get("pageSize"), body.get("notReadyReads", 0)
+    if (size is not None and (not isinstance(size, int) or size < 1)) or not isinstance(not_ready, int):
+        raise web.HTTPBadRequest(text="pageSize: a positive integer or null; notReadyReads: an integer")
+    state.records_page_size, state.reports_not_ready = size, max(0, not_ready)
+    return web.json_response({"pageSize": size, "notReadyReads": state.reports_not_ready})
+
+
 async def control_subscriptions(request: web.Request) -> web.Response:
     """GET /_controls/subscriptions: the subscriptions the double holds, and its deliveries."""
     state = request.app[EVENTS]
@@ -634,6 +671,7 @@ def setup(app: web.Application, authorize: Authorize, *, controls: bool = True) 
         app.router.add_post("/_controls/meetings/{id}/end", control_end)
         app.router.add_post("/_controls/subscriptions/{id}/lifecycle", control_lifecycle)
         app.router.add_get("/_controls/subscriptions", control_subscriptions)
+        app.router.add_post("/_controls/attendance", control_attendance)
     return state
 
 

@@ -193,6 +193,8 @@ async def test_demo_with_teams_runs_the_organisation_on_the_graph_double(data_di
                 assert view.status == 200, text
         # The clinician's first Teams visit: the one-time Microsoft sign-in at the double.
         assert 'id="teams-sign-in"' in text and f"https://localhost:{port + 4}/" in text, text
+        # The key Graph's notifications are encrypted to, made once in the data folder: presence is live.
+        assert (data_dir / "demo-graph-notification-key.pem").stat().st_mode & 0o077 == 0
         proc.send_signal(signal.SIGINT)
         code, output = await _stopped(proc)
         assert code == 0 and "Traceback" not in output, output
@@ -259,3 +261,18 @@ async def test_embedded_postgresql_starts_when_its_postmaster_pid_names_another_
         if other.returncode is None:
             other.kill()
         await other.wait()
+
+
+def test_demo_teams_settings_have_a_notification_key_kept_in_the_data_folder(tmp_path: Path) -> None:
+    from presence.graph_crypto import NotificationKey
+    from sandbox.demo import demo_settings, demo_teams_settings
+
+    settings = demo_teams_settings(demo_settings(tmp_path, 8080, "http://localhost:8081"), 8080)
+    assert settings.graph_url == settings.entra_authority_host == "https://localhost:8084"
+    assert settings.graph_notification_key_pem is not None
+    NotificationKey.from_pem(settings.graph_notification_key_pem)  # one the Teams events part takes
+    kept = tmp_path / "demo-graph-notification-key.pem"
+    assert kept.read_bytes() == settings.graph_notification_key_pem and kept.stat().st_mode & 0o077 == 0
+    # A restart finds the same key (Graph's live subscriptions were made with its certificate).
+    again = demo_teams_settings(demo_settings(tmp_path, 8080, "http://localhost:8081"), 8080)
+    assert again.graph_notification_key_pem == settings.graph_notification_key_pem

@@ -14,13 +14,16 @@ from typing import Any
 from uuid import UUID
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.appkeys import DB, SEALER
+from gateway.appkeys import DB, SEALER, SETTINGS
+from gateway.graph import CHANGE_TRACKING_APP, GraphClient, SecretCredential, TeamsTenant
 from presence.appkeys import TEAMS
 from presence.eventlog import record_event
 from presence.teams_events import TeamsEvents
@@ -41,6 +44,15 @@ def notification_key_pem() -> bytes:
     return graph_events.private_key_pem()
 
 
+@pytest.fixture(scope="session")
+def entra_key() -> rsa.RSAPrivateKey:
+    """The key Entra signs validationTokens with, in these tests (once per session: RSA is slow)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+ENTRA_KID = "entra-test-kid"
+
+
 @dataclass
 class Teams:
     """The gateway, the sandbox EHR and the Graph double's notifications part."""
@@ -51,6 +63,19 @@ class Teams:
     double_app: web.Application
     token: str
     http: aiohttp.ClientSession
+    entra_key: rsa.RSAPrivateKey
+    keys_read: list[str]
+
+    def validation_token(self, *, key: rsa.RSAPrivateKey | None = None, **claims: Any) -> str:
+        """A validationToken as Graph sends them (Entra's key, our app, Graph's change tracking), with claims
+        changed or removed (None)."""
+        now = int(time.time())
+        body: dict[str, Any] = {"iss": f"https://sts.windows.net/{TENANT}/", "aud": APP_ID, "tid": TENANT,
+                                "azp": CHANGE_TRACKING_APP, "appid": CHANGE_TRACKING_APP, "iat": now, "nbf": now,
+                                "exp": now + 3600}
+        body.update(claims)
+        return jwt.encode({k: v for k, v in body.items() if v is not None}, key or self.entra_key,
+                          algorithm="RS256", headers={"kid": ENTRA_KID})
 
     @property
     def events(self) -> TeamsEvents:
@@ -120,7 +145,8 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10
 
 
 @pytest.fixture
-async def teams(database_url: str, signing_key_pem: bytes, notification_key_pem: bytes) -> AsyncIterator[Teams]:
+async def teams(database_url: str, signing_key_pem: bytes, notification_key_pem: bytes,
+                entra_key: rsa.RSAPrivateKey) -> AsyncIterator[Teams]:
     """A gateway subscribed through the Graph double, with quick polling and write-back."""
     token = graph_events.new_token()
     roles = frozenset({"OnlineMeetings.ReadWrite.All", "OnlineMeetingArtifact.Read.All"})
@@ -130,11 +156,31 @@ async def teams(database_url: str, signing_key_pem: bytes, notification_key_pem:
     await server.start_server()
     double_url = str(server.make_url("")).rstrip("/")
     settings = dict(graph_notification_key_pem=notification_key_pem, graph_poll_interval=0.05,
-                    graph_reconcile_delay=0.0, writeback_poll_interval=0.05, writeback_backoff_base=0.05)
+                    graph_reconcile_delay=0.0, graph_report_backoff=0.05, writeback_poll_interval=0.05,
+                    writeback_backoff_base=0.05)
     try:
         async with running_stack(database_url, signing_key_pem, lambda _g, _s: settings) as stack, \
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-            teams = Teams(stack, double_url, double, double_app, token, http)
+            teams = Teams(stack, double_url, double, double_app, token, http, entra_key, [])
+            # The double signs its validationTokens as Entra would, and the worker checks them with the gateway's
+            # Graph client, whose read of Entra's keys (https, elsewhere: tests/teams) gives this key.
+            double.sign = lambda claims: jwt.encode(claims, entra_key, algorithm="RS256",
+                                                    headers={"kid": ENTRA_KID})
+            jwk = jwt.algorithms.RSAAlgorithm.to_jwk(entra_key.public_key(), as_dict=True)
+            checker = GraphClient(http, graph_url="https://graph.invalid", authority_host="https://login.invalid")
+
+            async def read_keys(tenant_id: str) -> dict[str, jwt.PyJWK]:
+                teams.keys_read.append(tenant_id)
+                return {ENTRA_KID: jwt.PyJWK({**jwk, "kid": ENTRA_KID}, algorithm="RS256")}
+
+            checker._read_keys = read_keys  # type: ignore[method-assign]
+            tenant = TeamsTenant(TENANT, APP_ID, SecretCredential("unused"))
+
+            async def tokens(tenant_key: str, token: str, *, at: float) -> tuple[float, bool]:
+                assert tenant_key == TENANT
+                return await checker.validation_token(tenant, token, at=at)
+
+            stack.gateway_app[TEAMS].tokens = tokens
 
             async def port(tenant_id: str, method: str, path: str, *, json: Any = None,
                            beta: bool = False) -> tuple[int, Any]:
@@ -222,7 +268,11 @@ async def test_without_a_notification_key_nothing_is_subscribed(teams: Teams) ->
 
 # ----- the webhook's refusals ----------------------------------------------------------------------------
 
-async def _post(teams: Teams, body: Any, path: str = "/graph/notifications") -> aiohttp.ClientResponse:
+async def _post(teams: Teams, body: Any, path: str = "/graph/notifications", *,
+                tokens: bool = True) -> aiohttp.ClientResponse:
+    """POST to the webhook; a collection gets a valid validationToken unless it has its own or `tokens` is off."""
+    if tokens and isinstance(body, dict) and "validationTokens" not in body:
+        body = {**body, "validationTokens": [teams.validation_token()]}
     async with teams.http.post(teams.stack.gateway_url + path, json=body) as r:
         await r.read()
         return r
@@ -300,6 +350,82 @@ async def test_a_bad_signature_or_an_undecryptable_key_is_dropped_by_the_worker(
     assert outcomes == ["bad_signature", "undecryptable"]
     assert not await teams.fetch("SELECT 1 FROM presence_events WHERE visit_id = $1", visit)
     assert not await teams.fetch("SELECT 1 FROM graph_notifications WHERE body IS NOT NULL")
+
+
+async def _roster_item(teams: Teams, leg: str) -> dict[str, Any]:
+    """A rich notification of the organiser joining on `leg`, for the one subscription."""
+    graph_id, our_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    roster = {"eventType": "Microsoft.Communication.CallRosterUpdate",
+              "activeParticipants@joined": [{"Id": leg, "Identity": {"User": {"Id": ORGANIZER}}}]}
+    return await _rich_item(teams, graph_id, teams.events.client_state(our_id), roster)
+
+
+async def _processed(teams: Teams, count: int) -> None:
+    async def done() -> bool:
+        return len(await teams.fetch("SELECT 1 FROM graph_notifications WHERE processed_at IS NOT NULL")) == count
+
+    await wait_for(done)
+
+
+async def test_notifications_whose_validation_tokens_do_not_check_out_are_not_processed(
+        teams: Teams, caplog: pytest.LogCaptureFixture) -> None:
+    visit = await teams.visit()
+    await teams.meeting(visit)
+    now = int(time.time())
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bad = {"forged": [teams.validation_token(key=forger)],
+           "wrong_aud": [teams.validation_token(aud="0f0e0d0c-0b0a-4000-8000-000000000000")],
+           "wrong_azp": [teams.validation_token(azp="11111111-2222-4333-8444-555555555555")],
+           "wrong_appid": [teams.validation_token(azp=None, appid="11111111-2222-4333-8444-555555555555")],
+           "wrong_issuer": [teams.validation_token(iss=f"https://login.example/{TENANT}/")],
+           "expired": [teams.validation_token(iat=now - 7200, nbf=now - 7200, exp=now - 3600)],
+           "one_of_two_forged": [teams.validation_token(), teams.validation_token(key=forger)],
+           "not_a_jwt": ["not.a.jwt"],
+           "empty": []}
+    for case, tokens in bad.items():
+        item = await _roster_item(teams, f"leg-{case}")
+        assert (await _post(teams, {"value": [item], "validationTokens": tokens})).status == 202, case
+    # A rich notification without any: Graph always sends them with resource data.
+    assert (await _post(teams, {"value": [await _roster_item(teams, "leg-none")]}, tokens=False)).status == 202
+    await _processed(teams, len(bad) + 1)
+    rows = await teams.fetch("SELECT outcome, body FROM graph_notifications")
+    assert {r["outcome"] for r in rows} == {"bad_signature"} and all(r["body"] is None for r in rows)
+    assert teams.events.outcomes.get("bad_token") == len(bad) + 1
+    assert not await teams.fetch("SELECT 1 FROM presence_events WHERE visit_id = $1", visit)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "validation tokens (graph_token_" in logged
+    assert not any(token in logged for tokens in bad.values() for token in tokens)  # reasons only, no data
+
+
+async def test_valid_validation_tokens_let_the_notification_through_and_are_checked_once(teams: Teams) -> None:
+    visit = await teams.visit()
+    await teams.meeting(visit)
+    events = teams.events
+    checked: list[str] = []
+    check = events.tokens
+
+    async def counting(tenant_key: str, token: str, *, at: float) -> tuple[float, bool]:
+        checked.append(token)
+        return await check(tenant_key, token, at=at)
+
+    events.tokens = counting
+    ours = teams.validation_token()
+    v1 = teams.validation_token(azp=None)  # v1 tokens name the party in appid only
+    # Another organisation's application subscribed at the same URL: its token is authentic, just not ours.
+    other = teams.validation_token(aud="0f0e0d0c-0b0a-4000-8000-000000000000")
+    collections = [{"value": [await _roster_item(teams, "leg-a")], "validationTokens": [ours]},
+                   {"value": [await _roster_item(teams, "leg-b")], "validationTokens": [ours]},
+                   {"value": [await _roster_item(teams, "leg-c"), await _roster_item(teams, "leg-d")],
+                    "validationTokens": [other, v1]}]
+    for body in collections:
+        assert (await _post(teams, body)).status == 202
+    await _processed(teams, 4)
+    rows = await teams.fetch("SELECT outcome FROM graph_notifications")
+    assert [r["outcome"] for r in rows] == ["applied"] * 4
+    assert len(await teams.fetch("SELECT 1 FROM presence_events WHERE visit_id = $1 AND kind = 'connected'",
+                                 visit)) == 4
+    assert sorted(checked) == sorted([ours, other, v1])  # each token's signature checked once
+    assert teams.keys_read == [TENANT]  # Entra's keys read once
 
 
 async def test_a_notification_sent_twice_is_queued_once(teams: Teams) -> None:
@@ -396,6 +522,80 @@ async def test_a_missed_notification_is_reconciled_from_the_attendance_report_on
     assert await teams.events.reconcile_visit(visit) == 0
     assert await teams.events.reconcile_visit(visit) == 0
     assert len(await _kinds(teams, visit)) == 3
+
+
+async def _attendance(teams: Teams, **control: Any) -> None:
+    async with teams.http.post(f"{teams.double_url}/_controls/attendance", json=control) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_the_attendance_report_is_read_page_by_page_on_graph_only(teams: Teams) -> None:
+    visit = await teams.visit()
+    meeting_id, _join = await teams.meeting(visit)
+    people = [clinician()] + [anonymous(f"Guest {n}") for n in range(4)]
+    await teams.roster(meeting_id, people, notify=False)
+    await teams.roster(meeting_id, [], notify=False)
+    await _attendance(teams, pageSize=2)
+    # The double names the origin the gateway knows as Graph's in its links (it is called on 127.0.0.1 here).
+    teams.double.link_base = teams.stack.gateway_app[SETTINGS].graph_url
+    assert await teams.events.reconcile_visit(visit) == 10  # five people, each joined and left
+    pages = [path for path in teams.double.reads if path.endswith(("attendanceRecords", "=2", "=4"))]
+    assert [p.rsplit("/", 1)[1] for p in pages] == ["attendanceRecords", "attendanceRecords?$skiptoken=2",
+                                                    "attendanceRecords?$skiptoken=4"]
+    assert await teams.events.reconcile_visit(visit) == 0  # read again: nothing twice
+
+    # A next page off Graph's base URL is not followed: the first page is used.
+    other = await teams.visit("enc-2")
+    meeting_id, _join = await teams.meeting(other)
+    await teams.roster(meeting_id, people[:3], notify=False)
+    await teams.roster(meeting_id, [], notify=False)
+    teams.double.link_base = "https://graph.example.net"
+    teams.double.reads.clear()
+    assert await teams.events.reconcile_visit(other) == 4
+    assert not [path for path in teams.double.reads if "skiptoken" in path]
+
+
+async def test_an_attendance_report_not_produced_yet_is_read_again_later(teams: Teams) -> None:
+    visit = await teams.visit()
+    meeting_id, _join = await teams.meeting(visit)
+    graph_id, subscription_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    await teams.roster(meeting_id, [clinician()], notify=False)
+    await teams.roster(meeting_id, [], notify=False)
+    await _attendance(teams, notReadyReads=2)  # Graph answers 404 twice, then has the report
+    await teams.lifecycle(graph_id, "missed")
+
+    async def reconciled() -> bool:
+        rows = await teams.fetch("SELECT reconciled_at FROM graph_subscriptions WHERE id = $1", subscription_id)
+        return rows[0]["reconciled_at"] is not None
+
+    await wait_for(reconciled)
+    assert sorted(await _kinds(teams, visit)) == [("provider", "connected"), ("provider", "disconnected")]
+    reports = [p for p in teams.double.reads if p.endswith("/attendanceReports")]
+    assert len(reports) == 3
+    row = (await teams.fetch("SELECT reconcile_due, reconciled_at, reconcile_attempts FROM graph_subscriptions "
+                             "WHERE id = $1", subscription_id))[0]
+    assert row["reconcile_due"] is None and row["reconciled_at"] is not None and row["reconcile_attempts"] == 0
+
+
+async def test_an_attendance_report_that_never_comes_is_given_up_after_a_bounded_number_of_reads(
+        teams: Teams) -> None:
+    visit = await teams.visit()
+    _meeting_id, _join = await teams.meeting(visit)
+    graph_id, subscription_id = (await teams.fetch("SELECT graph_id, id FROM graph_subscriptions"))[0]
+    await teams.lifecycle(graph_id, "missed")  # nobody joined: Graph's list of reports stays empty
+
+    async def given_up() -> bool:
+        rows = await teams.fetch("SELECT reconciled_at FROM graph_subscriptions WHERE id = $1", subscription_id)
+        return rows[0]["reconciled_at"] is not None
+
+    await wait_for(given_up)
+    retries = teams.stack.gateway_app[SETTINGS].graph_report_retries
+    assert len([p for p in teams.double.reads if p.endswith("/attendanceReports")]) == retries
+    row = (await teams.fetch("SELECT reconcile_due, reconcile_attempts FROM graph_subscriptions WHERE id = $1",
+                             subscription_id))[0]
+    assert row["reconcile_due"] is None and row["reconcile_attempts"] == 0
+    await asyncio.sleep(0.3)  # several poll intervals: no further read
+    assert len([p for p in teams.double.reads if p.endswith("/attendanceReports")]) == retries
 
 
 # ----- renewal and lifecycle -----------------------------------------------------------------------------

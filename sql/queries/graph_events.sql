@@ -46,7 +46,7 @@ UPDATE graph_notifications SET attempts = attempts + 1, not_before = now() + mak
 WHERE id IN (SELECT id FROM graph_notifications
              WHERE processed_at IS NULL AND not_before <= now()
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id, subscription_id, body, attempts;
+RETURNING id, subscription_id, body, attempts, received_at;
 
 -- name: finish_notification
 -- Processed: the encrypted body is dropped, the digest stays a day against Graph sending it again.
@@ -78,7 +78,19 @@ WHERE id IN (SELECT id FROM graph_subscriptions WHERE reconcile_due <= now()
 RETURNING id, graph_id, visit_id, tenant_key, organizer_id, meeting_id, join_web_url, status, expires_at;
 
 -- name: reconciled
-UPDATE graph_subscriptions SET reconcile_due = NULL, reconciled_at = now() WHERE id = $1;
+UPDATE graph_subscriptions SET reconcile_due = NULL, reconciled_at = now(), reconcile_attempts = 0 WHERE id = $1;
+
+-- name: report_not_ready
+-- Graph has not produced the attendance report yet: read it again $2 seconds times 2^(reads so far) on, while
+-- fewer than $3 reads were made; after that, given up (as reconciled: what came live is what there is, and the
+-- count starts afresh for a later reading). Answers whether it is read again.
+UPDATE graph_subscriptions
+SET reconcile_attempts = CASE WHEN reconcile_attempts + 1 < $3 THEN reconcile_attempts + 1 ELSE 0 END,
+    reconcile_due = CASE WHEN reconcile_attempts + 1 < $3
+                         THEN now() + make_interval(secs => $2 * power(2, reconcile_attempts)) END,
+    reconciled_at = CASE WHEN reconcile_attempts + 1 < $3 THEN reconciled_at ELSE now() END
+WHERE id = $1
+RETURNING reconcile_due IS NOT NULL AS again;
 
 -- name: teams_participant
 SELECT participant_id FROM teams_participants WHERE visit_id = $1 AND identity_key = $2;

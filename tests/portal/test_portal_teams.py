@@ -53,6 +53,7 @@ async def _save(portal: Portal, **form: str) -> tuple[int, str]:
 
 
 async def test_certificate_settings_are_checked_saved_sealed_and_audited(portal: Portal, double: GraphStack) -> None:
+    double.entra.tenants[TENANT_ID].apps[CLIENT_ID].roles.add("OnlineMeetingArtifact.Read.All")
     assert (await portal.sign_in(ADMIN)).status == 303
     status, body = await _save(portal, tenant_id=TENANT_ID, client_id=CLIENT_ID, credential_kind="certificate",
                                certificate=app_certificate_pem())
@@ -111,6 +112,28 @@ async def test_an_application_without_the_meetings_role_is_explained(portal: Por
     status, body = await _save(portal, tenant_id=TENANT_ID, client_id=CLIENT_ID, credential_kind="secret",
                                secret=SECRET)
     assert status == 422 and "OnlineMeetings.ReadWrite.All" in body and "admin consent" in body
+
+
+async def test_an_application_without_the_attendance_reports_role_is_saved_with_a_warning(
+        portal: Portal, double: GraphStack) -> None:
+    roles = double.entra.tenants[TENANT_ID].apps[CLIENT_ID].roles
+    assert "OnlineMeetingArtifact.Read.All" not in roles  # the meetings role only
+    assert (await portal.sign_in(ADMIN)).status == 303
+    status, body = await _save(portal, tenant_id=TENANT_ID, client_id=CLIENT_ID, credential_kind="secret",
+                               secret=SECRET)
+    assert status == 303 and body.endswith("done=saved-no-reports"), body
+    assert await portal.sql("SELECT 1 FROM teams_tenants")  # saved: live presence works without the role
+    page = await (await portal.get(f"/portal/{ORG}/teams?done=saved-no-reports")).text()
+    warning = re.search(r'<p id="warning" class="error" role="alert">([^<]*)</p>', page)
+    assert warning and "checked with Microsoft and saved" in page
+    assert "OnlineMeetingArtifact.Read.All" in warning.group(1) and CLIENT_ID in warning.group(1)
+    assert "admin consent" in warning.group(1) and "attendance report" in warning.group(1)
+    # With the role consented, saving again is a plain success.
+    roles.add("OnlineMeetingArtifact.Read.All")
+    status, body = await _save(portal, tenant_id=TENANT_ID, client_id=CLIENT_ID, credential_kind="secret",
+                               secret=SECRET)
+    assert status == 303 and body.endswith("done=saved"), body
+    assert 'id="warning"' not in await (await portal.get(f"/portal/{ORG}/teams?done=saved")).text()
 
 
 async def test_links_are_listed_and_removed_with_an_audit_row(portal: Portal, double: GraphStack) -> None:

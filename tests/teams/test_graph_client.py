@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.errors import GraphPolicyDenied, GraphRefused, GraphThrottled, GraphUnavailable
-from gateway.graph import GraphClient, SecretCredential, TeamsTenant, load_certificate
+from gateway.graph import CHANGE_TRACKING_APP, GraphClient, SecretCredential, TeamsTenant, load_certificate
 
-from .graph_helpers import CLINICIAN_OID, OTHER_OID, GraphStack, app_certificate_pem, graph_double
+from .graph_helpers import (CLIENT_ID, CLINICIAN_OID, OTHER_OID, TENANT_ID, GraphStack, app_certificate_pem,
+                            graph_double)
 
 CREATE = f"/users/{CLINICIAN_OID}/onlineMeetings/createOrGet"
 
@@ -115,3 +119,59 @@ def test_a_pem_without_its_certificate_is_refused() -> None:
     key_only = app_certificate_pem().split("-----BEGIN CERTIFICATE-----")[0]
     with pytest.raises(ValueError, match="certificate"):
         load_certificate(key_only)
+
+
+# ----- Entra's signing keys and the validationTokens of rich notifications --------------------------------
+
+def _validation_token(stack: GraphStack, **claims: object) -> str:
+    """A validationToken as Graph's change tracking sends them, signed by the double's Entra (claims changed
+    or, as None, removed)."""
+    now = int(time.time())
+    body: dict[str, object] = {"iss": f"https://sts.windows.net/{TENANT_ID}/", "aud": CLIENT_ID, "tid": TENANT_ID,
+                               "azp": CHANGE_TRACKING_APP, "appid": CHANGE_TRACKING_APP, "iat": now, "nbf": now,
+                               "exp": now + 3600}
+    body.update(claims)
+    return stack.entra.sign({k: v for k, v in body.items() if v is not None})
+
+
+async def test_validation_tokens_are_checked_against_entras_keys(stack: GraphStack, client: GraphClient) -> None:
+    tenant, now = stack.tenant(), time.time()
+    exp, ours = await client.validation_token(tenant, _validation_token(stack), at=now)
+    assert ours and exp > now
+    assert (await client.validation_token(tenant, _validation_token(stack, azp=None), at=now))[1]  # a v1 token
+    other = _validation_token(stack, aud="0f0e0d0c-0b0a-4000-8000-000000000000")
+    assert (await client.validation_token(tenant, other, at=now))[1] is False  # authentic, another application's
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(jwt.decode(_validation_token(stack), options={"verify_signature": False}), forger,
+                        algorithm="RS256", headers={"kid": stack.entra.kid})
+    cases = {"graph_token_signature": forged,
+             "graph_token_party": _validation_token(stack, azp="11111111-2222-4333-8444-555555555555"),
+             "graph_token_issuer": _validation_token(stack, iss=f"{stack.origin}/{TENANT_ID}/v2.0"),
+             "graph_token_expired": _validation_token(stack, exp=int(now) - 3600),
+             "graph_token_malformed": "not-a-jwt"}
+    for reason, token in cases.items():
+        with pytest.raises(GraphRefused) as caught:
+            await client.validation_token(tenant, token, at=now)
+        assert caught.value.reason == reason
+    # Expiry is judged at the notification's arrival: a token that was valid then still is.
+    late = _validation_token(stack, iat=int(now) - 3000, nbf=int(now) - 3000, exp=int(now) - 600)
+    assert (await client.validation_token(tenant, late, at=now - 900))[1]
+    assert stack.entra.keys_served == 1  # the keys were read once for all of these
+
+
+async def test_signing_keys_are_read_again_for_an_unknown_kid_at_most_once_a_while(stack: GraphStack,
+                                                                                  client: GraphClient) -> None:
+    tenant = stack.tenant()
+    await client.validation_token(tenant, _validation_token(stack), at=time.time())
+    # Entra rolls its key over: the new kid is not among the keys read.
+    stack.entra.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    stack.entra.kid = "rolled-over"
+    with pytest.raises(GraphRefused) as caught:  # the keys were read just now: not again for this one
+        await client.validation_token(tenant, _validation_token(stack), at=time.time())
+    assert caught.value.reason == "graph_token_unknown_key" and stack.entra.keys_served == 1
+    client.keys_refetch_after = 0.0  # as after a while
+    assert (await client.validation_token(tenant, _validation_token(stack), at=time.time()))[1]
+    assert stack.entra.keys_served == 2
+    assert (await client.validation_token(tenant, _validation_token(stack), at=time.time()))[1]
+    assert stack.entra.keys_served == 2  # a known kid: the cached keys
+    assert set(await client.signing_keys(TENANT_ID)) == {"rolled-over"}

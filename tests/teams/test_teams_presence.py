@@ -108,6 +108,10 @@ async def test_a_teams_visit_has_live_presence_from_the_roster(live_teams: Teams
         return len(await kinds()) == 4
 
     await wait_for(both_out)
+    # Each notification came with a validationToken, checked against the keys of the double's Entra, read once.
+    assert double.entra.keys_served == 1
+    outcomes = stack.gateway_app[TEAMS].outcomes
+    assert outcomes.get("applied", 0) >= 4 and "bad_token" not in outcomes
     # Everything the attendance report shows was seen live: reconciling adds nothing.
     assert await stack.gateway_app[TEAMS].reconcile_visit(visit) == 0
     assert len(await kinds()) == 4
