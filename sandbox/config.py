@@ -156,6 +156,8 @@ class SandboxSettings:
     # name of the test user the provider's sign-in page offers as one click.
     portal_sign_in_url: str | None = None
     one_click_user: str | None = None
+    # Where the EHR's interface engine sends SIU appointment messages over MLLP ("host:port"), if anywhere.
+    siu_target: str | None = None
 
     def __post_init__(self) -> None:
         if self.base_url.endswith("/"):

@@ -42,8 +42,11 @@ class SmsProvider(Protocol):
 
     name: str
 
-    async def send(self, to: str, body: str) -> str:
-        """Send one text message; returns the provider's message id. Raises NotifyError on failure."""
+    async def send(self, to: str, body: str, *, idempotency_key: str | None = None) -> str:
+        """Send one text message; returns the provider's message id. Raises NotifyError on failure.
+
+        idempotency_key: the same key on a second call (a reminder sent again after its process died
+        mid-send) lets a carrier that honours one deliver the message once (ACS repeatabilityRequestId)."""
         ...
 
 
@@ -67,18 +70,19 @@ class SinkSms:
         self.url = url
         self.sent: list[SmsMessage] = []
 
-    async def send(self, to: str, body: str) -> str:
-        """Hand the message to the sink."""
+    async def send(self, to: str, body: str, *, idempotency_key: str | None = None) -> str:
+        """Hand the message to the sink (with the idempotency key as `id`, which the sandbox phone honours)."""
         number = to_e164(to)
         if number is None:
             raise NotifyError("The phone number is not an international number (+ country code).",
                               reason="sms_bad_number")
-        message_id = f"sink-{uuid.uuid4()}"
+        message_id = f"sink-{idempotency_key or uuid.uuid4()}"
         if self.url is None or self._http is None:
             self.sent.append(SmsMessage(number, body))
             return message_id
+        payload = {"to": number, "body": body, **({"id": idempotency_key} if idempotency_key else {})}
         try:
-            async with self._http.post(self.url, json={"to": number, "body": body}) as response:
+            async with self._http.post(self.url, json=payload) as response:
                 status = response.status
                 await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -145,8 +149,10 @@ class AcsSms:
         return {"Content-Type": "application/json", "Host": self._host, "x-ms-date": date,
                 "x-ms-content-sha256": content_hash, "Authorization": acs_authorization(signature)}
 
-    async def send(self, to: str, body: str) -> str:
-        """Send one message; answers the ACS message id."""
+    async def send(self, to: str, body: str, *, idempotency_key: str | None = None) -> str:
+        """Send one message; answers the ACS message id. ACS takes a repeated repeatabilityRequestId as the
+        same request; the first-sent time is not kept across processes, so a resend after a crash may be
+        refused as a mismatch (sms_failed) rather than sent twice."""
         number = to_e164(to)
         if number is None:
             raise NotifyError("The phone number is not an international number (+ country code).",
@@ -154,7 +160,7 @@ class AcsSms:
         first_sent = email.utils.formatdate(usegmt=True)
         payload = {
             "from": self._sender,
-            "smsRecipients": [{"to": number, "repeatabilityRequestId": str(uuid.uuid4()),
+            "smsRecipients": [{"to": number, "repeatabilityRequestId": idempotency_key or str(uuid.uuid4()),
                                "repeatabilityFirstSent": first_sent}],
             "message": body,
             "smsSendOptions": {"enableDeliveryReport": False},
