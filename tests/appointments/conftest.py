@@ -58,7 +58,8 @@ class Feed:
             await wait_for(lambda: _listening(settings["mllp_port"]), what="the MLLP listener")
         from sandbox.scheduling import SIU_FEED
 
-        self.stack.sandbox_app[SIU_FEED].target = ("127.0.0.1", self.mllp_port)
+        port = settings["mllp_port"]
+        self.stack.sandbox_app[SIU_FEED].target = ("127.0.0.1", port) if port is not None else None
 
     async def ehr(self, path: str, **form: str) -> dict[str, Any]:
         """POST to the sandbox EHR's scheduling pages as its user would; answers {appointment, ack}."""
