@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import aiohttp_jinja2
 from aiohttp import web
 
+from .appkeys import FAULTS
+
 KEEP = 200
 """Messages each inbox keeps; older ones fall off."""
 _LINK = re.compile(r"(https?://[^\s<>\"']+)")
@@ -52,10 +54,12 @@ class Inbox:
     def __init__(self) -> None:
         self._messages: deque[Received] = deque(maxlen=KEEP)
         self._ids: deque[str] = deque(maxlen=10 * KEEP)
+        self.repeats = 0  # messages sent again with an id already delivered (not delivered twice)
 
     def first_time(self, message_id: str) -> bool:
         """Whether a sender's idempotency id is new (a carrier delivers a repeated one once)."""
         if message_id in self._ids:
+            self.repeats += 1
             return False
         self._ids.append(message_id)
         return True
@@ -90,6 +94,9 @@ async def receive_sms(request: web.Request) -> web.Response:
         # As ACS does with a repeated repeatabilityRequestId: accepted, not delivered again.
         return web.json_response({"ok": True, "repeated": True}, status=200)
     request.app[PHONE].add(Received(to=body["to"].strip(), body=body["body"], at=dt.datetime.now().astimezone()))
+    delay = request.app[FAULTS].sms_answer_after
+    if delay > 0:
+        await asyncio.sleep(delay)
     return web.json_response({"ok": True}, status=201)
 
 
