@@ -71,7 +71,7 @@ async def active_feeds(conn: asyncpg.Connection) -> list[Feed]:
 async def current_feed(conn: asyncpg.Connection, configuration_id: int) -> Feed | None:
     """The feed as it is now (in the caller's transaction); None when it is gone or its configuration is not
     approved."""
-    row = await conn.fetchrow(Q["lock_feed"], configuration_id)
+    row = await conn.fetchrow(Q["current_feed"], configuration_id)
     return feed_from_row(row) if row is not None else None
 
 

@@ -151,12 +151,11 @@ ORDER BY m.created_at, m.kind, m.offset_minutes, m.channel;
 -- name: find_appointment
 SELECT id FROM appointments WHERE configuration_id = $1 AND appointment_key = $2;
 
--- name: lock_feed
--- The feed's current settings, read in the transaction that applies a message (a change made a moment ago
--- counts), and held so a concurrent `set_feed` waits for the message's plan rather than half-applying.
+-- name: current_feed
+-- The feed's current settings, read in the transaction that applies a message, so a change made a moment ago
+-- counts. Not locked: FOR SHARE by every concurrent message would pile MultiXacts onto one row.
 SELECT f.configuration_id, f.mllp_host, f.mllp_port, f.mllp_tls_cert, f.mllp_tls_key, f.fhir_polling,
        f.poll_interval, f.reminder_offsets, f.messages, f.channels,
        c.fhir_base_url, c.client_id, c.client_auth, c.meeting_provider
 FROM appointment_feeds f JOIN configurations c ON c.id = f.configuration_id
-WHERE f.configuration_id = $1 AND c.status = 'approved'
-FOR SHARE OF f;
+WHERE f.configuration_id = $1 AND c.status = 'approved';
