@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import ssl
+import time
 import zoneinfo
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -37,6 +38,8 @@ Q = sql.queries("appointments")
 MAX_MESSAGE = 1024 * 1024
 """Bytes one MLLP block may hold; SIU messages are a few KiB."""
 POLL_PAGE = 50
+CONTROL_ID_DAYS = 31
+"""Days a message control id is remembered: interface engines resend within hours, not weeks."""
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _BOOKED = frozenset({"booked", "pending", "arrived", "checked-in"})
 _CANCELLED = frozenset({"cancelled", "noshow", "entered-in-error"})
@@ -269,10 +272,14 @@ def feed_context(tokens_key: Any, poke: Callable[[web.Application], None], liste
         poller = Poller(app, app[tokens_key], lambda: poke(app))
 
         async def loop() -> None:
+            forgot = 0.0
             while True:
                 try:
                     async with app[DB].acquire() as conn:
                         feeds = await active_feeds(conn)
+                        if time.monotonic() - forgot > 3600:  # control ids are kept a month
+                            await conn.execute(Q["forget_control_ids"], CONTROL_ID_DAYS)
+                            forgot = time.monotonic()
                     await listeners.sync(feeds)
                     await poller.poll_due(feeds)
                 except _DB_ERRORS as exc:

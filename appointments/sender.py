@@ -127,7 +127,8 @@ class Sender:
         return done
 
     async def stop(self) -> None:
-        """Wait briefly for sends under way, then give back the claims not yet started."""
+        """Wait briefly for sends under way; one cut short stays claimed until its lease lapses, then is sent
+        again with the same idempotency key (every claim is in flight at once, so none waits unstarted)."""
         tasks = list(self._inflight.values())
         if tasks:
             await asyncio.wait(tasks, timeout=5)

@@ -117,11 +117,6 @@ SET state = 'pending', due_at = now() + make_interval(secs => $3), claimed_by = 
 WHERE id = $1 AND state = 'sending' AND claimed_by = $2
 RETURNING id;
 
--- name: release_mine
--- On a clean shutdown: give back claims not yet sent, so they need not wait for the lease.
-UPDATE appointment_messages SET state = 'pending', claimed_by = NULL, claimed_until = NULL
-WHERE state = 'sending' AND claimed_by = $1 AND NOT ($2::uuid[] @> ARRAY[id]);
-
 -- name: find_or_create_visit
 -- The visit of the appointment's encounter: the same row a provider launch for that encounter finds.
 INSERT INTO visits (configuration_id, encounter_key, encounter_ref, patient_ref, meeting_provider)
