@@ -56,6 +56,13 @@ class Intake:
     async def handle(self, feed: Feed, block: bytes) -> bytes:
         """One MLLP block in, its ACK out; never raises for anything the sender did."""
         try:
+            return await self._handle(feed, block)
+        except Exception:  # a bug: the engine gets an AE and sends again; the connection lives on
+            log.exception("hl7: configuration %s: a message could not be handled", feed.configuration_id)
+            return ack("AE", "", "internal_error")
+
+    async def _handle(self, feed: Feed, block: bytes) -> bytes:
+        try:
             message = parse_message(block)
         except SiuRejected as refused:
             log.info("hl7: configuration %s: message refused (%s)", feed.configuration_id, refused.reason)
