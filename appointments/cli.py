@@ -11,11 +11,7 @@ from gateway.configurations import append_audit
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
-import sql
-
 from . import schedule
-
-Q = sql.queries("appointments")
 
 
 def add_command(commands: Any) -> None:
@@ -66,7 +62,7 @@ def _describe(row: Any) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     async def work(conn: Any) -> int:
-        row = await conn.fetchrow(Q["get_feed"], args.configuration)
+        row = await schedule.feed_settings(conn, args.configuration)
         print(f"configuration {args.configuration}: " + (_describe(row) if row else "no appointment feed"))
         return 0
     return asyncio.run(with_connection(Settings.from_env(), work))
@@ -75,7 +71,7 @@ def _show(args: argparse.Namespace) -> int:
 def _set(args: argparse.Namespace) -> int:
     async def work(conn: Any) -> int:
         async with conn.transaction():
-            row = await conn.fetchrow(Q["get_feed"], args.configuration)
+            row = await schedule.feed_settings(conn, args.configuration)
             now = dict(row) if row else {"mllp_host": "127.0.0.1", "mllp_port": None, "mllp_tls_cert": None,
                                          "mllp_tls_key": None, "fhir_polling": False, "poll_interval": 60,
                                          "reminder_offsets": [1440, 15], "messages": list(schedule.KINDS),
@@ -111,7 +107,7 @@ def _set(args: argparse.Namespace) -> int:
                        if k in now and now[k] != v and k != "poll_watermark"}
             await append_audit(conn, args.by, "appointment_feed.set", f"configuration:{args.configuration}",
                                changed)
-            row = await conn.fetchrow(Q["get_feed"], args.configuration)
+            row = await schedule.feed_settings(conn, args.configuration)
         print(f"configuration {args.configuration}: {_describe(row)}")
         return 0
     return asyncio.run(with_connection(Settings.from_env(), work))

@@ -68,6 +68,12 @@ async def active_feeds(conn: asyncpg.Connection) -> list[Feed]:
     return [feed_from_row(r) for r in await conn.fetch(Q["active_feeds"])]
 
 
+async def feed_settings(conn: asyncpg.Connection, configuration_id: int) -> asyncpg.Record | None:
+    """A configuration's feed settings as stored, or None when it has none."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q["get_feed"], configuration_id)
+    return row
+
+
 async def current_feed(conn: asyncpg.Connection, configuration_id: int) -> Feed | None:
     """The feed as it is now (in the caller's transaction); None when it is gone or its configuration is not
     approved."""
