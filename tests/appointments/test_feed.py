@@ -180,3 +180,30 @@ async def test_the_messages_and_channels_chosen_per_configuration_are_the_only_o
     rows = await feed.settled(appointment)
     assert [(r.kind, r.offset_minutes, r.channel) for r in rows] == [("reminder", 60, "sms")]
     assert feed.smtp.received == [] and await feed.phone() == []
+
+
+async def test_a_patient_without_contact_details_gets_nothing_and_the_schedule_says_why(feed: Feed) -> None:
+    from sandbox.appkeys import STORE
+
+    feed.stack.sandbox_app[STORE].put({"resourceType": "Patient", "id": "pat-silent",
+                                       "name": [{"family": "Silent", "given": ["Sam"]}],
+                                       "telecom": [{"system": "email", "value": "old@example.org", "use": "old"}]})
+    appointment = await feed.book(_start(), patient="pat-silent")
+    rows = await feed.settled(appointment)
+    assert sorted((r.channel, r.state, r.outcome) for r in rows if r.kind == "booked") == [
+        ("email", "skipped", "no_email_on_file"), ("sms", "skipped", "no_phone_on_file")]
+    assert feed.smtp.received == [] and await feed.phone() == []
+
+
+async def test_a_search_page_link_that_leaves_the_fhir_base_is_not_followed() -> None:
+    import pytest
+
+    from gateway.errors import FhirError
+    from gateway.fhir import FhirSearch
+
+    search = FhirSearch(None, "https://ehr.example.org/fhir", "token")  # type: ignore[arg-type]
+    with pytest.raises(FhirError) as refused:
+        await search.page("https://elsewhere.example.net/fhir/Appointment?page=2")
+    assert refused.value.reason == "fhir_bad_reference"
+    with pytest.raises(FhirError):
+        await search.page("https://ehr.example.org/fhirish/Appointment")
