@@ -61,7 +61,14 @@ async def test_the_join_link_of_a_confirmation_opens_the_visit(feed: Feed) -> No
     link = re.search(r"(http://\S+/j/[0-9A-Za-z]{22})", str(texts[0]["body"]))
     assert link
     async with feed.stack.browser.get(link.group(1), allow_redirects=False) as r:
-        assert r.status in (200, 302, 303), await r.text()
+        assert r.status == 200, await r.text()
+    code = link.group(1).rsplit("/", 1)[1]
+    async with feed.stack.browser.post(f"{feed.stack.gateway_url}/join", data={"t": code},
+                                       headers={"Origin": feed.stack.gateway_url}, allow_redirects=False) as r:
+        assert r.status in (302, 303), await r.text()
+        lobby = r.headers["Location"]
+    async with feed.stack.browser.get(f"{feed.stack.gateway_url}{lobby}" if lobby.startswith("/") else lobby) as r:
+        assert r.status == 200, await r.text()  # the lobby, before any clinician launched the visit
 
 
 async def test_rescheduling_sends_a_new_confirmation_and_moves_the_reminders(feed: Feed) -> None:
@@ -207,3 +214,19 @@ async def test_a_search_page_link_that_leaves_the_fhir_base_is_not_followed() ->
     assert refused.value.reason == "fhir_bad_reference"
     with pytest.raises(FhirError):
         await search.page("https://ehr.example.org/fhirish/Appointment")
+
+
+async def test_the_visit_the_link_names_is_the_one_the_clinician_launches_into(feed: Feed) -> None:
+    from gateway.appkeys import DB
+
+    appointment = await feed.book(_start())
+    await _texts(feed, 1)
+    async with feed.stack.gateway_app[DB].acquire() as conn:
+        before = await conn.fetch("SELECT id FROM visits")
+    assert len(before) == 1
+    response, _visited = await feed.stack.launch(feed.stack.new_launch(patient="pat-1",
+                                                                       encounter=f"enc-{appointment[5:]}"))
+    assert response.status == 200, await response.text()
+    async with feed.stack.gateway_app[DB].acquire() as conn:
+        after = await conn.fetch("SELECT id FROM visits")
+    assert after == before
