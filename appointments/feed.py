@@ -118,6 +118,7 @@ class Listeners:
         self._servers: dict[tuple[Any, ...], asyncio.AbstractServer] = {}
         self._feeds: dict[tuple[Any, ...], Feed] = {}
         self._writers: set[HL7StreamWriter] = set()
+        self._failing: set[tuple[Any, ...]] = set()  # addresses we could not listen on (said once, retried)
 
     @staticmethod
     def _key(feed: Feed) -> tuple[Any, ...]:
@@ -139,11 +140,14 @@ class Listeners:
                 self._servers[key] = await start_hl7_server(
                     lambda r, w, k=key: self._serve(k, r, w), feed.mllp_host, feed.mllp_port,
                     limit=MAX_MESSAGE, ssl=_tls(feed), reuse_port=True)
+                self._failing.discard(key)
                 log.info("hl7: listening for configuration %s on %s:%s%s", feed.configuration_id, feed.mllp_host,
                          feed.mllp_port, " (TLS)" if feed.mllp_tls_cert else "")
             except (OSError, ssl.SSLError) as exc:
-                log.warning("hl7: cannot listen for configuration %s on %s:%s (%s)", feed.configuration_id,
-                            feed.mllp_host, feed.mllp_port, type(exc).__name__)
+                if key not in self._failing:  # tried again at every refresh; said once
+                    self._failing.add(key)
+                    log.warning("hl7: cannot listen for configuration %s on %s:%s (%s); trying again",
+                                feed.configuration_id, feed.mllp_host, feed.mllp_port, type(exc).__name__)
 
     async def _serve(self, key: tuple[Any, ...], reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
         self._writers.add(writer)
