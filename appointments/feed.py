@@ -28,7 +28,7 @@ from gateway.backend_auth import BackendClient, BackendTokens, TokenUnavailable,
 from gateway.errors import FhirError
 from gateway.fhir import FhirSearch, parse_reference
 
-from .schedule import Feed, active_feeds, apply_update, current_feed, note_control_id
+from .schedule import Feed, active_feeds, apply_update, note_control_id
 from .sender import SCOPES
 from .siu import AppointmentUpdate, SiuRejected, ack, parse_message, read_siu
 
@@ -74,10 +74,10 @@ class Intake:
             return ack(refused.code, _control_id(message), refused.reason, received=message)
         try:
             async with self._app[DB].acquire() as conn, conn.transaction():
-                current = await current_feed(conn, feed.configuration_id)
+                current, first_time = await note_control_id(conn, feed.configuration_id, siu.control_id)
                 if current is None:
                     outcome = "feed_off"
-                elif await note_control_id(conn, feed.configuration_id, siu.control_id):
+                elif first_time:
                     outcome = await apply_update(conn, self._app[SEALER], current, siu.update)
                 else:
                     outcome = "duplicate"

@@ -74,13 +74,6 @@ async def feed_settings(conn: asyncpg.Connection, configuration_id: int) -> asyn
     return row
 
 
-async def current_feed(conn: asyncpg.Connection, configuration_id: int) -> Feed | None:
-    """The feed as it is now (in the caller's transaction); None when it is gone or its configuration is not
-    approved."""
-    row = await conn.fetchrow(Q["current_feed"], configuration_id)
-    return feed_from_row(row) if row is not None else None
-
-
 async def set_feed(conn: asyncpg.Connection, configuration_id: int, *, mllp_host: str = "127.0.0.1",
                    mllp_port: int | None = None, mllp_tls_cert: str | None = None, mllp_tls_key: str | None = None,
                    fhir_polling: bool = False, poll_interval: int = 60,
@@ -105,9 +98,14 @@ async def set_feed(conn: asyncpg.Connection, configuration_id: int, *, mllp_host
                        list(dict.fromkeys(messages)), list(dict.fromkeys(channels)))
 
 
-async def note_control_id(conn: asyncpg.Connection, configuration_id: int, control_id: str) -> bool:
-    """Remember an HL7 message control id; False when it was seen before (a duplicate)."""
-    return await conn.fetchval(Q["note_control_id"], configuration_id, control_id) is not None
+async def note_control_id(conn: asyncpg.Connection, configuration_id: int,
+                          control_id: str) -> tuple[Feed | None, bool]:
+    """The feed as it is now, and whether this HL7 message control id is new (False: a duplicate); (None, False)
+    when the feed is gone or its configuration is not approved (the id is then not kept)."""
+    row = await conn.fetchrow(Q["note_control_id"], configuration_id, control_id)
+    if row is None:
+        return None, False
+    return feed_from_row(row), bool(row["first_time"])
 
 
 async def apply_update(conn: asyncpg.Connection, sealer: Sealer, feed: Feed, update: AppointmentUpdate,
@@ -120,14 +118,13 @@ async def apply_update(conn: asyncpg.Connection, sealer: Sealer, feed: Feed, upd
     key = sealer.lookup("appointment", f"{feed.fhir_base_url}|{update.appointment_id}")
     patient_ref = sealer.seal(update.patient_id, "appointments.patient_ref") if update.patient_id else None
     encounter_ref = sealer.seal(update.encounter_id, "appointments.encounter_ref") if update.encounter_id else None
-    inserted = await conn.fetchval(
-        Q["insert_appointment"], feed.configuration_id, key,
+    row = await conn.fetchrow(
+        Q["upsert_appointment"], feed.configuration_id, key,
         sealer.seal(update.appointment_id, "appointments.appointment_ref"), patient_ref, encounter_ref,
         update.starts_at, update.ends_at, update.status, update.source_time)
-    row = await conn.fetchrow(Q["lock_appointment"], feed.configuration_id, key)
     assert row is not None
     appointment_id: UUID = row["id"]
-    if inserted is not None:
+    if row["inserted"]:
         revision = row["revision"]
         if update.status == "cancelled":
             return "unchanged"  # cancelled before we ever heard of it: nothing to withdraw or say
@@ -150,15 +147,30 @@ async def apply_update(conn: asyncpg.Connection, sealer: Sealer, feed: Feed, upd
             kind = "booked" if row["status"] == "cancelled" else "changed"
     if update.starts_at <= now:
         return "past"
+    kinds: list[str] = []
+    offsets: list[int] = []
+    channels: list[str] = []
+    revisions: list[int] = []
+    due: list[dt.datetime] = []
+
+    def plan(kind: str, offset: int, channel: str, revision: int, at: dt.datetime) -> None:
+        kinds.append(kind)
+        offsets.append(offset)
+        channels.append(channel)
+        revisions.append(revision)
+        due.append(at)
+
     for channel in feed.channels:
         if kind in feed.messages:
-            await conn.fetchval(Q["plan_message"], appointment_id, kind, 0, channel, revision, update.starts_at, now)
+            plan(kind, 0, channel, revision, now)
         if kind != "cancelled" and "reminder" in feed.messages:
             for offset in feed.reminder_offsets:
-                due = update.starts_at - dt.timedelta(minutes=offset)
-                if due > now:
-                    await conn.fetchval(Q["plan_message"], appointment_id, "reminder", offset, channel, 0,
-                                        update.starts_at, due)
+                at = update.starts_at - dt.timedelta(minutes=offset)
+                if at > now:
+                    plan("reminder", offset, channel, 0, at)
+    if kinds:
+        await conn.execute(Q["plan_messages"], appointment_id, update.starts_at, kinds, offsets, channels,
+                           revisions, due)
     return "planned"
 
 

@@ -38,7 +38,7 @@ CREATE TABLE appointments (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
--- serves: appointments.lock_appointment, appointments.insert_appointment (one row per FHIR Appointment)
+-- serves: appointments.upsert_appointment, appointments.find_appointment (one row per FHIR Appointment)
 CREATE UNIQUE INDEX appointments_key ON appointments (configuration_id, appointment_key);
 
 -- One row per message to send: (appointment, kind, offset, channel) for the start time (reminders) or the
@@ -62,7 +62,7 @@ CREATE TABLE appointment_messages (
     outcome          text,                  -- a reason code for skipped and failed messages
     created_at       timestamptz NOT NULL DEFAULT now()
 );
--- serves: appointments.plan_message (exactly one message per appointment, kind, offset, channel and occasion)
+-- serves: appointments.plan_messages (exactly one message per appointment, kind, offset, channel and occasion)
 CREATE UNIQUE INDEX appointment_messages_once
     ON appointment_messages (appointment_id, kind, offset_minutes, channel, revision, starts_at);
 -- serves: appointments.claim_due (pending messages that are due)

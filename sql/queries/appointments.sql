@@ -25,25 +25,36 @@ WHERE c.status = 'approved'
 ORDER BY f.configuration_id;
 
 -- name: note_control_id
--- A message control id (MSH-10) seen for the first time answers a row; one seen before answers none.
-INSERT INTO hl7_control_ids (configuration_id, control_id) VALUES ($1, $2)
-ON CONFLICT DO NOTHING
-RETURNING control_id;
+-- One round trip per SIU message: the feed's current settings (a change made a moment ago counts; not locked,
+-- as FOR SHARE by every concurrent message would pile MultiXacts onto one row), and the message control id
+-- (MSH-10) remembered, first_time false when it was seen before. No row: the feed is gone or not approved
+-- (and the control id is not kept).
+WITH feed AS (
+    SELECT f.configuration_id, f.mllp_host, f.mllp_port, f.mllp_tls_cert, f.mllp_tls_key, f.fhir_polling,
+           f.poll_interval, f.reminder_offsets, f.messages, f.channels,
+           c.fhir_base_url, c.client_id, c.client_auth, c.meeting_provider
+    FROM appointment_feeds f JOIN configurations c ON c.id = f.configuration_id
+    WHERE f.configuration_id = $1 AND c.status = 'approved'
+), seen AS (
+    INSERT INTO hl7_control_ids (configuration_id, control_id)
+    SELECT configuration_id, $2 FROM feed
+    ON CONFLICT DO NOTHING
+    RETURNING control_id
+)
+SELECT feed.*, EXISTS (SELECT 1 FROM seen) AS first_time FROM feed;
 
 -- name: forget_control_ids
 DELETE FROM hl7_control_ids WHERE received_at < now() - make_interval(days => $1);
 
--- name: insert_appointment
+-- name: upsert_appointment
+-- The appointment's row, created if new, locked either way (the no-op update takes the row lock as FOR UPDATE
+-- would), with the values it had before this message; inserted says which (xmax is 0 on a fresh insert).
 INSERT INTO appointments (configuration_id, appointment_key, appointment_ref, patient_ref, encounter_ref,
                           starts_at, ends_at, status, source_time)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (configuration_id, appointment_key) DO NOTHING
-RETURNING id;
-
--- name: lock_appointment
-SELECT id, starts_at, ends_at, status, source_time, revision, patient_ref, encounter_ref
-FROM appointments WHERE configuration_id = $1 AND appointment_key = $2
-FOR UPDATE;
+ON CONFLICT (configuration_id, appointment_key) DO UPDATE SET configuration_id = EXCLUDED.configuration_id
+RETURNING id, (xmax = 0) AS inserted, starts_at, ends_at, status, source_time, revision, patient_ref,
+          encounter_ref;
 
 -- name: update_appointment
 UPDATE appointments
@@ -65,15 +76,17 @@ UPDATE appointment_messages
 SET state = 'withdrawn', done_at = now(), outcome = $2
 WHERE appointment_id = $1 AND state = 'pending';
 
--- name: plan_message
--- Exactly one row per (appointment, kind, offset, channel, revision, start): planning it again does nothing,
--- unless an earlier change withdrew it (a cancelled appointment booked again for the same time).
+-- name: plan_messages
+-- Exactly one row per (appointment, kind, offset, channel, revision, start): planning one again does nothing,
+-- unless an earlier change withdrew it (a cancelled appointment booked again for the same time). All of one
+-- appointment's messages in one statement ($3.. are parallel arrays).
 INSERT INTO appointment_messages (appointment_id, kind, offset_minutes, channel, revision, starts_at, due_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+SELECT $1, t.kind, t.offset_minutes, t.channel, t.revision, $2, t.due_at
+FROM unnest($3::text[], $4::integer[], $5::text[], $6::integer[], $7::timestamptz[])
+    AS t(kind, offset_minutes, channel, revision, due_at)
 ON CONFLICT (appointment_id, kind, offset_minutes, channel, revision, starts_at) DO UPDATE
 SET state = 'pending', due_at = EXCLUDED.due_at, done_at = NULL, outcome = NULL
-WHERE appointment_messages.state = 'withdrawn'
-RETURNING id;
+WHERE appointment_messages.state = 'withdrawn';
 
 -- name: claim_due
 -- Lease up to $1 messages that are due (or whose claimant's lease lapsed) to worker $2 for $3 seconds.
@@ -145,12 +158,3 @@ ORDER BY m.created_at, m.kind, m.offset_minutes, m.channel;
 
 -- name: find_appointment
 SELECT id FROM appointments WHERE configuration_id = $1 AND appointment_key = $2;
-
--- name: current_feed
--- The feed's current settings, read in the transaction that applies a message, so a change made a moment ago
--- counts. Not locked: FOR SHARE by every concurrent message would pile MultiXacts onto one row.
-SELECT f.configuration_id, f.mllp_host, f.mllp_port, f.mllp_tls_cert, f.mllp_tls_key, f.fhir_polling,
-       f.poll_interval, f.reminder_offsets, f.messages, f.channels,
-       c.fhir_base_url, c.client_id, c.client_auth, c.meeting_provider
-FROM appointment_feeds f JOIN configurations c ON c.id = f.configuration_id
-WHERE f.configuration_id = $1 AND c.status = 'approved';
