@@ -45,6 +45,8 @@ from gateway.errors import FhirError, UpstreamError
 from gateway.fhir import FhirClient, FhirSearch, parse_reference
 from gateway.notify import Notifier, NotifyError
 from gateway.notify.contacts import pick_contact
+from gateway.notify.optout import SmsOptedOut
+from gateway.notify.routing import sms_route
 
 from . import messages
 
@@ -74,11 +76,26 @@ def new_tokens(app: web.Application) -> BackendTokens:
                          needs="system/Appointment, Patient and Encounter read")
 
 
-async def deliver_sms(notifier: Notifier, to: str, body: str, key: str) -> str:
-    """The one place the feed hands an SMS to the carrier (the integrator wires the opt-out check in here)."""
+async def sms_sender(conn: asyncpg.Connection, fhir_base_url: str, kind: str) -> str | None:
+    """The number a text of this schedule kind goes from for the configuration of fhir_base_url (None: the
+    carrier's configured number), as its organisation's SMS set-up says; Skip with the set-up's reason when it
+    does not let such texts go (no consents yet, or the kind turned off). Reminders are the set-up's
+    "reminder" kind; bookings, changes and cancellations are its "confirmation" kind."""
+    route = await sms_route(conn, fhir_base_url, "reminder" if kind == "reminder" else "confirmation")
+    if not route.allowed:
+        raise Skip(route.reason or "sms_not_enabled")
+    return route.sender
+
+
+async def deliver_sms(notifier: Notifier, to: str, body: str, key: str, sender: str | None) -> str:
+    """The one place the feed hands an SMS to the carrier: through the opt-out check (a number that replied
+    STOP is skipped for good, and counted by the check), from sender, with the row's id as idempotency key."""
     if notifier.sms is None:
         raise Skip("channel_not_configured")
-    return await notifier.sms.send(to, body, idempotency_key=key)
+    try:
+        return await notifier.sms.send(to, body, sender=sender, idempotency_key=key)
+    except SmsOptedOut:
+        raise Skip("sms_opted_out") from None
 
 
 class Sender:
@@ -171,16 +188,19 @@ class Sender:
         sealer = app[SEALER]
         async with app[DB].acquire() as conn:
             ctx = await conn.fetchrow(Q["message_context"], row["appointment_id"])
-        assert ctx is not None
-        kind, channel = row["kind"], row["channel"]
-        now = dt.datetime.now(dt.timezone.utc)
-        if kind != "cancelled" and ctx["status"] == "cancelled":
-            raise Skip("appointment_cancelled")
-        if kind == "reminder" and ctx["starts_at"] != row["starts_at"]:
-            raise Skip("appointment_moved")
-        if ctx["starts_at"] <= now:
-            raise Skip("appointment_past")
-        fhir_base = ctx["fhir_base_url"]
+            assert ctx is not None
+            kind, channel = row["kind"], row["channel"]
+            now = dt.datetime.now(dt.timezone.utc)
+            if kind != "cancelled" and ctx["status"] == "cancelled":
+                raise Skip("appointment_cancelled")
+            if kind == "reminder" and ctx["starts_at"] != row["starts_at"]:
+                raise Skip("appointment_moved")
+            if ctx["starts_at"] <= now:
+                raise Skip("appointment_past")
+            fhir_base = ctx["fhir_base_url"]
+            # Before anything is read from the EHR: a text the organisation's SMS set-up does not allow is
+            # skipped with its reason.
+            sender = await sms_sender(conn, fhir_base, kind) if channel == "sms" else None
         try:
             token = await self._tokens.token(BackendClient(ctx["configuration_id"], fhir_base, ctx["client_id"],
                                                            ctx["client_auth"], SCOPES))
@@ -215,7 +235,7 @@ class Sender:
                                                calendar=calendar,
                                                calendar_method="CANCEL" if kind == "cancelled" else "REQUEST")
             else:
-                await deliver_sms(app[NOTIFIER], address, words.sms, str(row["id"]))
+                await deliver_sms(app[NOTIFIER], address, words.sms, str(row["id"]), sender)
         except NotifyError as exc:
             raise Skip(exc.reason, final=exc.reason in _FINAL) from None
         async with app[DB].acquire() as conn:

@@ -78,7 +78,7 @@ def messages(count: int, start: dt.datetime) -> list[bytes]:
     from sandbox.siu import siu_message
 
     patient = {"id": "pat-1", "name": [{"family": "Bench", "given": ["Pat"]}], "birthDate": "1970-01-01",
-               "identifier": [{"value": "MRN-1"}], "telecom": [{"system": "phone", "value": "+1-555-0100"}]}
+               "identifier": [{"value": "MRN-1"}], "telecom": [{"system": "phone", "value": "+1-206-555-0100"}]}
     out = []
     for n in range(count):
         begin = start + dt.timedelta(minutes=n % 5000)
