@@ -111,13 +111,39 @@ def _decode(block: bytes) -> str:
     return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
 
 
+_READ_FIELDS = {"SCH": (1, 2, 11, 25), "TQ1": (7, 8), "PID": (3,), "PV1": (19,)}
+"""The fields read_siu reads of each segment besides MSH (kept whole: read_siu and ack read it)."""
+
+
+def _only_what_is_read(text: str) -> str:
+    """The message with only MSH and the segments and fields of _READ_FIELDS (others dropped, fields not read
+    emptied in place, so positions hold). The parser builds an object per field, repetition and component:
+    this keeps its work to what is used (a real SIU also carries RGS, AIS, AIG, AIL, AIP, NTE, PV2, ...), and the
+    patient's name, birth date, address and phone never become objects in our process."""
+    separator = text[3]
+    kept = []
+    for segment in text.split("\r"):
+        name = segment[:3]
+        if name == "MSH":
+            kept.append(segment)
+            continue
+        fields = _READ_FIELDS.get(name)
+        if fields is None or segment[3:4] != separator:
+            continue
+        last = fields[-1]
+        parts = segment.split(separator, last + 1)[:last + 1]
+        kept.append(separator.join(part if i == 0 or i in fields else "" for i, part in enumerate(parts)))
+    return "\r".join(kept)
+
+
 def parse_message(block: bytes) -> hl7.Message:
-    """The hl7 library's parse of one MLLP block; SiuRejected (AR, unparsable) when it is not HL7."""
+    """The hl7 library's parse of one MLLP block (of what the feed reads of it); SiuRejected (AR, unparsable)
+    when it is not HL7."""
     text = _decode(block)
     if not text.startswith("MSH") or len(text) < 8:
         raise SiuRejected("AR", "not_hl7")
     try:
-        return hl7.parse(text)
+        return hl7.parse(_only_what_is_read(text))
     except Exception:  # the library raises several kinds for broken framing; none quotes are kept
         raise SiuRejected("AR", "unparsable") from None
 

@@ -130,3 +130,21 @@ async def test_config_feed_set_and_show_are_audited(database_url: str, monkeypat
         assert '"mllp_port"' in audit[0]["details"]
     finally:
         await conn.close()
+
+
+def test_only_the_fields_read_reach_the_parser() -> None:
+    """Segments not read (NTE, AIL, ...) are dropped and fields not read emptied before the hl7 library parses:
+    the patient's name, birth date and phone never become objects, and what is read is where it was."""
+    appointment = {"id": "appt-1", "status": "booked", "start": "2026-12-04T10:00:00+01:00",
+                   "end": "2026-12-04T10:30:00+01:00"}
+    patient = {"id": "pat-7", "name": [{"family": "Doe", "given": ["Jo"]}], "identifier": [{"value": "MRN-7"}],
+               "telecom": [{"system": "phone", "value": "+1-206-555-0107"}], "birthDate": "1990-02-03"}
+    block = siu_message("S12", appointment, patient=patient, encounter_id="enc-7")
+    block = block.replace(b"\rPID|", b"\rNTE|1||Doe likes mornings\rAIL|1||Room 4\rPID|")
+    message = parse_message(block)
+    text = str(message)
+    assert "Doe" not in text and "19900203" not in text and "0107" not in text and "Room 4" not in text
+    assert [str(s[0]) for s in message] == ["MSH", "SCH", "TQ1", "PID", "PV1"]
+    update = read_siu(message, MADRID).update
+    assert (update.appointment_id, update.patient_id, update.encounter_id) == ("appt-1", "pat-7", "enc-7")
+    assert update.starts_at == dt.datetime(2026, 12, 4, 9, 0, tzinfo=dt.timezone.utc)
