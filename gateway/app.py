@@ -1,6 +1,6 @@
 """The application factory: the shell every part plugs into, and the whole URL map in one place.
 
-Parts (`launch`, `presence` and `config_portal`) sit above the shell: they import `gateway`, and
+Parts (`launch`, `presence`, `config_portal` and `appointments`) sit above the shell: they import `gateway`, and
 the shell names them only here, by module name, so no import ever points up.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .web import csrf_middleware, error_middleware, input_middleware, security_h
 log = logging.getLogger(__name__)
 
 # Each part's setup(app) adds its routes; read them in <part>/routes.py.
-PARTS = ("launch", "presence", "config_portal")
+PARTS = ("launch", "presence", "config_portal", "appointments")
 
 
 def create_app(settings: Settings) -> web.Application:

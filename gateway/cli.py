@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError
 from .settings import Settings
 
-PART_COMMANDS = ("config_portal.cli", "presence.cli")
+PART_COMMANDS = ("config_portal.cli", "presence.cli", "appointments.cli")
 
 
 def configure_logging(level: str) -> None:
@@ -222,6 +222,10 @@ def parser() -> argparse.ArgumentParser:
                      help="skip asking the EHR (discovery, /metadata) before saving; the other checks still run")
     add.set_defaults(func=_config_add)
     config.add_parser("list", help="list configurations").set_defaults(func=_config_list)
+    for part in PART_COMMANDS:  # per-configuration settings a part keeps (`visitgate config feed`)
+        hook = getattr(importlib.import_module(part), "add_config_command", None)
+        if hook is not None:
+            hook(config)
     return top
 
 

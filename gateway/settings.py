@@ -95,6 +95,20 @@ class Settings:
     writeback_request_timeout: float = 10.0
     writeback_max_conflict_rounds: int = 5
     """Re-reads and re-applies after 412 Precondition Failed before backing off."""
+    reminder_enabled: bool = True
+    """Run the appointment feed (MLLP listeners, FHIR polling) and the reminder sender in this process (any
+    number of processes may: they share listening ports and claim messages through PostgreSQL)."""
+    reminder_lease_seconds: float = 60.0
+    """How long a claimed message stays with its process; after a crash another one takes it after this. Keep
+    it above the longest send (SMTP and HTTP time limits), or a slow send may be overtaken (and deduplicated
+    only by the carrier's idempotency key)."""
+    reminder_poll_interval: float = 1.0
+    """Seconds between this process's looks for due messages (and for feeds whose settings changed)."""
+    reminder_concurrency: int = 8
+    """Messages in flight at once in this process."""
+    reminder_max_attempts: int = 5
+    reminder_backoff: float = 30.0
+    """Seconds before a message whose carrier failed for now is tried again (doubling each time)."""
     stun_urls: tuple[str, ...] = ()
     """STUN servers offered to the built-in video room's browsers, e.g. stun:turn.example.org:3478."""
     turn_urls: tuple[str, ...] = ()
@@ -289,11 +303,12 @@ def _flag(value: str) -> bool:
 
 
 def _writeback_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """Write-back settings given as VISITGATE_WRITEBACK_<NAME>; absent ones keep their defaults."""
+    """Write-back and reminder settings given as VISITGATE_WRITEBACK_<NAME> and VISITGATE_REMINDER_<NAME>; absent
+    ones keep their defaults."""
     found: dict[str, Any] = {}
     for f in fields(Settings):
         raw = env.get(f"VISITGATE_{f.name.upper()}", "").strip()
-        if not f.name.startswith("writeback_") or not raw:
+        if not f.name.startswith(("writeback_", "reminder_")) or not raw:
             continue
         kind: Any = type(f.default)  # every write-back field has a default of its own type
         try:

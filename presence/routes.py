@@ -11,11 +11,11 @@ from prometheus_client.registry import Collector
 
 from gateway import metrics
 from gateway.appkeys import DB, DSN, EHR, SEALER, SETTINGS, SIGNING_KEY
+from gateway.backend_auth import BackendTokens
 
 from . import teams_webhook
 from .announcer import Announcer
 from .appkeys import ANNOUNCER, BUS, CHAT_BUDGET, HUB, LEASE, STORE_BUDGET, SWEEPER, TEAMS, USAGE, WEBHOOKS, WRITEBACK
-from .backend_auth import BackendTokens
 from .bus import PresenceBus
 from .hub import Hub
 from .lease import ProcessLease

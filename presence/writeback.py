@@ -38,7 +38,7 @@ from gateway.fhir import valid_id
 from gateway.security import Sealer
 from gateway.settings import Settings
 
-from .backend_auth import BackendClient, BackendTokens, TokenUnavailable, WritebackDisabled
+from gateway.backend_auth import BackendClient, BackendTokens, TokenUnavailable, WritebackDisabled
 from . import outbox, webhooks
 from .encounter_mapping import EncounterChanges, derive, desired_encounter, patch_operations, unchanged
 # For operators, the portal and tests, where they always were.

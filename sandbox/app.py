@@ -9,7 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import controls, fhir, oauth, oidc, pages, phone
+from . import controls, fhir, oauth, oidc, pages, phone, scheduling
 from .appkeys import CLIENT_KEYS, FAULTS, HTTP_SESSION, KEYS, LAUNCHES, OAUTH, SETTINGS, STORE
 from .carriers import wiring
 from .config import Faults, SandboxSettings
@@ -59,6 +59,7 @@ def create_sandbox_app(settings: SandboxSettings) -> web.Application:
     pages.setup_routes(app)
     phone.setup_routes(app)  # /phone and /mailbox: where the demo's SMS and email land
     wiring.setup(app)  # the SMS carriers' doubles (/acs, /twilio), delivering to the phone
+    scheduling.setup_routes(app)  # /ehr/appointments: book, move, cancel; SIU over MLLP to the gateway
     oidc.setup(app)  # /idp/{tenant}/...: the OpenID provider the portal signs in with (Entra ID's shape)
     if settings.test_controls:
         controls.setup_routes(app)

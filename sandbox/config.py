@@ -156,6 +156,8 @@ class SandboxSettings:
     # name of the test user the provider's sign-in page offers as one click.
     portal_sign_in_url: str | None = None
     one_click_user: str | None = None
+    # Where the EHR's interface engine sends SIU appointment messages over MLLP ("host:port"), if anywhere.
+    siu_target: str | None = None
 
     def __post_init__(self) -> None:
         if self.base_url.endswith("/"):
@@ -208,6 +210,9 @@ class Faults:
     fhir_fail_status: int = 500
     fhir_retry_after: int | None = None  # Retry-After seconds on answers with a 429 or 503 fault status
     fhir_412_next: int = 0  # the next N writes (PUT, PATCH) answer 412 Precondition Failed, a storm of conflicts
+    # The phone's SMS sink answers this many seconds after it kept a message, as a carrier's API does: the
+    # window in which a sender that dies has handed a message over without hearing so.
+    sms_answer_after: float = 0.0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Set several fields at once, refusing unknown names and wrong types before changing anything."""
@@ -231,7 +236,7 @@ def _check_fault(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")
         return value
-    if name in ("fhir_delay", "fhir_answer_after", "ehr_answer_after"):
+    if name in ("fhir_delay", "fhir_answer_after", "ehr_answer_after", "sms_answer_after"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number")
         return float(value)

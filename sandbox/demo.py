@@ -38,6 +38,7 @@ from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approve
 from gateway.security import generate_signing_key_pem
 from gateway.web import runner_options
 
+from appointments.schedule import feed_settings, set_feed
 from config_portal.demo import DEMO_SLUG, ensure_demo_organisation, ensure_demo_teams
 
 from . import SandboxClient, SandboxSettings, create_sandbox_app
@@ -187,7 +188,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
                                auth_method="private_key_jwt", jwks_url=settings.jwks_url),),
         oidc_url=idp_url, portal_sign_in_url=f"{sign_in_url}/start", one_click_user=DEMO_ADMIN.username,
         oidc_clients=(demo_portal_client(f"{settings.public_url}/portal/callback", portal_secret,
-                                         f"{settings.public_url}/portal/signed-out"),)))
+                                         f"{settings.public_url}/portal/signed-out"),),
+        # The EHR's interface engine: SIU messages of /ehr/appointments go to the gateway's MLLP listener.
+        siu_target=f"127.0.0.1:{mllp_port_of(settings.port)}"))
     settings = with_demo_messaging(sandbox_app, settings, sandbox_url, smtp_port=smtp_port(settings.port))
     # Texts go through the ACS double (signed requests, phone numbers the portal can buy), and the phone's
     # replies (STOP, START, HELP) come back through its Event Grid webhook.
@@ -228,6 +231,10 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
                     client_auth="private_key_jwt", scopes=DEFAULT_SCOPES, writeback_strategy="fhir-r4-put"),
                     approved_by="visitgate demo")
             demo_config = next(c["id"] for c in await list_all(conn) if c["fhir_base_url"] == fhir_base)
+            if await feed_settings(conn, demo_config) is None:
+                # Confirmations and reminders from the sandbox's SIU feed (an operator would use
+                # `visitgate config feed set`); a busy port only costs the demo its feed, with a warning.
+                await set_feed(conn, demo_config, mllp_port=mllp_port_of(settings.port))
             await ensure_demo_organisation(
                 conn, gateway_app[SEALER], entra_host=f"{idp_url}/idp", tenant_id=TENANT_MAIN,
                 client_id=DEMO_PORTAL_CLIENT_ID, client_secret=portal_secret, configuration_id=demo_config,
@@ -242,6 +249,9 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
                   f"  Play the clinician: open {sandbox_url}/ehr and click \"Begin virtual visit\".\n"
                   f"  Play the patient: send the link from the visit, then open it from {sandbox_url}/mailbox\n"
                   f"    or {sandbox_url}/phone, or start from the patient portal at {sandbox_url}/portal\n"
+                  f"  Book, move and cancel appointments at {sandbox_url}/ehr/appointments: the EHR sends HL7\n"
+                  f"    SIU to the gateway (MLLP, 127.0.0.1:{mllp_port_of(settings.port)}), whose confirmations\n"
+                  f"    arrive at the phone and the mailbox.\n"
                   f"  The sandbox EHR's FHIR base URL: {fhir_base}\n"
                   f"  Configuration portal: {sign_in_url}\n"
                   f"    (or \"Sign in to the portal as the demo admin\" on {sandbox_url}/ehr), then click\n"
@@ -263,6 +273,12 @@ async def _serve(settings: Settings, sandbox_port: int, sandbox_url: str, idp_tl
 def smtp_port(port: int) -> int:
     """The demo's SMTP server port, for a gateway on port (the sandbox EHR has the one between)."""
     return port + 2
+
+
+def mllp_port_of(port: int) -> int:
+    """The port of the gateway's HL7 MLLP listener in the demo, for a gateway on port (port + 4 is the Graph
+    double's, with --teams)."""
+    return port + 5
 
 
 def idp_port_of(port: int) -> int:

@@ -302,6 +302,9 @@ async def search(request: web.Request) -> web.Response:
         ok = True
         # Repeated parameters are ANDed; comma-separated values within one are ORed.
         for name, raw in request.query.items():
+            if name == "_lastUpdated" and not _date_matches(resource.get("meta", {}).get("lastUpdated"), raw):
+                ok = False
+                break
             if name.startswith("_") and name != "_id":
                 continue
             results = [_matches(request, resource, name, v) for v in raw.split(",")]
@@ -313,15 +316,27 @@ async def search(request: web.Request) -> web.Response:
         if ok:
             found.append(resource)
 
-    shown = found if count is None else found[:count]
+    if request.query.get("_sort") in ("_lastUpdated", "-_lastUpdated"):
+        found.sort(key=lambda r: r.get("meta", {}).get("lastUpdated", ""),
+                   reverse=request.query["_sort"].startswith("-"))
+    try:
+        offset = max(0, int(request.query.get("_offset", "0")))
+    except ValueError:
+        raise FhirError(400, "invalid", "_offset must be a non-negative integer") from None
+    shown = found[offset:] if count is None else found[offset:offset + count]
     settings = request.app[SETTINGS]
+    links = [{"relation": "self", "url": settings.base_url + str(request.rel_url)}]
+    if count is not None and offset + count < len(found):
+        # Paging as servers do it: the next page is a link to follow verbatim.
+        links.append({"relation": "next", "url": settings.base_url + str(
+            request.rel_url.update_query({"_offset": str(offset + count)}))})
     bundle = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
         "meta": {"lastUpdated": now_instant()},
         "type": "searchset",
         "total": len(found),
-        "link": [{"relation": "self", "url": settings.base_url + str(request.rel_url)}],
+        "link": links,
         "entry": [
             {"fullUrl": _full_url(request, r), "resource": r, "search": {"mode": "match"}} for r in shown
         ],

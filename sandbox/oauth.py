@@ -54,6 +54,7 @@ SCOPES_SUPPORTED = (
     "patient/Patient.rs", "patient/Encounter.rs", "patient/Encounter.cu", "patient/Appointment.rs",
     "user/Patient.rs", "user/Practitioner.rs", "user/PractitionerRole.rs", "user/Encounter.rs",
     "user/Encounter.cu", "user/Appointment.rs", "system/Encounter.rs", "system/Encounter.cu",
+    "system/Appointment.rs", "system/Patient.rs",
 )
 CAPABILITIES = (
     "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",

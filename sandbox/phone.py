@@ -1,7 +1,8 @@
 """The sandbox's phone and mailbox: where the demo's join-link SMS and email land, so the demo needs no
 outside service.
 
-- `POST /_sms` takes `{"to": "+1...", "body": "..."}` from the gateway's sink SMS provider; `GET /phone`
+- `POST /_sms` takes `{"to": "+1...", "body": "...", "id": "<optional idempotency key>"}` from the gateway's
+  sink SMS provider (a repeated id is accepted and not delivered again, as a carrier would); `GET /phone`
   shows what arrived, newest first, with links clickable.
 - An in-process SMTP server (aiosmtpd, a real one) delivers into the mailbox that `GET /mailbox` shows.
 
@@ -23,6 +24,8 @@ from typing import Any, TypeVar
 
 import aiohttp_jinja2
 from aiohttp import web
+
+from .appkeys import FAULTS
 
 KEEP = 200
 """Messages each inbox keeps; older ones fall off."""
@@ -50,6 +53,16 @@ class Inbox:
 
     def __init__(self) -> None:
         self._messages: deque[Received] = deque(maxlen=KEEP)
+        self._ids: deque[str] = deque(maxlen=10 * KEEP)
+        self.repeats = 0  # messages sent again with an id already delivered (not delivered twice)
+
+    def first_time(self, message_id: str) -> bool:
+        """Whether a sender's idempotency id is new (a carrier delivers a repeated one once)."""
+        if message_id in self._ids:
+            self.repeats += 1
+            return False
+        self._ids.append(message_id)
+        return True
 
     def add(self, message: Received) -> None:
         """Keep one message."""
@@ -74,7 +87,16 @@ async def receive_sms(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text='body must be {"to": "...", "body": "..."}')
     if not body["to"].strip() or len(body["to"]) > 32 or len(body["body"]) > 1600:
         raise web.HTTPBadRequest(text="to must be a phone number and body at most 1600 characters")
+    message_id = body.get("id")
+    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= 64):
+        raise web.HTTPBadRequest(text="id, when given, is the sender's idempotency key (1 to 64 characters)")
+    if message_id is not None and not request.app[PHONE].first_time(message_id):
+        # As ACS does with a repeated repeatabilityRequestId: accepted, not delivered again.
+        return web.json_response({"ok": True, "repeated": True}, status=200)
     request.app[PHONE].add(Received(to=body["to"].strip(), body=body["body"], at=dt.datetime.now().astimezone()))
+    delay = request.app[FAULTS].sms_answer_after
+    if delay > 0:
+        await asyncio.sleep(delay)
     return web.json_response({"ok": True}, status=201)
 
 

@@ -26,23 +26,24 @@ STOP_BOUND = 40  # seconds: dev.py gives the demo 30 to stop before it kills it
 
 
 def _free_ports() -> int:
-    """A port that is free with the next four free too (the demo serves the EHR on port + 1, SMTP on port + 2,
-    its https sign-in service on port + 3, and with --teams the Graph double on port + 4).
+    """A port that is free with the next five free too (the demo serves the EHR on port + 1, SMTP on port + 2,
+    its https sign-in service on port + 3, with --teams the Graph double on port + 4, and the gateway's MLLP
+    listener for the sandbox's SIU feed is on port + 5).
 
     Checked by binding them: a free port alone was not enough once, its neighbour being some connection's
     own (ephemeral) port at the time."""
     for _ in range(50):
         port = unused_port()
-        if port + 4 > 65535:
+        if port + 5 > 65535:
             continue
         try:
-            for neighbour in (port + 1, port + 2, port + 3, port + 4):
+            for neighbour in (port + 1, port + 2, port + 3, port + 4, port + 5):
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", neighbour))
         except OSError:
             continue
         return port
-    raise AssertionError("no four neighbouring free ports on 127.0.0.1")
+    raise AssertionError("no five neighbouring free ports on 127.0.0.1")
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from gateway.ehr import EhrClient, fhir_base_url
 from gateway.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.security import SigningKey, generate_signing_key_pem
 from launch.smart import SmartClient, SmartConfiguration
-from presence.backend_auth import BackendTokens
+from gateway.backend_auth import BackendTokens
 from tests.conftest import CLIENT_ID, Overrides, Stack, reason_code
 
 Server = Callable[..., Awaitable[TestServer]]

@@ -65,9 +65,7 @@ class Notifier:
         if self.sms is None:
             raise NotConfigured("SMS is not set up on this gateway. Ask your administrator, or send the "
                                 "link by email or copy it.")
-        if sender is not None and isinstance(self.sms, OptOutSms):
-            return await self.sms.send(to, text, sender=sender)
-        return await self.sms.send(to, text)
+        return await self.sms.send(to, text, sender=sender)
 
 
 def help_text(settings: Settings) -> str:

@@ -35,25 +35,33 @@ class EmailSender:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
 
-    def compose(self, to: str, subject: str, body: str) -> EmailMessage:
-        """The message as it will be sent."""
+    def compose(self, to: str, subject: str, body: str, *, message_id: str | None = None,
+                calendar: bytes | None = None, calendar_method: str = "REQUEST") -> EmailMessage:
+        """The message as it will be sent; message_id (a stable one, for a message that may be sent again
+        after a crash) and a calendar invitation (text/calendar, RFC 6047) when given."""
         message = EmailMessage()
         message["From"] = self.config.sender
         message["To"] = to
         message["Subject"] = subject
         message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
         domain = self.config.sender.rpartition("@")[2] or None
-        message["Message-ID"] = email.utils.make_msgid(domain=domain)
+        message["Message-ID"] = message_id or email.utils.make_msgid(domain=domain)
         message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to the gateway
         message.set_content(body)
+        if calendar is not None:
+            # An attachment calendar clients offer to add (and a METHOD:CANCEL one takes it off again).
+            message.add_attachment(calendar, maintype="text", subtype="calendar", filename="invite.ics",
+                                   params={"method": calendar_method, "charset": "utf-8"})
         return message
 
-    async def send(self, to: str, subject: str, body: str) -> None:
+    async def send(self, to: str, subject: str, body: str, *, message_id: str | None = None,
+                   calendar: bytes | None = None, calendar_method: str = "REQUEST") -> None:
         """Send one message to one recipient; raises NotifyError when the server will not take it."""
         config = self.config
         try:
             await aiosmtplib.send(
-                self.compose(to, subject, body), hostname=config.host, port=config.port,
+                self.compose(to, subject, body, message_id=message_id, calendar=calendar,
+                             calendar_method=calendar_method), hostname=config.host, port=config.port,
                 username=config.username, password=config.password, use_tls=config.tls,
                 # False, not None: aiosmtplib would otherwise upgrade opportunistically and fail on
                 # servers whose certificate we did not ask to trust.

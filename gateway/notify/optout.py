@@ -17,7 +17,7 @@ import sql
 
 from ..security import Sealer
 from .errors import NotifyError
-from .sms import AcsSms, SmsProvider, TwilioSms, to_e164
+from .sms import SmsProvider, to_e164
 
 log = logging.getLogger(__name__)
 Q = sql.queries("sms")
@@ -97,9 +97,11 @@ class OptOutSms:
         self._sealer = sealer
         self._region = region
 
-    async def send(self, to: str, body: str, sender: str | None = None) -> str:
-        """Send (from sender, when the carrier can choose; else its configured number) unless the number opted
-        out; SmsOptedOut (after counting it) when it did."""
+    async def send(self, to: str, body: str, *, sender: str | None = None,
+                   idempotency_key: str | None = None) -> str:
+        """Send (from sender, when the carrier can choose; else its configured number; with the idempotency key
+        for a carrier that honours one) unless the number opted out; SmsOptedOut (after counting it) when it
+        did."""
         number = to_e164(to, self._region)
         if number is not None:
             async with self._pool.acquire() as conn:
@@ -109,6 +111,4 @@ class OptOutSms:
                     raise SmsOptedOut("This number has replied STOP to our texts; no text was sent. Send the "
                                       "link by email or copy it.")
         # An invalid number is refused by the carrier's own check, with its own reason.
-        if sender is not None and isinstance(self.inner, (AcsSms, TwilioSms)):
-            return await self.inner.send(to, body, sender=sender)
-        return await self.inner.send(to, body)
+        return await self.inner.send(to, body, sender=sender, idempotency_key=idempotency_key)

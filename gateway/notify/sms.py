@@ -53,8 +53,14 @@ class SmsProvider(Protocol):
 
     name: str
 
-    async def send(self, to: str, body: str) -> str:
-        """Send one text message; returns the provider's message id. Raises NotifyError on failure."""
+    async def send(self, to: str, body: str, *, sender: str | None = None,
+                   idempotency_key: str | None = None) -> str:
+        """Send one text message; returns the provider's message id. Raises NotifyError on failure.
+
+        sender: the organisation's own number to send from (None: the carrier's configured number; a carrier
+        without numbers of its own, the sink, ignores it).
+        idempotency_key: the same key on a second call (a reminder sent again after its process died
+        mid-send) lets a carrier that honours one deliver the message once (ACS repeatabilityRequestId)."""
         ...
 
 
@@ -97,15 +103,18 @@ class SinkSms:
         self.region = region
         self.sent: list[SmsMessage] = []
 
-    async def send(self, to: str, body: str) -> str:
-        """Hand the message to the sink."""
+    async def send(self, to: str, body: str, *, sender: str | None = None,
+                   idempotency_key: str | None = None) -> str:
+        """Hand the message to the sink (with the idempotency key as `id`, which the sandbox phone honours); the
+        sink has no numbers of its own, so sender is not used."""
         number = _recipient(to, self.region, body)
-        message_id = f"sink-{uuid.uuid4()}"
+        message_id = f"sink-{idempotency_key or uuid.uuid4()}"
         if self.url is None or self._http is None:
             self.sent.append(SmsMessage(number, body))
             return message_id
+        payload = {"to": number, "body": body, **({"id": idempotency_key} if idempotency_key else {})}
         try:
-            async with self._http.post(self.url, json={"to": number, "body": body}) as response:
+            async with self._http.post(self.url, json=payload) as response:
                 status = response.status
                 await response.content.read(MAX_ANSWER)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -135,13 +144,16 @@ class AcsSms:
         """The headers of one send carrying body, signed now (or at date)."""
         return self.client.signed_headers("POST", self._url, body, date)
 
-    async def send(self, to: str, body: str, sender: str | None = None) -> str:
-        """Send one message (from the configured number, or sender); answers the ACS message id."""
+    async def send(self, to: str, body: str, *, sender: str | None = None,
+                   idempotency_key: str | None = None) -> str:
+        """Send one message (from the configured number, or sender); answers the ACS message id. ACS takes a
+        repeated repeatabilityRequestId as the same request and delivers it once; the first-sent time is not
+        kept across processes, so a resend after a crash carries a later one (the id is what ACS matches)."""
         number = _recipient(to, self.region, body)
         first_sent = email.utils.formatdate(usegmt=True)
         payload = {
             "from": _sender(sender) if sender else self.sender,
-            "smsRecipients": [{"to": number, "repeatabilityRequestId": str(uuid.uuid4()),
+            "smsRecipients": [{"to": number, "repeatabilityRequestId": idempotency_key or str(uuid.uuid4()),
                                "repeatabilityFirstSent": first_sent}],
             "message": body,
             "smsSendOptions": {"enableDeliveryReport": False},
@@ -216,9 +228,10 @@ class TwilioSms:
         self.region = region
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
 
-    async def send(self, to: str, body: str, sender: str | None = None) -> str:
-        """Send one message; answers Twilio's message SID. Not retried: Twilio has no idempotency key, and a
-        second POST after a lost answer could text the patient twice."""
+    async def send(self, to: str, body: str, *, sender: str | None = None,
+                   idempotency_key: str | None = None) -> str:
+        """Send one message; answers Twilio's message SID. Not retried, and idempotency_key is not used: Twilio's
+        API has no such key, and a second POST after a lost answer could text the patient twice."""
         number = _recipient(to, self.region, body)
         form = {"To": number, "From": _sender(sender) if sender else self.sender, "Body": body}
         try:

@@ -6,7 +6,8 @@ key, `Authorization: HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha25
 of the exact body, a request date within 15 minutes of now, the api-version, and each body's shape.
 
 - `POST /sms?api-version=2021-03-07`: E.164 `from` owned by the resource, 1..100 `smsRecipients` with valid
-  E.164 `to`, a non-empty `message`; 202 with one result per recipient.
+  E.164 `to`, a non-empty `message`; 202 with one result per recipient. A recipient's `repeatabilityRequestId`
+  (a GUID, with `repeatabilityFirstSent`) seen before is answered as the first time and not delivered again.
 - Phone numbers (api-version 2022-12-01), long-running operations that finish `lro_delay` seconds after they
   start: `POST /availablePhoneNumbers/countries/{cc}/:search` (202 + operation-location, search-id),
   `GET /phoneNumbers/operations/{id}`, `GET /availablePhoneNumbers/searchResults/{id}`,
@@ -38,6 +39,7 @@ from aiohttp import web
 from .rate import RateLimit
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+GUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 MAX_SKEW = dt.timedelta(minutes=15)
 AUTH = re.compile(r"^HMAC-SHA256 SignedHeaders=(?P<headers>[^&]+)&Signature=(?P<signature>[A-Za-z0-9+/=]+)$")
 SMS_API = "2021-03-07"
@@ -117,6 +119,10 @@ class AcsDouble:
     """While true, every operation stays `running` whatever its age (a test decides when ACS finishes)."""
     operations: dict[str, Operation] = field(default_factory=dict)
     searches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repeatable: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The result of each repeatabilityRequestId accepted (lower case), answered again for a repeat."""
+    repeats: int = 0
+    """Requests repeated with an id already accepted (answered, not delivered again)."""
     on_sms: Any = None
     """Called with each accepted Sent (the sandbox's phone shows them)."""
     _next_number: int = 100
@@ -213,6 +219,11 @@ class AcsDouble:
             if not isinstance(recipient, dict) or not valid_number(recipient.get("to")):
                 return body, "each recipient needs a valid E.164 `to`"
             first_sent = recipient.get("repeatabilityFirstSent")
+            request_id = recipient.get("repeatabilityRequestId")
+            if (first_sent is None) != (request_id is None):
+                return body, "repeatabilityRequestId and repeatabilityFirstSent go together"
+            if request_id is not None and not (isinstance(request_id, str) and GUID.match(request_id)):
+                return body, "repeatabilityRequestId must be a GUID (36 characters)"
             if first_sent is not None:
                 try:
                     email.utils.parsedate_to_datetime(first_sent)
@@ -234,14 +245,22 @@ class AcsDouble:
             return self._refuse(request, 400, "BadRequest", problem, body)
         if not self.rate.take():
             return self._refuse(request, 429, "TooManyRequests", "Rate limit exceeded.", body)
-        results = []
+        results: list[dict[str, Any]] = []
         for recipient in body["smsRecipients"]:
-            if recipient["to"] in self.refuse_numbers:
+            request_id = recipient.get("repeatabilityRequestId")
+            if request_id is not None and request_id.lower() in self.repeatable:
+                # A repeated request (a retry, or a resend after the sender died mid-send): ACS answers what
+                # it answered the first time and does not deliver the message again.
+                self.repeats += 1
+                results.append(self.repeatable[request_id.lower()])
+            elif recipient["to"] in self.refuse_numbers:
                 results.append({"to": recipient["to"], "httpStatusCode": 400, "successful": False,
                                 "errorMessage": "Invalid To phone number format."})
             else:
                 results.append({"to": recipient["to"], "messageId": f"Outgoing_{uuid.uuid4().hex}",
                                 "httpStatusCode": 202, "repeatabilityResult": "accepted", "successful": True})
+                if request_id is not None:
+                    self.repeatable[request_id.lower()] = results[-1]
                 sent = Sent(body["from"], recipient["to"], body["message"])
                 self.sent.append(sent)
                 if self.on_sms is not None:

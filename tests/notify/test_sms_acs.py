@@ -5,6 +5,7 @@ import base64
 import email.utils
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -146,3 +147,28 @@ async def test_acs_configuration_is_checked_at_start_up(http: aiohttp.ClientSess
 async def test_acs_signs_the_host_without_the_default_port(http: aiohttp.ClientSession) -> None:
     sms = AcsSms(http, "https://contoso.communication.azure.com:443/", KEY, SENDER)
     assert sms.signed_headers(b"{}")["Host"] == "contoso.communication.azure.com"
+
+
+async def test_a_repeated_repeatability_id_is_delivered_once(acs: tuple[AcsDouble, str],
+                                                             http: aiohttp.ClientSession) -> None:
+    """A reminder sent again with its key (its process died between sending and recording): ACS answers as
+    the first time and the patient gets one text; another key is another text."""
+    double, endpoint = acs
+    key = str(uuid.uuid4())
+    sms = AcsSms(http, endpoint, KEY, SENDER)
+    first = await sms.send("+12065550199", "Reminder", idempotency_key=key)
+    again = await sms.send("+12065550199", "Reminder", idempotency_key=key)
+    other = await sms.send("+12065550199", "Reminder", idempotency_key=str(uuid.uuid4()))
+    assert first == again != other
+    ids = [c.body["smsRecipients"][0]["repeatabilityRequestId"] for c in double.calls]
+    assert ids[:2] == [key, key] and ids[2] != key
+    assert len(double.sent) == 2 and double.repeats == 1
+
+
+async def test_a_repeatability_id_that_is_not_a_guid_is_refused(acs: tuple[AcsDouble, str],
+                                                                http: aiohttp.ClientSession) -> None:
+    double, endpoint = acs
+    with pytest.raises(NotifyError) as refused:
+        await AcsSms(http, endpoint, KEY, SENDER).send("+12065550199", "hello", idempotency_key="row-7")
+    assert refused.value.reason == "sms_failed"
+    assert double.calls[0].status == 400 and double.sent == []

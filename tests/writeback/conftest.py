@@ -23,7 +23,7 @@ from gateway.appkeys import DB, SEALER
 from gateway.ehr import EhrClient
 from gateway.participants import add_guest, patient_participant, provider_participant
 from gateway.security import Sealer, SigningKey
-from presence.backend_auth import BackendClient, BackendTokens
+from gateway.backend_auth import BackendClient, BackendTokens
 from presence.encounter_mapping import VisitEvent, derive, desired_encounter, patch_operations, unchanged
 from presence.eventlog import record_event
 from tests.conftest import CLIENT_ID, running_stack

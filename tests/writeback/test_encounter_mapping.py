@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from presence.backend_auth import allows_encounter_update
+from gateway.backend_auth import allows_encounter_update
 from presence.encounter_mapping import (ALLOWED_PATCH, DEVICE_TEST_URL, PRESENCE_URL, VIRTUAL_SERVICE_URL, VisitEvent, derive,
                                         desired_encounter, patch_operations, unchanged)
 from presence.writeback import backoff, parse_retry_after

@@ -1,4 +1,5 @@
-"""SMART Backend Services tokens for write-back: client_credentials with a private_key_jwt assertion.
+"""SMART Backend Services tokens: client_credentials with a private_key_jwt assertion, for the parts that call
+the EHR with no clinician present (write-back in presence, the appointment feed and its reminders).
 
 Write-back never uses a clinician's token (it expires, and it is theirs). Each configuration gets its own
 system-level token, cached until shortly before it expires; concurrent writers share one fetch. The token
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.ehr import EhrClient
@@ -79,6 +81,21 @@ def allows_encounter_update(scopes: frozenset[str]) -> bool:
     return can_read and can_update
 
 
+def allows_reads(*types: str) -> Callable[[frozenset[str]], bool]:
+    """A check that granted scopes let a backend read (and search) each of `types` (SMART v1 or v2 scopes)."""
+    def check(scopes: frozenset[str]) -> bool:
+        readable: set[str] = set()
+        for scope in scopes:
+            match = re.match(r"^system/([A-Za-z]+|\*)\.([a-z]+|\*)$", scope)
+            if match is None:
+                continue
+            perms = {"*": "cruds", "read": "rs", "write": "cud"}.get(match.group(2), match.group(2))
+            if re.fullmatch("c?r?u?d?s?", perms) and "r" in perms:
+                readable.add(match.group(1))
+        return "*" in readable or all(t in readable for t in types)
+    return check
+
+
 def _error_code(value: object) -> str:
     return value if isinstance(value, str) and _ERROR_CODE.match(value) else "unknown"
 
@@ -86,8 +103,13 @@ def _error_code(value: object) -> str:
 class BackendTokens:
     """Per-configuration client_credentials tokens, cached until near expiry."""
 
-    def __init__(self, ehr: EhrClient, signing_key: SigningKey, timeout: float = 10.0) -> None:
+    def __init__(self, ehr: EhrClient, signing_key: SigningKey, timeout: float = 10.0,
+                 grants_enough: Callable[[frozenset[str]], bool] = allows_encounter_update,
+                 needs: str = "system/Encounter read and update") -> None:
         self._ehr = ehr
+        # What the caller's work needs of a token (write-back: Encounter read and update), and its words.
+        self._grants_enough = grants_enough
+        self._needs = needs
         self._signing_key = signing_key
         self._timeout = timeout
         self._tokens: dict[int, BackendToken] = {}
@@ -162,8 +184,8 @@ class BackendTokens:
         scope = doc.get("scope")
         # RFC 6749 5.1: no scope in the answer means the scope asked for was granted.
         granted = frozenset((scope if isinstance(scope, str) else client.scopes).split())
-        if not allows_encounter_update(granted):
-            raise WritebackDisabled("scope_not_granted: system/Encounter read and update")
+        if not self._grants_enough(granted):
+            raise WritebackDisabled(f"scope_not_granted: {self._needs}")
         expires_in = doc.get("expires_in", 300)
         if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
             expires_in = 300
