@@ -1,5 +1,5 @@
 """Every message sent about a visit counts on its usage row (the usage report's "SMS sent" and "Emails sent"):
-the provider view's invitation and the appointment feed's confirmations, reminders and cancellation, whether
+the provider view's invitation and its re-send, and the appointment feed's confirmations, reminders and cancellation, whether
 sent before the visit's first presence event or after its last; a withdrawn or failed message does not count.
 The expected figures are what the carriers received (the sandbox phone, the SMTP server), not the schedule."""
 from __future__ import annotations
@@ -79,6 +79,13 @@ async def test_each_message_sent_about_a_visit_counts_before_its_first_event_and
     response = await invite(stack, handle, channel="sms", role="patient")
     assert response.status == 200, await response.text()
     assert await _carried(feed) == (3, 2)
+    # ... and sends it again by email: the invitation list keeps its last channel, the count both sends.
+    participant = (await response.json())["participant"]
+    again = await stack.browser.post(f"{stack.gateway_url}/provider/{handle}/invite/{participant}/resend",
+                                     data={"channel": "email"}, allow_redirects=False,
+                                     headers={"Accept": "application/json", "Origin": stack.gateway_url})
+    assert again.status == 200, await again.text()
+    assert await _carried(feed) == (3, 3)
 
     # The visit ends (nobody came): its last event is counted.
     async with pool.acquire() as conn:
@@ -105,7 +112,8 @@ async def test_each_message_sent_about_a_visit_counts_before_its_first_event_and
     assert ("cancelled", 0, "sms", "sent") in states
 
     texts, mails = await _carried(feed)
-    assert (texts, mails) == (5, 2)  # booked, 1440, invitation, 15, cancelled by SMS; booked, 1440 by email
+    # By SMS: booked, 1440, the invitation, 15, cancelled; by email: booked, 1440, the invitation's re-send.
+    assert (texts, mails) == (5, 3)
     row = await _row(feed, visit_id)
     assert (row["sms_sent"], row["email_sent"]) == (texts, mails)
     assert row["last_event_id"] == ended["last_event_id"]  # the late messages came with no event
