@@ -22,6 +22,7 @@ from config_portal import reports
 from gateway.appkeys import DB, SEALER
 from gateway.configurations import DEFAULT_SCOPES, set_organisation_zone
 from gateway.db import migrate
+from gateway.sent_counts import count_sent
 from presence import usage
 from tests.conftest import Postgres, reason_code
 
@@ -206,6 +207,28 @@ async def test_the_usage_follower_counts_each_event_once_across_followers(portal
     # A row for every visit (each had events), this organisation's and the other's.
     assert len(before) == (await portal.sql("SELECT count(*) AS n FROM visits"))[0]["n"]
     assert len([r for r in before if r["organisation_id"] == org_id]) == len(plans) + 1
+
+
+async def test_a_message_counted_while_the_follower_saves_the_same_row_is_kept(portal: Portal) -> None:
+    # The sender's increment is uncommitted while a follower reads the row and then waits on it to save its
+    # figures: the follower does not write the counts, so the increment survives its save.
+    pool = portal.gateway_app[DB]
+    async with pool.acquire() as conn:
+        configs = await configurations(conn, portal.gateway_app[SEALER], ORG, "usage")
+        visit = open_visit(configs["test"], "test", dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10))
+        await write_visits(conn, portal.gateway_app[SEALER], [visit])  # its invitation: one SMS
+    async with pool.acquire() as sender:
+        async with sender.transaction():
+            await count_sent(sender, visit.visit_id, "sms")
+            await count_sent(sender, visit.visit_id, "email")
+            follower = asyncio.create_task(usage.catch_up(pool))
+            await asyncio.sleep(0.5)  # a follower has read the row and waits on its lock
+        await follower
+    await settle(portal)
+    [row] = await portal.sql("SELECT sms_sent, email_sent, attendees, started_at FROM visit_usage WHERE visit_id = $1",
+                             visit.visit_id)
+    assert (row["sms_sent"], row["email_sent"]) == (2, 1)
+    assert row["attendees"] == 2 and row["started_at"] == visit.started_at  # and the follower's figures are in
 
 
 @pytest.mark.parametrize("query", ["period=8", "period=-1", "from=2026-13-01&to=2026-03-02", "from=2026-03-01",
