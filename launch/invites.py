@@ -29,13 +29,13 @@ from aiohttp import web
 
 import sql
 from gateway import joinlinks, participants
-from gateway.sent_counts import count_sent
 from gateway.appkeys import DB, EHR, NOTIFIER, SEALER, SETTINGS
 from gateway.errors import FhirError
 from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
 from gateway.notify.contacts import pick_contact
 from gateway.notify.routing import sms_route
+from gateway.sent_counts import count_sent
 from gateway.web import serves_json
 
 from . import store

@@ -125,7 +125,7 @@ RETURNING id;
 
 -- name: finish_sent
 -- Sent, only by the worker that holds the claim, with the visit the message was about ($3; none when no
--- visit is known): the sender counts it on that visit's usage row in the same transaction (usage.count_sent).
+-- visit is known): the sender counts it on that visit's usage row in the same transaction (gateway.sent_counts).
 UPDATE appointment_messages
 SET state = 'sent', done_at = now(), outcome = NULL, claimed_until = NULL, visit_id = $3
 WHERE id = $1 AND state = 'sending' AND claimed_by = $2
