@@ -19,6 +19,11 @@ is possible for the messages that were in flight at the kill (at most `reminder_
 Nothing is lost: a row leaves `sending` only by 3. A lease shorter than a send could let a second process
 overtake a slow first one; the lease (60 s by default) is kept above the SMTP and HTTP time limits.
 
+Each message marked sent is counted, in the same transaction, on the usage figures of the visit it was about
+(gateway.sent_counts), and that visit is kept on the message (`appointment_messages.visit_id`): the visit of its
+join link, or for a message without one (a cancellation, a confirmation too far ahead for a link) the visit of
+its encounter if one was made. A message about an appointment with no visit is counted nowhere.
+
 Nothing is sent for an appointment that has started, been cancelled (except the cancellation) or moved
 since the message was planned. Contact details are read at send time and forgotten; no address, number, link
 or message text is logged or stored.
@@ -47,6 +52,7 @@ from gateway.notify import Notifier, NotifyError
 from gateway.notify.contacts import pick_contact
 from gateway.notify.optout import SmsOptedOut
 from gateway.notify.routing import sms_route
+from gateway.sent_counts import count_sent
 
 from . import messages
 
@@ -221,8 +227,10 @@ class Sender:
         del patient  # read for this one send; nothing of it outlives it
         if address is None:
             raise Skip("no_email_on_file" if channel == "email" else "no_phone_on_file")
-        link, link_until = (None, None) if kind == "cancelled" else \
+        link, link_until, visit_id = (None, None, None) if kind == "cancelled" else \
             await self._link(ctx, encounter_id, patient_id)
+        if visit_id is None and encounter_id is not None:
+            visit_id = await self._visit_of(ctx, encounter_id)
         settings = self._settings
         words = messages.write(kind, settings.organisation_name, ctx["starts_at"], settings.time_zone, link, link_until)
         try:
@@ -238,8 +246,12 @@ class Sender:
                 await deliver_sms(app[NOTIFIER], address, words.sms, str(row["id"]), sender)
         except NotifyError as exc:
             raise Skip(exc.reason, final=exc.reason in _FINAL) from None
-        async with app[DB].acquire() as conn:
-            recorded = await conn.fetchval(Q["finish_message"], row["id"], self.worker_id, "sent", None)
+        async with app[DB].acquire() as conn, conn.transaction():
+            recorded = await conn.fetchval(Q["finish_sent"], row["id"], self.worker_id, visit_id)
+            # Counted only by the claimant that marks it sent: a claim that lapsed is recorded (and counted)
+            # by the process that sends it again, under the same idempotency key.
+            if recorded is not None and visit_id is not None:
+                await count_sent(conn, visit_id, channel)
         if recorded is None:
             log.warning("reminders: message %s was sent after its claim lapsed", row["id"])
         log.info("reminders: sent %s %s by %s for appointment %s", kind,
@@ -273,18 +285,27 @@ class Sender:
                                    sealer.seal(encounter_id, "appointments.encounter_ref") if encounter_id else None)
         return patient_id, encounter_id
 
+    async def _visit_of(self, ctx: asyncpg.Record, encounter_id: str) -> uuid.UUID | None:
+        """The visit of the appointment's encounter, if one was made (none is made for a message without a link)."""
+        async with self._app[DB].acquire() as conn:
+            found: uuid.UUID | None = await conn.fetchval(
+                Q["visit_of_encounter"], ctx["configuration_id"],
+                self._app[SEALER].lookup("encounter", f"{ctx['fhir_base_url']}|{encounter_id}"))
+        return found
+
     async def _link(self, ctx: asyncpg.Record, encounter_id: str | None,
-                    patient_id: str) -> tuple[str | None, dt.datetime | None]:
+                    patient_id: str) -> tuple[str | None, dt.datetime | None, uuid.UUID | None]:
         """A join link for the patient of the visit of this appointment's encounter, when one can cover the
-        visit's start (links live at most a week: a confirmation further ahead says the link comes later)."""
+        visit's start (links live at most a week: a confirmation further ahead says the link comes later), with
+        the link's expiry and the visit."""
         if encounter_id is None:
-            return None, None
+            return None, None, None
         app = self._app
         sealer = app[SEALER]
         starts, ends = ctx["starts_at"], ctx["ends_at"] or ctx["starts_at"] + dt.timedelta(hours=1)
         until = joinlinks.link_expiry(ends)
         if until <= starts:
-            return None, None
+            return None, None, None
         fhir_base = ctx["fhir_base_url"]
         async with app[DB].acquire() as conn, conn.transaction():
             visit_id = await conn.fetchval(
@@ -294,7 +315,7 @@ class Sender:
                 ctx["meeting_provider"])
             participant_id = await participants.patient_participant(conn, visit_id)
             code = await joinlinks.issue_link(conn, app, participant_id, visit_id, ends, appointment_at=starts)
-        return joinlinks.keys_of(app).link_url(code), until
+        return joinlinks.keys_of(app).link_url(code), until, visit_id
 
 
 def sender_context(tokens_key: Any, sender_key: Any) -> Any:

@@ -10,8 +10,10 @@ What runs, all on 127.0.0.1 and all started and ended here (the processes throug
 (pgserver, fresh directory under /tmp) and `visitgate serve` (uvloop, as shipped) in its own process.
 
 1. seed: one organisation (New York time) with a test and a production configuration, and N visits made over
-   the last 88 days with their participants, invitations, presence events (about six a visit, in time order
-   across visits, as they would have arrived) and ends: 75% completed, 15% no-shows, 10% cancelled, six
+   the last 88 days with their participants, invitations, the messages sent about them (the invitation; for
+   half the visits an appointment's confirmation and reminder by SMS and email; counted on visit_usage as the
+   senders count them), presence events (about six a visit, in time order across visits, as they would have
+   arrived) and ends: 75% completed, 15% no-shows, 10% cancelled, six
    departments. Written by SQL on the server (the launch and the sockets are not what this measures).
 2. follow: the usage follower (presence.usage, the code every gateway process runs) counts every event into
    visit_usage, from the first event id; its rate is printed (`follow_per_s`).
@@ -80,6 +82,17 @@ SELECT patient_id, visit_id, 'patient', NULL, t0 FROM plan;
 
 INSERT INTO sent_invitations (participant_id, visit_id, channel, sent_at)
 SELECT patient_id, visit_id, channel, t0 FROM plan WHERE channel IS NOT NULL;
+
+-- The messages sent about each visit, counted on its usage row as the senders count them (gateway.sent_counts),
+-- before its first event: the invitation by SMS or email, and for every other visit an appointment's booking
+-- confirmation and day-before reminder, each by SMS and email. The follower makes the other rows.
+INSERT INTO visit_usage (visit_id, organisation_id, opened_at, environment, meeting_provider, department,
+                         sms_sent, email_sent)
+SELECT p.visit_id, c.organisation_id, p.t0, c.environment, 'builtin', p.department,
+       (p.channel IS NOT DISTINCT FROM 'sms')::int + CASE WHEN p.i % 2 = 0 THEN 2 ELSE 0 END,
+       (p.channel IS NOT DISTINCT FROM 'email')::int + CASE WHEN p.i % 2 = 0 THEN 2 ELSE 0 END
+FROM plan p JOIN configurations c ON c.id = p.configuration_id
+WHERE p.channel IN ('sms', 'email') OR p.i % 2 = 0;
 
 INSERT INTO presence_events (visit_id, participant_id, kind, at)
 SELECT visit_id, participant_id, kind, at FROM (
@@ -189,12 +202,17 @@ async def run(args: argparse.Namespace) -> str:
         events = await conn.fetchval("SELECT count(*) FROM presence_events")
         print(f"seeded {args.visits} visits, {events} events in {time.monotonic() - started:.1f}s", flush=True)
 
+        counted = "SELECT sum(sms_sent), sum(email_sent), count(*) FROM visit_usage"
+        messages = tuple(await conn.fetchrow(counted))
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         started = time.monotonic()
         with CpuSteal() as follow_steal:
             followed = await usage.catch_up(pool, batch=args.batch)
         follow_s = time.monotonic() - started
         assert followed == events, (followed, events)
+        # The follower makes the rows the messages did not and leaves the senders' counts as they were.
+        after = tuple(await conn.fetchrow(counted))
+        assert after[:2] == messages[:2] and after[2] == args.visits, (messages, after)
         print(f"follow: {followed} events counted in {follow_s:.1f}s ({followed / follow_s:.0f}/s)", flush=True)
         print(f"  {follow_steal.describe()}", flush=True)
         await pool.close()

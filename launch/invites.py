@@ -35,6 +35,7 @@ from gateway.fhir import FhirClient
 from gateway.notify import NotConfigured, NotifyError, to_e164
 from gateway.notify.contacts import pick_contact
 from gateway.notify.routing import sms_route
+from gateway.sent_counts import count_sent
 from gateway.web import serves_json
 
 from . import store
@@ -200,6 +201,14 @@ async def record_invitation(conn: asyncpg.Connection, participant_id: UUID, visi
     await conn.execute(Q["record_invitation"], participant_id, visit_id, channel)
 
 
+async def record_sent(conn: asyncpg.Connection, participant_id: UUID, visit_id: UUID, channel: str) -> None:
+    """Record a link that went out (a send or a re-send) and, when it went by SMS or email, count the message on
+    the visit's usage figures, in one transaction: the list keeps the last channel, the count every send."""
+    async with conn.transaction():
+        await record_invitation(conn, participant_id, visit_id, channel)
+        await count_sent(conn, visit_id, channel)
+
+
 async def list_invitations(conn: asyncpg.Connection, visit_id: UUID) -> list[SentInvitation]:
     """The visit's invitations, oldest first."""
     return [SentInvitation(r["participant_id"], r["role"], r["guest_kind"], r["channel"], r["sent_at"], r["live"])
@@ -358,10 +367,11 @@ async def _invite(request: web.Request, session: store.ProviderSession, form: In
 
 
 async def _recorded(request: web.Request, participant_id: UUID, visit_id: UUID, channel: str) -> None:
-    """Keep the invitation for the provider view's list; the link is out already, so a failure here is logged."""
+    """Keep the invitation for the provider view's list and count the message (each send and re-send by SMS or
+    email) on the visit's usage figures, together; the link is out already, so a failure here is logged."""
     try:
         async with request.app[DB].acquire() as conn:
-            await record_invitation(conn, participant_id, visit_id, channel)
+            await record_sent(conn, participant_id, visit_id, channel)
     except Exception as exc:  # the link went out: the clinician's answer matters more than the list
         log.warning("could not record the invitation of participant %s (%s)", participant_id, type(exc).__name__)
 

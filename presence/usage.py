@@ -10,7 +10,10 @@ What a row holds (no patient data: times, counts, opaque ids): when both sides w
 start), the newest disconnection (the duration runs to it), the first lobby entry of a patient or guest and
 the first admission (the lobby wait), the most participants connected at once, the status (open; completed once
 it ended having started; no-show when the patient never came; cancelled when it ended without starting though
-the patient came), and the invitations sent by SMS and email.
+the patient came). The row's counts of messages sent about the visit by SMS and email (`sms_sent`,
+`email_sent`) are not the follower's: the senders add to them as they send (gateway.sent_counts), since a
+reminder comes before any event of the visit and a late one after its last. The follower never writes them,
+so its batch UPDATE cannot overwrite a count added after it read the row; it makes a row as the senders do.
 """
 from __future__ import annotations
 
@@ -49,8 +52,6 @@ class VisitUsage:
     ended_at: dt.datetime | None = None
     attendees: int = 0
     present: dict[str, int] = field(default_factory=dict)
-    sms_sent: int = 0
-    email_sent: int = 0
     last_event_id: int = 0
 
     @classmethod
@@ -150,19 +151,13 @@ async def _count(conn: asyncpg.Connection, events: list[asyncpg.Record]) -> None
     usage = {r["visit_id"]: VisitUsage.from_row(r) for r in await conn.fetch(Q["usage_rows"], visit_ids)}
     for e in events:
         usage[e["visit_id"]].apply(e["id"], e["kind"], e["at"], e["participant_id"], e["role"], e["no_show"])
-    # Invitations are not presence events: their counts are read again for each visit an event touched, and a
-    # visit's last event (its end, or the disconnections after it) leaves them final, since an ended visit's
-    # links can no longer be sent.
-    for r in await conn.fetch(Q["invitations"], visit_ids):
-        usage[r["visit_id"]].sms_sent, usage[r["visit_id"]].email_sent = r["sms"], r["email"]
     rows = list(usage.values())
     await conn.execute(
         Q["save_rows"], [u.visit_id for u in rows], [u.status for u in rows], [u.started_at for u in rows],
         [u.provider_first_at for u in rows], [u.others_first_at for u in rows], [u.last_left_at for u in rows],
         [u.lobby_first_at for u in rows], [u.admitted_at for u in rows], [u.ended_at for u in rows],
         [u.duration_s for u in rows], [u.lobby_wait_s for u in rows], [u.attendees for u in rows],
-        [_present(u) for u in rows], [u.sms_sent for u in rows], [u.email_sent for u in rows],
-        [u.last_event_id for u in rows])
+        [_present(u) for u in rows], [u.last_event_id for u in rows])
 
 
 def _present(u: VisitUsage) -> str | None:

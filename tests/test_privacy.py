@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -9,6 +10,7 @@ from gateway.appkeys import DB
 from presence import usage
 from presence.visit_end import end_visit
 from tests.conftest import Stack, database_text
+from tests.notify.helpers import invite
 
 CANARIES = {
     "given": "Zephyrinacanary",
@@ -20,6 +22,12 @@ CANARIES = {
     "patient_id": "canarypat-5d2e",
     "encounter_id": "canaryenc-8f1a",
 }
+
+
+@pytest.fixture
+def stack_overrides() -> Any:
+    """Texts go to the sandbox's SMS sink, so a link can be texted to the canary patient."""
+    return lambda gateway_url, sandbox_url: dict(sms_provider="sink", sms_sink_url=f"{sandbox_url}/_sms")
 
 
 def _seed_canary_patient(stack: Stack) -> None:
@@ -42,11 +50,14 @@ async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, 
     caplog.set_level(logging.DEBUG)
     _seed_canary_patient(stack)
     for _ in range(2):
-        response, _visited = await stack.launch(stack.new_launch(patient=CANARIES["patient_id"],
-                                                                 encounter=CANARIES["encounter_id"]))
+        response, visited = await stack.launch(stack.new_launch(patient=CANARIES["patient_id"],
+                                                                encounter=CANARIES["encounter_id"]))
         body = await response.text()
         assert response.status == 200, body
         assert CANARIES["family"] in body  # the banner did read it live
+    # The link texted to the patient (number read live) is counted on the visit's usage row: a count only.
+    sent = await invite(stack, visited[-1].rstrip("/").rsplit("/", 1)[-1], channel="sms", role="patient")
+    assert sent.status == 200, await sent.text()
     async with stack.gateway_app[DB].acquire() as conn:
         # The visit ends and the usage report's follower counts it, so its row is in the dump too.
         await end_visit(conn, await conn.fetchval("SELECT id FROM visits"), "clinician")
@@ -55,6 +66,7 @@ async def test_launches_leave_no_patient_data_in_database_or_logs(stack: Stack, 
         tables, dump = await database_text(conn)
         assert {"visits", "provider_sessions", "launch_states", "audit_log", "configurations"} <= tables
         assert await conn.fetchval("SELECT count(*) FROM visit_usage") == 1
+        assert await conn.fetchval("SELECT sms_sent FROM visit_usage") == 1
         assert await conn.fetchval("SELECT count(*) FROM visits") == 1
     stored = dump.lower()
     # The sandbox is the EHR: it may log its own patients. Everything else is ours and must not.

@@ -123,6 +123,18 @@ SET state = $3, done_at = now(), outcome = $4, claimed_until = NULL
 WHERE id = $1 AND state = 'sending' AND claimed_by = $2
 RETURNING id;
 
+-- name: finish_sent
+-- Sent, only by the worker that holds the claim, with the visit the message was about ($3; none when no
+-- visit is known): the sender counts it on that visit's usage row in the same transaction (gateway.sent_counts).
+UPDATE appointment_messages
+SET state = 'sent', done_at = now(), outcome = NULL, claimed_until = NULL, visit_id = $3
+WHERE id = $1 AND state = 'sending' AND claimed_by = $2
+RETURNING id;
+
+-- name: visit_of_encounter
+-- The visit of an encounter if one was made (a message without a join link makes none).
+SELECT id FROM visits WHERE configuration_id = $1 AND encounter_key = $2;
+
 -- name: retry_message
 UPDATE appointment_messages
 SET state = 'pending', due_at = now() + make_interval(secs => $3), claimed_by = NULL, claimed_until = NULL,

@@ -88,6 +88,9 @@ async def test_a_patient_who_replied_stop_gets_no_confirmation_or_reminder_text(
     assert await _ours(feed) == []
     async with stack.gateway_app[DB].acquire() as conn:
         assert await suppressed_total(conn) == 3  # each held back and counted once (skipped for good, not retried)
+        # The visit's usage row counts the three emails the mailbox got and none of the skipped texts.
+        assert len(feed.smtp.received) == 3
+        assert tuple(await conn.fetchrow("SELECT sms_sent, email_sent FROM visit_usage")) == (0, 3)
 
 
 async def test_an_organisation_that_turned_reminders_off_gets_its_confirmation_but_no_reminder(feed: Feed) -> None:

@@ -8,17 +8,23 @@ import csv
 import datetime as dt
 import io
 import math
+import os
+import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import asyncpg
 import pytest
 
+import sql
 from config_portal import reports
 from gateway.appkeys import DB, SEALER
-from gateway.configurations import set_organisation_zone
+from gateway.configurations import DEFAULT_SCOPES, set_organisation_zone
+from gateway.db import migrate
+from gateway.sent_counts import count_sent
 from presence import usage
-from tests.conftest import reason_code
+from tests.conftest import Postgres, reason_code
 
 from .conftest import ADMIN, GENERIC_ORG, ORG, Portal
 from .usage_seed import (
@@ -203,6 +209,28 @@ async def test_the_usage_follower_counts_each_event_once_across_followers(portal
     assert len([r for r in before if r["organisation_id"] == org_id]) == len(plans) + 1
 
 
+async def test_a_message_counted_while_the_follower_saves_the_same_row_is_kept(portal: Portal) -> None:
+    # The sender's increment is uncommitted while a follower reads the row and then waits on it to save its
+    # figures: the follower does not write the counts, so the increment survives its save.
+    pool = portal.gateway_app[DB]
+    async with pool.acquire() as conn:
+        configs = await configurations(conn, portal.gateway_app[SEALER], ORG, "usage")
+        visit = open_visit(configs["test"], "test", dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10))
+        await write_visits(conn, portal.gateway_app[SEALER], [visit])  # its invitation: one SMS
+    async with pool.acquire() as sender:
+        async with sender.transaction():
+            await count_sent(sender, visit.visit_id, "sms")
+            await count_sent(sender, visit.visit_id, "email")
+            follower = asyncio.create_task(usage.catch_up(pool))
+            await asyncio.sleep(0.5)  # a follower has read the row and waits on its lock
+        await follower
+    await settle(portal)
+    [row] = await portal.sql("SELECT sms_sent, email_sent, attendees, started_at FROM visit_usage WHERE visit_id = $1",
+                             visit.visit_id)
+    assert (row["sms_sent"], row["email_sent"]) == (2, 1)
+    assert row["attendees"] == 2 and row["started_at"] == visit.started_at  # and the follower's figures are in
+
+
 @pytest.mark.parametrize("query", ["period=8", "period=-1", "from=2026-13-01&to=2026-03-02", "from=2026-03-01",
                                    "from=2026-03-05&to=2026-03-01", "from=2020-01-01&to=2026-01-01",
                                    "from=2026-3-1&to=x", "period=" + "9" * 500])
@@ -238,3 +266,50 @@ async def test_a_department_with_commas_quotes_and_lines_comes_back_whole_from_t
     assert rows[str(visit.visit_id)]["department"] == 'Cardio, "East"\r\nwing'
     assert rows[str(hostile.visit_id)]["department"] == "'@SUM(A1:A9)"
     assert len(rows) == 2
+
+
+async def test_0031_starts_the_message_counts_from_the_invitations_of_every_visit(
+        postgres: Postgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before 0031 the follower wrote each invitation once (last channel) and only on visits with an event:
+    # the counters start from that figure for every visit with an invitation, a row made where none was.
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.dsn("postgres"))
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(postgres.dsn(name))
+    try:
+        every = sql.migrations()
+        monkeypatch.setattr(sql, "migrations", lambda: [m for m in every if m[0] < 31])
+        await migrate(conn)
+        config_id = await conn.fetchval(
+            "INSERT INTO configurations (fhir_base_url, environment, client_id, client_auth, scopes, status)"
+            " VALUES ('https://ehr.example.org/fhir', 'test', 'c', 'private_key_jwt', $1, 'approved') RETURNING id",
+            DEFAULT_SCOPES)
+        counted, uncounted, quiet = [await conn.fetchval(
+            "INSERT INTO visits (configuration_id, encounter_key, encounter_ref, meeting_provider, department)"
+            " VALUES ($1, $2, '\\x00', 'builtin', 'cardiology') RETURNING id", config_id, os.urandom(8))
+            for _ in range(3)]
+        sent = {counted: ["sms", "email", "copy"], uncounted: ["sms", "sms"]}
+        for visit_id, channels in sent.items():
+            for channel in channels:
+                participant = await conn.fetchval(
+                    "INSERT INTO participants (visit_id, role, guest_kind) VALUES ($1, 'guest', 'family')"
+                    " RETURNING id", visit_id)
+                await conn.execute("INSERT INTO sent_invitations (participant_id, visit_id, channel)"
+                                   " VALUES ($1, $2, $3)", participant, visit_id, channel)
+        # The counted visit had events: its row is there, with figures of its own (as the follower left them).
+        await conn.execute("INSERT INTO visit_usage (visit_id, opened_at, environment, meeting_provider, status,"
+                           " attendees, sms_sent, email_sent) VALUES ($1, now(), 'test', 'builtin', 'completed',"
+                           " 2, 0, 0)", counted)
+        monkeypatch.undo()
+        assert "0031_messages_counted.sql" in await migrate(conn)
+        rows = {r["visit_id"]: r for r in await conn.fetch("SELECT * FROM visit_usage")}
+        assert set(rows) == {counted, uncounted}  # a visit with no invitation and no event still has none
+        assert (rows[counted]["sms_sent"], rows[counted]["email_sent"]) == (1, 1)
+        assert (rows[counted]["status"], rows[counted]["attendees"]) == ("completed", 2)
+        assert (rows[uncounted]["sms_sent"], rows[uncounted]["email_sent"], rows[uncounted]["status"]) == (2, 0, "open")
+        assert (rows[uncounted]["department"], rows[uncounted]["environment"]) == ("cardiology", "test")
+        assert quiet not in rows
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -14,6 +14,7 @@ import asyncpg
 
 from gateway.configurations import DEFAULT_SCOPES, NewConfiguration, add_approved
 from gateway.security import Sealer
+from launch.invites import record_sent
 
 ZONE = "America/New_York"
 DEPARTMENTS = ("cardiology", "=dermatology", None)  # one that a spreadsheet would run as a formula
@@ -183,8 +184,7 @@ async def _write_visits(conn: asyncpg.Connection, sealer: Sealer, plans: list[Pl
                 pid, p.visit_id, label, "family" if label == "guest" else None,
                 "Practitioner/prac-1" if label == "provider" else None)
         for label, channel in p.invitations.items():
-            await conn.execute("INSERT INTO sent_invitations (participant_id, visit_id, channel) VALUES ($1, $2, $3)",
-                               participants[(p.visit_id, label)], p.visit_id, channel)
+            await record_sent(conn, participants[(p.visit_id, label)], p.visit_id, channel)
     for at, p, label, kind in sorted(events, key=lambda e: e[0]):
         if kind == "visit_ended":
             event_id = await conn.fetchval(
