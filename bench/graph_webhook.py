@@ -232,9 +232,9 @@ def main() -> None:
         key_pem = private_key_pem()
         key_file = run.dir / "graph-notifications.pem"
         key_file.write_bytes(key_pem)
-        # Each gateway block takes a fresh stretch of bodies: none is sent twice (enough for ~7,000/s; a block
-        # reserves its busiest connection's count for every connection, so ~5,000/s already ran out).
-        total = int(7_000 * (args.seconds * args.runs + 2))
+        # Each gateway block takes a fresh stretch of bodies: none is sent twice (enough for ~10,000/s; a block
+        # reserves its busiest connection's count for every connection, and the gateway peaks near 9,000/s).
+        total = int(10_000 * (args.seconds * args.runs + 2))
         say(f"seeding {total} notifications ...")
         bodies = asyncio.run(seed(dsn, secret, key_pem, total))
         say(f"body size {len(bodies[0])} bytes")
