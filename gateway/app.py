@@ -27,7 +27,7 @@ from .notify import inbound
 from .notify.optout import OptOutSms
 from .security import Sealer, SigningKey
 from .settings import Settings
-from .web import csrf_middleware, error_middleware, input_middleware, security_headers_middleware
+from .web import edge_middleware
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,8 @@ PARTS = ("launch", "presence", "config_portal", "appointments")
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole gateway from its settings."""
-    # Outermost first: headers on every answer; errors translated; CSRF before the body is even read.
-    app = web.Application(middlewares=[security_headers_middleware, error_middleware, csrf_middleware,
-                                       input_middleware],
-                          client_max_size=256 * 1024)
+    # One layer, outermost first: headers on every answer; errors translated; CSRF before the body is even read.
+    app = web.Application(middlewares=[edge_middleware(settings)], client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[SEALER] = Sealer(settings.secret_key)
     app[SIGNING_KEY] = SigningKey.from_pem(settings.signing_key_pem)

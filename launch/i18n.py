@@ -221,9 +221,11 @@ def language_cookie_hook(catalogs: Catalogs, secure: bool) -> Callable[[web.Requ
     """An on_response_prepare hook: a page opened with a `?lang=` we have keeps that language in the
     browser's cookie, so the pages after it (the lobby after the join page, the room) speak it too."""
     async def remember(request: web.Request, response: web.StreamResponse) -> None:
+        # It runs before every response: the method and status first, the query only for a page with one.
+        if request.method != "GET" or response.status != 200 or not request.rel_url.raw_query_string:
+            return
         wanted = request.query.get(LANGUAGE_PARAM)
-        if (wanted is None or request.method != "GET" or response.status != 200
-                or wanted not in catalogs.locales or request.cookies.get(LANGUAGE_COOKIE) == wanted):
+        if wanted is None or wanted not in catalogs.locales or request.cookies.get(LANGUAGE_COOKIE) == wanted:
             return
         # By now aiohttp has turned response.cookies into headers, so the cookie goes in as a header itself
         # (`wanted` is one of our locale names, nothing else).

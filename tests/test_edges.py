@@ -228,6 +228,9 @@ async def test_a_header_that_is_not_utf8_is_refused(stack: Stack, logs: pytest.L
     ({"Content-Type": "application/json"}, b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
     ({"Content-Type": "application/json"}, b'{"a": ["b\\u0000c"]}', "invalid_characters"),
     ({"Content-Type": "application/json"}, b'{"a\\ud800": 1}', "invalid_characters"),
+    # Raw, without a backslash: DEL in an ASCII body, a C1 control (U+0085) in one that is not ASCII.
+    ({"Content-Type": "application/json"}, b'{"a": "b\x7fc"}', "invalid_characters"),
+    ({"Content-Type": "application/json"}, '{"a": "\u00e9b\u0085c"}'.encode(), "invalid_characters"),
 ])
 async def test_bodies_that_do_not_parse_or_hold_control_characters_are_refused(
         stack: Stack, logs: pytest.LogCaptureFixture, headers: dict[str, str], body: bytes,
