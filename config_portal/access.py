@@ -6,13 +6,16 @@ second `__Host-` cookie; the callback takes the state once and compares the bind
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp_jinja2
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
 
@@ -249,4 +252,41 @@ async def sign_out(request: web.Request) -> web.Response:
                                    organisation_id=org_id)
     response = web.Response(status=303, headers={"Location": "/portal/signed-out", "Cache-Control": "no-store"})
     _forget_cookie(response, SESSION_COOKIE)
+    return response
+
+
+# --- who may use each portal route (every page module declares its handlers' roles here) -----------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC: tuple[str, ...] = ()
+# Per handler: the roles that may use it (PUBLIC: anyone, for the sign-in's own pages).
+ACCESS: dict[Handler, tuple[str, ...]] = {}
+
+
+def allowed(*roles: str) -> Callable[[Handler], Handler]:
+    """Declare who may use a handler (the handler itself still checks, through portal_session).
+
+    A page of an organisation asked for without a live session answers 401 with a link to sign in again (after
+    the idle timeout that is what the person needs next); anything else refused goes to the error pages.
+    """
+    def mark(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except NotSignedIn as exc:
+                slug = request.match_info.get("org")
+                if request.method != "GET" or slug is None:
+                    raise
+                return no_store(aiohttp_jinja2.render_template(
+                    "portal_sign_in_again.html", request, {"slug": slug, "detail": exc.detail, "reason": exc.reason},
+                    status=exc.status))
+        ACCESS[guarded] = roles
+        return guarded
+    return mark
+
+
+def no_store(response: web.StreamResponse) -> web.StreamResponse:
+    """The response, marked never to be kept by a cache (every portal page is someone's)."""
+    response.headers["Cache-Control"] = "no-store"
     return response

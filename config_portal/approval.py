@@ -33,7 +33,7 @@ from . import access
 from .appkeys import APPROVER_SMART
 from .configurations import LABELS, actor, history
 from .errors import ConfigurationRefused, EhrSignInRefused
-from .routes import allowed, no_store
+from .access import allowed, no_store
 from .store import PortalSession
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from gateway.errors import ConfigError, NotFound
 
 from . import access
 from .errors import ConfigurationRefused
-from .routes import allowed, no_store
+from .access import allowed, no_store
 from .store import PortalSession
 
 LABELS = {

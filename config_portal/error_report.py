@@ -25,7 +25,7 @@ from gateway.configurations import organisation_zone
 from gateway.reasons import Reason, launch_reason, writeback_reason
 
 from . import access
-from .routes import allowed, no_store
+from .access import allowed, no_store
 
 Q = sql.queries("error_report")
 PERIODS = (7, 30, 90)

@@ -28,7 +28,7 @@ from gateway.configurations import organisation_zone
 from . import access
 from .charts import Series, bar_chart, line_chart
 from .errors import PortalError
-from .routes import allowed, no_store
+from .access import allowed, no_store
 from .store import PortalSession
 
 Q = sql.queries("reports")

@@ -1,10 +1,9 @@
 """The portal's URL map. Each handler calls `portal_session` with the roles it needs (or is one of the few
-public pages of the sign-in itself); ACCESS says which, so the route and role test covers every route."""
+public pages of the sign-in itself); access.ACCESS says which, so the route and role test covers every route."""
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -15,45 +14,10 @@ from gateway.appkeys import DB, HTTP, SEALER, SETTINGS
 from gateway.web import add_templates
 
 from . import access, audit, members, records
+from .access import PUBLIC, allowed, no_store
 from .appkeys import IDPS
-from .errors import NotSignedIn
 from .idp import IdentityProviders
 from .store import ROLES, PortalSession
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC: tuple[str, ...] = ()
-# Per handler: the roles that may use it (PUBLIC: anyone, for the sign-in's own pages).
-ACCESS: dict[Handler, tuple[str, ...]] = {}
-
-
-def allowed(*roles: str) -> Callable[[Handler], Handler]:
-    """Declare who may use a handler (the handler itself still checks, through portal_session).
-
-    A page of an organisation asked for without a live session answers 401 with a link to sign in again (after
-    the idle timeout that is what the person needs next); anything else refused goes to the error pages.
-    """
-    def mark(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request)
-            except NotSignedIn as exc:
-                slug = request.match_info.get("org")
-                if request.method != "GET" or slug is None:
-                    raise
-                return _no_store(aiohttp_jinja2.render_template(
-                    "portal_sign_in_again.html", request, {"slug": slug, "detail": exc.detail, "reason": exc.reason},
-                    status=exc.status))
-        ACCESS[guarded] = roles
-        return guarded
-    return mark
-
-
-def no_store(response: web.StreamResponse) -> web.StreamResponse:
-    """The response, marked never to be kept by a cache (every portal page is someone's)."""
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
 
 _no_store = no_store
 

@@ -35,7 +35,7 @@ from gateway.web import serves_json
 
 from . import access
 from .appkeys import SMS_ACS, SMS_WAKE
-from .routes import allowed, no_store
+from .access import allowed, no_store
 from .store import PortalSession
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from gateway.errors import GraphError, GraphPolicyDenied, GraphRefused
 from gateway.graph import ARTIFACT_ROLE, MEETINGS_ROLE, GraphClient, SecretCredential, TeamsTenant, is_guid, load_certificate
 
 from . import access
-from .routes import allowed, no_store
+from .access import allowed, no_store
 from .store import PortalSession
 
 log = logging.getLogger(__name__)

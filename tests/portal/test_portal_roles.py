@@ -28,7 +28,7 @@ def test_entra_members_are_matched_by_object_id_not_by_sub() -> None:
 def test_the_teams_settings_and_links_are_for_admins_only() -> None:
     # The route matrix (test_portal_sessions.py) visits every portal route as each role; these are admin-only.
     from config_portal import teams
-    from config_portal.routes import ACCESS
+    from config_portal.access import ACCESS
 
     for handler in (teams.teams_page, teams.teams_save, teams.link_remove):
         assert ACCESS[handler] == ("admin",), handler

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from config_portal.routes import ACCESS, PUBLIC
+from config_portal.access import ACCESS, PUBLIC
 from gateway.settings import Settings
 from tests.conftest import reason_code
 
