@@ -1,6 +1,8 @@
 """Typed keys for everything the sandbox application holds; there is no module-level state."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
 from aiohttp import web
 
@@ -10,6 +12,10 @@ from .keys import ClientKeyCache, KeyRing
 from .oidc_state import OidcProvider
 from .standalone_state import StandaloneSignIns
 from .store import FhirStore
+
+if TYPE_CHECKING:
+    from .entra import EntraDouble
+    from .graph import GraphDouble, RosterListener
 
 SETTINGS = web.AppKey("sandbox_settings", SandboxSettings)
 FAULTS = web.AppKey("sandbox_faults", Faults)
@@ -22,10 +28,9 @@ HTTP_SESSION = web.AppKey("sandbox_http_session", aiohttp.ClientSession)
 OIDC = web.AppKey("sandbox_oidc", OidcProvider)
 STANDALONE = web.AppKey("sandbox_standalone", StandaloneSignIns)
 
-# The Graph and Entra double (sandbox/graph.py, sandbox/entra.py): a separate https application.
-from .entra import EntraDouble  # noqa: E402
-from .graph import GraphDouble, RosterListener  # noqa: E402
-
-ENTRA = web.AppKey("sandbox_entra", EntraDouble)
-GRAPH = web.AppKey("sandbox_graph", GraphDouble)
-ROSTER_LISTENERS = web.AppKey("sandbox_graph_roster_listeners", list[RosterListener])
+# The Graph and Entra double (sandbox/graph.py, sandbox/entra.py): a separate https application. Their state
+# classes are named for the type checker only: those modules use these keys, and importing them here at run
+# time would make each module import the other.
+ENTRA: web.AppKey[EntraDouble] = web.AppKey("sandbox_entra")
+GRAPH: web.AppKey[GraphDouble] = web.AppKey("sandbox_graph")
+ROSTER_LISTENERS: web.AppKey[list[RosterListener]] = web.AppKey("sandbox_graph_roster_listeners")

@@ -35,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .appkeys import ENTRA
+
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -146,7 +148,6 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 
 
 def _double(request: web.Request) -> EntraDouble:
-    from .appkeys import ENTRA
     return request.app[ENTRA]
 
 

@@ -49,7 +49,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .appkeys import ENTRA, GRAPH, ROSTER_LISTENERS
 from . import entra as entra_routes
+from . import graph_events
 from .entra import EntraDouble
 
 log = logging.getLogger("sandbox.graph")
@@ -233,7 +235,6 @@ def _graph_error(status: int, code: str, message: str, headers: dict[str, str] |
 
 
 def _state(request: web.Request) -> GraphDouble:
-    from .appkeys import GRAPH
     return request.app[GRAPH]
 
 
@@ -467,7 +468,6 @@ async def participant_post(request: web.Request) -> web.Response:
 def create_graph_double_app(*, entra: EntraDouble | None = None) -> web.Application:
     """The Graph and Entra double as one application; set `base` (its https origin) once it listens, through
     `set_base(app, origin)`."""
-    from .appkeys import ENTRA, GRAPH, ROSTER_LISTENERS
     app = web.Application(middlewares=[_record_and_delay])
     app[ENTRA] = entra or EntraDouble()
     app[GRAPH] = GraphDouble(app[ENTRA])
@@ -481,14 +481,12 @@ def create_graph_double_app(*, entra: EntraDouble | None = None) -> web.Applicat
     app.router.add_post("/teams/l/meetup-join/{thread}/0/join", join_post)
     app.router.add_get("/teams/meeting/{meeting}/p/{participant}", participant_page)
     app.router.add_post("/teams/meeting/{meeting}/p/{participant}/{action:leave|admit}", participant_post)
-    from . import graph_events
     graph_events.install(app)  # subscriptions, notifications of the roster, attendance reports
     return app
 
 
 def set_base(app: web.Application, origin: str) -> None:
     """Tell the double its own https origin (issuers, token endpoints and joinWebUrls are built from it)."""
-    from .appkeys import ENTRA, GRAPH
     app[ENTRA].base = origin.rstrip("/")
     app[GRAPH].base = origin.rstrip("/")
 

@@ -49,6 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .appkeys import GRAPH, ROSTER_LISTENERS
+
 RESOURCE = re.compile(r"^/?communications/onlineMeetings\(joinWebUrl='([^']+)'\)/meetingCallEvents$")
 READ_ROLES = frozenset({"OnlineMeetings.Read.All", "OnlineMeetings.ReadWrite.All"})
 ARTIFACT_ROLE = "OnlineMeetingArtifact.Read.All"
@@ -458,7 +460,6 @@ def register_meeting(app: web.Application, meeting_id: str, join_web_url: str, o
 def install(app: web.Application) -> GraphEvents:
     """Add this part to the Graph and Entra double (sandbox/graph.py): its Entra's app tokens authorize, its
     createOrGet's meetings can be subscribed to, and its Teams join page's roster changes are notified."""
-    from .appkeys import GRAPH, ROSTER_LISTENERS
 
     double = app[GRAPH]
 
