@@ -12,17 +12,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 import asyncpg
 
 import sql
 
-if TYPE_CHECKING:
-    from .announcer import Announcer
-
 Q = sql.queries("events")
+
+
+class Announcer(Protocol):
+    """What announces events after their commit (presence.announcer.Announcer, which coalesces writers)."""
+
+    def announce(self, event_id: int) -> None:
+        """Note that this event is committed; a notification carrying it (or a later id) follows."""
 
 EVENT_KINDS = frozenset({"lobby_entered", "device_test_passed", "device_test_failed", "admitted", "denied",
                          "connected", "disconnected", "left", "removed", "visit_ended"})
